@@ -1,0 +1,460 @@
+//! The AuditWriter: every audit event of the node passes through it.
+//!
+//! It places events on this node's hash chain and commits them in groups: the first event
+//! that arrives while nothing is pending queues a `Flush` behind whatever is already in the
+//! mailbox, so every event that arrived meanwhile shares one transaction. A caller's reply
+//! is sent only after its event committed, so an acknowledged event survives `kill -9`.
+//!
+//! Each hash is an HMAC-SHA-256, keyed by a key derived from the secrets key (which is not
+//! in the database), over the event's canonical encoding and the previous hash. A database
+//! writer alone therefore cannot forge a consistent chain.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, SubsecRound, Utc};
+use hmac::{Hmac, Mac};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, Message, RpcReplyPort, SpawnErr};
+use serde_json::Value;
+use sha2::Sha256;
+use tracing::{error, warn};
+use uuid::Uuid;
+
+use crate::clock::SharedClock;
+use crate::metrics::ActorMetrics;
+use crate::store::{AuditEvent, AuditStore, ChainedEvent, StoreError};
+use crate::supervisor::{ChildSpec, Slot, spawn_into};
+
+/// The `prev_hash` of the first event on a chain.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// The HMAC key of the audit chain. Its `Debug` never shows the key.
+#[derive(Clone)]
+pub struct ChainKey(Arc<[u8]>);
+
+impl ChainKey {
+    /// Derives the chain key from the node's secrets key.
+    pub fn derive(secrets_key: &[u8]) -> Self {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secrets_key)
+            .unwrap_or_else(|_| unreachable_hmac_key());
+        mac.update(b"sark audit chain v1");
+        Self(mac.finalize().into_bytes().to_vec().into())
+    }
+
+    /// The chain hash of `event` at position `seq` of `chain`, following `prev_hash`.
+    pub fn hash(&self, chain: &str, seq: i64, prev_hash: &str, event: &AuditEvent) -> String {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0)
+            .unwrap_or_else(|_| unreachable_hmac_key());
+        mac.update(canonical_encoding(chain, seq, prev_hash, event).as_bytes());
+        hex::encode(mac.finalize().into_bytes())
+    }
+}
+
+/// HMAC-SHA-256 accepts keys of any length, so key setup cannot fail.
+fn unreachable_hmac_key() -> Hmac<Sha256> {
+    unreachable!("HMAC accepts keys of any length")
+}
+
+impl fmt::Debug for ChainKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ChainKey(<redacted>)")
+    }
+}
+
+/// The canonical encoding that the chain hash covers: a JSON array of the chain position and
+/// every event field, objects with sorted keys, timestamps in RFC 3339 with microseconds.
+pub fn canonical_encoding(chain: &str, seq: i64, prev_hash: &str, event: &AuditEvent) -> String {
+    let fields = Value::Array(vec![
+        Value::from(chain),
+        Value::from(seq),
+        Value::from(prev_hash),
+        Value::from(event.id.to_string()),
+        Value::from(
+            event
+                .timestamp
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        ),
+        Value::from(event.event_type.as_str()),
+        event.actor.as_deref().map_or(Value::Null, Value::from),
+        event.ip.as_deref().map_or(Value::Null, Value::from),
+        event.resource.as_deref().map_or(Value::Null, Value::from),
+        Value::from(event.outcome.as_str()),
+        event.details.clone(),
+        Value::from(event.node_id.as_str()),
+    ]);
+    let mut out = String::new();
+    write_canonical(&fields, &mut out);
+    out
+}
+
+fn write_canonical(value: &Value, out: &mut String) {
+    match value {
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(']');
+        }
+        Value::Object(map) => {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            out.push('{');
+            for (i, (key, item)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::from(key.as_str()).to_string());
+                out.push(':');
+                write_canonical(item, out);
+            }
+            out.push('}');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
+}
+
+/// Where an event landed on its chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChainPosition {
+    /// Chain name.
+    pub chain: String,
+    /// Sequence number.
+    pub seq: i64,
+}
+
+/// Why an event was not recorded.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuditError {
+    /// The store refused or could not be reached; the event was not committed.
+    #[error("audit store unavailable: {0}")]
+    Unavailable(String),
+    /// The writer is restarting or did not answer in time.
+    #[error("audit writer unavailable")]
+    WriterUnavailable,
+}
+
+/// Messages of the [`AuditWriter`].
+pub enum AuditMessage {
+    /// Records an event; the reply is sent once the event is committed.
+    Record(AuditEvent, RpcReplyPort<Result<ChainPosition, AuditError>>),
+    /// Commits every pending event.
+    Flush,
+    /// Makes the writer panic, to prove supervision restarts it.
+    #[cfg(feature = "fault-injection")]
+    Panic,
+}
+
+impl Message for AuditMessage {}
+
+/// The actor.
+#[derive(Debug, Default)]
+pub struct AuditWriter;
+
+/// What the writer starts with.
+pub struct AuditWriterArguments {
+    /// Where events are committed.
+    pub store: Arc<dyn AuditStore>,
+    /// This node's chain name.
+    pub chain: String,
+    /// HMAC key of the chain.
+    pub key: ChainKey,
+    /// SIEM sinks that receive a copy of every event through the outbox.
+    pub sinks: Vec<String>,
+    /// Events per commit at most.
+    pub max_batch: usize,
+    /// Metrics.
+    pub metrics: ActorMetrics,
+}
+
+/// The writer's state: the chain head as committed, and the events waiting for a commit.
+pub struct AuditWriterState {
+    args: AuditWriterArguments,
+    head_seq: i64,
+    head_hash: String,
+    pending: Vec<(AuditEvent, RpcReplyPort<Result<ChainPosition, AuditError>>)>,
+}
+
+impl AuditWriter {
+    async fn flush(state: &mut AuditWriterState) -> Result<(), ActorProcessingErr> {
+        if state.pending.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut state.pending);
+        let chain = state.args.chain.clone();
+        let mut prev_hash = state.head_hash.clone();
+        let mut chained = Vec::with_capacity(pending.len());
+        for (i, (event, _)) in pending.iter().enumerate() {
+            let seq = state.head_seq + 1 + i as i64;
+            let hash = state.args.key.hash(&chain, seq, &prev_hash, event);
+            chained.push(ChainedEvent {
+                event: event.clone(),
+                chain: chain.clone(),
+                seq,
+                prev_hash: std::mem::replace(&mut prev_hash, hash.clone()),
+                hash,
+            });
+        }
+        let metrics = &state.args.metrics;
+        metrics.audit_batch_size.observe(chained.len() as f64);
+        match state
+            .args
+            .store
+            .append_audit(&chain, state.head_seq, &chained, &state.args.sinks)
+            .await
+        {
+            Ok(()) => {
+                metrics.audit_committed.inc_by(chained.len() as u64);
+                state.head_seq += chained.len() as i64;
+                state.head_hash = prev_hash;
+                for ((_, reply), event) in pending.into_iter().zip(&chained) {
+                    let _ = reply.send(Ok(ChainPosition {
+                        chain: chain.clone(),
+                        seq: event.seq,
+                    }));
+                }
+                Ok(())
+            }
+            Err(err) => {
+                metrics.audit_commit_failures.inc();
+                let reply_err = AuditError::Unavailable(err.to_string());
+                for (_, reply) in pending {
+                    let _ = reply.send(Err(reply_err.clone()));
+                }
+                if let StoreError::Contended(_) = err {
+                    // The chain moved underneath us (another writer, or a commit whose
+                    // acknowledgement was lost): crash, so the restart reloads the head.
+                    error!(chain, "audit chain head moved; restarting the writer");
+                    return Err(Box::new(err));
+                }
+                warn!(chain, error = %err, "audit commit failed");
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Actor for AuditWriter {
+    type Msg = AuditMessage;
+    type State = AuditWriterState;
+    type Arguments = AuditWriterArguments;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let (head_seq, head_hash) = args
+            .store
+            .chain_head(&args.chain)
+            .await?
+            .unwrap_or_else(|| (0, GENESIS_HASH.to_owned()));
+        Ok(AuditWriterState {
+            args,
+            head_seq,
+            head_hash,
+            pending: Vec::new(),
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        // A graceful stop commits what is pending rather than dropping acknowledged work.
+        Self::flush(state).await
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            AuditMessage::Record(mut event, reply) => {
+                // Stored timestamps keep microseconds (PostgreSQL's precision), so the
+                // hash covers exactly what a verifier will read back.
+                event.timestamp = event.timestamp.trunc_subsecs(6);
+                if state.pending.is_empty() {
+                    myself.cast(AuditMessage::Flush)?;
+                }
+                state.pending.push((event, reply));
+                if state.pending.len() >= state.args.max_batch {
+                    Self::flush(state).await?;
+                }
+            }
+            AuditMessage::Flush => Self::flush(state).await?,
+            #[cfg(feature = "fault-injection")]
+            AuditMessage::Panic => {
+                #[allow(clippy::panic)]
+                {
+                    panic!("fault injection: audit writer panic");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Spawns the AuditWriter under the NodeSupervisor.
+pub struct AuditWriterSpec {
+    /// Where events are committed.
+    pub store: Arc<dyn AuditStore>,
+    /// This node's chain name.
+    pub chain: String,
+    /// HMAC key of the chain.
+    pub key: ChainKey,
+    /// SIEM sinks that receive a copy of every event.
+    pub sinks: Vec<String>,
+    /// Where the running instance is published.
+    pub slot: Slot<AuditMessage>,
+    /// Metrics.
+    pub metrics: ActorMetrics,
+}
+
+#[async_trait]
+impl ChildSpec for AuditWriterSpec {
+    fn kind(&self) -> &'static str {
+        "audit_writer"
+    }
+
+    async fn spawn(&self, supervisor: ActorCell) -> Result<ActorCell, SpawnErr> {
+        let args = AuditWriterArguments {
+            store: self.store.clone(),
+            chain: self.chain.clone(),
+            key: self.key.clone(),
+            sinks: self.sinks.clone(),
+            max_batch: 256,
+            metrics: self.metrics.clone(),
+        };
+        spawn_into(AuditWriter, args, supervisor, &self.slot).await
+    }
+}
+
+/// Records audit events through whichever AuditWriter instance is running.
+#[derive(Clone, Debug)]
+pub struct AuditHandle {
+    slot: Slot<AuditMessage>,
+    clock: SharedClock,
+    node_id: String,
+    timeout: Duration,
+}
+
+impl AuditHandle {
+    /// A handle on the writer published in `slot`.
+    pub fn new(slot: Slot<AuditMessage>, clock: SharedClock, node_id: String) -> Self {
+        Self {
+            slot,
+            clock,
+            node_id,
+            timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Starts an event of `event_type` stamped with this node and the current time.
+    pub fn event(&self, event_type: &str, outcome: &str) -> AuditEvent {
+        AuditEvent {
+            id: Uuid::now_v7(),
+            timestamp: self.clock.now(),
+            event_type: event_type.to_owned(),
+            actor: None,
+            ip: None,
+            resource: None,
+            outcome: outcome.to_owned(),
+            details: Value::Object(Default::default()),
+            node_id: self.node_id.clone(),
+        }
+    }
+
+    /// Records an event and waits until it is committed.
+    pub async fn record(&self, event: AuditEvent) -> Result<ChainPosition, AuditError> {
+        let writer = self.slot.get().ok_or(AuditError::WriterUnavailable)?;
+        let timeout_ms = u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX);
+        match ractor::call_t!(writer, AuditMessage::Record, timeout_ms, event) {
+            Ok(result) => result,
+            Err(_) => Err(AuditError::WriterUnavailable),
+        }
+    }
+
+    /// The current writer instance (for tests and fault injection).
+    pub fn writer(&self) -> Option<ActorRef<AuditMessage>> {
+        self.slot.get()
+    }
+
+    /// Now, by the handle's clock.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn event(details: Value) -> AuditEvent {
+        AuditEvent {
+            id: Uuid::nil(),
+            timestamp: DateTime::parse_from_rfc3339("2026-11-26T10:00:00.123456Z")
+                .unwrap()
+                .with_timezone(&Utc),
+            event_type: "login_succeeded".into(),
+            actor: Some("alice".into()),
+            ip: None,
+            resource: None,
+            outcome: "success".into(),
+            details,
+            node_id: "n1".into(),
+        }
+    }
+
+    #[test]
+    fn canonical_encoding_sorts_object_keys_at_every_depth() {
+        let a = canonical_encoding(
+            "c",
+            1,
+            GENESIS_HASH,
+            &event(json!({"b": 1, "a": {"y": 2, "x": 3}})),
+        );
+        let b = canonical_encoding(
+            "c",
+            1,
+            GENESIS_HASH,
+            &event(json!({"a": {"x": 3, "y": 2}, "b": 1})),
+        );
+        assert_eq!(a, b);
+        assert!(a.contains(r#"{"a":{"x":3,"y":2},"b":1}"#), "{a}");
+        assert!(a.contains("2026-11-26T10:00:00.123456Z"), "{a}");
+    }
+
+    #[test]
+    fn hash_depends_on_key_position_and_content() {
+        let key = ChainKey::derive(b"secret one");
+        let other = ChainKey::derive(b"secret two");
+        let e = event(json!({}));
+        let h = key.hash("c", 1, GENESIS_HASH, &e);
+        assert_eq!(h.len(), 64);
+        assert_eq!(h, key.hash("c", 1, GENESIS_HASH, &e));
+        assert_ne!(h, other.hash("c", 1, GENESIS_HASH, &e));
+        assert_ne!(h, key.hash("c", 2, GENESIS_HASH, &e));
+        assert_ne!(h, key.hash("d", 1, GENESIS_HASH, &e));
+        let mut tampered = e.clone();
+        tampered.outcome = "failure".into();
+        assert_ne!(h, key.hash("c", 1, GENESIS_HASH, &tampered));
+    }
+
+    #[test]
+    fn chain_key_debug_hides_the_key() {
+        assert_eq!(
+            format!("{:?}", ChainKey::derive(b"k")),
+            "ChainKey(<redacted>)"
+        );
+    }
+}

@@ -1,0 +1,97 @@
+//! Prometheus series of the actor runtime, registered in the node's registry.
+
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+};
+
+/// Metrics shared by every actor of a node.
+#[derive(Clone, Debug)]
+pub struct ActorMetrics {
+    /// Restarts of a supervised actor after it crashed or stopped unexpectedly.
+    pub restarts: IntCounterVec,
+    /// Actors currently running.
+    pub running: IntGaugeVec,
+    /// Children a supervisor failed to spawn (and will retry).
+    pub spawn_failures: IntCounterVec,
+    /// Audit events committed.
+    pub audit_committed: IntCounter,
+    /// Audit commits that failed.
+    pub audit_commit_failures: IntCounter,
+    /// Events per audit group commit.
+    pub audit_batch_size: Histogram,
+    /// Requests refused by a rate limit.
+    pub rate_limited: IntCounterVec,
+    /// Active version of each policy bundle on this node.
+    pub policy_version: IntGaugeVec,
+    /// Policy versions that failed to compile when loaded.
+    pub policy_load_failures: IntCounterVec,
+}
+
+impl ActorMetrics {
+    /// Creates the series and registers them in `registry`.
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let metrics = Self {
+            restarts: IntCounterVec::new(
+                Opts::new(
+                    "sark_actor_restarts_total",
+                    "Supervised actors restarted after a crash or an unexpected stop",
+                ),
+                &["kind"],
+            )?,
+            running: IntGaugeVec::new(
+                Opts::new("sark_actor_running", "Supervised actors currently running"),
+                &["kind"],
+            )?,
+            spawn_failures: IntCounterVec::new(
+                Opts::new(
+                    "sark_actor_spawn_failures_total",
+                    "Attempts to start a supervised actor that failed and will be retried",
+                ),
+                &["kind"],
+            )?,
+            audit_committed: IntCounter::new(
+                "sark_audit_events_committed_total",
+                "Audit events committed to the store",
+            )?,
+            audit_commit_failures: IntCounter::new(
+                "sark_audit_commit_failures_total",
+                "Audit group commits that failed",
+            )?,
+            audit_batch_size: Histogram::with_opts(
+                HistogramOpts::new("sark_audit_batch_size", "Audit events per group commit")
+                    .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
+            )?,
+            rate_limited: IntCounterVec::new(
+                Opts::new(
+                    "sark_rate_limited_total",
+                    "Requests refused by a rate limit",
+                ),
+                &["scope"],
+            )?,
+            policy_version: IntGaugeVec::new(
+                Opts::new(
+                    "sark_policy_active_version",
+                    "Active version of each policy bundle on this node",
+                ),
+                &["bundle"],
+            )?,
+            policy_load_failures: IntCounterVec::new(
+                Opts::new(
+                    "sark_policy_load_failures_total",
+                    "Stored policy versions that failed to compile when loaded",
+                ),
+                &["bundle"],
+            )?,
+        };
+        registry.register(Box::new(metrics.restarts.clone()))?;
+        registry.register(Box::new(metrics.running.clone()))?;
+        registry.register(Box::new(metrics.spawn_failures.clone()))?;
+        registry.register(Box::new(metrics.audit_committed.clone()))?;
+        registry.register(Box::new(metrics.audit_commit_failures.clone()))?;
+        registry.register(Box::new(metrics.audit_batch_size.clone()))?;
+        registry.register(Box::new(metrics.rate_limited.clone()))?;
+        registry.register(Box::new(metrics.policy_version.clone()))?;
+        registry.register(Box::new(metrics.policy_load_failures.clone()))?;
+        Ok(metrics)
+    }
+}

@@ -1,0 +1,434 @@
+//! Policy bundles: one PolicyActor per bundle under the PolicySupervisor.
+//!
+//! The store is the source of truth. A PolicyActor loads its bundle's active version,
+//! compiles it with regorus and publishes the compiled snapshot in the node's
+//! [`PolicyRegistry`]. Request tasks evaluate against that immutable snapshot in parallel
+//! (no actor hop on the hot path); a new version replaces the snapshot atomically.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Arc, PoisonError, RwLock};
+
+use async_trait::async_trait;
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, Message, RpcReplyPort, SpawnErr};
+use tracing::{info, warn};
+
+use crate::metrics::ActorMetrics;
+use crate::store::{PolicyStore, StoreError};
+use crate::supervisor::{
+    ChildSpec, RestartPolicy, Slot, SupervisorArguments, SupervisorMessage, spawn_into,
+    spawn_supervisor,
+};
+
+/// Which Rego syntax a bundle is written in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RegoSyntax {
+    /// `allow if { … }` (OPA 1.x, the regorus default).
+    V1,
+    /// `allow { … }` (OPA 0.x).
+    V0,
+}
+
+/// Why a policy could not be compiled or evaluated.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PolicyError {
+    /// The source does not compile; the message names the line.
+    #[error("{0}")]
+    Invalid(String),
+    /// Evaluation failed.
+    #[error("evaluation failed: {0}")]
+    Evaluation(String),
+}
+
+/// A compiled, immutable version of a bundle.
+pub struct CompiledBundle {
+    /// Bundle name.
+    pub bundle: String,
+    /// Stored version number.
+    pub version: i64,
+    /// Hex SHA-256 of the source.
+    pub sha256: String,
+    /// Rego package path, e.g. `data.sark.authz`.
+    pub package: String,
+    /// Syntax the source was accepted in.
+    pub syntax: RegoSyntax,
+    engine: regorus::Engine,
+}
+
+impl fmt::Debug for CompiledBundle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CompiledBundle")
+            .field("bundle", &self.bundle)
+            .field("version", &self.version)
+            .field("package", &self.package)
+            .field("syntax", &self.syntax)
+            .finish_non_exhaustive()
+    }
+}
+
+fn load(source: &str, syntax: RegoSyntax) -> Result<(regorus::Engine, String), String> {
+    let mut engine = regorus::Engine::new();
+    engine.set_rego_v0(syntax == RegoSyntax::V0);
+    let package = engine
+        .add_policy("policy.rego".to_owned(), source.to_owned())
+        .map_err(|e| e.to_string())?;
+    Ok((engine, package))
+}
+
+/// Parses and compiles a Rego source, accepting either syntax.
+pub fn compile(
+    bundle: &str,
+    version: i64,
+    sha256: &str,
+    source: &str,
+) -> Result<CompiledBundle, PolicyError> {
+    let (engine, package, syntax) = match load(source, RegoSyntax::V1) {
+        Ok((engine, package)) => (engine, package, RegoSyntax::V1),
+        Err(v1_error) => match load(source, RegoSyntax::V0) {
+            Ok((engine, package)) => (engine, package, RegoSyntax::V0),
+            Err(_) => return Err(PolicyError::Invalid(v1_error)),
+        },
+    };
+    Ok(CompiledBundle {
+        bundle: bundle.to_owned(),
+        version,
+        sha256: sha256.to_owned(),
+        package,
+        syntax,
+        engine,
+    })
+}
+
+impl CompiledBundle {
+    /// Evaluates `rule` of the bundle's package (e.g. `allow`) for `input`;
+    /// `None` when the rule is undefined for that input.
+    pub fn eval_rule(
+        &self,
+        rule: &str,
+        input: serde_json::Value,
+    ) -> Result<Option<serde_json::Value>, PolicyError> {
+        let mut engine = self.engine.clone();
+        engine.set_input(regorus::Value::from(input));
+        let value = engine
+            .eval_rule(format!("{}.{rule}", self.package))
+            .map_err(|e| PolicyError::Evaluation(e.to_string()))?;
+        if value == regorus::Value::Undefined {
+            return Ok(None);
+        }
+        let json = value
+            .to_json_str()
+            .map_err(|e| PolicyError::Evaluation(e.to_string()))?;
+        serde_json::from_str(&json)
+            .map(Some)
+            .map_err(|e| PolicyError::Evaluation(e.to_string()))
+    }
+}
+
+/// The compiled bundles of this node, shared by every request task.
+#[derive(Debug, Default)]
+pub struct PolicyRegistry {
+    bundles: RwLock<BTreeMap<String, Arc<CompiledBundle>>>,
+}
+
+impl PolicyRegistry {
+    /// The active compiled version of a bundle.
+    pub fn get(&self, bundle: &str) -> Option<Arc<CompiledBundle>> {
+        self.bundles
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(bundle)
+            .cloned()
+    }
+
+    /// Publishes a compiled version, unless a newer one is already published.
+    pub fn publish(&self, compiled: Arc<CompiledBundle>) {
+        let mut bundles = self.bundles.write().unwrap_or_else(PoisonError::into_inner);
+        let newer_present = bundles
+            .get(&compiled.bundle)
+            .is_some_and(|current| current.version > compiled.version);
+        if !newer_present {
+            bundles.insert(compiled.bundle.clone(), compiled);
+        }
+    }
+
+    /// Active version of every loaded bundle.
+    pub fn versions(&self) -> BTreeMap<String, i64> {
+        self.bundles
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(name, b)| (name.clone(), b.version))
+            .collect()
+    }
+}
+
+/// Messages of a [`PolicyActor`].
+pub enum PolicyMessage {
+    /// Reloads the active version from the store; replies with the version now active.
+    Reload(RpcReplyPort<Result<i64, String>>),
+    /// Makes the actor panic, to prove supervision restarts it.
+    #[cfg(feature = "fault-injection")]
+    Panic,
+}
+
+impl Message for PolicyMessage {}
+
+/// The actor that owns one bundle on this node.
+#[derive(Debug, Default)]
+pub struct PolicyActor;
+
+/// What a PolicyActor starts with.
+pub struct PolicyArguments {
+    /// Bundle name.
+    pub bundle: String,
+    /// Where versions are stored.
+    pub store: Arc<dyn PolicyStore>,
+    /// Where compiled versions are published.
+    pub registry: Arc<PolicyRegistry>,
+    /// Metrics.
+    pub metrics: ActorMetrics,
+}
+
+/// The PolicyActor's state.
+pub struct PolicyState {
+    args: PolicyArguments,
+}
+
+impl PolicyActor {
+    /// Loads and publishes the active version; returns it.
+    async fn load_active(args: &PolicyArguments) -> Result<i64, ActorProcessingErr> {
+        let Some(active) = args.store.active_policy(&args.bundle).await? else {
+            return Err(Box::new(StoreError::Corrupt(format!(
+                "policy bundle {} has no active version",
+                args.bundle
+            ))));
+        };
+        if args
+            .registry
+            .get(&args.bundle)
+            .is_some_and(|c| c.version == active.version)
+        {
+            return Ok(active.version);
+        }
+        let compiled = compile(&active.bundle, active.version, &active.sha256, &active.source).inspect_err(|err| {
+            // Only compiled versions are ever stored, so this means the engine changed.
+            args.metrics.policy_load_failures.with_label_values(&[&args.bundle]).inc();
+            warn!(bundle = args.bundle, version = active.version, error = %err, "stored policy does not compile");
+        })?;
+        args.registry.publish(Arc::new(compiled));
+        args.metrics
+            .policy_version
+            .with_label_values(&[&args.bundle])
+            .set(active.version);
+        info!(
+            bundle = args.bundle,
+            version = active.version,
+            "policy version active"
+        );
+        Ok(active.version)
+    }
+}
+
+impl Actor for PolicyActor {
+    type Msg = PolicyMessage;
+    type State = PolicyState;
+    type Arguments = PolicyArguments;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Self::load_active(&args).await?;
+        Ok(PolicyState { args })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            PolicyMessage::Reload(reply) => {
+                let result = Self::load_active(&state.args)
+                    .await
+                    .map_err(|e| e.to_string());
+                let _ = reply.send(result);
+            }
+            #[cfg(feature = "fault-injection")]
+            PolicyMessage::Panic => {
+                #[allow(clippy::panic)]
+                {
+                    panic!("fault injection: policy actor panic");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where each bundle's PolicyActor can be reached.
+#[derive(Clone, Debug, Default)]
+pub struct PolicyActors {
+    slots: Arc<RwLock<BTreeMap<String, Slot<PolicyMessage>>>>,
+}
+
+impl PolicyActors {
+    /// The slot of a bundle's actor, created on first use.
+    pub fn slot(&self, bundle: &str) -> Slot<PolicyMessage> {
+        self.slots
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(bundle.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// The running actor of a bundle.
+    pub fn get(&self, bundle: &str) -> Option<ActorRef<PolicyMessage>> {
+        self.slots
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(bundle)
+            .and_then(Slot::get)
+    }
+}
+
+/// Spawns the PolicyActor of one bundle.
+pub struct PolicyChild {
+    bundle: String,
+    store: Arc<dyn PolicyStore>,
+    registry: Arc<PolicyRegistry>,
+    slot: Slot<PolicyMessage>,
+    metrics: ActorMetrics,
+}
+
+#[async_trait]
+impl ChildSpec for PolicyChild {
+    fn kind(&self) -> &'static str {
+        "policy"
+    }
+
+    fn id(&self) -> String {
+        self.bundle.clone()
+    }
+
+    async fn spawn(&self, supervisor: ActorCell) -> Result<ActorCell, SpawnErr> {
+        let args = PolicyArguments {
+            bundle: self.bundle.clone(),
+            store: self.store.clone(),
+            registry: self.registry.clone(),
+            metrics: self.metrics.clone(),
+        };
+        spawn_into(PolicyActor, args, supervisor, &self.slot).await
+    }
+}
+
+/// Spawns the PolicySupervisor with one PolicyActor per stored bundle.
+pub struct PolicySupervisorSpec {
+    /// Where bundles are stored.
+    pub store: Arc<dyn PolicyStore>,
+    /// Where compiled versions are published.
+    pub registry: Arc<PolicyRegistry>,
+    /// Where the PolicyActors are published.
+    pub actors: PolicyActors,
+    /// Where the supervisor is published.
+    pub slot: Slot<SupervisorMessage>,
+    /// Restart behaviour of the PolicyActors.
+    pub policy: RestartPolicy,
+    /// Metrics.
+    pub metrics: ActorMetrics,
+}
+
+impl PolicySupervisorSpec {
+    /// The child spec of one bundle's actor.
+    pub fn child(&self, bundle: &str) -> Arc<dyn ChildSpec> {
+        Arc::new(PolicyChild {
+            bundle: bundle.to_owned(),
+            store: self.store.clone(),
+            registry: self.registry.clone(),
+            slot: self.actors.slot(bundle),
+            metrics: self.metrics.clone(),
+        })
+    }
+}
+
+#[async_trait]
+impl ChildSpec for PolicySupervisorSpec {
+    fn kind(&self) -> &'static str {
+        "policy_supervisor"
+    }
+
+    fn is_supervisor(&self) -> bool {
+        true
+    }
+
+    async fn spawn(&self, supervisor: ActorCell) -> Result<ActorCell, SpawnErr> {
+        // The bundle list comes from the store each time, so a restart picks up bundles
+        // created while the previous instance was running.
+        let bundles = self
+            .store
+            .active_policies()
+            .await
+            .map_err(|e| SpawnErr::StartupFailed(Box::new(e)))?;
+        let args = SupervisorArguments {
+            kind: self.kind(),
+            children: bundles.iter().map(|b| self.child(&b.bundle)).collect(),
+            policy: self.policy.clone(),
+            metrics: self.metrics.clone(),
+        };
+        spawn_supervisor(args, supervisor, &self.slot).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const HANDOFF_V0: &str = "package sark.authz\n\
+        allow { input.user.role == \"admin\" }\n\
+        allow { input.action == \"read\"; input.user.role == \"viewer\" }\n";
+
+    #[test]
+    fn both_rego_syntaxes_compile_and_evaluate() {
+        let v0 = compile("authorization", 1, "x", HANDOFF_V0).unwrap();
+        assert_eq!(v0.syntax, RegoSyntax::V0);
+        assert_eq!(v0.package, "data.sark.authz");
+        let admin = json!({"user": {"role": "admin"}, "action": "delete"});
+        let viewer = json!({"user": {"role": "viewer"}, "action": "delete"});
+        assert_eq!(v0.eval_rule("allow", admin).unwrap(), Some(json!(true)));
+        assert_eq!(v0.eval_rule("allow", viewer).unwrap(), None);
+
+        let v1 = compile("b", 1, "x", "package p\nallow if input.x == 1\n").unwrap();
+        assert_eq!(v1.syntax, RegoSyntax::V1);
+        assert_eq!(
+            v1.eval_rule("allow", json!({"x": 1})).unwrap(),
+            Some(json!(true))
+        );
+    }
+
+    #[test]
+    fn an_invalid_policy_reports_the_line() {
+        let err = compile("b", 1, "x", "package p\n\nallow if {\n  input.x ==\n").unwrap_err();
+        let PolicyError::Invalid(message) = err else {
+            panic!("expected invalid")
+        };
+        assert!(message.contains(':'), "{message}");
+    }
+
+    #[test]
+    fn the_registry_never_goes_back_to_an_older_version() {
+        let registry = PolicyRegistry::default();
+        registry.publish(Arc::new(
+            compile("b", 2, "x", "package p\nallow := true\n").unwrap(),
+        ));
+        registry.publish(Arc::new(
+            compile("b", 1, "x", "package p\nallow := false\n").unwrap(),
+        ));
+        assert_eq!(registry.get("b").unwrap().version, 2);
+        assert_eq!(registry.versions().get("b"), Some(&2));
+    }
+}

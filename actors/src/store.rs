@@ -1,0 +1,574 @@
+//! Storage ports: the traits through which actors and the HTTP front door reach durable state.
+//!
+//! The `sark` crate implements every port once for SQLite and once for PostgreSQL; the same
+//! contract tests run against both. Nothing here names a database type, so actors stay
+//! independent of the backend.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Why a storage call failed, in terms callers can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached or refused the connection; retrying later may succeed.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// A uniqueness rule was violated (the named thing already exists).
+    #[error("{0} already exists")]
+    Conflict(String),
+    /// A conditional write lost a race (the row changed underneath the caller).
+    #[error("concurrent update of {0}")]
+    Contended(String),
+    /// A stored row could not be decoded into its record.
+    #[error("stored data is invalid: {0}")]
+    Corrupt(String),
+    /// Any other database failure.
+    #[error("database error: {0}")]
+    Internal(String),
+}
+
+/// Result of a storage call.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A user's role; the built-in authorization policy grants rights by role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// May do everything.
+    Admin,
+    /// May read and write servers and read policies.
+    Operator,
+    /// May read servers.
+    Viewer,
+}
+
+impl Role {
+    /// The role's name as stored and as shown in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Operator => "operator",
+            Role::Viewer => "viewer",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "admin" => Ok(Role::Admin),
+            "operator" => Ok(Role::Operator),
+            "viewer" => Ok(Role::Viewer),
+            other => Err(format!(
+                "unknown role `{other}` (expected admin, operator or viewer)"
+            )),
+        }
+    }
+}
+
+/// A stored account, local or provisioned from an external identity provider.
+#[derive(Clone, Debug, PartialEq)]
+pub struct User {
+    /// Stable identifier.
+    pub id: Uuid,
+    /// Unique login name.
+    pub username: String,
+    /// Contact address, if known.
+    pub email: Option<String>,
+    /// Role used by the authorization policy.
+    pub role: Role,
+    /// Team names, passed to policies.
+    pub teams: Vec<String>,
+    /// PHC-format argon2id hash; `None` for accounts that cannot log in with a password.
+    pub password_hash: Option<String>,
+    /// Disabled accounts cannot log in and their credentials are revoked.
+    pub is_active: bool,
+    /// Whether a second factor is required at login.
+    pub mfa_enabled: bool,
+    /// Identity provider that owns the account (`local`, or an external provider id).
+    pub provider: String,
+    /// Subject at the external provider; `None` for local accounts.
+    pub subject: Option<String>,
+    /// When the account was created.
+    pub created_at: DateTime<Utc>,
+    /// When the account last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Changes to apply to a user; `None` leaves a field as it is.
+#[derive(Clone, Debug, Default)]
+pub struct UserPatch {
+    /// New email (`Some(None)` clears it).
+    pub email: Option<Option<String>>,
+    /// New role.
+    pub role: Option<Role>,
+    /// New team list (replaces the old one).
+    pub teams: Option<Vec<String>>,
+    /// Enable or disable the account.
+    pub is_active: Option<bool>,
+    /// New password hash.
+    pub password_hash: Option<String>,
+    /// Turn MFA on or off.
+    pub mfa_enabled: Option<bool>,
+}
+
+/// A deleted user and the sessions its deletion revoked.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeletedUser {
+    /// The user as it was.
+    pub user: User,
+    /// Sessions revoked by the deletion.
+    pub revoked_sessions: Vec<Uuid>,
+}
+
+/// One page of a keyset-paginated listing, ordered by a unique key.
+#[derive(Clone, Debug, Default)]
+pub struct PageRequest {
+    /// Return rows strictly after this key.
+    pub after: Option<String>,
+    /// Maximum rows to return.
+    pub limit: u32,
+}
+
+/// Accounts.
+#[async_trait]
+pub trait UserStore: Send + Sync {
+    /// Inserts a user; `Conflict` if the username is taken.
+    async fn create_user(&self, user: &User) -> StoreResult<()>;
+    /// Inserts a user unless the username is taken; returns whether it was inserted.
+    /// Safe when several nodes race to create the same account.
+    async fn create_user_if_absent(&self, user: &User) -> StoreResult<bool>;
+    /// Looks a user up by username.
+    async fn user_by_username(&self, username: &str) -> StoreResult<Option<User>>;
+    /// Looks a user up by id.
+    async fn user_by_id(&self, id: Uuid) -> StoreResult<Option<User>>;
+    /// Lists users ordered by username.
+    async fn list_users(&self, page: &PageRequest) -> StoreResult<Vec<User>>;
+    /// Applies a patch; returns the updated user, or `None` if there is no such user.
+    async fn update_user(
+        &self,
+        username: &str,
+        patch: &UserPatch,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<User>>;
+    /// Deletes a user and, in the same transaction, revokes their live sessions (the rows
+    /// stay until they expire, so nodes keep refusing them). `None` if there is no such user.
+    async fn delete_user(
+        &self,
+        username: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<DeletedUser>>;
+}
+
+/// A login session; the database row is the source of truth for its session actor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SessionRecord {
+    /// Session id (carried as `sid` in access tokens).
+    pub id: Uuid,
+    /// Owner of the session.
+    pub user_id: Uuid,
+    /// Hash of the current refresh token; rotated on every use.
+    pub refresh_hash: String,
+    /// How the user authenticated (`password`, `ldap`, `oidc`, `saml`).
+    pub auth_method: String,
+    /// Client address at login.
+    pub ip: Option<String>,
+    /// Whether the second factor was verified for this session.
+    pub mfa_verified: bool,
+    /// When the session was created.
+    pub created_at: DateTime<Utc>,
+    /// Last time the session was used.
+    pub last_seen_at: DateTime<Utc>,
+    /// Absolute expiry.
+    pub expires_at: DateTime<Utc>,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// Why it was revoked.
+    pub revoked_reason: Option<String>,
+    /// Node that owns the session's actor.
+    pub node_id: String,
+}
+
+/// Outcome of presenting a refresh token for rotation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RotateOutcome {
+    /// The token was current and has been replaced.
+    Rotated,
+    /// The session exists but the token is not its current one: a reuse.
+    Reused,
+    /// No live session matches.
+    NotFound,
+}
+
+/// Sessions and their refresh-token families.
+#[async_trait]
+pub trait SessionStore: Send + Sync {
+    /// Inserts a new session.
+    async fn create_session(&self, session: &SessionRecord) -> StoreResult<()>;
+    /// Looks a session up by id (revoked and expired ones included).
+    async fn session(&self, id: Uuid) -> StoreResult<Option<SessionRecord>>;
+    /// Replaces the refresh hash only if `old_hash` is still current, by a conditional
+    /// write, so two nodes can never both accept the same refresh token.
+    async fn rotate_refresh(
+        &self,
+        id: Uuid,
+        old_hash: &str,
+        new_hash: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<RotateOutcome>;
+    /// Records that the session was used.
+    async fn touch_session(&self, id: Uuid, now: DateTime<Utc>) -> StoreResult<()>;
+    /// Revokes one session; returns whether it was live before.
+    async fn revoke_session(&self, id: Uuid, reason: &str, now: DateTime<Utc>)
+    -> StoreResult<bool>;
+    /// Revokes every live session of a user except `keep`; returns the revoked ids.
+    async fn revoke_user_sessions(
+        &self,
+        user_id: Uuid,
+        keep: Option<Uuid>,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<Uuid>>;
+    /// Live sessions of a user.
+    async fn user_sessions(
+        &self,
+        user_id: Uuid,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<SessionRecord>>;
+    /// Ids of revoked sessions that would otherwise still be valid at `now`.
+    async fn revoked_session_ids(&self, now: DateTime<Utc>) -> StoreResult<Vec<Uuid>>;
+    /// Number of live sessions.
+    async fn count_active_sessions(&self, now: DateTime<Utc>) -> StoreResult<u64>;
+}
+
+/// A server in the inventory.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Server {
+    /// Stable identifier.
+    pub id: Uuid,
+    /// Unique name.
+    pub name: String,
+    /// Absolute http(s) URL.
+    pub endpoint: String,
+    /// Free text.
+    pub description: Option<String>,
+    /// Key/value tags.
+    pub tags: BTreeMap<String, String>,
+    /// When it was registered.
+    pub created_at: DateTime<Utc>,
+    /// When it last changed.
+    pub updated_at: DateTime<Utc>,
+    /// Who registered it.
+    pub created_by: String,
+}
+
+/// Filters for listing servers.
+#[derive(Clone, Debug, Default)]
+pub struct ServerQuery {
+    /// Every tag here must match.
+    pub tags: Vec<(String, String)>,
+    /// Name must start with this.
+    pub name_prefix: Option<String>,
+    /// Keyset position: names strictly after this one, and the page size.
+    pub page: PageRequest,
+}
+
+/// Changes to a server; `None` leaves a field unchanged.
+#[derive(Clone, Debug, Default)]
+pub struct ServerPatch {
+    /// New endpoint.
+    pub endpoint: Option<String>,
+    /// New description (`Some(None)` clears it).
+    pub description: Option<Option<String>>,
+    /// New tags (replace the old set).
+    pub tags: Option<BTreeMap<String, String>>,
+}
+
+/// The server inventory.
+#[async_trait]
+pub trait ServerStore: Send + Sync {
+    /// Inserts a server; `Conflict` if the name is taken.
+    async fn create_server(&self, server: &Server) -> StoreResult<()>;
+    /// Looks a server up by name.
+    async fn server(&self, name: &str) -> StoreResult<Option<Server>>;
+    /// Lists servers ordered by name.
+    async fn list_servers(&self, query: &ServerQuery) -> StoreResult<Vec<Server>>;
+    /// Applies a patch; `None` if there is no such server.
+    async fn update_server(
+        &self,
+        name: &str,
+        patch: &ServerPatch,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<Server>>;
+    /// Deletes a server; returns whether one was deleted.
+    async fn delete_server(&self, name: &str) -> StoreResult<bool>;
+    /// Number of servers.
+    async fn count_servers(&self) -> StoreResult<u64>;
+}
+
+/// One stored version of a policy bundle.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PolicyVersion {
+    /// Bundle name (`authorization`, `rate_limiting`, …).
+    pub bundle: String,
+    /// Version number, 1-based, increasing per bundle.
+    pub version: i64,
+    /// Rego source.
+    pub source: String,
+    /// Hex SHA-256 of the source.
+    pub sha256: String,
+    /// Free text.
+    pub description: Option<String>,
+    /// When this version was stored.
+    pub created_at: DateTime<Utc>,
+    /// Who stored it.
+    pub created_by: String,
+}
+
+/// A policy version to store.
+#[derive(Clone, Debug)]
+pub struct NewPolicyVersion<'a> {
+    /// Bundle name.
+    pub bundle: &'a str,
+    /// Rego source.
+    pub source: &'a str,
+    /// Hex SHA-256 of the source.
+    pub sha256: &'a str,
+    /// Free text.
+    pub description: Option<&'a str>,
+    /// Who stores it.
+    pub created_by: &'a str,
+    /// When.
+    pub now: DateTime<Utc>,
+}
+
+/// Policy bundles and their version history.
+#[async_trait]
+pub trait PolicyStore: Send + Sync {
+    /// Stores a new version and makes it active, atomically bumping the bundle's version.
+    async fn add_policy_version(&self, new: &NewPolicyVersion<'_>) -> StoreResult<PolicyVersion>;
+    /// Stores version 1 of a bundle only if the bundle does not exist yet; returns whether it
+    /// did. Safe when several nodes seed the built-in bundles at once.
+    async fn seed_policy(&self, new: &NewPolicyVersion<'_>) -> StoreResult<bool>;
+    /// The active version of a bundle.
+    async fn active_policy(&self, bundle: &str) -> StoreResult<Option<PolicyVersion>>;
+    /// The active version of every bundle.
+    async fn active_policies(&self) -> StoreResult<Vec<PolicyVersion>>;
+    /// One stored version.
+    async fn policy_version(
+        &self,
+        bundle: &str,
+        version: i64,
+    ) -> StoreResult<Option<PolicyVersion>>;
+    /// Every stored version of a bundle, newest first.
+    async fn policy_versions(&self, bundle: &str) -> StoreResult<Vec<PolicyVersion>>;
+}
+
+/// An audit event before it is placed on a chain.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    /// Stable id; also the SIEM event id.
+    pub id: Uuid,
+    /// When it happened (microsecond precision).
+    pub timestamp: DateTime<Utc>,
+    /// What happened (`login_succeeded`, `server_registered`, …).
+    pub event_type: String,
+    /// Who did it.
+    pub actor: Option<String>,
+    /// From where.
+    pub ip: Option<String>,
+    /// To what.
+    pub resource: Option<String>,
+    /// `success`, `failure` or `denied`.
+    pub outcome: String,
+    /// Event-specific fields.
+    pub details: serde_json::Value,
+    /// Node that recorded it.
+    pub node_id: String,
+}
+
+/// An audit event placed on its writer's hash chain.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChainedEvent {
+    /// The event.
+    #[serde(flatten)]
+    pub event: AuditEvent,
+    /// The writer's chain name.
+    pub chain: String,
+    /// Position on the chain, from 1.
+    pub seq: i64,
+    /// Hash of the previous event on the chain (all zeros for the first).
+    pub prev_hash: String,
+    /// HMAC over this event's canonical encoding and `prev_hash`.
+    pub hash: String,
+}
+
+/// Filters for listing audit events, newest first.
+#[derive(Clone, Debug, Default)]
+pub struct AuditQuery {
+    /// Only this event type.
+    pub event_type: Option<String>,
+    /// Only this actor.
+    pub actor: Option<String>,
+    /// Not before.
+    pub since: Option<DateTime<Utc>>,
+    /// Before.
+    pub until: Option<DateTime<Utc>>,
+    /// Keyset position: events strictly older than this (timestamp, id).
+    pub before: Option<(DateTime<Utc>, Uuid)>,
+    /// Page size.
+    pub limit: u32,
+}
+
+/// The tamper-evident audit log.
+#[async_trait]
+pub trait AuditStore: Send + Sync {
+    /// Appends events that extend `chain` from the head `(prev_seq, prev_hash)`, and queues
+    /// each for every sink in `sinks`, in one transaction. Fails with `Contended` if the
+    /// chain's head moved, so two writers can never fork one chain.
+    async fn append_audit(
+        &self,
+        chain: &str,
+        prev_seq: i64,
+        events: &[ChainedEvent],
+        sinks: &[String],
+    ) -> StoreResult<()>;
+    /// The last `(seq, hash)` of a chain, or `None` for a new chain.
+    async fn chain_head(&self, chain: &str) -> StoreResult<Option<(i64, String)>>;
+    /// Lists events.
+    async fn list_audit(&self, query: &AuditQuery) -> StoreResult<Vec<ChainedEvent>>;
+    /// Every chain name.
+    async fn audit_chains(&self) -> StoreResult<Vec<String>>;
+    /// Events of one chain with `seq > after_seq`, in order.
+    async fn chain_segment(
+        &self,
+        chain: &str,
+        after_seq: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<ChainedEvent>>;
+}
+
+/// An event waiting in the SIEM outbox.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutboxEntry {
+    /// Outbox row id.
+    pub id: i64,
+    /// Sink it is queued for.
+    pub sink: String,
+    /// The event.
+    pub event: ChainedEvent,
+    /// Delivery attempts so far.
+    pub attempts: i32,
+}
+
+/// Queue depth of one sink.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct OutboxStats {
+    /// Events not yet delivered.
+    pub queued: u64,
+    /// Timestamp of the oldest undelivered event.
+    pub oldest_queued_at: Option<DateTime<Utc>>,
+}
+
+/// The durable outbox that SIEM forwarders drain.
+#[async_trait]
+pub trait SiemOutbox: Send + Sync {
+    /// Leases up to `limit` due, undelivered entries of `sink` to `owner` until `lease_until`.
+    /// An entry leased by another owner whose lease has not expired is never returned.
+    async fn claim_outbox(
+        &self,
+        sink: &str,
+        owner: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<OutboxEntry>>;
+    /// Marks entries delivered (only those still leased by `owner`).
+    async fn complete_outbox(
+        &self,
+        owner: &str,
+        ids: &[i64],
+        now: DateTime<Utc>,
+    ) -> StoreResult<()>;
+    /// Returns entries to the queue after a failed attempt, due again at `retry_at`.
+    async fn release_outbox(
+        &self,
+        owner: &str,
+        ids: &[i64],
+        error: &str,
+        retry_at: DateTime<Utc>,
+    ) -> StoreResult<()>;
+    /// Queue depth of a sink.
+    async fn outbox_stats(&self, sink: &str) -> StoreResult<OutboxStats>;
+}
+
+/// Small node-wide settings shared through the store (key fingerprints, signing keys).
+#[async_trait]
+pub trait MetaStore: Send + Sync {
+    /// Reads a value.
+    async fn meta(&self, key: &str) -> StoreResult<Option<String>>;
+    /// Stores `value` unless the key exists; returns the value now stored. Safe under races.
+    async fn put_meta_if_absent(&self, key: &str, value: &str) -> StoreResult<String>;
+}
+
+/// Which time-series layout the audit and request tables use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeSeriesLayout {
+    /// TimescaleDB hypertables with compression and retention policies.
+    Timescaledb,
+    /// Native PostgreSQL range partitions by day, with BRIN indexes.
+    NativePartitions,
+    /// Plain tables (SQLite).
+    Plain,
+}
+
+/// Liveness and identity of the backend.
+#[async_trait]
+pub trait StoreHealth: Send + Sync {
+    /// Round-trips a trivial query.
+    async fn ping(&self) -> StoreResult<()>;
+    /// `sqlite` or `postgres`.
+    fn backend(&self) -> &'static str;
+    /// The time-series layout chosen at start-up.
+    fn time_series(&self) -> TimeSeriesLayout;
+}
+
+/// Every port at once: what a backend implements.
+pub trait Store:
+    UserStore
+    + SessionStore
+    + ServerStore
+    + PolicyStore
+    + AuditStore
+    + SiemOutbox
+    + MetaStore
+    + StoreHealth
+{
+}
+
+impl<T> Store for T where
+    T: UserStore
+        + SessionStore
+        + ServerStore
+        + PolicyStore
+        + AuditStore
+        + SiemOutbox
+        + MetaStore
+        + StoreHealth
+{
+}

@@ -1,0 +1,532 @@
+//! A one-for-one supervisor: restarts each crashed child from durable state with bounded,
+//! exponential back-off, counts every restart, and escalates a crash loop to its own parent.
+//!
+//! Children are described by [`ChildSpec`]s. A spec spawns a fresh actor each time; the actor's
+//! `pre_start` reloads whatever it needs from the store, so a restart never resumes from the
+//! memory of the instance that crashed.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ractor::{
+    Actor, ActorCell, ActorProcessingErr, ActorRef, Message, RpcReplyPort, SpawnErr,
+    SupervisionEvent,
+};
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+use crate::metrics::ActorMetrics;
+
+/// How a supervisor restarts its children.
+#[derive(Clone, Debug)]
+pub struct RestartPolicy {
+    /// Delay before the first restart.
+    pub initial_backoff: Duration,
+    /// Upper bound of the delay; it doubles per recent crash up to this.
+    pub max_backoff: Duration,
+    /// More crashes than this within `window` escalate to the supervisor's own parent.
+    pub max_restarts: usize,
+    /// The sliding window for `max_restarts`.
+    pub window: Duration,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        Self {
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+            max_restarts: 10,
+            window: Duration::from_secs(60),
+        }
+    }
+}
+
+impl RestartPolicy {
+    /// The delay before restarting a child that crashed `recent` times within the window.
+    fn backoff(&self, recent: usize) -> Duration {
+        let exponent = u32::try_from(recent.saturating_sub(1))
+            .unwrap_or(u32::MAX)
+            .min(16);
+        self.initial_backoff
+            .saturating_mul(2u32.saturating_pow(exponent))
+            .min(self.max_backoff)
+    }
+}
+
+/// Describes a supervised child and how to start a fresh instance of it.
+#[async_trait]
+pub trait ChildSpec: Send + Sync + 'static {
+    /// The kind of actor, used as the `kind` label of the restart metric.
+    fn kind(&self) -> &'static str;
+    /// Identifies the child among its siblings (for singletons, the kind).
+    fn id(&self) -> String {
+        self.kind().to_owned()
+    }
+    /// Spawns a fresh instance linked to `supervisor`.
+    async fn spawn(&self, supervisor: ActorCell) -> Result<ActorCell, SpawnErr>;
+    /// Whether the child is itself a [`Supervisor`], so the tree can be walked.
+    fn is_supervisor(&self) -> bool {
+        false
+    }
+}
+
+/// Where a running actor can be found; the supervisor refills it on every restart.
+pub struct Slot<M: Message> {
+    inner: Arc<RwLock<Option<ActorRef<M>>>>,
+}
+
+impl<M: Message> Clone for Slot<M> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<M: Message> Default for Slot<M> {
+    fn default() -> Self {
+        Self {
+            inner: Arc::new(RwLock::new(None)),
+        }
+    }
+}
+
+impl<M: Message> fmt::Debug for Slot<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let id = self.get().map(|actor| actor.get_id());
+        f.debug_struct("Slot").field("actor", &id).finish()
+    }
+}
+
+impl<M: Message> Slot<M> {
+    /// The current instance, if one was started.
+    pub fn get(&self) -> Option<ActorRef<M>> {
+        self.inner
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Publishes a new instance.
+    pub fn set(&self, actor: ActorRef<M>) {
+        *self.inner.write().unwrap_or_else(PoisonError::into_inner) = Some(actor);
+    }
+}
+
+/// A child's state as reported to operators.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ChildInfo {
+    /// Actor kind.
+    pub kind: &'static str,
+    /// Id among its siblings.
+    pub id: String,
+    /// `running` or `restarting`.
+    pub status: &'static str,
+    /// Restarts since the supervisor started.
+    pub restarts: u64,
+    /// The child's own children, when it is a supervisor.
+    pub children: Vec<ChildInfo>,
+}
+
+/// Messages of a [`Supervisor`].
+pub enum SupervisorMessage {
+    /// Starts and supervises another child; the reply says whether it started.
+    AddChild(Arc<dyn ChildSpec>, RpcReplyPort<Result<(), String>>),
+    /// Stops a child and stops supervising it.
+    RemoveChild(String),
+    /// Spawns a child again once its back-off has elapsed.
+    RestartChild(String),
+    /// Reports the children and, recursively, theirs.
+    GetChildren(RpcReplyPort<Vec<ChildInfo>>),
+}
+
+impl Message for SupervisorMessage {}
+
+/// The supervisor actor.
+#[derive(Debug, Default)]
+pub struct Supervisor;
+
+/// What a supervisor starts with.
+pub struct SupervisorArguments {
+    /// The supervisor's own kind (used in logs).
+    pub kind: &'static str,
+    /// Children to start right away.
+    pub children: Vec<Arc<dyn ChildSpec>>,
+    /// Restart behaviour.
+    pub policy: RestartPolicy,
+    /// Where restarts are counted.
+    pub metrics: ActorMetrics,
+}
+
+struct Child {
+    spec: Arc<dyn ChildSpec>,
+    cell: Option<ActorCell>,
+    restarts: u64,
+    recent_crashes: VecDeque<Instant>,
+    spawn_attempts: usize,
+}
+
+/// The supervisor's state.
+pub struct SupervisorState {
+    kind: &'static str,
+    children: BTreeMap<String, Child>,
+    policy: RestartPolicy,
+    metrics: ActorMetrics,
+}
+
+impl SupervisorState {
+    fn child_by_cell(&mut self, cell: &ActorCell) -> Option<(&String, &mut Child)> {
+        let id = cell.get_id();
+        self.children
+            .iter_mut()
+            .find(|(_, child)| child.cell.as_ref().is_some_and(|c| c.get_id() == id))
+    }
+}
+
+impl Supervisor {
+    /// Spawns the child now; on failure schedules another attempt with back-off.
+    async fn start_child(
+        myself: &ActorRef<SupervisorMessage>,
+        state: &mut SupervisorState,
+        id: &str,
+    ) {
+        let Some(child) = state.children.get_mut(id) else {
+            return;
+        };
+        match child.spec.spawn(myself.get_cell()).await {
+            Ok(cell) => {
+                child.cell = Some(cell);
+                child.spawn_attempts = 0;
+                state
+                    .metrics
+                    .running
+                    .with_label_values(&[child.spec.kind()])
+                    .inc();
+                // Creates the series at zero, so dashboards see every kind before a crash.
+                state
+                    .metrics
+                    .restarts
+                    .with_label_values(&[child.spec.kind()]);
+            }
+            Err(err) => {
+                child.spawn_attempts += 1;
+                let delay = state.policy.backoff(child.spawn_attempts);
+                state
+                    .metrics
+                    .spawn_failures
+                    .with_label_values(&[child.spec.kind()])
+                    .inc();
+                warn!(
+                    supervisor = state.kind,
+                    kind = child.spec.kind(),
+                    id,
+                    error = %err,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "supervised actor failed to start"
+                );
+                let id = id.to_owned();
+                myself.send_after(delay, move || SupervisorMessage::RestartChild(id));
+            }
+        }
+    }
+
+    /// Handles the death of a child: counts it, and restarts it or escalates.
+    fn child_died(
+        myself: &ActorRef<SupervisorMessage>,
+        state: &mut SupervisorState,
+        cell: &ActorCell,
+        reason: &str,
+    ) -> Result<(), ActorProcessingErr> {
+        let policy = state.policy.clone();
+        let supervisor = state.kind;
+        let metrics = state.metrics.clone();
+        let Some((id, child)) = state.child_by_cell(cell) else {
+            return Ok(());
+        };
+        let id = id.clone();
+        let kind = child.spec.kind();
+        child.cell = None;
+        metrics.running.with_label_values(&[kind]).dec();
+        let now = Instant::now();
+        while child
+            .recent_crashes
+            .front()
+            .is_some_and(|at| now.duration_since(*at) > policy.window)
+        {
+            child.recent_crashes.pop_front();
+        }
+        child.recent_crashes.push_back(now);
+        if child.recent_crashes.len() > policy.max_restarts {
+            error!(
+                supervisor,
+                kind,
+                id,
+                reason,
+                crashes = child.recent_crashes.len(),
+                window_s = policy.window.as_secs(),
+                "supervised actor keeps crashing; escalating"
+            );
+            return Err(format!("child {kind}/{id} crashed too often: {reason}").into());
+        }
+        child.restarts += 1;
+        metrics.restarts.with_label_values(&[kind]).inc();
+        let delay = policy.backoff(child.recent_crashes.len());
+        warn!(
+            supervisor,
+            kind,
+            id,
+            reason,
+            restart_in_ms = delay.as_millis() as u64,
+            "supervised actor stopped; restarting"
+        );
+        myself.send_after(delay, move || SupervisorMessage::RestartChild(id));
+        Ok(())
+    }
+
+    async fn describe(state: &SupervisorState) -> Vec<ChildInfo> {
+        let mut out = Vec::with_capacity(state.children.len());
+        for (id, child) in &state.children {
+            let mut children = Vec::new();
+            if let (true, Some(cell)) = (child.spec.is_supervisor(), child.cell.as_ref()) {
+                let actor: ActorRef<SupervisorMessage> = cell.clone().into();
+                if let Ok(nested) = ractor::call_t!(actor, SupervisorMessage::GetChildren, 2_000) {
+                    children = nested;
+                }
+            }
+            out.push(ChildInfo {
+                kind: child.spec.kind(),
+                id: id.clone(),
+                status: if child.cell.is_some() {
+                    "running"
+                } else {
+                    "restarting"
+                },
+                restarts: child.restarts,
+                children,
+            });
+        }
+        out
+    }
+}
+
+impl Actor for Supervisor {
+    type Msg = SupervisorMessage;
+    type State = SupervisorState;
+    type Arguments = SupervisorArguments;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let mut state = SupervisorState {
+            kind: args.kind,
+            children: BTreeMap::new(),
+            policy: args.policy,
+            metrics: args.metrics,
+        };
+        let mut ids = Vec::with_capacity(args.children.len());
+        for spec in args.children {
+            let id = spec.id();
+            ids.push(id.clone());
+            state.children.insert(
+                id,
+                Child {
+                    spec,
+                    cell: None,
+                    restarts: 0,
+                    recent_crashes: VecDeque::new(),
+                    spawn_attempts: 0,
+                },
+            );
+        }
+        for id in ids {
+            Self::start_child(&myself, &mut state, &id).await;
+        }
+        info!(
+            supervisor = state.kind,
+            children = state.children.len(),
+            "supervisor started"
+        );
+        Ok(state)
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        for child in state.children.values_mut() {
+            if child.cell.take().is_some() {
+                state
+                    .metrics
+                    .running
+                    .with_label_values(&[child.spec.kind()])
+                    .dec();
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            SupervisorMessage::AddChild(spec, reply) => {
+                let id = spec.id();
+                if state.children.contains_key(&id) {
+                    let _ = reply.send(Ok(()));
+                    return Ok(());
+                }
+                state.children.insert(
+                    id.clone(),
+                    Child {
+                        spec,
+                        cell: None,
+                        restarts: 0,
+                        recent_crashes: VecDeque::new(),
+                        spawn_attempts: 0,
+                    },
+                );
+                Self::start_child(&myself, state, &id).await;
+                let started = state.children.get(&id).is_some_and(|c| c.cell.is_some());
+                let _ = reply.send(if started {
+                    Ok(())
+                } else {
+                    Err(format!("{id} failed to start; retrying"))
+                });
+            }
+            SupervisorMessage::RemoveChild(id) => {
+                if let Some(child) = state.children.remove(&id)
+                    && let Some(cell) = child.cell
+                {
+                    state
+                        .metrics
+                        .running
+                        .with_label_values(&[child.spec.kind()])
+                        .dec();
+                    cell.stop(Some("removed by supervisor".into()));
+                }
+            }
+            SupervisorMessage::RestartChild(id) => {
+                if state.children.get(&id).is_some_and(|c| c.cell.is_none()) {
+                    Self::start_child(&myself, state, &id).await;
+                    if let Some(child) = state.children.get(&id)
+                        && child.cell.is_some()
+                    {
+                        info!(
+                            supervisor = state.kind,
+                            kind = child.spec.kind(),
+                            id,
+                            restarts = child.restarts,
+                            "supervised actor restarted"
+                        );
+                    }
+                }
+            }
+            SupervisorMessage::GetChildren(reply) => {
+                let _ = reply.send(Self::describe(state).await);
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match event {
+            SupervisionEvent::ActorFailed(cell, err) => {
+                Self::child_died(&myself, state, &cell, &format!("failed: {err}"))
+            }
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                let reason = reason.unwrap_or_else(|| "stopped".into());
+                Self::child_died(&myself, state, &cell, &reason)
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Spawns a supervisor whose children are added later (sessions, SIEM forwarders).
+pub struct SupervisorSpec {
+    /// The supervisor's kind.
+    pub kind: &'static str,
+    /// Restart behaviour of its children.
+    pub policy: RestartPolicy,
+    /// Where the running instance is published.
+    pub slot: Slot<SupervisorMessage>,
+    /// Metrics.
+    pub metrics: ActorMetrics,
+}
+
+#[async_trait]
+impl ChildSpec for SupervisorSpec {
+    fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    fn is_supervisor(&self) -> bool {
+        true
+    }
+
+    async fn spawn(&self, supervisor: ActorCell) -> Result<ActorCell, SpawnErr> {
+        let args = SupervisorArguments {
+            kind: self.kind,
+            children: Vec::new(),
+            policy: self.policy.clone(),
+            metrics: self.metrics.clone(),
+        };
+        spawn_supervisor(args, supervisor, &self.slot).await
+    }
+}
+
+/// Spawns an actor as a linked child and publishes it in `slot`.
+pub async fn spawn_into<A: Actor>(
+    actor: A,
+    args: A::Arguments,
+    supervisor: ActorCell,
+    slot: &Slot<A::Msg>,
+) -> Result<ActorCell, SpawnErr> {
+    let (actor_ref, _handle) = Actor::spawn_linked(None, actor, args, supervisor).await?;
+    let cell = actor_ref.get_cell();
+    slot.set(actor_ref);
+    Ok(cell)
+}
+
+/// Spawns a [`Supervisor`] as a linked child and publishes it in `slot`.
+pub async fn spawn_supervisor(
+    args: SupervisorArguments,
+    supervisor: ActorCell,
+    slot: &Slot<SupervisorMessage>,
+) -> Result<ActorCell, SpawnErr> {
+    spawn_into(Supervisor, args, supervisor, slot).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_is_bounded() {
+        let policy = RestartPolicy {
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(1),
+            max_restarts: 5,
+            window: Duration::from_secs(60),
+        };
+        assert_eq!(policy.backoff(1), Duration::from_millis(100));
+        assert_eq!(policy.backoff(2), Duration::from_millis(200));
+        assert_eq!(policy.backoff(4), Duration::from_millis(800));
+        assert_eq!(policy.backoff(5), Duration::from_secs(1));
+        assert_eq!(policy.backoff(1_000), Duration::from_secs(1));
+    }
+}

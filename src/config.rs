@@ -1,0 +1,900 @@
+//! Configuration: defaults, then a TOML file, then `SARK_*` environment variables, then
+//! command-line flags; validated once into a [`Config`] that is passed down as `Arc<Config>`.
+//!
+//! `SARK_A__B` is the key `b` of table `[a]`. Every secret may instead be given as a file
+//! with the `_FILE` suffix (`SARK_SECRETS__KEY_FILE`); such files must not be readable by
+//! other users. Unknown keys are refused, so a typo fails start-up instead of being ignored.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer, Serialize};
+use zeroize::Zeroizing;
+
+/// A secret string: never printed by `Debug`, wiped from memory when dropped.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(Zeroizing<String>);
+
+impl Secret {
+    /// Wraps a value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(Zeroizing::new(value.into()))
+    }
+
+    /// The secret value; call only where it is used.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        string_like(d).map(Secret::new)
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.expose())
+    }
+}
+
+/// Accepts a string, or a number or boolean that the environment parser produced from
+/// something the user meant as a string (a numeric password, say).
+fn string_like<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        S(String),
+        I(i64),
+        U(u64),
+        F(f64),
+        B(bool),
+    }
+    Ok(match Scalar::deserialize(d)? {
+        Scalar::S(s) => s,
+        Scalar::I(i) => i.to_string(),
+        Scalar::U(u) => u.to_string(),
+        Scalar::F(f) => f.to_string(),
+        Scalar::B(b) => b.to_string(),
+    })
+}
+
+/// A list given either as a TOML array or as one comma-separated string (environment).
+fn comma_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum List {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match List::deserialize(d)? {
+        List::One(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        List::Many(v) => v,
+    })
+}
+
+fn cidr_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
+    comma_list(d)?
+        .into_iter()
+        .map(|s| {
+            s.parse::<IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    serde::de::Error::custom(format!("`{s}` is not a CIDR or an IP address"))
+                })
+        })
+        .collect()
+}
+
+/// HTTP front door.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Listen address.
+    pub bind: SocketAddr,
+    /// PEM certificate chain; with `tls_key_file`, serve HTTPS (TLS 1.3) directly.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key.
+    pub tls_key_file: Option<PathBuf>,
+    /// Proxies whose `X-Forwarded-For` / `Forwarded` client address is believed.
+    #[serde(deserialize_with = "cidr_list", serialize_with = "serialize_cidrs")]
+    pub trusted_proxies: Vec<IpNet>,
+    /// Origins allowed by CORS (exact match); empty means no cross-origin access.
+    #[serde(deserialize_with = "comma_list")]
+    pub cors_allowed_origins: Vec<String>,
+    /// Largest request body accepted, in bytes.
+    pub body_limit_bytes: usize,
+    /// A request that takes longer is answered 503 `request_timeout`.
+    pub request_timeout_seconds: u64,
+    /// On shutdown, how long in-flight requests may take to finish.
+    pub shutdown_grace_seconds: u64,
+}
+
+fn serialize_cidrs<S: serde::Serializer>(v: &[IpNet], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(ToString::to_string))
+}
+
+/// Primary store.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://…` or `postgres://…`; unset means SQLite in the data directory.
+    pub url: Option<Secret>,
+    /// Connections in the pool at most.
+    pub max_connections: u32,
+    /// Connections kept open.
+    pub min_connections: u32,
+    /// How long a request waits for a connection before answering 503.
+    pub acquire_timeout_ms: u64,
+}
+
+/// Redis, for cluster-wide limits.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://…` or `redis+sentinel://host:port,host:port/master-name`.
+    pub url: Option<Secret>,
+}
+
+/// Secrets at rest.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsConfig {
+    /// Base64 or hex of at least 32 bytes; generated into the data directory when unset.
+    pub key: Option<Secret>,
+}
+
+/// Request rate limits.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Per client IP, for requests without a credential.
+    pub unauthenticated_per_minute: u32,
+    /// Per principal.
+    pub authenticated_per_minute: u32,
+}
+
+/// Authentication.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Failures within `lockout_seconds` that lock an account.
+    pub lockout_threshold: u32,
+    /// How long a lockout lasts (and the window failures are counted in).
+    pub lockout_seconds: u64,
+    /// Lifetime of access tokens.
+    pub access_token_seconds: u64,
+    /// URL prefixes allowed as OIDC `redirect_uri` and SAML `relay_state`.
+    #[serde(deserialize_with = "comma_list")]
+    pub allowed_redirects: Vec<String>,
+}
+
+/// Session lifetimes.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionConfig {
+    /// A session unused this long expires.
+    pub idle_seconds: u64,
+    /// A session expires this long after login, however it is used.
+    pub absolute_seconds: u64,
+}
+
+/// Cluster membership.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This node's name; defaults to the host name.
+    pub node_name: Option<String>,
+    /// Cluster listen address; nodes connect from this address too.
+    pub bind: SocketAddr,
+    /// Peers to join: `host:port` or `dns:name:port`.
+    #[serde(deserialize_with = "comma_list")]
+    pub seeds: Vec<String>,
+    /// Shared secret of the cluster handshake; required when seeds are set.
+    pub cookie: Option<Secret>,
+    /// How long acknowledged heartbeats keep a node's lease fresh.
+    pub lease_seconds: u64,
+    /// Interval between heartbeats.
+    pub heartbeat_ms: u64,
+    /// PEM certificate for mutual TLS between nodes.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM key for mutual TLS between nodes.
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM CA that node certificates must chain to.
+    pub tls_ca_file: Option<PathBuf>,
+}
+
+/// Logging.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `tracing` filter directive, e.g. `info` or `sark=debug,info`.
+    pub level: String,
+    /// `json` (one object per line) or `text`.
+    pub format: LogFormat,
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+/// The whole configuration of a node.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the embedded database and local state live.
+    pub data_dir: PathBuf,
+    /// Password of the `admin` account created at first start.
+    pub bootstrap_admin_password: Option<Secret>,
+    /// HTTP front door.
+    pub http: HttpConfig,
+    /// Primary store.
+    pub database: DatabaseConfig,
+    /// Redis.
+    pub redis: RedisConfig,
+    /// Secrets at rest.
+    pub secrets: SecretsConfig,
+    /// Rate limits.
+    pub rate_limit: RateLimitConfig,
+    /// Authentication.
+    pub auth: AuthConfig,
+    /// Sessions.
+    pub session: SessionConfig,
+    /// Cluster.
+    pub cluster: ClusterConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./sark-data"),
+            bootstrap_admin_password: None,
+            http: HttpConfig {
+                bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+                tls_cert_file: None,
+                tls_key_file: None,
+                trusted_proxies: Vec::new(),
+                cors_allowed_origins: Vec::new(),
+                body_limit_bytes: 1024 * 1024,
+                request_timeout_seconds: 30,
+                shutdown_grace_seconds: 30,
+            },
+            database: DatabaseConfig {
+                url: None,
+                max_connections: 16,
+                min_connections: 1,
+                acquire_timeout_ms: 3_000,
+            },
+            redis: RedisConfig::default(),
+            secrets: SecretsConfig::default(),
+            rate_limit: RateLimitConfig {
+                unauthenticated_per_minute: 100,
+                authenticated_per_minute: 1000,
+            },
+            auth: AuthConfig {
+                lockout_threshold: 5,
+                lockout_seconds: 900,
+                access_token_seconds: 900,
+                allowed_redirects: Vec::new(),
+            },
+            session: SessionConfig {
+                idle_seconds: 3600,
+                absolute_seconds: 43_200,
+            },
+            cluster: ClusterConfig {
+                node_name: None,
+                bind: SocketAddr::from(([127, 0, 0, 1], 7400)),
+                seeds: Vec::new(),
+                cookie: None,
+                lease_seconds: 10,
+                heartbeat_ms: 1_000,
+                tls_cert_file: None,
+                tls_key_file: None,
+                tls_ca_file: None,
+            },
+            log: LogConfig {
+                level: "info".into(),
+                format: LogFormat::Json,
+            },
+        }
+    }
+}
+
+/// Why configuration was refused; the message names the key and the problem.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(String);
+
+impl ConfigError {
+    fn key(key: &str, problem: impl fmt::Display) -> Self {
+        Self(format!("`{key}`: {problem}"))
+    }
+
+    /// An error about `key`.
+    pub fn from_key(key: &str, problem: impl fmt::Display) -> Self {
+        Self::key(key, problem)
+    }
+}
+
+/// Where the primary store lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DatabaseKind {
+    /// An SQLite file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL server.
+    Postgres,
+}
+
+/// Secret keys that may be given as `<key>_file` instead.
+const SECRET_KEYS: &[&str] = &[
+    "bootstrap_admin_password",
+    "database.url",
+    "redis.url",
+    "secrets.key",
+    "cluster.cookie",
+];
+
+impl Config {
+    /// Loads the layers: defaults, `file` (if any), `SARK_*` from `env`, then `overrides`
+    /// (command-line flags, as a partial TOML-shaped tree).
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: serde_json::Value,
+    ) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.is_file() {
+                return Err(ConfigError::key(
+                    "--config",
+                    format!("{} is not a readable file", file.display()),
+                ));
+            }
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        let env: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("SARK_"))
+            .collect();
+        let (plain, files) = split_secret_files(env)?;
+        figment = figment.merge(EnvVars(plain));
+        for (key, path) in files {
+            figment = figment.merge(Serialized::default(&key, read_secret_file(&key, &path)?));
+        }
+        figment = figment.merge(Serialized::defaults(overrides));
+        let config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError(describe_figment_error(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// A configuration for tests: port 0 everywhere, generous rate limits.
+    pub fn for_test(data_dir: &Path) -> Self {
+        let mut config = Config::default();
+        config.data_dir = data_dir.to_path_buf();
+        config.http.bind = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.cluster.bind = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.cluster.heartbeat_ms = 100;
+        config.rate_limit.unauthenticated_per_minute = 100_000;
+        config.rate_limit.authenticated_per_minute = 100_000;
+        config.log.format = LogFormat::Text;
+        config
+    }
+
+    /// Where the primary store lives.
+    pub fn database_kind(&self) -> Result<DatabaseKind, ConfigError> {
+        let Some(url) = &self.database.url else {
+            return Ok(DatabaseKind::Sqlite(self.data_dir.join("sark.db")));
+        };
+        let url = url.expose();
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(DatabaseKind::Postgres)
+        } else if let Some(path) = url.strip_prefix("sqlite://") {
+            let path = path.split('?').next().unwrap_or(path);
+            if path.is_empty() {
+                return Err(ConfigError::key(
+                    "database.url",
+                    "sqlite:// needs a file path",
+                ));
+            }
+            Ok(DatabaseKind::Sqlite(PathBuf::from(path)))
+        } else {
+            Err(ConfigError::key(
+                "database.url",
+                "must start with sqlite:// or postgres:// (the scheme is not shown here because the URL may hold a password)",
+            ))
+        }
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> String {
+        self.cluster
+            .node_name
+            .clone()
+            .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned())
+    }
+
+    /// Per-request deadline.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.http.request_timeout_seconds)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        match (&self.http.tls_cert_file, &self.http.tls_key_file) {
+            (Some(_), None) => {
+                return Err(ConfigError::key(
+                    "http.tls_key_file",
+                    "is required when http.tls_cert_file is set",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::key(
+                    "http.tls_cert_file",
+                    "is required when http.tls_key_file is set",
+                ));
+            }
+            (Some(cert), Some(key)) => {
+                for (name, path) in [("http.tls_cert_file", cert), ("http.tls_key_file", key)] {
+                    if !path.is_file() {
+                        return Err(ConfigError::key(
+                            name,
+                            format!("{} is not a readable file", path.display()),
+                        ));
+                    }
+                }
+            }
+            (None, None) => {}
+        }
+        if self.http.body_limit_bytes == 0 {
+            return Err(ConfigError::key(
+                "http.body_limit_bytes",
+                "must be greater than 0",
+            ));
+        }
+        if self.http.request_timeout_seconds == 0 {
+            return Err(ConfigError::key(
+                "http.request_timeout_seconds",
+                "must be greater than 0",
+            ));
+        }
+        for origin in &self.http.cors_allowed_origins {
+            if origin == "*" || !(origin.starts_with("https://") || origin.starts_with("http://")) {
+                return Err(ConfigError::key(
+                    "http.cors_allowed_origins",
+                    format!(
+                        "`{origin}` must be an exact http(s) origin (wildcards are not allowed)"
+                    ),
+                ));
+            }
+        }
+        if self.database.max_connections == 0 {
+            return Err(ConfigError::key(
+                "database.max_connections",
+                "must be greater than 0",
+            ));
+        }
+        if self.database.min_connections > self.database.max_connections {
+            return Err(ConfigError::key(
+                "database.min_connections",
+                "must not exceed database.max_connections",
+            ));
+        }
+        self.database_kind()?;
+        if let Some(url) = &self.redis.url {
+            let url = url.expose();
+            if !(url.starts_with("redis://")
+                || url.starts_with("rediss://")
+                || url.starts_with("redis+sentinel://"))
+            {
+                return Err(ConfigError::key(
+                    "redis.url",
+                    "must start with redis://, rediss:// or redis+sentinel://",
+                ));
+            }
+        }
+        if let Some(key) = &self.secrets.key {
+            crate::secrets::SecretsKey::parse(key.expose())
+                .map_err(|e| ConfigError::key("secrets.key", e))?;
+        }
+        if let Some(password) = &self.bootstrap_admin_password
+            && password.expose().chars().count() < 12
+        {
+            return Err(ConfigError::key(
+                "bootstrap_admin_password",
+                "must be at least 12 characters",
+            ));
+        }
+        for (key, value) in [
+            (
+                "rate_limit.unauthenticated_per_minute",
+                u64::from(self.rate_limit.unauthenticated_per_minute),
+            ),
+            (
+                "rate_limit.authenticated_per_minute",
+                u64::from(self.rate_limit.authenticated_per_minute),
+            ),
+            (
+                "auth.lockout_threshold",
+                u64::from(self.auth.lockout_threshold),
+            ),
+            ("auth.lockout_seconds", self.auth.lockout_seconds),
+            ("auth.access_token_seconds", self.auth.access_token_seconds),
+            ("session.idle_seconds", self.session.idle_seconds),
+            ("session.absolute_seconds", self.session.absolute_seconds),
+            ("cluster.lease_seconds", self.cluster.lease_seconds),
+            ("cluster.heartbeat_ms", self.cluster.heartbeat_ms),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::key(key, "must be greater than 0"));
+            }
+        }
+        if self.cluster.heartbeat_ms >= self.cluster.lease_seconds.saturating_mul(1000) {
+            return Err(ConfigError::key(
+                "cluster.heartbeat_ms",
+                "must be shorter than cluster.lease_seconds",
+            ));
+        }
+        if let Some(name) = &self.cluster.node_name
+            && (name.is_empty()
+                || name.len() > 64
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)))
+        {
+            return Err(ConfigError::key(
+                "cluster.node_name",
+                "must be 1-64 characters of letters, digits, `.`, `_` or `-`",
+            ));
+        }
+        if !self.cluster.seeds.is_empty() && self.cluster.cookie.is_none() {
+            return Err(ConfigError::key(
+                "cluster.cookie",
+                "is required when cluster.seeds is set",
+            ));
+        }
+        for redirect in &self.auth.allowed_redirects {
+            if !(redirect.starts_with("https://") || redirect.starts_with("http://")) {
+                return Err(ConfigError::key(
+                    "auth.allowed_redirects",
+                    format!("`{redirect}` must be an absolute http(s) URL prefix"),
+                ));
+            }
+        }
+        if self
+            .log
+            .level
+            .parse::<tracing_subscriber::EnvFilter>()
+            .is_err()
+        {
+            return Err(ConfigError::key(
+                "log.level",
+                format!("`{}` is not a valid filter", self.log.level),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `SARK_*` variables as a configuration source, parsed the way figment parses the
+/// environment, and named by their variable in error messages.
+struct EnvVars(Vec<(String, String)>);
+
+impl figment::Provider for EnvVars {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named("environment variable")
+            .interpolater(|_, keys| format!("SARK_{}", keys.join("__").to_uppercase()))
+    }
+
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        let mut dict = figment::value::Dict::new();
+        for (name, raw) in &self.0 {
+            let key = name
+                .trim_start_matches("SARK_")
+                .to_lowercase()
+                .replace("__", ".");
+            let value: figment::value::Value = raw.parse().unwrap_or_else(|never| match never {});
+            let nested = figment::util::nest(&key, value);
+            if let figment::value::Value::Dict(_, nested) = nested {
+                merge_dict(&mut dict, nested);
+            }
+        }
+        Ok(figment::Profile::Default.collect(dict))
+    }
+}
+
+fn merge_dict(into: &mut figment::value::Dict, from: figment::value::Dict) {
+    for (key, value) in from {
+        match (into.get_mut(&key), value) {
+            (
+                Some(figment::value::Value::Dict(_, existing)),
+                figment::value::Value::Dict(_, new),
+            ) => merge_dict(existing, new),
+            (_, value) => {
+                into.insert(key, value);
+            }
+        }
+    }
+}
+
+/// Separates `…_FILE` variables of secret keys from the rest; returns the rest and the
+/// `(dotted key, path)` pairs.
+fn split_secret_files(
+    vars: Vec<(String, String)>,
+) -> Result<(Vec<(String, String)>, Vec<(String, PathBuf)>), ConfigError> {
+    let mut plain = Vec::new();
+    let mut files = Vec::new();
+    for (name, value) in vars {
+        let dotted = name
+            .trim_start_matches("SARK_")
+            .to_lowercase()
+            .replace("__", ".");
+        match dotted
+            .strip_suffix("_file")
+            .filter(|key| SECRET_KEYS.contains(key))
+        {
+            Some(key) => files.push((key.to_owned(), PathBuf::from(value))),
+            None => plain.push((name, value)),
+        }
+    }
+    for (key, _) in &files {
+        let direct = format!("SARK_{}", key.to_uppercase().replace('.', "__"));
+        if plain.iter().any(|(name, _)| *name == direct) {
+            return Err(ConfigError::key(
+                key,
+                format!("set both {direct} and {direct}_FILE; choose one"),
+            ));
+        }
+    }
+    Ok((plain, files))
+}
+
+/// Reads a secret file, refusing one that other users can read.
+fn read_secret_file(key: &str, path: &Path) -> Result<String, ConfigError> {
+    let meta = std::fs::metadata(path).map_err(|e| {
+        ConfigError::key(
+            &format!("{key}_file"),
+            format!("cannot read {}: {e}", path.display()),
+        )
+    })?;
+    if meta.permissions().mode() & 0o004 != 0 {
+        return Err(ConfigError::key(
+            &format!("{key}_file"),
+            format!(
+                "{} is readable by other users; chmod o-r it",
+                path.display()
+            ),
+        ));
+    }
+    let value = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::key(
+            &format!("{key}_file"),
+            format!("cannot read {}: {e}", path.display()),
+        )
+    })?;
+    let value = value.trim_end_matches(['\n', '\r']).to_owned();
+    if value.is_empty() {
+        return Err(ConfigError::key(
+            &format!("{key}_file"),
+            format!("{} is empty", path.display()),
+        ));
+    }
+    Ok(value)
+}
+
+/// Turns figment's error into one line naming the key and where the bad value came from.
+fn describe_figment_error(err: figment::Error) -> String {
+    err.into_iter()
+        .map(|e| {
+            let key = if e.path.is_empty() {
+                "(top level)".to_owned()
+            } else {
+                e.path.join(".")
+            };
+            let source = e
+                .metadata
+                .as_ref()
+                .map(|m| {
+                    let profile = e.profile.clone().unwrap_or_default();
+                    match &m.source {
+                        Some(source) => format!(" (in {} {source})", m.name),
+                        None => format!(" (in {} {})", m.name, m.interpolate(&profile, &e.path)),
+                    }
+                })
+                .unwrap_or_default();
+            format!("`{key}`: {}{source}", e.kind)
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_the_embedded_single_node() {
+        let config = Config::load(None, env(&[]), json!({})).unwrap();
+        assert_eq!(config.http.bind.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.data_dir, PathBuf::from("./sark-data"));
+        assert_eq!(
+            config.database_kind().unwrap(),
+            DatabaseKind::Sqlite(PathBuf::from("./sark-data/sark.db"))
+        );
+        assert_eq!(config.http.body_limit_bytes, 1024 * 1024);
+        assert_eq!(config.rate_limit.unauthenticated_per_minute, 100);
+        assert_eq!(config.auth.access_token_seconds, 900);
+    }
+
+    #[test]
+    fn layers_apply_in_order_file_then_env_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sark.toml");
+        std::fs::write(&file, "[http]\nbind = \"127.0.0.1:9000\"\nrequest_timeout_seconds = 7\n[rate_limit]\nauthenticated_per_minute = 5\n").unwrap();
+        let config = Config::load(
+            Some(&file),
+            env(&[
+                ("SARK_HTTP__BIND", "127.0.0.1:9001"),
+                ("SARK_DATABASE__URL", "postgres://u:p@h/db"),
+                ("OTHER", "x"),
+            ]),
+            json!({"http": {"bind": "127.0.0.1:9002"}}),
+        )
+        .unwrap();
+        assert_eq!(config.http.bind.to_string(), "127.0.0.1:9002");
+        assert_eq!(config.http.request_timeout_seconds, 7);
+        assert_eq!(config.rate_limit.authenticated_per_minute, 5);
+        assert_eq!(config.database_kind().unwrap(), DatabaseKind::Postgres);
+    }
+
+    #[test]
+    fn comma_separated_lists_come_from_the_environment() {
+        let config = Config::load(
+            None,
+            env(&[
+                ("SARK_HTTP__TRUSTED_PROXIES", "10.0.0.0/8, 192.168.1.1"),
+                (
+                    "SARK_AUTH__ALLOWED_REDIRECTS",
+                    "https://app.example/cb,https://b.example/",
+                ),
+            ]),
+            json!({}),
+        )
+        .unwrap();
+        assert_eq!(config.http.trusted_proxies.len(), 2);
+        assert_eq!(
+            config.auth.allowed_redirects,
+            vec!["https://app.example/cb", "https://b.example/"]
+        );
+    }
+
+    #[test]
+    fn invalid_values_name_the_key() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[("SARK_HTTP__BIND", "not-an-address")], "http.bind"),
+            (&[("SARK_HTTP__BINDD", "127.0.0.1:1")], "bindd"),
+            (&[("SARK_DATABASE__URL", "mysql://x")], "database.url"),
+            (
+                &[("SARK_RATE_LIMIT__AUTHENTICATED_PER_MINUTE", "0")],
+                "rate_limit.authenticated_per_minute",
+            ),
+            (
+                &[("SARK_RATE_LIMIT__AUTHENTICATED_PER_MINUTE", "lots")],
+                "rate_limit.authenticated_per_minute",
+            ),
+            (
+                &[("SARK_HTTP__TLS_CERT_FILE", "/nonexistent.pem")],
+                "http.tls_key_file",
+            ),
+            (
+                &[("SARK_CLUSTER__SEEDS", "10.0.0.2:7400")],
+                "cluster.cookie",
+            ),
+            (&[("SARK_SECRETS__KEY", "short")], "secrets.key"),
+            (
+                &[("SARK_HTTP__TRUSTED_PROXIES", "not-a-cidr")],
+                "http.trusted_proxies",
+            ),
+            (
+                &[("SARK_BOOTSTRAP_ADMIN_PASSWORD", "short")],
+                "bootstrap_admin_password",
+            ),
+        ];
+        for (vars, key) in cases {
+            let err = Config::load(None, env(vars), json!({}))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{vars:?}: `{err}` does not name {key}");
+        }
+    }
+
+    #[test]
+    fn secrets_come_from_private_files_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "correct horse battery staple\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let vars = env(&[("SARK_BOOTSTRAP_ADMIN_PASSWORD_FILE", file.to_str().unwrap())]);
+        let config = Config::load(None, vars.clone(), json!({})).unwrap();
+        assert_eq!(
+            config.bootstrap_admin_password.unwrap().expose(),
+            "correct horse battery staple"
+        );
+
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = Config::load(None, vars, json!({})).unwrap_err().to_string();
+        assert!(
+            err.contains("bootstrap_admin_password_file")
+                && err.contains("readable by other users"),
+            "{err}"
+        );
+
+        let both = env(&[
+            ("SARK_BOOTSTRAP_ADMIN_PASSWORD_FILE", file.to_str().unwrap()),
+            ("SARK_BOOTSTRAP_ADMIN_PASSWORD", "another long password"),
+        ]);
+        let err = Config::load(None, both, json!({})).unwrap_err().to_string();
+        assert!(err.contains("choose one"), "{err}");
+    }
+
+    #[test]
+    fn a_numeric_secret_stays_a_string() {
+        let config = Config::load(
+            None,
+            env(&[("SARK_BOOTSTRAP_ADMIN_PASSWORD", "123456789012345")]),
+            json!({}),
+        )
+        .unwrap();
+        assert_eq!(
+            config.bootstrap_admin_password.unwrap().expose(),
+            "123456789012345"
+        );
+    }
+
+    #[test]
+    fn debug_output_never_shows_secrets() {
+        let config = Config::load(
+            None,
+            env(&[("SARK_BOOTSTRAP_ADMIN_PASSWORD", "hunter2hunter2hunter2")]),
+            json!({}),
+        )
+        .unwrap();
+        assert!(!format!("{config:?}").contains("hunter2"));
+    }
+}

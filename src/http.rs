@@ -1,0 +1,198 @@
+//! The HTTP front door: the router, its middleware stack and the listeners.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
+use axum::middleware::from_fn_with_state;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::serve::ListenerExt;
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use tokio::net::TcpListener;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::limit::RequestBodyLimitLayer;
+
+use crate::node::Node;
+
+pub mod errors;
+pub mod extract;
+pub mod middleware;
+pub mod routes;
+pub mod tls;
+
+use errors::ApiError;
+
+/// HTTP request metrics, labelled by route template (never by raw path).
+#[derive(Clone, Debug)]
+pub struct HttpMetrics {
+    /// `http_requests_total{method,route,status}`.
+    pub requests: IntCounterVec,
+    /// `http_request_duration_seconds{method,route}`.
+    pub duration: HistogramVec,
+}
+
+impl HttpMetrics {
+    /// Creates the series and registers them.
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "http_requests_total",
+                "HTTP requests handled, by route template and status",
+            ),
+            &["method", "route", "status"],
+        )?;
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "http_request_duration_seconds",
+                "Time to handle an HTTP request, by route template",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ]),
+            &["method", "route"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        Ok(Self { requests, duration })
+    }
+}
+
+/// What every handler gets.
+#[derive(Clone)]
+pub struct AppState {
+    /// The node.
+    pub node: Arc<Node>,
+    /// Request metrics.
+    pub metrics: HttpMetrics,
+}
+
+/// The full router with its middleware.
+pub fn router(state: AppState) -> Router {
+    let routes = Router::new()
+        .route("/health", get(routes::health::get_health))
+        .route("/health/ready", get(routes::health::get_ready))
+        .route("/health/detailed", get(routes::health::get_detailed))
+        .route("/metrics", get(routes::health::get_metrics));
+    with_middleware(routes, state)
+}
+
+/// Wraps routes in the front door's middleware stack; tests use it for routes of their own.
+pub fn with_middleware(routes: Router<AppState>, state: AppState) -> Router {
+    let config = &state.node.config.http;
+    let cors = (!config.cors_allowed_origins.is_empty()).then(|| {
+        let origins: Vec<HeaderValue> = config
+            .cors_allowed_origins
+            .iter()
+            .filter_map(|o| HeaderValue::from_str(o).ok())
+            .collect();
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
+            .allow_headers([
+                HeaderName::from_static("authorization"),
+                HeaderName::from_static("content-type"),
+                HeaderName::from_static("x-api-key"),
+                HeaderName::from_static("x-request-id"),
+            ])
+            .expose_headers([
+                HeaderName::from_static("x-request-id"),
+                HeaderName::from_static("ratelimit-limit"),
+                HeaderName::from_static("ratelimit-remaining"),
+                HeaderName::from_static("ratelimit-reset"),
+                HeaderName::from_static("retry-after"),
+            ])
+            .max_age(std::time::Duration::from_secs(600))
+    });
+    let layers = ServiceBuilder::new()
+        .layer(from_fn_with_state(
+            state.clone(),
+            middleware::request_context,
+        ))
+        .layer(CatchPanicLayer::custom(middleware::panic_response))
+        .option_layer(cors)
+        .layer(from_fn_with_state(state.clone(), middleware::rate_limit))
+        .layer(from_fn_with_state(state.clone(), middleware::timeout))
+        .layer(RequestBodyLimitLayer::new(config.body_limit_bytes))
+        .layer(DefaultBodyLimit::disable());
+    routes
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(layers)
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+async fn method_not_allowed() -> impl IntoResponse {
+    ApiError::from_status(StatusCode::METHOD_NOT_ALLOWED)
+}
+
+/// A bound listener, plain or TLS.
+pub enum Listener {
+    /// Plain HTTP.
+    Plain(TcpListener),
+    /// HTTPS.
+    Tls(tls::TlsListener),
+}
+
+impl Listener {
+    /// Binds the configured address, with TLS when certificate and key are configured.
+    pub async fn bind(config: &crate::config::HttpConfig) -> Result<Self, String> {
+        let tcp = TcpListener::bind(config.bind)
+            .await
+            .map_err(|e| format!("`http.bind`: cannot listen on {}: {e}", config.bind))?;
+        match (&config.tls_cert_file, &config.tls_key_file) {
+            (Some(cert), Some(key)) => {
+                let tls = tls::server_config(cert, key)?;
+                tls::TlsListener::new(tcp, tls)
+                    .map(Listener::Tls)
+                    .map_err(|e| e.to_string())
+            }
+            _ => Ok(Listener::Plain(tcp)),
+        }
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        match self {
+            Listener::Plain(l) => l.local_addr(),
+            Listener::Tls(l) => axum::serve::Listener::local_addr(l),
+        }
+    }
+
+    /// Serves `app` until `shutdown` resolves, then lets in-flight requests finish.
+    pub async fn serve(
+        self,
+        app: Router,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let service = app.into_make_service_with_connect_info::<SocketAddr>();
+        let nodelay = |io: &mut tokio::net::TcpStream| {
+            let _ = io.set_nodelay(true);
+        };
+        match self {
+            Listener::Plain(l) => {
+                axum::serve(l.tap_io(nodelay), service)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+            }
+            Listener::Tls(l) => {
+                let tls_nodelay =
+                    |io: &mut tokio_rustls::server::TlsStream<tokio::net::TcpStream>| {
+                        let _ = io.get_ref().0.set_nodelay(true);
+                    };
+                axum::serve(l.tap_io(tls_nodelay), service)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+            }
+        }
+    }
+}

@@ -1,0 +1,347 @@
+//! Middleware of the front door: request context (id, access log, metrics, security
+//! headers, error shape), rate limits, timeouts and the client address.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use ipnet::IpNet;
+use tracing::{error, info, warn};
+
+use super::AppState;
+use super::errors::{ApiError, InternalDetail, REQUEST_ID};
+
+/// The client's address, after trusted-proxy resolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientIp(pub IpAddr);
+
+/// The route template a request matched (`/api/v1/servers/{name}`), or `unmatched`.
+#[derive(Clone, Debug)]
+pub struct RouteTemplate(pub String);
+
+const SECURITY_HEADERS: &[(&str, &str)] = &[
+    (
+        "strict-transport-security",
+        "max-age=63072000; includeSubDomains",
+    ),
+    (
+        "content-security-policy",
+        "default-src 'none'; frame-ancestors 'none'",
+    ),
+    ("x-frame-options", "DENY"),
+    ("x-content-type-options", "nosniff"),
+    ("referrer-policy", "no-referrer"),
+    (
+        "permissions-policy",
+        "accelerometer=(), camera=(), geolocation=(), microphone=(), payment=(), usb=()",
+    ),
+    ("cross-origin-opener-policy", "same-origin"),
+];
+
+/// An incoming `X-Request-Id` is kept when it is short and plain; otherwise a new one is made.
+fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 128
+                && v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        })
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
+}
+
+/// Outermost middleware: gives the request an id, resolves the client address, shapes
+/// every error as an API error, adds the security headers, counts the request by route
+/// template, and writes one JSON access-log line.
+pub async fn request_context(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let id = request_id(req.headers());
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let client =
+        peer.map(|peer| client_ip(peer, req.headers(), &state.node.config.http.trusted_proxies));
+    if let Some(client) = client {
+        req.extensions_mut().insert(ClientIp(client));
+    }
+    req.extensions_mut().insert(RouteTemplate(route.clone()));
+
+    let mut response = REQUEST_ID
+        .scope(id.clone(), async move {
+            let response = next.run(req).await;
+            shape_error(response)
+        })
+        .await;
+
+    let headers = response.headers_mut();
+    for (name, value) in SECURITY_HEADERS {
+        headers.insert(
+            HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        );
+    }
+    headers
+        .entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        headers.insert(HeaderName::from_static("x-request-id"), value);
+    }
+
+    let status = response.status();
+    let elapsed = started.elapsed();
+    state
+        .metrics
+        .requests
+        .with_label_values(&[method.as_str(), &route, status.as_str()])
+        .inc();
+    state
+        .metrics
+        .duration
+        .with_label_values(&[method.as_str(), &route])
+        .observe(elapsed.as_secs_f64());
+    let client = client.map(|c| c.to_string()).unwrap_or_default();
+    let duration_ms = elapsed.as_secs_f64() * 1000.0;
+    if let Some(InternalDetail(detail)) = response.extensions().get::<InternalDetail>() {
+        error!(target: "sark::access", request_id = id, method = %method, route, path, status = status.as_u16(), duration_ms, client, detail, "request failed");
+    } else {
+        info!(target: "sark::access", request_id = id, method = %method, route, path, status = status.as_u16(), duration_ms, client, "request");
+    }
+    response
+}
+
+/// Gives error responses made outside our handlers (axum's 405, a layer's 413, …) the API
+/// error shape, keeping their headers.
+fn shape_error(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, _) = response.into_parts();
+    let mut shaped = ApiError::from_status(status).into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            shaped.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    shaped
+}
+
+/// The client address: the peer, or, when the peer is a trusted proxy, the nearest
+/// untrusted address of `X-Forwarded-For` (else `Forwarded`).
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let mut chain = forwarded_for(headers, "x-forwarded-for", parse_xff_item);
+    if chain.is_empty() {
+        chain = forwarded_for(headers, "forwarded", parse_forwarded_item);
+    }
+    chain
+        .iter()
+        .rev()
+        .find(|ip| !is_trusted(ip))
+        .or(chain.first())
+        .copied()
+        .unwrap_or(peer)
+}
+
+fn forwarded_for(
+    headers: &HeaderMap,
+    name: &str,
+    parse: fn(&str) -> Option<IpAddr>,
+) -> Vec<IpAddr> {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|item| parse(item.trim()))
+        .collect()
+}
+
+fn parse_xff_item(item: &str) -> Option<IpAddr> {
+    item.parse()
+        .ok()
+        .or_else(|| item.parse::<SocketAddr>().ok().map(|s| s.ip()))
+}
+
+fn parse_forwarded_item(item: &str) -> Option<IpAddr> {
+    item.split(';').find_map(|pair| {
+        let (key, value) = pair.trim().split_once('=')?;
+        if !key.eq_ignore_ascii_case("for") {
+            return None;
+        }
+        let value = value.trim_matches('"');
+        let value = value
+            .strip_prefix('[')
+            .map_or(value, |v| v.split(']').next().unwrap_or(v));
+        parse_xff_item(value)
+    })
+}
+
+/// Refuses requests over the rate limit with 429 and `Retry-After`, and reports the
+/// bucket in `RateLimit-*` headers. Health and metrics are exempt.
+pub async fn rate_limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    if path == "/metrics" || path == "/health" || path.starts_with("/health/") {
+        return next.run(req).await;
+    }
+    let Some(ClientIp(ip)) = req.extensions().get::<ClientIp>().copied() else {
+        return next.run(req).await;
+    };
+    let limit = state.node.config.rate_limit.unauthenticated_per_minute;
+    let decision =
+        state
+            .node
+            .rate_table
+            .check(&format!("ip:{ip}"), limit, tokio::time::Instant::now());
+    let headers = [
+        ("ratelimit-limit", decision.limit.to_string()),
+        ("ratelimit-remaining", decision.remaining.to_string()),
+        ("ratelimit-reset", decision.reset_secs.to_string()),
+    ];
+    let mut response = if decision.allowed {
+        next.run(req).await
+    } else {
+        state
+            .node
+            .actor_metrics
+            .rate_limited
+            .with_label_values(&["ip"])
+            .inc();
+        warn!(client = %ip, limit, "rate limit exceeded");
+        let retry = HeaderValue::from(decision.retry_after_secs);
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("more than {limit} requests per minute; retry later"),
+        )
+        .with_header(header::RETRY_AFTER, retry)
+        .into_response()
+    };
+    for (name, value) in headers {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            response
+                .headers_mut()
+                .insert(HeaderName::from_static(name), value);
+        }
+    }
+    response
+}
+
+/// Answers 503 `request_timeout` when a request takes longer than the configured deadline.
+pub async fn timeout(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let limit = state.node.config.request_timeout();
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "request_timeout",
+            format!("the request did not complete within {} s", limit.as_secs()),
+        )
+        .into_response(),
+    }
+}
+
+/// A panic in a handler becomes a 500 in the API shape; the panic message is logged only.
+pub fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let detail = panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "panic".to_owned());
+    ApiError::internal(format!("handler panicked: {detail}")).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(*k, v.parse().unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn forwarded_addresses_are_believed_only_from_trusted_proxies() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let peer: IpAddr = "10.1.1.1".parse().unwrap();
+        let outsider: IpAddr = "203.0.113.9".parse().unwrap();
+        let h = headers(&[("x-forwarded-for", "198.51.100.7, 10.2.2.2")]);
+        assert_eq!(
+            client_ip(peer, &h, &trusted),
+            "198.51.100.7".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(client_ip(outsider, &h, &trusted), outsider);
+        assert_eq!(client_ip(peer, &h, &[]), peer);
+    }
+
+    #[test]
+    fn a_spoofed_leftmost_address_is_ignored() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let peer: IpAddr = "10.1.1.1".parse().unwrap();
+        let h = headers(&[("x-forwarded-for", "1.2.3.4, 198.51.100.7")]);
+        assert_eq!(
+            client_ip(peer, &h, &trusted),
+            "198.51.100.7".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn the_forwarded_header_is_understood() {
+        let trusted: Vec<IpNet> = vec!["127.0.0.0/8".parse().unwrap()];
+        let peer: IpAddr = "127.0.0.1".parse().unwrap();
+        let h = headers(&[(
+            "forwarded",
+            r#"for="[2001:db8::1]:4711";proto=https, for=127.0.0.5"#,
+        )]);
+        assert_eq!(
+            client_ip(peer, &h, &trusted),
+            "2001:db8::1".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn request_ids_are_kept_only_when_plain() {
+        assert_eq!(
+            request_id(&headers(&[("x-request-id", "abc-123")])),
+            "abc-123"
+        );
+        assert_ne!(
+            request_id(&headers(&[("x-request-id", "bad id!")])),
+            "bad id!"
+        );
+        assert_eq!(
+            request_id(&headers(&[("x-request-id", &"a".repeat(129))])).len(),
+            32
+        );
+        assert_eq!(request_id(&HeaderMap::new()).len(), 32);
+    }
+}

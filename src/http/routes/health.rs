@@ -1,0 +1,138 @@
+//! Health and metrics: `/health`, `/health/ready`, `/health/detailed`, `/metrics`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use prometheus::{Encoder, TextEncoder};
+use serde_json::{Value, json};
+
+use crate::http::AppState;
+use crate::http::errors::ApiError;
+
+/// How long a health check waits for a dependency.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `GET /health`: the process is up.
+pub async fn get_health(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({
+        "status": "healthy",
+        "version": env!("CARGO_PKG_VERSION"),
+        "hostname": state.node.hostname,
+        "node_id": state.node.node_id,
+    }))
+}
+
+async fn database_up(state: &AppState) -> bool {
+    state.node.store_initialized()
+        && matches!(
+            tokio::time::timeout(CHECK_TIMEOUT, state.node.store.ping()).await,
+            Ok(Ok(()))
+        )
+}
+
+fn lease_fresh(state: &AppState) -> bool {
+    state
+        .node
+        .membership
+        .lease_fresh(tokio::time::Instant::now())
+}
+
+/// `GET /health/ready`: 200 when this node can serve; 503 naming what fails.
+pub async fn get_ready(State(state): State<AppState>) -> Response {
+    let mut failing = Vec::new();
+    if !database_up(&state).await {
+        failing.push("database");
+    }
+    if !state.node.policies_loaded() {
+        failing.push("policies");
+    }
+    if !lease_fresh(&state) {
+        failing.push("cluster");
+    }
+    if failing.is_empty() {
+        Json(json!({"status": "ready"})).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unready", "failing": failing})),
+        )
+            .into_response()
+    }
+}
+
+/// `GET /health/detailed`: every dependency and a few figures.
+pub async fn get_detailed(State(state): State<AppState>) -> Json<Value> {
+    let node = &state.node;
+    let database = database_up(&state).await;
+    let redis = match &node.redis {
+        None => "DISABLED",
+        Some(redis) => match redis.ping().await {
+            Ok(()) => "UP",
+            Err(_) => "DOWN",
+        },
+    };
+    let opa = node.policies_loaded();
+    let cluster = lease_fresh(&state);
+    let mut services = BTreeMap::new();
+    services.insert("database", if database { "UP" } else { "DOWN" });
+    services.insert("redis", redis);
+    services.insert("opa", if opa { "UP" } else { "DOWN" });
+    services.insert("cluster", if cluster { "UP" } else { "DEGRADED" });
+    let status = if !database {
+        "unhealthy"
+    } else if redis == "DOWN" || !opa || !cluster {
+        "degraded"
+    } else {
+        "healthy"
+    };
+    let now = node.clock.now();
+    let (active_sessions, total_servers) = if database {
+        let sessions =
+            tokio::time::timeout(CHECK_TIMEOUT, node.store.count_active_sessions(now)).await;
+        let servers = tokio::time::timeout(CHECK_TIMEOUT, node.store.count_servers()).await;
+        (
+            sessions.ok().and_then(Result::ok),
+            servers.ok().and_then(Result::ok),
+        )
+    } else {
+        (None, None)
+    };
+    Json(json!({
+        "status": status,
+        "version": env!("CARGO_PKG_VERSION"),
+        "timestamp": now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "hostname": node.hostname,
+        "node_id": node.node_id,
+        "services": services,
+        "storage": {
+            "backend": node.store.backend(),
+            "time_series": node.store.time_series(),
+        },
+        "policy_versions": node.policies.versions(),
+        "metrics": {
+            "uptime_seconds": node.started_at.elapsed().as_secs(),
+            "active_sessions": active_sessions,
+            "total_servers": total_servers,
+            "cluster_members": node.membership.members_up(),
+        },
+    }))
+}
+
+/// `GET /metrics`: the Prometheus text format.
+pub async fn get_metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let encoder = TextEncoder::new();
+    let mut body = Vec::new();
+    encoder
+        .encode(&state.node.registry.gather(), &mut body)
+        .map_err(|e| ApiError::internal(format!("metrics encoding failed: {e}")))?;
+    let mut response = body.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    Ok(response)
+}

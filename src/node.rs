@@ -1,0 +1,549 @@
+//! A running node: its store, its supervision tree and the state the front door reads.
+//!
+//! Start-up order: data directory and secrets key, then the store, then the
+//! NodeSupervisor. With PostgreSQL down the node still starts: a background task keeps
+//! trying to connect, migrate and bootstrap, and until it succeeds the node reports
+//! `database` in /health/ready and answers 503 where it needs the store.
+
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use prometheus::Registry;
+use ractor::{Actor, ActorRef};
+use rand::RngCore;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{error, info, warn};
+use uuid::Uuid;
+
+use sark_actors::audit::{AuditHandle, AuditMessage, AuditWriterSpec, ChainKey};
+use sark_actors::clock::{SharedClock, SystemClock};
+use sark_actors::limiter::{LimiterMessage, LimiterSpec, RateTable};
+use sark_actors::metrics::ActorMetrics;
+use sark_actors::policy::{self, PolicyActors, PolicyRegistry, PolicySupervisorSpec};
+use sark_actors::supervisor::{
+    ChildInfo, ChildSpec, RestartPolicy, Slot, Supervisor, SupervisorArguments, SupervisorMessage,
+    SupervisorSpec,
+};
+use sark_cluster::membership::{
+    MembershipConfig, MembershipMessage, MembershipSpec, MembershipView,
+};
+
+use crate::config::Config;
+use crate::idp::password;
+use crate::policy::BUILTIN_POLICIES;
+use crate::secrets::{self, SecretsKey};
+use crate::store::redis::Redis;
+use crate::store::{Backend, NewPolicyVersion, OpenError, Role, Store, StoreError, User};
+
+/// Name of the file that receives a generated bootstrap password.
+pub const BOOTSTRAP_PASSWORD_FILE: &str = "bootstrap-admin-password";
+
+/// Why a node could not start, or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The store could not be opened or initialised.
+    #[error(transparent)]
+    Store(#[from] OpenError),
+    /// The secrets key could not be loaded.
+    #[error(transparent)]
+    Secrets(#[from] secrets::SecretsError),
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// Something else went wrong at start-up.
+    #[error("{0}")]
+    Startup(String),
+}
+
+/// Handles on the supervised actors of this node.
+#[derive(Clone, Debug, Default)]
+pub struct ActorSlots {
+    /// The AuditWriter.
+    pub audit: Slot<AuditMessage>,
+    /// The Limiter.
+    pub limiter: Slot<LimiterMessage>,
+    /// Membership.
+    pub membership: Slot<MembershipMessage>,
+    /// The SessionSupervisor.
+    pub sessions: Slot<SupervisorMessage>,
+    /// The PolicySupervisor.
+    pub policies: Slot<SupervisorMessage>,
+    /// The SiemSupervisor.
+    pub siem: Slot<SupervisorMessage>,
+}
+
+/// Everything a request handler may need.
+pub struct Node {
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// This node's id.
+    pub node_id: String,
+    /// The machine's host name.
+    pub hostname: String,
+    /// The store behind every port.
+    pub store: Arc<dyn Store>,
+    /// Redis, when configured.
+    pub redis: Option<Arc<Redis>>,
+    /// The node's metrics registry.
+    pub registry: Registry,
+    /// Actor metrics.
+    pub actor_metrics: ActorMetrics,
+    /// Records audit events.
+    pub audit: AuditHandle,
+    /// Rate-limit buckets.
+    pub rate_table: Arc<RateTable>,
+    /// Compiled policy bundles.
+    pub policies: Arc<PolicyRegistry>,
+    /// The PolicyActors.
+    pub policy_actors: PolicyActors,
+    /// Cluster membership.
+    pub membership: Arc<MembershipView>,
+    /// The supervised actors.
+    pub slots: ActorSlots,
+    /// The time source.
+    pub clock: SharedClock,
+    /// When the node started.
+    pub started_at: tokio::time::Instant,
+    supervisor: ActorRef<SupervisorMessage>,
+    store_ready: Arc<AtomicBool>,
+}
+
+/// What stops a node: owned by whoever runs it, not shared with request handlers.
+pub struct NodeControl {
+    node_id: String,
+    supervisor: ActorRef<SupervisorMessage>,
+    supervisor_done: watch::Receiver<bool>,
+    backend: Backend,
+    fatal: watch::Receiver<Option<String>>,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl Node {
+    /// Starts a node: opens the store, loads keys, bootstraps and spawns the supervision tree.
+    pub async fn start(config: Arc<Config>) -> Result<(Arc<Self>, NodeControl), NodeError> {
+        let node_id = config.node_id();
+        let hostname = gethostname::gethostname().to_string_lossy().into_owned();
+        let clock: SharedClock = Arc::new(SystemClock);
+        prepare_data_dir(&config)?;
+        let (key, generated) = SecretsKey::load_or_generate(
+            config.secrets.key.as_ref().map(|s| s.expose()),
+            &config.data_dir,
+        )?;
+        if generated {
+            info!(path = %config.data_dir.join(secrets::KEY_FILE).display(), "generated the secrets key");
+        }
+        let backend = Backend::open(&config).await?;
+        let store = backend.store();
+        let redis = config
+            .redis
+            .url
+            .as_ref()
+            .map(|url| Redis::new(url.expose()).map(Arc::new))
+            .transpose()?;
+
+        let registry = Registry::new();
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .map_err(|e| NodeError::Startup(format!("metrics registration failed: {e}")))?;
+        let actor_metrics = ActorMetrics::register(&registry)
+            .map_err(|e| NodeError::Startup(format!("metrics registration failed: {e}")))?;
+        let slots = ActorSlots::default();
+        let audit = AuditHandle::new(slots.audit.clone(), clock.clone(), node_id.clone());
+        let rate_table = Arc::new(RateTable::default());
+        let policies = Arc::new(PolicyRegistry::default());
+        let policy_actors = PolicyActors::default();
+        let membership = Arc::new(MembershipView::new(node_id.clone()));
+
+        let store_ready = Arc::new(AtomicBool::new(false));
+        let (fatal_tx, fatal) = watch::channel(None);
+        let bootstrap = Bootstrap {
+            config: config.clone(),
+            backend: backend.clone(),
+            store: store.clone(),
+            key: key.clone(),
+            audit: audit.clone(),
+            ready: store_ready.clone(),
+        };
+        // SQLite is local: bootstrap before serving, failing start-up on any error.
+        // PostgreSQL may be down: keep trying in the background.
+        let mut background = Vec::new();
+        match backend {
+            Backend::Sqlite(_) => bootstrap.run_once().await?,
+            Backend::Postgres(_) => {
+                background.push(tokio::spawn(bootstrap.run_until_done(fatal_tx)))
+            }
+        }
+
+        let restart = RestartPolicy {
+            max_backoff: Duration::from_secs(5),
+            ..RestartPolicy::default()
+        };
+        let children: Vec<Arc<dyn ChildSpec>> = vec![
+            Arc::new(SupervisorSpec {
+                kind: "session_supervisor",
+                policy: RestartPolicy::default(),
+                slot: slots.sessions.clone(),
+                metrics: actor_metrics.clone(),
+            }),
+            Arc::new(PolicySupervisorSpec {
+                store: store.clone(),
+                registry: policies.clone(),
+                actors: policy_actors.clone(),
+                slot: slots.policies.clone(),
+                policy: restart.clone(),
+                metrics: actor_metrics.clone(),
+            }),
+            Arc::new(SupervisorSpec {
+                kind: "siem_supervisor",
+                policy: RestartPolicy::default(),
+                slot: slots.siem.clone(),
+                metrics: actor_metrics.clone(),
+            }),
+            Arc::new(AuditWriterSpec {
+                store: store.clone(),
+                chain: node_id.clone(),
+                key: ChainKey::derive(&key.derive("audit chain")),
+                sinks: Vec::new(),
+                slot: slots.audit.clone(),
+                metrics: actor_metrics.clone(),
+            }),
+            Arc::new(LimiterSpec {
+                table: rate_table.clone(),
+                slot: slots.limiter.clone(),
+            }),
+            Arc::new(MembershipSpec {
+                config: membership_config(&config, &node_id),
+                view: membership.clone(),
+                slot: slots.membership.clone(),
+            }),
+        ];
+        let args = SupervisorArguments {
+            kind: "node_supervisor",
+            children,
+            policy: restart,
+            metrics: actor_metrics.clone(),
+        };
+        let (supervisor, supervisor_handle) = Actor::spawn(None, Supervisor, args)
+            .await
+            .map_err(|e| NodeError::Startup(format!("node supervisor failed to start: {e}")))?;
+        let (supervisor_exited, supervisor_done) = watch::channel(false);
+        tokio::spawn(async move {
+            let _ = supervisor_handle.await;
+            let _ = supervisor_exited.send(true);
+        });
+        if let Backend::Postgres(pg) = &backend {
+            let pg = pg.clone();
+            let clock = clock.clone();
+            background.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(3600));
+                loop {
+                    tick.tick().await;
+                    pg.maintain(clock.now()).await;
+                }
+            }));
+        }
+        info!(node_id, backend = store.backend(), "node started");
+        let control = NodeControl {
+            node_id: node_id.clone(),
+            supervisor: supervisor.clone(),
+            supervisor_done,
+            backend,
+            fatal,
+            background,
+        };
+        let node = Self {
+            config,
+            node_id,
+            hostname,
+            store,
+            redis,
+            registry,
+            actor_metrics,
+            audit,
+            rate_table,
+            policies,
+            policy_actors,
+            membership,
+            slots,
+            clock,
+            started_at: tokio::time::Instant::now(),
+            supervisor,
+            store_ready,
+        };
+        Ok((Arc::new(node), control))
+    }
+
+    /// Whether the store was reached, migrated and bootstrapped since start-up.
+    pub fn store_initialized(&self) -> bool {
+        self.store_ready.load(Ordering::Acquire)
+    }
+
+    /// Whether every stored policy bundle is compiled and active on this node.
+    pub fn policies_loaded(&self) -> bool {
+        let loaded = self.policies.versions();
+        BUILTIN_POLICIES
+            .iter()
+            .all(|(name, _)| loaded.contains_key(*name))
+    }
+
+    /// The supervision tree below the NodeSupervisor.
+    pub async fn actor_tree(&self) -> Vec<ChildInfo> {
+        ractor::call_t!(self.supervisor, SupervisorMessage::GetChildren, 2_000).unwrap_or_default()
+    }
+}
+
+impl NodeControl {
+    /// Resolves when the node must stop on its own: the supervision tree gave up, or the
+    /// background bootstrap hit a permanent error. Returns the reason.
+    pub async fn failed(&mut self) -> String {
+        let mut fatal = self.fatal.clone();
+        tokio::select! {
+            () = wait_until_true(&mut self.supervisor_done) => {
+                "the node supervisor stopped after repeated actor crashes".to_owned()
+            }
+            reason = async {
+                loop {
+                    if let Some(reason) = fatal.borrow_and_update().clone() {
+                        return reason;
+                    }
+                    if fatal.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+            } => reason,
+        }
+    }
+
+    /// Stops the actors (committing pending audit events) and closes the store.
+    pub async fn shutdown(mut self) {
+        for task in &self.background {
+            task.abort();
+        }
+        self.supervisor.stop(Some("node shutting down".into()));
+        let _ = tokio::time::timeout(
+            Duration::from_secs(10),
+            wait_until_true(&mut self.supervisor_done),
+        )
+        .await;
+        self.backend.close().await;
+        info!(node_id = self.node_id, "node stopped");
+    }
+}
+
+/// Resolves once the flag is true (or its sender is gone).
+pub(crate) async fn wait_until_true(flag: &mut watch::Receiver<bool>) {
+    loop {
+        let done = *flag.borrow_and_update();
+        if done || flag.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn membership_config(config: &Config, node_id: &str) -> MembershipConfig {
+    let cookie = config
+        .cluster
+        .cookie
+        .as_ref()
+        .map(|c| c.expose().to_owned())
+        .unwrap_or_else(|| {
+            // Alone, nobody needs to join: a random cookie keeps the port closed to others.
+            let mut bytes = [0u8; 24];
+            rand::thread_rng().fill_bytes(&mut bytes);
+            hex::encode(bytes)
+        });
+    MembershipConfig {
+        node_id: node_id.to_owned(),
+        bind: config.cluster.bind,
+        cookie,
+        lease: Duration::from_secs(config.cluster.lease_seconds),
+        heartbeat: Duration::from_millis(config.cluster.heartbeat_ms),
+    }
+}
+
+fn prepare_data_dir(config: &Config) -> Result<(), NodeError> {
+    let dir = &config.data_dir;
+    let fail = |e: std::io::Error| {
+        NodeError::Startup(format!("`data_dir`: cannot create {}: {e}", dir.display()))
+    };
+    if !dir.exists() {
+        std::fs::create_dir_all(dir).map_err(fail)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(fail)?;
+    }
+    Ok(())
+}
+
+/// First-start creation: key fingerprint, built-in policies, the bootstrap admin. Every step
+/// is insert-if-absent, so nodes starting together on one database all succeed.
+struct Bootstrap {
+    config: Arc<Config>,
+    backend: Backend,
+    store: Arc<dyn Store>,
+    key: SecretsKey,
+    audit: AuditHandle,
+    ready: Arc<AtomicBool>,
+}
+
+impl Bootstrap {
+    async fn run_once(&self) -> Result<(), NodeError> {
+        if !self.backend.initialize().await? {
+            return Err(NodeError::Store(OpenError::Migration(
+                "database unreachable".into(),
+            )));
+        }
+        let created_admin = self
+            .create_records()
+            .await
+            .map_err(|e| NodeError::Startup(e.to_string()))?;
+        self.ready.store(true, Ordering::Release);
+        if let Some(admin) = created_admin {
+            let audit = self.audit.clone();
+            tokio::spawn(record_admin_created(audit, admin));
+        }
+        Ok(())
+    }
+
+    async fn run_until_done(self, fatal: watch::Sender<Option<String>>) {
+        let mut delay = Duration::from_millis(250);
+        loop {
+            match self.backend.initialize().await {
+                Ok(true) => match self.create_records().await {
+                    Ok(created_admin) => {
+                        self.ready.store(true, Ordering::Release);
+                        info!("database ready");
+                        if let Some(admin) = created_admin {
+                            record_admin_created(self.audit.clone(), admin).await;
+                        }
+                        return;
+                    }
+                    Err(BootstrapError::Store(StoreError::Unavailable(reason))) => {
+                        warn!(reason, "database unavailable during bootstrap; retrying");
+                    }
+                    Err(err) => {
+                        error!(error = %err, "bootstrap failed");
+                        let _ = fatal.send(Some(err.to_string()));
+                        return;
+                    }
+                },
+                Ok(false) => {}
+                Err(err) => {
+                    error!(error = %err, "database refused initialisation");
+                    let _ = fatal.send(Some(err.to_string()));
+                    return;
+                }
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// Returns the admin account if this call created it.
+    async fn create_records(&self) -> Result<Option<User>, BootstrapError> {
+        let fingerprint = self.key.fingerprint();
+        let stored = self
+            .store
+            .put_meta_if_absent(secrets::FINGERPRINT_META_KEY, &fingerprint)
+            .await?;
+        if stored != fingerprint {
+            return Err(BootstrapError::WrongKey);
+        }
+        let now = self.audit.now();
+        for (name, source) in BUILTIN_POLICIES {
+            let sha256 = hex::encode(Sha256::digest(source.as_bytes()));
+            policy::compile(name, 1, &sha256, source).map_err(|e| {
+                BootstrapError::Policy(format!("built-in policy {name} does not compile: {e}"))
+            })?;
+            let new = NewPolicyVersion {
+                bundle: name,
+                source,
+                sha256: &sha256,
+                description: Some("built-in"),
+                created_by: "system",
+                now,
+            };
+            if self.store.seed_policy(&new).await? {
+                info!(bundle = name, "seeded built-in policy");
+            }
+        }
+        self.bootstrap_admin().await
+    }
+
+    async fn bootstrap_admin(&self) -> Result<Option<User>, BootstrapError> {
+        if self.store.user_by_username("admin").await?.is_some() {
+            return Ok(None);
+        }
+        let configured = self
+            .config
+            .bootstrap_admin_password
+            .as_ref()
+            .map(|p| p.expose().to_owned());
+        let generated = configured.is_none();
+        let password =
+            zeroize::Zeroizing::new(configured.unwrap_or_else(|| password::generate_password(24)));
+        let hash = password::hash_password(&password)
+            .map_err(|e| BootstrapError::Policy(e.to_string()))?;
+        let now = self.audit.now();
+        let admin = User {
+            id: Uuid::now_v7(),
+            username: "admin".into(),
+            email: None,
+            role: Role::Admin,
+            teams: Vec::new(),
+            password_hash: Some(hash),
+            is_active: true,
+            mfa_enabled: false,
+            provider: "local".into(),
+            subject: None,
+            created_at: now,
+            updated_at: now,
+        };
+        if !self.store.create_user_if_absent(&admin).await? {
+            return Ok(None);
+        }
+        if generated {
+            let path = self.config.data_dir.join(BOOTSTRAP_PASSWORD_FILE);
+            let mut contents = zeroize::Zeroizing::new(password.as_bytes().to_vec());
+            contents.push(b'\n');
+            secrets::replace_private(&path, &contents)
+                .map_err(|e| BootstrapError::Policy(e.to_string()))?;
+            info!(path = %path.display(), "created the bootstrap admin; its generated password is in this file (mode 0600)");
+        } else {
+            info!("created the bootstrap admin with the configured password");
+        }
+        Ok(Some(admin))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum BootstrapError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(
+        "`secrets.key`: this database was initialised with a different secrets key; every node must use the same key"
+    )]
+    WrongKey,
+    #[error("{0}")]
+    Policy(String),
+}
+
+/// Audits the creation of the bootstrap admin once the AuditWriter is up.
+async fn record_admin_created(audit: AuditHandle, admin: User) {
+    let mut event = audit.event("user_created", "success");
+    event.actor = Some("system".into());
+    event.resource = Some(format!("user:{}", admin.username));
+    event.details = json!({"user_id": admin.id, "role": admin.role, "reason": "bootstrap"});
+    for _ in 0..60 {
+        match audit.record(event.clone()).await {
+            Ok(_) => return,
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+    warn!("could not audit the creation of the bootstrap admin");
+}

@@ -1,0 +1,259 @@
+//! The secrets key, which encrypts secrets at rest and keys the audit chain, and the
+//! private files of the data directory.
+//!
+//! The key is the same on every node. When it is not configured, a single node generates one
+//! into its data directory (mode 0600). The store remembers a fingerprint of the first key it
+//! saw, so a node started with a different key is refused instead of silently unable to
+//! read what the others wrote.
+
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use hmac::{Hmac, Mac};
+use rand::RngCore;
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+/// Name of the generated key file in the data directory.
+pub const KEY_FILE: &str = "secrets.key";
+/// Store key under which the key's fingerprint is kept.
+pub const FINGERPRINT_META_KEY: &str = "secrets_key_fingerprint";
+
+/// The secrets key (at least 32 bytes). Its `Debug` never shows it.
+#[derive(Clone)]
+pub struct SecretsKey(Zeroizing<Vec<u8>>);
+
+impl fmt::Debug for SecretsKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretsKey(<redacted>)")
+    }
+}
+
+/// Why the key could not be loaded or created.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretsError {
+    /// A file could not be read or written.
+    #[error("{path}: {reason}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The key does not decode.
+    #[error("`secrets.key`: {0}")]
+    Invalid(String),
+}
+
+impl SecretsKey {
+    /// Decodes a key given as base64 (standard or URL-safe) or hex; at least 32 bytes.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let bytes = hex::decode(text)
+            .ok()
+            .or_else(|| STANDARD.decode(text).ok())
+            .or_else(|| URL_SAFE_NO_PAD.decode(text.trim_end_matches('=')).ok())
+            .ok_or_else(|| "must be base64 or hex".to_owned())?;
+        if bytes.len() < 32 {
+            return Err(format!(
+                "must decode to at least 32 bytes (got {})",
+                bytes.len()
+            ));
+        }
+        Ok(Self(Zeroizing::new(bytes)))
+    }
+
+    /// The configured key, or the one in `data_dir` (generated on first start).
+    pub fn load_or_generate(
+        configured: Option<&str>,
+        data_dir: &Path,
+    ) -> Result<(Self, bool), SecretsError> {
+        if let Some(text) = configured {
+            return Self::parse(text)
+                .map(|k| (k, false))
+                .map_err(SecretsError::Invalid);
+        }
+        let path = data_dir.join(KEY_FILE);
+        let mut bytes = Zeroizing::new(vec![0u8; 32]);
+        rand::thread_rng().fill_bytes(&mut bytes);
+        let encoded = Zeroizing::new(STANDARD.encode(&*bytes));
+        let created = write_private_once(&path, encoded.as_bytes())?;
+        let stored = read_private(&path)?;
+        let key = Self::parse(&stored).map_err(|e| SecretsError::File {
+            path: path.clone(),
+            reason: e,
+        })?;
+        Ok((key, created))
+    }
+
+    /// A key for one purpose, derived so that no two uses share key material.
+    pub fn derive(&self, purpose: &str) -> Zeroizing<Vec<u8>> {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0)
+            .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+        mac.update(b"sark key derivation v1:");
+        mac.update(purpose.as_bytes());
+        Zeroizing::new(mac.finalize().into_bytes().to_vec())
+    }
+
+    /// A public fingerprint that identifies the key without revealing it.
+    pub fn fingerprint(&self) -> String {
+        hex::encode(&self.derive("fingerprint")[..16])
+    }
+
+    /// The raw key bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// Creates `path` with `contents` and mode 0600 unless it exists; returns whether it was
+/// created. The file appears complete or not at all (written aside, then hard-linked), so
+/// nodes racing on one data directory all end up reading the same content.
+pub fn write_private_once(path: &Path, contents: &[u8]) -> Result<bool, SecretsError> {
+    let fail = |reason: String| SecretsError::File {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| fail(format!("cannot create directory: {e}")))?;
+    }
+    let tmp = path.with_extension(format!("tmp.{}", uuid::Uuid::new_v4().simple()));
+    write_private(&tmp, contents).map_err(|e| fail(e.to_string()))?;
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(fail(e.to_string())),
+    }
+}
+
+/// Replaces `path` with `contents` (mode 0600) atomically.
+pub fn replace_private(path: &Path, contents: &[u8]) -> Result<(), SecretsError> {
+    let fail = |reason: String| SecretsError::File {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let tmp = path.with_extension(format!("tmp.{}", uuid::Uuid::new_v4().simple()));
+    write_private(&tmp, contents).map_err(|e| fail(e.to_string()))?;
+    std::fs::rename(&tmp, path).map_err(|e| fail(e.to_string()))
+}
+
+fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(contents)?;
+    file.sync_all()
+}
+
+/// Reads a private file, refusing one that other users can read.
+fn read_private(path: &Path) -> Result<Zeroizing<String>, SecretsError> {
+    let fail = |reason: String| SecretsError::File {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut file = File::open(path).map_err(|e| fail(e.to_string()))?;
+    let mode = file
+        .metadata()
+        .map_err(|e| fail(e.to_string()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(fail(format!(
+            "mode {:o} lets other users read it; chmod 600 it",
+            mode & 0o777
+        )));
+    }
+    let mut text = Zeroizing::new(String::new());
+    file.read_to_string(&mut text)
+        .map_err(|e| fail(e.to_string()))?;
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_parse_from_base64_and_hex_and_must_be_long_enough() {
+        let raw = [7u8; 32];
+        assert_eq!(
+            SecretsKey::parse(&STANDARD.encode(raw)).unwrap().bytes(),
+            raw
+        );
+        assert_eq!(SecretsKey::parse(&hex::encode(raw)).unwrap().bytes(), raw);
+        assert_eq!(
+            SecretsKey::parse(&URL_SAFE_NO_PAD.encode(raw))
+                .unwrap()
+                .bytes(),
+            raw
+        );
+        assert!(
+            SecretsKey::parse(&STANDARD.encode([1u8; 16]))
+                .unwrap_err()
+                .contains("at least 32")
+        );
+        assert!(SecretsKey::parse("not a key!").is_err());
+    }
+
+    #[test]
+    fn a_generated_key_is_private_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, created) = SecretsKey::load_or_generate(None, dir.path()).unwrap();
+        assert!(created);
+        let mode = std::fs::metadata(dir.path().join(KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let (second, created) = SecretsKey::load_or_generate(None, dir.path()).unwrap();
+        assert!(!created);
+        assert_eq!(first.fingerprint(), second.fingerprint());
+    }
+
+    #[test]
+    fn racing_creators_all_read_the_same_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let fingerprints: Vec<String> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        SecretsKey::load_or_generate(None, dir.path())
+                            .unwrap()
+                            .0
+                            .fingerprint()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(fingerprints.windows(2).all(|w| w[0] == w[1]));
+    }
+
+    #[test]
+    fn a_world_readable_key_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        SecretsKey::load_or_generate(None, dir.path()).unwrap();
+        let path = dir.path().join(KEY_FILE);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = SecretsKey::load_or_generate(None, dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("chmod 600"), "{err}");
+    }
+
+    #[test]
+    fn derived_keys_differ_by_purpose_and_debug_hides_the_key() {
+        let key = SecretsKey::parse(&hex::encode([9u8; 32])).unwrap();
+        assert_ne!(*key.derive("a"), *key.derive("b"));
+        assert_eq!(format!("{key:?}"), "SecretsKey(<redacted>)");
+    }
+}

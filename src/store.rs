@@ -1,0 +1,195 @@
+//! Storage: the ports declared in `sark_actors::store`, implemented for SQLite (the
+//! embedded default) and PostgreSQL.
+//!
+//! Most SQL is portable between the two (`$n` placeholders, `ON CONFLICT`, `RETURNING`),
+//! so one implementation is generated for both by [`sql::impl_portable_store`]; each
+//! backend module adds what differs (tag filtering, outbox claiming, partitions).
+//!
+//! A PostgreSQL store may be created while the database is down: it then answers
+//! `Unavailable` until a background task has connected and run the migrations, so the node
+//! starts degraded instead of refusing to start.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::{AssertSqlSafe, SqlSafeStr};
+
+pub use sark_actors::store::*;
+
+use crate::config::{Config, DatabaseKind};
+
+pub mod postgres;
+pub mod redis;
+mod sql;
+pub mod sqlite;
+#[cfg(test)]
+mod tests;
+
+/// Why a store could not be opened at all (as opposed to being temporarily unavailable).
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The configuration is wrong; the message names the key.
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    /// The database rejected the configured credentials or database name.
+    #[error("`database.url`: {0}")]
+    Rejected(String),
+    /// Migrations failed.
+    #[error("database migration failed: {0}")]
+    Migration(String),
+    /// The SQLite file could not be opened.
+    #[error("cannot open the SQLite database {path}: {reason}")]
+    Sqlite {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// An opened store of either backend.
+#[derive(Clone)]
+pub enum Backend {
+    /// The embedded SQLite store.
+    Sqlite(Arc<sqlite::SqliteStore>),
+    /// A PostgreSQL store.
+    Postgres(Arc<postgres::PgStore>),
+}
+
+impl Backend {
+    /// Opens the store configured in `config`. SQLite is migrated before this returns; a
+    /// PostgreSQL store is returned at once and migrated by [`Backend::initialize`].
+    pub async fn open(config: &Config) -> Result<Self, OpenError> {
+        match config.database_kind()? {
+            DatabaseKind::Sqlite(path) => Ok(Backend::Sqlite(Arc::new(
+                sqlite::SqliteStore::open(&path, &config.database).await?,
+            ))),
+            DatabaseKind::Postgres => Ok(Backend::Postgres(Arc::new(postgres::PgStore::new(
+                &config.database,
+            )?))),
+        }
+    }
+
+    /// Connects and migrates, when that has not happened yet. `Ok(false)` means the database
+    /// is unreachable for now and the caller should retry; errors are permanent.
+    pub async fn initialize(&self) -> Result<bool, OpenError> {
+        match self {
+            Backend::Sqlite(_) => Ok(true),
+            Backend::Postgres(pg) => pg.initialize().await,
+        }
+    }
+
+    /// The store behind every port.
+    pub fn store(&self) -> Arc<dyn Store> {
+        match self {
+            Backend::Sqlite(s) => s.clone(),
+            Backend::Postgres(p) => p.clone(),
+        }
+    }
+
+    /// Closes the pool, waiting for connections to be returned.
+    pub async fn close(&self) {
+        match self {
+            Backend::Sqlite(s) => s.close().await,
+            Backend::Postgres(p) => p.close().await,
+        }
+    }
+}
+
+/// One migration file, embedded in the binary.
+struct EmbeddedMigration {
+    version: i64,
+    description: &'static str,
+    sql: &'static str,
+}
+
+const SQLITE_MIGRATIONS: &[EmbeddedMigration] = &[EmbeddedMigration {
+    version: 20261126000001,
+    description: "create_schema",
+    sql: include_str!("../migrations/sqlite/20261126000001_create_schema.sql"),
+}];
+
+const POSTGRES_MIGRATIONS: &[EmbeddedMigration] = &[EmbeddedMigration {
+    version: 20261126000001,
+    description: "create_schema",
+    sql: include_str!("../migrations/postgres/20261126000001_create_schema.sql"),
+}];
+
+fn migrator(migrations: &[EmbeddedMigration]) -> Migrator {
+    Migrator::with_migrations(
+        migrations
+            .iter()
+            .map(|m| {
+                Migration::new(
+                    m.version,
+                    Cow::Borrowed(m.description),
+                    MigrationType::Simple,
+                    AssertSqlSafe(m.sql).into_sql_str(),
+                    false,
+                )
+            })
+            .collect(),
+    )
+}
+
+/// Maps a driver error to what callers can act on: connection trouble is `Unavailable`
+/// (503), uniqueness is `Conflict` (409), the rest is internal.
+pub(crate) fn db_error(err: sqlx::Error) -> StoreError {
+    match err {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_) => StoreError::Unavailable(err.to_string()),
+        sqlx::Error::Database(db) => {
+            if db.is_unique_violation() {
+                return StoreError::Conflict(db.constraint().unwrap_or("row").to_owned());
+            }
+            let code = db.code().unwrap_or_default();
+            // PostgreSQL: class 08 is connection trouble, 57P0x is shutdown/restart, 53 is
+            // out of resources. SQLite: 5 and 6 (and extended codes) are busy/locked.
+            let unavailable = code.starts_with("08")
+                || code.starts_with("57P0")
+                || code.starts_with("53")
+                || code == "5"
+                || code == "6"
+                || code == "517"
+                || code == "261";
+            if unavailable {
+                StoreError::Unavailable(db.message().to_owned())
+            } else {
+                StoreError::Internal(db.message().to_owned())
+            }
+        }
+        sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => {
+            StoreError::Corrupt(err.to_string())
+        }
+        other => StoreError::Internal(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod migration_tests {
+    use super::*;
+
+    fn files(dir: &str) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn embedded(list: &[EmbeddedMigration]) -> Vec<String> {
+        list.iter()
+            .map(|m| format!("{}_{}.sql", m.version, m.description))
+            .collect()
+    }
+
+    #[test]
+    fn every_migration_file_is_embedded_in_order() {
+        assert_eq!(files("migrations/sqlite"), embedded(SQLITE_MIGRATIONS));
+        assert_eq!(files("migrations/postgres"), embedded(POSTGRES_MIGRATIONS));
+    }
+}

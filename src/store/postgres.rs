@@ -1,0 +1,219 @@
+//! The PostgreSQL store.
+//!
+//! Created without a connection, so a node whose database is down still starts (degraded);
+//! [`PgStore::initialize`] connects and migrates, and every call answers `Unavailable`
+//! until it has succeeded.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use chrono::{DateTime, Days, NaiveDate, Utc};
+use sqlx::migrate::MigrateError;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{AssertSqlSafe, PgPool, Postgres, QueryBuilder, Transaction};
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use super::sql::{
+    audit_columns, impl_portable_store, policy_columns, server_columns, session_columns,
+    user_columns,
+};
+use super::{OpenError, StoreError, StoreResult, TimeSeriesLayout, db_error};
+use crate::config::{ConfigError, DatabaseConfig};
+
+/// Daily partitions created ahead of today.
+const PARTITIONS_AHEAD: u64 = 3;
+
+/// The PostgreSQL implementation of every storage port.
+#[derive(Debug)]
+pub struct PgStore {
+    pool: PgPool,
+    layout: OnceLock<TimeSeriesLayout>,
+}
+
+impl PgStore {
+    /// A store for `config.url`, not yet connected.
+    pub fn new(config: &DatabaseConfig) -> Result<Self, OpenError> {
+        let url = config
+            .url
+            .as_ref()
+            .ok_or_else(|| ConfigError::from_key("database.url", "is required for PostgreSQL"))?;
+        let options = PgConnectOptions::from_str(url.expose())
+            .map_err(|e| {
+                ConfigError::from_key(
+                    "database.url",
+                    format!("is not a valid PostgreSQL URL ({})", redact_url_error(&e)),
+                )
+            })?
+            .application_name("sark");
+        let pool = PgPoolOptions::new()
+            .max_connections(config.max_connections)
+            .min_connections(config.min_connections.min(config.max_connections))
+            .acquire_timeout(Duration::from_millis(config.acquire_timeout_ms))
+            .connect_lazy_with(options);
+        Ok(Self {
+            pool,
+            layout: OnceLock::new(),
+        })
+    }
+
+    /// Runs the migrations and prepares partitions, once. `Ok(false)` when the database
+    /// cannot be reached yet; an error when it refuses our credentials or the migration fails.
+    pub async fn initialize(&self) -> Result<bool, OpenError> {
+        if self.layout.get().is_some() {
+            return Ok(true);
+        }
+        match super::migrator(super::POSTGRES_MIGRATIONS)
+            .run(&self.pool)
+            .await
+        {
+            Ok(()) => {}
+            Err(MigrateError::Execute(err)) | Err(MigrateError::ExecuteMigration(err, _)) => {
+                return classify_connect_error(err);
+            }
+            Err(err) => return Err(OpenError::Migration(err.to_string())),
+        }
+        let layout: Option<String> =
+            sqlx::query_scalar("SELECT value FROM meta WHERE key = 'time_series_layout'")
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| OpenError::Migration(e.to_string()))?;
+        let layout = match layout.as_deref() {
+            Some("timescaledb") => TimeSeriesLayout::Timescaledb,
+            _ => TimeSeriesLayout::NativePartitions,
+        };
+        info!(layout = ?layout, "audit_logs and api_requests time-series layout");
+        let _ = self.layout.set(layout);
+        self.maintain(Utc::now()).await;
+        Ok(true)
+    }
+
+    /// Creates the daily partitions from today to a few days ahead (native layout only).
+    /// Failures are logged, not fatal: rows outside every partition go to the default one.
+    pub async fn maintain(&self, now: DateTime<Utc>) {
+        if self.layout.get() != Some(&TimeSeriesLayout::NativePartitions) {
+            return;
+        }
+        let today = now.date_naive();
+        for table in ["audit_logs", "api_requests"] {
+            for ahead in 0..=PARTITIONS_AHEAD {
+                let Some(day) = today.checked_add_days(Days::new(ahead)) else {
+                    continue;
+                };
+                if let Err(err) = self.create_partition(table, day).await {
+                    warn!(table, day = %day, error = %err, "could not create partition");
+                }
+            }
+        }
+    }
+
+    async fn create_partition(&self, table: &str, day: NaiveDate) -> Result<(), sqlx::Error> {
+        let Some(next) = day.checked_add_days(Days::new(1)) else {
+            return Ok(());
+        };
+        // Identifiers and bounds come from a fixed table list and dates, never from input.
+        let sql = format!(
+            "CREATE TABLE IF NOT EXISTS {table}_p{} PARTITION OF {table} FOR VALUES FROM ('{} 00:00:00+00') TO ('{} 00:00:00+00')",
+            day.format("%Y%m%d"),
+            day.format("%Y-%m-%d"),
+            next.format("%Y-%m-%d"),
+        );
+        sqlx::query(AssertSqlSafe(sql)).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    fn pool(&self) -> StoreResult<&PgPool> {
+        if self.layout.get().is_none() {
+            return Err(StoreError::Unavailable(
+                "database not reachable since start-up".into(),
+            ));
+        }
+        Ok(&self.pool)
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Claims due rows; `SKIP LOCKED` lets several nodes claim at once without waiting on
+    /// or double-claiming each other's rows.
+    const CLAIM_OUTBOX_SQL: &'static str = "UPDATE siem_outbox SET lease_owner = $1, lease_until = $2 \
+         WHERE id IN (SELECT id FROM siem_outbox WHERE sink = $3 AND delivered_at IS NULL \
+         AND next_attempt_at <= $4 AND (lease_until IS NULL OR lease_until <= $4) ORDER BY id LIMIT $5 \
+         FOR UPDATE SKIP LOCKED) RETURNING id, sink, payload, attempts";
+
+    /// Tags live in the JSONB column, indexed by GIN: nothing else to keep in step.
+    async fn write_server_tags(
+        _tx: &mut Transaction<'_, Postgres>,
+        _server_id: Uuid,
+        _tags: &BTreeMap<String, String>,
+    ) -> Result<(), sqlx::Error> {
+        Ok(())
+    }
+
+    fn push_tag_filter(qb: &mut QueryBuilder<Postgres>, tags: &[(String, String)]) {
+        if tags.is_empty() {
+            return;
+        }
+        let wanted: BTreeMap<&String, &String> = tags.iter().map(|(k, v)| (k, v)).collect();
+        let wanted = serde_json::to_value(wanted).unwrap_or_default();
+        qb.push(" AND tags @> ")
+            .push_bind(sqlx::types::Json(wanted));
+    }
+}
+
+/// Unreachable databases are retried; refused credentials or a missing database are a
+/// configuration error.
+fn classify_connect_error(err: sqlx::Error) -> Result<bool, OpenError> {
+    if let sqlx::Error::Database(db) = &err {
+        let code = db.code().unwrap_or_default();
+        if code == "28P01" || code == "28000" || code == "3D000" {
+            return Err(OpenError::Rejected(db.message().to_owned()));
+        }
+    }
+    match db_error(err) {
+        StoreError::Unavailable(reason) => {
+            warn!(
+                reason,
+                "database unreachable; the node is degraded until it returns"
+            );
+            Ok(false)
+        }
+        other => Err(OpenError::Migration(other.to_string())),
+    }
+}
+
+/// URL parse errors may echo the URL, which holds the password.
+fn redact_url_error(err: &sqlx::Error) -> &'static str {
+    match err {
+        sqlx::Error::Configuration(_) => "malformed URL",
+        _ => "unreadable URL",
+    }
+}
+
+impl_portable_store!(PgStore, Postgres);
+
+#[async_trait::async_trait]
+impl super::StoreHealth for PgStore {
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1")
+            .execute(self.pool()?)
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn time_series(&self) -> TimeSeriesLayout {
+        self.layout
+            .get()
+            .copied()
+            .unwrap_or(TimeSeriesLayout::NativePartitions)
+    }
+}

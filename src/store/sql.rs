@@ -1,0 +1,935 @@
+//! The portable implementation of the storage ports, generated once per sqlx backend.
+//!
+//! The SQL here runs unchanged on SQLite and PostgreSQL. A backend type using the macro
+//! provides:
+//! - `fn pool(&self) -> StoreResult<&Pool<DB>>` (Unavailable until migrated),
+//! - `async fn write_server_tags(tx, server_id, tags)` (keeps any tag index in step),
+//! - `fn push_tag_filter(builder, tags)` (all tags must match),
+//! - `const CLAIM_OUTBOX_SQL` (lease due outbox rows without double-claiming).
+
+macro_rules! user_columns {
+    () => {
+        "id, username, email, role, teams, password_hash, is_active, mfa_enabled, provider, subject, created_at, updated_at"
+    };
+}
+
+macro_rules! session_columns {
+    () => {
+        "id, user_id, refresh_hash, auth_method, ip, mfa_verified, created_at, last_seen_at, expires_at, revoked_at, revoked_reason, node_id"
+    };
+}
+
+macro_rules! server_columns {
+    () => {
+        "id, name, endpoint, description, tags, created_at, updated_at, created_by"
+    };
+}
+
+macro_rules! policy_columns {
+    () => {
+        "bundle, version, source, sha256, description, created_at, created_by"
+    };
+}
+
+macro_rules! audit_columns {
+    () => {
+        r#"id, chain, seq, "timestamp", event_type, actor, ip, resource, outcome, details, node_id, prev_hash, hash"#
+    };
+}
+
+macro_rules! impl_portable_store {
+    ($store:ty, $db:ty) => {
+        impl $store {
+            fn user_row(row: &<$db as ::sqlx::Database>::Row) -> ::sqlx::Result<$crate::store::User> {
+                use ::sqlx::Row;
+                let role: String = row.try_get("role")?;
+                Ok($crate::store::User {
+                    id: row.try_get("id")?,
+                    username: row.try_get("username")?,
+                    email: row.try_get("email")?,
+                    role: role.parse().map_err(|e: String| ::sqlx::Error::Decode(e.into()))?,
+                    teams: row.try_get::<::sqlx::types::Json<Vec<String>>, _>("teams")?.0,
+                    password_hash: row.try_get("password_hash")?,
+                    is_active: row.try_get("is_active")?,
+                    mfa_enabled: row.try_get("mfa_enabled")?,
+                    provider: row.try_get("provider")?,
+                    subject: row.try_get("subject")?,
+                    created_at: row.try_get("created_at")?,
+                    updated_at: row.try_get("updated_at")?,
+                })
+            }
+
+            fn session_row(row: &<$db as ::sqlx::Database>::Row) -> ::sqlx::Result<$crate::store::SessionRecord> {
+                use ::sqlx::Row;
+                Ok($crate::store::SessionRecord {
+                    id: row.try_get("id")?,
+                    user_id: row.try_get("user_id")?,
+                    refresh_hash: row.try_get("refresh_hash")?,
+                    auth_method: row.try_get("auth_method")?,
+                    ip: row.try_get("ip")?,
+                    mfa_verified: row.try_get("mfa_verified")?,
+                    created_at: row.try_get("created_at")?,
+                    last_seen_at: row.try_get("last_seen_at")?,
+                    expires_at: row.try_get("expires_at")?,
+                    revoked_at: row.try_get("revoked_at")?,
+                    revoked_reason: row.try_get("revoked_reason")?,
+                    node_id: row.try_get("node_id")?,
+                })
+            }
+
+            fn server_row(row: &<$db as ::sqlx::Database>::Row) -> ::sqlx::Result<$crate::store::Server> {
+                use ::sqlx::Row;
+                Ok($crate::store::Server {
+                    id: row.try_get("id")?,
+                    name: row.try_get("name")?,
+                    endpoint: row.try_get("endpoint")?,
+                    description: row.try_get("description")?,
+                    tags: row
+                        .try_get::<::sqlx::types::Json<::std::collections::BTreeMap<String, String>>, _>("tags")?
+                        .0,
+                    created_at: row.try_get("created_at")?,
+                    updated_at: row.try_get("updated_at")?,
+                    created_by: row.try_get("created_by")?,
+                })
+            }
+
+            fn policy_row(row: &<$db as ::sqlx::Database>::Row) -> ::sqlx::Result<$crate::store::PolicyVersion> {
+                use ::sqlx::Row;
+                Ok($crate::store::PolicyVersion {
+                    bundle: row.try_get("bundle")?,
+                    version: row.try_get("version")?,
+                    source: row.try_get("source")?,
+                    sha256: row.try_get("sha256")?,
+                    description: row.try_get("description")?,
+                    created_at: row.try_get("created_at")?,
+                    created_by: row.try_get("created_by")?,
+                })
+            }
+
+            fn audit_row(row: &<$db as ::sqlx::Database>::Row) -> ::sqlx::Result<$crate::store::ChainedEvent> {
+                use ::sqlx::Row;
+                Ok($crate::store::ChainedEvent {
+                    event: $crate::store::AuditEvent {
+                        id: row.try_get("id")?,
+                        timestamp: row.try_get("timestamp")?,
+                        event_type: row.try_get("event_type")?,
+                        actor: row.try_get("actor")?,
+                        ip: row.try_get("ip")?,
+                        resource: row.try_get("resource")?,
+                        outcome: row.try_get("outcome")?,
+                        details: row.try_get::<::sqlx::types::Json<::serde_json::Value>, _>("details")?.0,
+                        node_id: row.try_get("node_id")?,
+                    },
+                    chain: row.try_get("chain")?,
+                    seq: row.try_get("seq")?,
+                    prev_hash: row.try_get("prev_hash")?,
+                    hash: row.try_get("hash")?,
+                })
+            }
+
+            fn bind_user<'q>(
+                query: ::sqlx::query::Query<'q, $db, <$db as ::sqlx::Database>::Arguments>,
+                user: &'q $crate::store::User,
+            ) -> ::sqlx::query::Query<'q, $db, <$db as ::sqlx::Database>::Arguments> {
+                query
+                    .bind(user.id)
+                    .bind(&user.username)
+                    .bind(&user.email)
+                    .bind(user.role.as_str())
+                    .bind(::sqlx::types::Json(&user.teams))
+                    .bind(&user.password_hash)
+                    .bind(user.is_active)
+                    .bind(user.mfa_enabled)
+                    .bind(&user.provider)
+                    .bind(&user.subject)
+                    .bind(user.created_at)
+                    .bind(user.updated_at)
+            }
+
+            fn rows<T>(
+                rows: Vec<<$db as ::sqlx::Database>::Row>,
+                map: fn(&<$db as ::sqlx::Database>::Row) -> ::sqlx::Result<T>,
+            ) -> $crate::store::StoreResult<Vec<T>> {
+                rows.iter().map(|r| map(r).map_err($crate::store::db_error)).collect()
+            }
+        }
+
+        #[::async_trait::async_trait]
+        impl $crate::store::UserStore for $store {
+            async fn create_user(&self, user: &$crate::store::User) -> $crate::store::StoreResult<()> {
+                let query = ::sqlx::query(concat!(
+                    "INSERT INTO users (", user_columns!(), ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+                ));
+                Self::bind_user(query, user).execute(self.pool()?).await.map_err(|e| {
+                    match $crate::store::db_error(e) {
+                        $crate::store::StoreError::Conflict(_) => {
+                            $crate::store::StoreError::Conflict(format!("user {}", user.username))
+                        }
+                        other => other,
+                    }
+                })?;
+                Ok(())
+            }
+
+            async fn create_user_if_absent(&self, user: &$crate::store::User) -> $crate::store::StoreResult<bool> {
+                let query = ::sqlx::query(concat!(
+                    "INSERT INTO users (", user_columns!(),
+                    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT DO NOTHING"
+                ));
+                let done = Self::bind_user(query, user)
+                    .execute(self.pool()?)
+                    .await
+                    .map_err($crate::store::db_error)?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn user_by_username(&self, username: &str) -> $crate::store::StoreResult<Option<$crate::store::User>> {
+                let row = ::sqlx::query(concat!("SELECT ", user_columns!(), " FROM users WHERE username = $1"))
+                    .bind(username)
+                    .fetch_optional(self.pool()?)
+                    .await
+                    .map_err($crate::store::db_error)?;
+                row.as_ref().map(Self::user_row).transpose().map_err($crate::store::db_error)
+            }
+
+            async fn user_by_id(&self, id: ::uuid::Uuid) -> $crate::store::StoreResult<Option<$crate::store::User>> {
+                let row = ::sqlx::query(concat!("SELECT ", user_columns!(), " FROM users WHERE id = $1"))
+                    .bind(id)
+                    .fetch_optional(self.pool()?)
+                    .await
+                    .map_err($crate::store::db_error)?;
+                row.as_ref().map(Self::user_row).transpose().map_err($crate::store::db_error)
+            }
+
+            async fn list_users(&self, page: &$crate::store::PageRequest) -> $crate::store::StoreResult<Vec<$crate::store::User>> {
+                let mut qb = ::sqlx::QueryBuilder::<$db>::new(concat!("SELECT ", user_columns!(), " FROM users"));
+                if let Some(after) = &page.after {
+                    qb.push(" WHERE username > ").push_bind(after.clone());
+                }
+                qb.push(" ORDER BY username LIMIT ").push_bind(i64::from(page.limit));
+                let rows = qb.build().fetch_all(self.pool()?).await.map_err($crate::store::db_error)?;
+                Self::rows(rows, Self::user_row)
+            }
+
+            async fn update_user(
+                &self,
+                username: &str,
+                patch: &$crate::store::UserPatch,
+                now: ::chrono::DateTime<::chrono::Utc>,
+            ) -> $crate::store::StoreResult<Option<$crate::store::User>> {
+                let mut qb = ::sqlx::QueryBuilder::<$db>::new("UPDATE users SET updated_at = ");
+                qb.push_bind(now);
+                if let Some(email) = &patch.email {
+                    qb.push(", email = ").push_bind(email.clone());
+                }
+                if let Some(role) = patch.role {
+                    qb.push(", role = ").push_bind(role.as_str());
+                }
+                if let Some(teams) = &patch.teams {
+                    qb.push(", teams = ").push_bind(::sqlx::types::Json(teams.clone()));
+                }
+                if let Some(active) = patch.is_active {
+                    qb.push(", is_active = ").push_bind(active);
+                }
+                if let Some(hash) = &patch.password_hash {
+                    qb.push(", password_hash = ").push_bind(hash.clone());
+                }
+                if let Some(mfa) = patch.mfa_enabled {
+                    qb.push(", mfa_enabled = ").push_bind(mfa);
+                }
+                qb.push(" WHERE username = ").push_bind(username.to_owned());
+                qb.push(concat!(" RETURNING ", user_columns!()));
+                let row = qb.build().fetch_optional(self.pool()?).await.map_err($crate::store::db_error)?;
+                row.as_ref().map(Self::user_row).transpose().map_err($crate::store::db_error)
+            }
+
+            async fn delete_user(
+                &self,
+                username: &str,
+                now: ::chrono::DateTime<::chrono::Utc>,
+            ) -> $crate::store::StoreResult<Option<$crate::store::DeletedUser>> {
+                let mut tx = self.pool()?.begin().await.map_err($crate::store::db_error)?;
+                let row = ::sqlx::query(concat!("SELECT ", user_columns!(), " FROM users WHERE username = $1"))
+                    .bind(username)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err($crate::store::db_error)?;
+                let Some(row) = row else {
+                    return Ok(None);
+                };
+                let user = Self::user_row(&row).map_err($crate::store::db_error)?;
+                let revoked = ::sqlx::query(
+                    "UPDATE sessions SET revoked_at = $1, revoked_reason = 'user_deleted' \
+                     WHERE user_id = $2 AND revoked_at IS NULL AND expires_at > $1 RETURNING id",
+                )
+                .bind(now)
+                .bind(user.id)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err($crate::store::db_error)?;
+                let revoked_sessions = revoked
+                    .iter()
+                    .map(|r| ::sqlx::Row::try_get(r, "id"))
+                    .collect::<::sqlx::Result<Vec<::uuid::Uuid>>>()
+                    .map_err($crate::store::db_error)?;
+                ::sqlx::query("DELETE FROM users WHERE id = $1")
+                    .bind(user.id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err($crate::store::db_error)?;
+                tx.commit().await.map_err($crate::store::db_error)?;
+                Ok(Some($crate::store::DeletedUser { user, revoked_sessions }))
+            }
+        }
+
+        #[::async_trait::async_trait]
+        impl $crate::store::SessionStore for $store {
+            async fn create_session(&self, s: &$crate::store::SessionRecord) -> $crate::store::StoreResult<()> {
+                ::sqlx::query(concat!(
+                    "INSERT INTO sessions (", session_columns!(), ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+                ))
+                .bind(s.id)
+                .bind(s.user_id)
+                .bind(&s.refresh_hash)
+                .bind(&s.auth_method)
+                .bind(&s.ip)
+                .bind(s.mfa_verified)
+                .bind(s.created_at)
+                .bind(s.last_seen_at)
+                .bind(s.expires_at)
+                .bind(s.revoked_at)
+                .bind(&s.revoked_reason)
+                .bind(&s.node_id)
+                .execute(self.pool()?)
+                .await
+                .map_err($crate::store::db_error)?;
+                Ok(())
+            }
+
+            async fn session(&self, id: ::uuid::Uuid) -> $crate::store::StoreResult<Option<$crate::store::SessionRecord>> {
+                let row = ::sqlx::query(concat!("SELECT ", session_columns!(), " FROM sessions WHERE id = $1"))
+                    .bind(id)
+                    .fetch_optional(self.pool()?)
+                    .await
+                    .map_err($crate::store::db_error)?;
+                row.as_ref().map(Self::session_row).transpose().map_err($crate::store::db_error)
+            }
+
+            async fn rotate_refresh(
+                &self,
+                id: ::uuid::Uuid,
+                old_hash: &str,
+                new_hash: &str,
+                now: ::chrono::DateTime<::chrono::Utc>,
+            ) -> $crate::store::StoreResult<$crate::store::RotateOutcome> {
+                let pool = self.pool()?;
+                let done = ::sqlx::query(
+                    "UPDATE sessions SET refresh_hash = $1, last_seen_at = $2 \
+                     WHERE id = $3 AND refresh_hash = $4 AND revoked_at IS NULL AND expires_at > $2",
+                )
+                .bind(new_hash)
+                .bind(now)
+                .bind(id)
+                .bind(old_hash)
+                .execute(pool)
+                .await
+                .map_err($crate::store::db_error)?;
+                if done.rows_affected() == 1 {
+                    return Ok($crate::store::RotateOutcome::Rotated);
+                }
+                let live = ::sqlx::query("SELECT id FROM sessions WHERE id = $1 AND revoked_at IS NULL AND expires_at > $2")
+                    .bind(id)
+                    .bind(now)
+                    .fetch_optional(pool)
+                    .await
+                    .map_err($crate::store::db_error)?;
+                Ok(if live.is_some() {
+                    $crate::store::RotateOutcome::Reused
+                } else {
+                    $crate::store::RotateOutcome::NotFound
+                })
+            }
+
+            async fn touch_session(&self, id: ::uuid::Uuid, now: ::chrono::DateTime<::chrono::Utc>) -> $crate::store::StoreResult<()> {
+                ::sqlx::query("UPDATE sessions SET last_seen_at = $1 WHERE id = $2 AND last_seen_at < $1")
+                    .bind(now)
+                    .bind(id)
+                    .execute(self.pool()?)
+                    .await
+                    .map_err($crate::store::db_error)?;
+                Ok(())
+            }
+
+            async fn revoke_session(
+                &self,
+                id: ::uuid::Uuid,
+                reason: &str,
+                now: ::chrono::DateTime<::chrono::Utc>,
+            ) -> $crate::store::StoreResult<bool> {
+                let done = ::sqlx::query(
+                    "UPDATE sessions SET revoked_at = $1, revoked_reason = $2 WHERE id = $3 AND revoked_at IS NULL",
+                )
+                .bind(now)
+                .bind(reason)
+                .bind(id)
+                .execute(self.pool()?)
+                .await
+                .map_err($crate::store::db_error)?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn revoke_user_sessions(
+                &self,
+                user_id: ::uuid::Uuid,
+                keep: Option<::uuid::Uuid>,
+                reason: &str,
+                now: ::chrono::DateTime<::chrono::Utc>,
+            ) -> $crate::store::StoreResult<Vec<::uuid::Uuid>> {
+                let mut qb = ::sqlx::QueryBuilder::<$db>::new("UPDATE sessions SET revoked_at = ");
+                qb.push_bind(now).push(", revoked_reason = ").push_bind(reason.to_owned());
+                qb.push(" WHERE user_id = ").push_bind(user_id);
+                qb.push(" AND revoked_at IS NULL AND expires_at > ").push_bind(now);
+                if let Some(keep) = keep {
+                    qb.push(" AND id <> ").push_bind(keep);
+                }
+                qb.push(" RETURNING id");
+                let rows = qb.build().fetch_all(self.pool()?).await.map_err($crate::store::db_error)?;
+                rows.iter()
+                    .map(|r| ::sqlx::Row::try_get(r, "id").map_err($crate::store::db_error))
+                    .collect()
+            }
+
+            async fn user_sessions(
+                &self,
+                user_id: ::uuid::Uuid,
+                now: ::chrono::DateTime<::chrono::Utc>,
+            ) -> $crate::store::StoreResult<Vec<$crate::store::SessionRecord>> {
+                let rows = ::sqlx::query(concat!(
+                    "SELECT ", session_columns!(),
+                    " FROM sessions WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > $2 ORDER BY created_at, id"
+                ))
+                .bind(user_id)
+                .bind(now)
+                .fetch_all(self.pool()?)
+                .await
+                .map_err($crate::store::db_error)?;
+                Self::rows(rows, Self::session_row)
+            }
+
+            async fn revoked_session_ids(&self, now: ::chrono::DateTime<::chrono::Utc>) -> $crate::store::StoreResult<Vec<::uuid::Uuid>> {
+                let rows = ::sqlx::query("SELECT id FROM sessions WHERE revoked_at IS NOT NULL AND expires_at > $1")
+                    .bind(now)
+                    .fetch_all(self.pool()?)
+                    .await
+                    .map_err($crate::store::db_error)?;
+                rows.iter()
+                    .map(|r| ::sqlx::Row::try_get(r, "id").map_err($crate::store::db_error))
+                    .collect()
+            }
+
+            async fn count_active_sessions(&self, now: ::chrono::DateTime<::chrono::Utc>) -> $crate::store::StoreResult<u64> {
+                let count: i64 = ::sqlx::query_scalar("SELECT COUNT(*) FROM sessions WHERE revoked_at IS NULL AND expires_at > $1")
+                    .bind(now)
+                    .fetch_one(self.pool()?)
+                    .await
+                    .map_err($crate::store::db_error)?;
+                Ok(count.max(0) as u64)
+            }
+        }
+
+        #[::async_trait::async_trait]
+        impl $crate::store::ServerStore for $store {
+            async fn create_server(&self, s: &$crate::store::Server) -> $crate::store::StoreResult<()> {
+                let mut tx = self.pool()?.begin().await.map_err($crate::store::db_error)?;
+                ::sqlx::query(concat!("INSERT INTO servers (", server_columns!(), ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"))
+                    .bind(s.id)
+                    .bind(&s.name)
+                    .bind(&s.endpoint)
+                    .bind(&s.description)
+                    .bind(::sqlx::types::Json(&s.tags))
+                    .bind(s.created_at)
+                    .bind(s.updated_at)
+                    .bind(&s.created_by)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| match $crate::store::db_error(e) {
+                        $crate::store::StoreError::Conflict(_) => {
+                            $crate::store::StoreError::Conflict(format!("server {}", s.name))
+                        }
+                        other => other,
+                    })?;
+                Self::write_server_tags(&mut tx, s.id, &s.tags).await.map_err($crate::store::db_error)?;
+                tx.commit().await.map_err($crate::store::db_error)?;
+                Ok(())
+            }
+
+            async fn server(&self, name: &str) -> $crate::store::StoreResult<Option<$crate::store::Server>> {
+                let row = ::sqlx::query(concat!("SELECT ", server_columns!(), " FROM servers WHERE name = $1"))
+                    .bind(name)
+                    .fetch_optional(self.pool()?)
+                    .await
+                    .map_err($crate::store::db_error)?;
+                row.as_ref().map(Self::server_row).transpose().map_err($crate::store::db_error)
+            }
+
+            async fn list_servers(&self, q: &$crate::store::ServerQuery) -> $crate::store::StoreResult<Vec<$crate::store::Server>> {
+                let mut qb = ::sqlx::QueryBuilder::<$db>::new(concat!("SELECT ", server_columns!(), " FROM servers WHERE 1 = 1"));
+                if let Some(prefix) = &q.name_prefix {
+                    // A comparison, not LIKE: the prefix is data, never a pattern.
+                    qb.push(" AND substr(name, 1, length(").push_bind(prefix.clone());
+                    qb.push(")) = ").push_bind(prefix.clone());
+                }
+                Self::push_tag_filter(&mut qb, &q.tags);
+                if let Some(after) = &q.page.after {
+                    qb.push(" AND name > ").push_bind(after.clone());
+                }
+                qb.push(" ORDER BY name LIMIT ").push_bind(i64::from(q.page.limit));
+                let rows = qb.build().fetch_all(self.pool()?).await.map_err($crate::store::db_error)?;
+                Self::rows(rows, Self::server_row)
+            }
+
+            async fn update_server(
+                &self,
+                name: &str,
+                patch: &$crate::store::ServerPatch,
+                now: ::chrono::DateTime<::chrono::Utc>,
+            ) -> $crate::store::StoreResult<Option<$crate::store::Server>> {
+                let mut tx = self.pool()?.begin().await.map_err($crate::store::db_error)?;
+                let mut qb = ::sqlx::QueryBuilder::<$db>::new("UPDATE servers SET updated_at = ");
+                qb.push_bind(now);
+                if let Some(endpoint) = &patch.endpoint {
+                    qb.push(", endpoint = ").push_bind(endpoint.clone());
+                }
+                if let Some(description) = &patch.description {
+                    qb.push(", description = ").push_bind(description.clone());
+                }
+                if let Some(tags) = &patch.tags {
+                    qb.push(", tags = ").push_bind(::sqlx::types::Json(tags.clone()));
+                }
+                qb.push(" WHERE name = ").push_bind(name.to_owned());
+                qb.push(concat!(" RETURNING ", server_columns!()));
+                let row = qb.build().fetch_optional(&mut *tx).await.map_err($crate::store::db_error)?;
+                let Some(row) = row else {
+                    return Ok(None);
+                };
+                let server = Self::server_row(&row).map_err($crate::store::db_error)?;
+                if patch.tags.is_some() {
+                    Self::write_server_tags(&mut tx, server.id, &server.tags).await.map_err($crate::store::db_error)?;
+                }
+                tx.commit().await.map_err($crate::store::db_error)?;
+                Ok(Some(server))
+            }
+
+            async fn delete_server(&self, name: &str) -> $crate::store::StoreResult<bool> {
+                let done = ::sqlx::query("DELETE FROM servers WHERE name = $1")
+                    .bind(name)
+                    .execute(self.pool()?)
+                    .await
+                    .map_err($crate::store::db_error)?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn count_servers(&self) -> $crate::store::StoreResult<u64> {
+                let count: i64 = ::sqlx::query_scalar("SELECT COUNT(*) FROM servers")
+                    .fetch_one(self.pool()?)
+                    .await
+                    .map_err($crate::store::db_error)?;
+                Ok(count.max(0) as u64)
+            }
+        }
+
+        #[::async_trait::async_trait]
+        impl $crate::store::PolicyStore for $store {
+            async fn add_policy_version(
+                &self,
+                new: &$crate::store::NewPolicyVersion<'_>,
+            ) -> $crate::store::StoreResult<$crate::store::PolicyVersion> {
+                let mut tx = self.pool()?.begin().await.map_err($crate::store::db_error)?;
+                // The upsert takes the bundle's row lock, so concurrent uploads get
+                // consecutive versions.
+                let version: i64 = ::sqlx::query_scalar(
+                    "INSERT INTO policy_bundles (name, active_version, updated_at) VALUES ($1, 1, $2) \
+                     ON CONFLICT (name) DO UPDATE SET active_version = policy_bundles.active_version + 1, \
+                     updated_at = excluded.updated_at RETURNING active_version",
+                )
+                .bind(new.bundle)
+                .bind(new.now)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err($crate::store::db_error)?;
+                Self::insert_policy_version(&mut tx, new, version).await?;
+                tx.commit().await.map_err($crate::store::db_error)?;
+                Ok(Self::stored_version(new, version))
+            }
+
+            async fn seed_policy(&self, new: &$crate::store::NewPolicyVersion<'_>) -> $crate::store::StoreResult<bool> {
+                let mut tx = self.pool()?.begin().await.map_err($crate::store::db_error)?;
+                let done = ::sqlx::query(
+                    "INSERT INTO policy_bundles (name, active_version, updated_at) VALUES ($1, 1, $2) ON CONFLICT DO NOTHING",
+                )
+                .bind(new.bundle)
+                .bind(new.now)
+                .execute(&mut *tx)
+                .await
+                .map_err($crate::store::db_error)?;
+                if done.rows_affected() == 0 {
+                    return Ok(false);
+                }
+                Self::insert_policy_version(&mut tx, new, 1).await?;
+                tx.commit().await.map_err($crate::store::db_error)?;
+                Ok(true)
+            }
+
+            async fn active_policy(&self, bundle: &str) -> $crate::store::StoreResult<Option<$crate::store::PolicyVersion>> {
+                let row = ::sqlx::query(concat!(
+                    "SELECT ", policy_columns!(), " FROM policy_versions v JOIN policy_bundles b \
+                     ON b.name = v.bundle AND b.active_version = v.version WHERE b.name = $1"
+                ))
+                .bind(bundle)
+                .fetch_optional(self.pool()?)
+                .await
+                .map_err($crate::store::db_error)?;
+                row.as_ref().map(Self::policy_row).transpose().map_err($crate::store::db_error)
+            }
+
+            async fn active_policies(&self) -> $crate::store::StoreResult<Vec<$crate::store::PolicyVersion>> {
+                let rows = ::sqlx::query(concat!(
+                    "SELECT ", policy_columns!(), " FROM policy_versions v JOIN policy_bundles b \
+                     ON b.name = v.bundle AND b.active_version = v.version ORDER BY b.name"
+                ))
+                .fetch_all(self.pool()?)
+                .await
+                .map_err($crate::store::db_error)?;
+                Self::rows(rows, Self::policy_row)
+            }
+
+            async fn policy_version(
+                &self,
+                bundle: &str,
+                version: i64,
+            ) -> $crate::store::StoreResult<Option<$crate::store::PolicyVersion>> {
+                let row = ::sqlx::query(concat!(
+                    "SELECT ", policy_columns!(), " FROM policy_versions WHERE bundle = $1 AND version = $2"
+                ))
+                .bind(bundle)
+                .bind(version)
+                .fetch_optional(self.pool()?)
+                .await
+                .map_err($crate::store::db_error)?;
+                row.as_ref().map(Self::policy_row).transpose().map_err($crate::store::db_error)
+            }
+
+            async fn policy_versions(&self, bundle: &str) -> $crate::store::StoreResult<Vec<$crate::store::PolicyVersion>> {
+                let rows = ::sqlx::query(concat!(
+                    "SELECT ", policy_columns!(), " FROM policy_versions WHERE bundle = $1 ORDER BY version DESC"
+                ))
+                .bind(bundle)
+                .fetch_all(self.pool()?)
+                .await
+                .map_err($crate::store::db_error)?;
+                Self::rows(rows, Self::policy_row)
+            }
+        }
+
+        impl $store {
+            async fn insert_policy_version(
+                tx: &mut ::sqlx::Transaction<'_, $db>,
+                new: &$crate::store::NewPolicyVersion<'_>,
+                version: i64,
+            ) -> $crate::store::StoreResult<()> {
+                ::sqlx::query(concat!(
+                    "INSERT INTO policy_versions (", policy_columns!(), ") VALUES ($1, $2, $3, $4, $5, $6, $7)"
+                ))
+                .bind(new.bundle)
+                .bind(version)
+                .bind(new.source)
+                .bind(new.sha256)
+                .bind(new.description)
+                .bind(new.now)
+                .bind(new.created_by)
+                .execute(&mut **tx)
+                .await
+                .map_err($crate::store::db_error)?;
+                Ok(())
+            }
+
+            fn stored_version(new: &$crate::store::NewPolicyVersion<'_>, version: i64) -> $crate::store::PolicyVersion {
+                $crate::store::PolicyVersion {
+                    bundle: new.bundle.to_owned(),
+                    version,
+                    source: new.source.to_owned(),
+                    sha256: new.sha256.to_owned(),
+                    description: new.description.map(str::to_owned),
+                    created_at: new.now,
+                    created_by: new.created_by.to_owned(),
+                }
+            }
+        }
+
+        #[::async_trait::async_trait]
+        impl $crate::store::AuditStore for $store {
+            async fn append_audit(
+                &self,
+                chain: &str,
+                prev_seq: i64,
+                events: &[$crate::store::ChainedEvent],
+                sinks: &[String],
+            ) -> $crate::store::StoreResult<()> {
+                let Some(last) = events.last() else {
+                    return Ok(());
+                };
+                let now = last.event.timestamp;
+                let mut tx = self.pool()?.begin().await.map_err($crate::store::db_error)?;
+                let moved = if prev_seq == 0 {
+                    ::sqlx::query(
+                        "INSERT INTO audit_chain_heads (chain, seq, hash, updated_at) VALUES ($1, $2, $3, $4) \
+                         ON CONFLICT DO NOTHING",
+                    )
+                    .bind(chain)
+                    .bind(last.seq)
+                    .bind(&last.hash)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await
+                } else {
+                    ::sqlx::query(
+                        "UPDATE audit_chain_heads SET seq = $1, hash = $2, updated_at = $3 WHERE chain = $4 AND seq = $5",
+                    )
+                    .bind(last.seq)
+                    .bind(&last.hash)
+                    .bind(now)
+                    .bind(chain)
+                    .bind(prev_seq)
+                    .execute(&mut *tx)
+                    .await
+                }
+                .map_err($crate::store::db_error)?;
+                if moved.rows_affected() != 1 {
+                    return Err($crate::store::StoreError::Contended(format!("audit chain {chain}")));
+                }
+                let mut qb = ::sqlx::QueryBuilder::<$db>::new(concat!("INSERT INTO audit_logs (", audit_columns!(), ") "));
+                qb.push_values(events, |mut b, e| {
+                    b.push_bind(e.event.id)
+                        .push_bind(e.chain.clone())
+                        .push_bind(e.seq)
+                        .push_bind(e.event.timestamp)
+                        .push_bind(e.event.event_type.clone())
+                        .push_bind(e.event.actor.clone())
+                        .push_bind(e.event.ip.clone())
+                        .push_bind(e.event.resource.clone())
+                        .push_bind(e.event.outcome.clone())
+                        .push_bind(::sqlx::types::Json(e.event.details.clone()))
+                        .push_bind(e.event.node_id.clone())
+                        .push_bind(e.prev_hash.clone())
+                        .push_bind(e.hash.clone());
+                });
+                qb.build().execute(&mut *tx).await.map_err($crate::store::db_error)?;
+                if !sinks.is_empty() {
+                    let rows: Vec<(&String, &$crate::store::ChainedEvent)> =
+                        sinks.iter().flat_map(|s| events.iter().map(move |e| (s, e))).collect();
+                    let mut qb = ::sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO siem_outbox (sink, audit_id, payload, created_at, next_attempt_at) ",
+                    );
+                    qb.push_values(rows, |mut b, (sink, e)| {
+                        b.push_bind(sink.clone())
+                            .push_bind(e.event.id)
+                            .push_bind(::sqlx::types::Json(e.clone()))
+                            .push_bind(e.event.timestamp)
+                            .push_bind(e.event.timestamp);
+                    });
+                    qb.build().execute(&mut *tx).await.map_err($crate::store::db_error)?;
+                }
+                tx.commit().await.map_err($crate::store::db_error)?;
+                Ok(())
+            }
+
+            async fn chain_head(&self, chain: &str) -> $crate::store::StoreResult<Option<(i64, String)>> {
+                let row = ::sqlx::query("SELECT seq, hash FROM audit_chain_heads WHERE chain = $1")
+                    .bind(chain)
+                    .fetch_optional(self.pool()?)
+                    .await
+                    .map_err($crate::store::db_error)?;
+                row.map(|r| Ok((::sqlx::Row::try_get(&r, "seq")?, ::sqlx::Row::try_get(&r, "hash")?)))
+                    .transpose()
+                    .map_err($crate::store::db_error)
+            }
+
+            async fn list_audit(&self, q: &$crate::store::AuditQuery) -> $crate::store::StoreResult<Vec<$crate::store::ChainedEvent>> {
+                let mut qb = ::sqlx::QueryBuilder::<$db>::new(concat!("SELECT ", audit_columns!(), " FROM audit_logs WHERE 1 = 1"));
+                if let Some(t) = &q.event_type {
+                    qb.push(" AND event_type = ").push_bind(t.clone());
+                }
+                if let Some(actor) = &q.actor {
+                    qb.push(" AND actor = ").push_bind(actor.clone());
+                }
+                if let Some(since) = q.since {
+                    qb.push(r#" AND "timestamp" >= "#).push_bind(since);
+                }
+                if let Some(until) = q.until {
+                    qb.push(r#" AND "timestamp" < "#).push_bind(until);
+                }
+                if let Some((ts, id)) = q.before {
+                    qb.push(r#" AND ("timestamp" < "#).push_bind(ts);
+                    qb.push(r#" OR ("timestamp" = "#).push_bind(ts);
+                    qb.push(" AND id < ").push_bind(id).push("))");
+                }
+                qb.push(r#" ORDER BY "timestamp" DESC, id DESC LIMIT "#).push_bind(i64::from(q.limit));
+                let rows = qb.build().fetch_all(self.pool()?).await.map_err($crate::store::db_error)?;
+                Self::rows(rows, Self::audit_row)
+            }
+
+            async fn audit_chains(&self) -> $crate::store::StoreResult<Vec<String>> {
+                ::sqlx::query_scalar("SELECT chain FROM audit_chain_heads ORDER BY chain")
+                    .fetch_all(self.pool()?)
+                    .await
+                    .map_err($crate::store::db_error)
+            }
+
+            async fn chain_segment(
+                &self,
+                chain: &str,
+                after_seq: i64,
+                limit: u32,
+            ) -> $crate::store::StoreResult<Vec<$crate::store::ChainedEvent>> {
+                let rows = ::sqlx::query(concat!(
+                    "SELECT ", audit_columns!(), " FROM audit_logs WHERE chain = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+                ))
+                .bind(chain)
+                .bind(after_seq)
+                .bind(i64::from(limit))
+                .fetch_all(self.pool()?)
+                .await
+                .map_err($crate::store::db_error)?;
+                Self::rows(rows, Self::audit_row)
+            }
+        }
+
+        #[::async_trait::async_trait]
+        impl $crate::store::SiemOutbox for $store {
+            async fn claim_outbox(
+                &self,
+                sink: &str,
+                owner: &str,
+                now: ::chrono::DateTime<::chrono::Utc>,
+                lease_until: ::chrono::DateTime<::chrono::Utc>,
+                limit: u32,
+            ) -> $crate::store::StoreResult<Vec<$crate::store::OutboxEntry>> {
+                let rows = ::sqlx::query(Self::CLAIM_OUTBOX_SQL)
+                    .bind(owner)
+                    .bind(lease_until)
+                    .bind(sink)
+                    .bind(now)
+                    .bind(i64::from(limit))
+                    .fetch_all(self.pool()?)
+                    .await
+                    .map_err($crate::store::db_error)?;
+                let mut entries = rows
+                    .iter()
+                    .map(|r| {
+                        use ::sqlx::Row;
+                        Ok($crate::store::OutboxEntry {
+                            id: r.try_get("id")?,
+                            sink: r.try_get("sink")?,
+                            event: r.try_get::<::sqlx::types::Json<$crate::store::ChainedEvent>, _>("payload")?.0,
+                            attempts: r.try_get("attempts")?,
+                        })
+                    })
+                    .collect::<::sqlx::Result<Vec<_>>>()
+                    .map_err($crate::store::db_error)?;
+                entries.sort_by_key(|e| e.id);
+                Ok(entries)
+            }
+
+            async fn complete_outbox(
+                &self,
+                owner: &str,
+                ids: &[i64],
+                now: ::chrono::DateTime<::chrono::Utc>,
+            ) -> $crate::store::StoreResult<()> {
+                if ids.is_empty() {
+                    return Ok(());
+                }
+                let mut qb = ::sqlx::QueryBuilder::<$db>::new("UPDATE siem_outbox SET delivered_at = ");
+                qb.push_bind(now).push(", lease_owner = NULL, lease_until = NULL WHERE lease_owner = ");
+                qb.push_bind(owner.to_owned()).push(" AND id IN (");
+                let mut list = qb.separated(", ");
+                for id in ids {
+                    list.push_bind(*id);
+                }
+                qb.push(")");
+                qb.build().execute(self.pool()?).await.map_err($crate::store::db_error)?;
+                Ok(())
+            }
+
+            async fn release_outbox(
+                &self,
+                owner: &str,
+                ids: &[i64],
+                error: &str,
+                retry_at: ::chrono::DateTime<::chrono::Utc>,
+            ) -> $crate::store::StoreResult<()> {
+                if ids.is_empty() {
+                    return Ok(());
+                }
+                let mut qb = ::sqlx::QueryBuilder::<$db>::new(
+                    "UPDATE siem_outbox SET lease_owner = NULL, lease_until = NULL, attempts = attempts + 1, last_error = ",
+                );
+                qb.push_bind(error.to_owned()).push(", next_attempt_at = ").push_bind(retry_at);
+                qb.push(" WHERE lease_owner = ").push_bind(owner.to_owned()).push(" AND id IN (");
+                let mut list = qb.separated(", ");
+                for id in ids {
+                    list.push_bind(*id);
+                }
+                qb.push(")");
+                qb.build().execute(self.pool()?).await.map_err($crate::store::db_error)?;
+                Ok(())
+            }
+
+            async fn outbox_stats(&self, sink: &str) -> $crate::store::StoreResult<$crate::store::OutboxStats> {
+                let row = ::sqlx::query(
+                    "SELECT COUNT(*) AS queued, MIN(created_at) AS oldest FROM siem_outbox \
+                     WHERE sink = $1 AND delivered_at IS NULL",
+                )
+                .bind(sink)
+                .fetch_one(self.pool()?)
+                .await
+                .map_err($crate::store::db_error)?;
+                use ::sqlx::Row;
+                let queued: i64 = row.try_get("queued").map_err($crate::store::db_error)?;
+                let oldest = row.try_get("oldest").map_err($crate::store::db_error)?;
+                Ok($crate::store::OutboxStats { queued: queued.max(0) as u64, oldest_queued_at: oldest })
+            }
+        }
+
+        #[::async_trait::async_trait]
+        impl $crate::store::MetaStore for $store {
+            async fn meta(&self, key: &str) -> $crate::store::StoreResult<Option<String>> {
+                ::sqlx::query_scalar("SELECT value FROM meta WHERE key = $1")
+                    .bind(key)
+                    .fetch_optional(self.pool()?)
+                    .await
+                    .map_err($crate::store::db_error)
+            }
+
+            async fn put_meta_if_absent(&self, key: &str, value: &str) -> $crate::store::StoreResult<String> {
+                let pool = self.pool()?;
+                ::sqlx::query("INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                    .bind(key)
+                    .bind(value)
+                    .execute(pool)
+                    .await
+                    .map_err($crate::store::db_error)?;
+                ::sqlx::query_scalar("SELECT value FROM meta WHERE key = $1")
+                    .bind(key)
+                    .fetch_one(pool)
+                    .await
+                    .map_err($crate::store::db_error)
+            }
+        }
+    };
+}
+
+pub(crate) use {
+    audit_columns, impl_portable_store, policy_columns, server_columns, session_columns,
+    user_columns,
+};

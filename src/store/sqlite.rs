@@ -1,0 +1,140 @@
+//! The embedded SQLite store: one file in WAL mode, migrated at open.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{QueryBuilder, Sqlite, SqlitePool, Transaction};
+use uuid::Uuid;
+
+use super::sql::{
+    audit_columns, impl_portable_store, policy_columns, server_columns, session_columns,
+    user_columns,
+};
+use super::{OpenError, StoreResult, TimeSeriesLayout, db_error};
+use crate::config::DatabaseConfig;
+
+/// The SQLite implementation of every storage port.
+#[derive(Debug)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and runs the migrations.
+    ///
+    /// Several processes opening one file at once is safe: migrations run under an
+    /// exclusive lock on a sibling lock file.
+    pub async fn open(path: &Path, config: &DatabaseConfig) -> Result<Self, OpenError> {
+        let fail = |reason: String| OpenError::Sqlite {
+            path: path.display().to_string(),
+            reason,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
+        }
+        let options = SqliteConnectOptions::from_str("sqlite://")
+            .map_err(|e| fail(e.to_string()))?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a commit is on disk before it is acknowledged, so acknowledged audit
+            // events survive power loss as well as kill -9.
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(config.max_connections)
+            .min_connections(config.min_connections.min(config.max_connections))
+            .acquire_timeout(Duration::from_millis(config.acquire_timeout_ms))
+            .connect_with(options)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let lock_path = path.with_extension("migrate.lock");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| fail(format!("cannot open {}: {e}", lock_path.display())))?;
+        lock.lock()
+            .map_err(|e| fail(format!("cannot lock {}: {e}", lock_path.display())))?;
+        let migrated = super::migrator(super::SQLITE_MIGRATIONS).run(&pool).await;
+        drop(lock);
+        migrated.map_err(|e| OpenError::Migration(e.to_string()))?;
+        Ok(Self { pool })
+    }
+
+    fn pool(&self) -> StoreResult<&SqlitePool> {
+        Ok(&self.pool)
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Claims due rows with one statement; SQLite runs writes one at a time, so the
+    /// subquery and the update see the same rows.
+    const CLAIM_OUTBOX_SQL: &'static str = "UPDATE siem_outbox SET lease_owner = $1, lease_until = $2 \
+         WHERE id IN (SELECT id FROM siem_outbox WHERE sink = $3 AND delivered_at IS NULL \
+         AND next_attempt_at <= $4 AND (lease_until IS NULL OR lease_until <= $4) ORDER BY id LIMIT $5) \
+         RETURNING id, sink, payload, attempts";
+
+    async fn write_server_tags(
+        tx: &mut Transaction<'_, Sqlite>,
+        server_id: Uuid,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM server_tags WHERE server_id = $1")
+            .bind(server_id)
+            .execute(&mut **tx)
+            .await?;
+        if tags.is_empty() {
+            return Ok(());
+        }
+        let mut qb =
+            QueryBuilder::<Sqlite>::new("INSERT INTO server_tags (server_id, key, value) ");
+        qb.push_values(tags, |mut b, (k, v)| {
+            b.push_bind(server_id)
+                .push_bind(k.clone())
+                .push_bind(v.clone());
+        });
+        qb.build().execute(&mut **tx).await?;
+        Ok(())
+    }
+
+    fn push_tag_filter(qb: &mut QueryBuilder<Sqlite>, tags: &[(String, String)]) {
+        for (key, value) in tags {
+            qb.push(" AND EXISTS (SELECT 1 FROM server_tags t WHERE t.server_id = servers.id AND t.key = ")
+                .push_bind(key.clone())
+                .push(" AND t.value = ")
+                .push_bind(value.clone())
+                .push(")");
+        }
+    }
+}
+
+impl_portable_store!(SqliteStore, Sqlite);
+
+#[async_trait::async_trait]
+impl super::StoreHealth for SqliteStore {
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn time_series(&self) -> TimeSeriesLayout {
+        TimeSeriesLayout::Plain
+    }
+}

@@ -1,0 +1,877 @@
+//! The storage contract: one suite, run against SQLite and against PostgreSQL.
+//!
+//! PostgreSQL tests need `TEST_DATABASE_URL` (a role allowed to create databases); each
+//! test gets a fresh database. `scripts/test` starts the server and sets the variable.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, SubsecRound, Utc};
+use serde_json::json;
+use uuid::Uuid;
+
+use super::*;
+use crate::config::DatabaseConfig;
+
+fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+fn db_config(url: Option<String>) -> DatabaseConfig {
+    DatabaseConfig {
+        url: url.map(crate::config::Secret::new),
+        max_connections: 8,
+        min_connections: 0,
+        acquire_timeout_ms: 5_000,
+    }
+}
+
+/// Keeps a test database alive for the duration of a test.
+enum Guard {
+    Sqlite(#[allow(dead_code)] tempfile::TempDir),
+    Postgres { admin_url: String, name: String },
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Guard::Postgres { admin_url, name } = self {
+            let (admin_url, name) = (admin_url.clone(), name.clone());
+            // Best effort: the database is throwaway either way.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    if let Ok(pool) = sqlx::PgPool::connect(&admin_url).await {
+                        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                        )))
+                        .execute(&pool)
+                        .await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+}
+
+async fn sqlite_store() -> (Arc<dyn Store>, Guard) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite::SqliteStore::open(&dir.path().join("sark.db"), &db_config(None))
+        .await
+        .unwrap();
+    (Arc::new(store), Guard::Sqlite(dir))
+}
+
+/// Creates a fresh database on the test server and returns its URL.
+pub(crate) async fn fresh_postgres_database() -> (String, String, String) {
+    let admin_url = std::env::var("TEST_DATABASE_URL").expect(
+        "TEST_DATABASE_URL is not set: run the suite with scripts/test, which starts PostgreSQL",
+    );
+    let name = format!("sark_test_{}", Uuid::new_v4().simple());
+    let pool = sqlx::PgPool::connect(&admin_url).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let (base, _) = admin_url.rsplit_once('/').unwrap();
+    (format!("{base}/{name}"), admin_url, name)
+}
+
+async fn pg_store() -> (Arc<dyn Store>, Guard) {
+    let (url, admin_url, name) = fresh_postgres_database().await;
+    let store = postgres::PgStore::new(&db_config(Some(url))).unwrap();
+    assert!(
+        store.initialize().await.unwrap(),
+        "the test database is unreachable"
+    );
+    (Arc::new(store), Guard::Postgres { admin_url, name })
+}
+
+macro_rules! contract_tests {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite_backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let (store, _guard) = super::sqlite_store().await;
+                    super::$name(store).await;
+                }
+            )*
+        }
+        mod postgres_backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let (store, _guard) = super::pg_store().await;
+                    super::$name(store).await;
+                }
+            )*
+        }
+    };
+}
+
+contract_tests!(
+    users_round_trip_and_duplicates_conflict,
+    concurrent_bootstrap_creates_one_user,
+    user_patches_apply_only_given_fields,
+    users_list_in_keyset_pages,
+    deleting_a_user_revokes_their_sessions,
+    a_refresh_token_rotates_exactly_once_under_races,
+    sessions_revoke_and_count,
+    servers_crud_and_conflicts,
+    servers_filter_by_all_tags_prefix_and_pages,
+    policy_versions_bump_atomically,
+    audit_chain_appends_and_refuses_forks,
+    audit_lists_filter_and_page,
+    outbox_leases_are_exclusive_and_complete,
+    meta_put_if_absent_keeps_the_first_value,
+    health_reports_the_backend,
+);
+
+fn user(name: &str) -> User {
+    let t = now();
+    User {
+        id: Uuid::now_v7(),
+        username: name.into(),
+        email: Some(format!("{name}@example.org")),
+        role: Role::Operator,
+        teams: vec!["ops".into(), "db".into()],
+        password_hash: Some("$argon2id$fake".into()),
+        is_active: true,
+        mfa_enabled: false,
+        provider: "local".into(),
+        subject: None,
+        created_at: t,
+        updated_at: t,
+    }
+}
+
+fn session(user_id: Uuid, refresh: &str, expires_in: Duration) -> SessionRecord {
+    let t = now();
+    SessionRecord {
+        id: Uuid::now_v7(),
+        user_id,
+        refresh_hash: refresh.into(),
+        auth_method: "password".into(),
+        ip: Some("127.0.0.1".into()),
+        mfa_verified: false,
+        created_at: t,
+        last_seen_at: t,
+        expires_at: t + expires_in,
+        revoked_at: None,
+        revoked_reason: None,
+        node_id: "n1".into(),
+    }
+}
+
+async fn users_round_trip_and_duplicates_conflict(store: Arc<dyn Store>) {
+    let alice = user("alice");
+    store.create_user(&alice).await.unwrap();
+    assert_eq!(
+        store.user_by_username("alice").await.unwrap(),
+        Some(alice.clone())
+    );
+    assert_eq!(
+        store.user_by_id(alice.id).await.unwrap(),
+        Some(alice.clone())
+    );
+    assert_eq!(store.user_by_username("nobody").await.unwrap(), None);
+    let mut again = user("alice");
+    again.id = Uuid::now_v7();
+    match store.create_user(&again).await {
+        Err(StoreError::Conflict(what)) => assert_eq!(what, "user alice"),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+}
+
+async fn concurrent_bootstrap_creates_one_user(store: Arc<dyn Store>) {
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.create_user_if_absent(&user("admin")).await.unwrap() })
+        })
+        .collect();
+    let mut created = 0;
+    for task in tasks {
+        created += usize::from(task.await.unwrap());
+    }
+    assert_eq!(created, 1);
+    assert!(store.user_by_username("admin").await.unwrap().is_some());
+}
+
+async fn user_patches_apply_only_given_fields(store: Arc<dyn Store>) {
+    let bob = user("bob");
+    store.create_user(&bob).await.unwrap();
+    let later = now() + Duration::seconds(5);
+    let patch = UserPatch {
+        role: Some(Role::Admin),
+        is_active: Some(false),
+        email: Some(None),
+        ..Default::default()
+    };
+    let updated = store
+        .update_user("bob", &patch, later)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(updated.role, Role::Admin);
+    assert!(!updated.is_active);
+    assert_eq!(updated.email, None);
+    assert_eq!(updated.teams, bob.teams);
+    assert_eq!(updated.password_hash, bob.password_hash);
+    assert_eq!(updated.updated_at, later);
+    assert!(
+        store
+            .update_user("ghost", &patch, later)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+async fn users_list_in_keyset_pages(store: Arc<dyn Store>) {
+    for name in ["carol", "alice", "dave", "bob"] {
+        store.create_user(&user(name)).await.unwrap();
+    }
+    let first = store
+        .list_users(&PageRequest {
+            after: None,
+            limit: 2,
+        })
+        .await
+        .unwrap();
+    let names: Vec<_> = first.iter().map(|u| u.username.as_str()).collect();
+    assert_eq!(names, ["alice", "bob"]);
+    let second = store
+        .list_users(&PageRequest {
+            after: Some("bob".into()),
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    let names: Vec<_> = second.iter().map(|u| u.username.as_str()).collect();
+    assert_eq!(names, ["carol", "dave"]);
+}
+
+async fn deleting_a_user_revokes_their_sessions(store: Arc<dyn Store>) {
+    let erin = user("erin");
+    store.create_user(&erin).await.unwrap();
+    let s1 = session(erin.id, "h1", Duration::hours(1));
+    let s2 = session(erin.id, "h2", Duration::hours(1));
+    store.create_session(&s1).await.unwrap();
+    store.create_session(&s2).await.unwrap();
+    let deleted = store.delete_user("erin", now()).await.unwrap().unwrap();
+    assert_eq!(deleted.user.id, erin.id);
+    let mut revoked = deleted.revoked_sessions.clone();
+    revoked.sort();
+    let mut expected = vec![s1.id, s2.id];
+    expected.sort();
+    assert_eq!(revoked, expected);
+    assert!(store.user_by_username("erin").await.unwrap().is_none());
+    let mut still_revoked = store.revoked_session_ids(now()).await.unwrap();
+    still_revoked.sort();
+    assert_eq!(
+        still_revoked, expected,
+        "revoked sessions outlive their user"
+    );
+    assert!(store.delete_user("erin", now()).await.unwrap().is_none());
+}
+
+async fn a_refresh_token_rotates_exactly_once_under_races(store: Arc<dyn Store>) {
+    let u = user("frank");
+    store.create_user(&u).await.unwrap();
+    let s = session(u.id, "old", Duration::hours(1));
+    store.create_session(&s).await.unwrap();
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .rotate_refresh(s.id, "old", &format!("new{i}"), now())
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for task in tasks {
+        outcomes.push(task.await.unwrap());
+    }
+    assert_eq!(
+        outcomes
+            .iter()
+            .filter(|o| **o == RotateOutcome::Rotated)
+            .count(),
+        1,
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        outcomes
+            .iter()
+            .filter(|o| **o == RotateOutcome::Reused)
+            .count(),
+        7,
+        "{outcomes:?}"
+    );
+    let current = store.session(s.id).await.unwrap().unwrap().refresh_hash;
+    assert!(current.starts_with("new"));
+    assert_eq!(
+        store
+            .rotate_refresh(s.id, &current, "newer", now())
+            .await
+            .unwrap(),
+        RotateOutcome::Rotated
+    );
+    assert_eq!(
+        store
+            .rotate_refresh(Uuid::now_v7(), "x", "y", now())
+            .await
+            .unwrap(),
+        RotateOutcome::NotFound
+    );
+    store.revoke_session(s.id, "logout", now()).await.unwrap();
+    assert_eq!(
+        store
+            .rotate_refresh(s.id, "newer", "z", now())
+            .await
+            .unwrap(),
+        RotateOutcome::NotFound
+    );
+}
+
+async fn sessions_revoke_and_count(store: Arc<dyn Store>) {
+    let u = user("gina");
+    store.create_user(&u).await.unwrap();
+    let keep = session(u.id, "a", Duration::hours(1));
+    let other = session(u.id, "b", Duration::hours(1));
+    let expired = session(u.id, "c", Duration::seconds(-1));
+    for s in [&keep, &other, &expired] {
+        store.create_session(s).await.unwrap();
+    }
+    assert_eq!(store.count_active_sessions(now()).await.unwrap(), 2);
+    assert_eq!(store.user_sessions(u.id, now()).await.unwrap().len(), 2);
+    let revoked = store
+        .revoke_user_sessions(u.id, Some(keep.id), "password_changed", now())
+        .await
+        .unwrap();
+    assert_eq!(revoked, vec![other.id]);
+    assert_eq!(
+        store.revoked_session_ids(now()).await.unwrap(),
+        vec![other.id]
+    );
+    let live: Vec<Uuid> = store
+        .user_sessions(u.id, now())
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(live, vec![keep.id]);
+    assert!(
+        store
+            .revoke_session(keep.id, "logout", now())
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .revoke_session(keep.id, "logout", now())
+            .await
+            .unwrap(),
+        "revoking twice reports no change"
+    );
+    let stored = store.session(keep.id).await.unwrap().unwrap();
+    assert_eq!(stored.revoked_reason.as_deref(), Some("logout"));
+    assert_eq!(store.count_active_sessions(now()).await.unwrap(), 0);
+    store.touch_session(other.id, now()).await.unwrap();
+}
+
+fn server(name: &str, tags: &[(&str, &str)]) -> Server {
+    let t = now();
+    Server {
+        id: Uuid::now_v7(),
+        name: name.into(),
+        endpoint: format!("https://{name}.example.org"),
+        description: Some("a server".into()),
+        tags: tags
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        created_at: t,
+        updated_at: t,
+        created_by: "admin".into(),
+    }
+}
+
+async fn servers_crud_and_conflicts(store: Arc<dyn Store>) {
+    let web = server("web-1", &[("env", "prod")]);
+    store.create_server(&web).await.unwrap();
+    assert_eq!(store.server("web-1").await.unwrap(), Some(web.clone()));
+    match store.create_server(&server("web-1", &[])).await {
+        Err(StoreError::Conflict(what)) => assert_eq!(what, "server web-1"),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    let later = now() + Duration::seconds(1);
+    let tags: BTreeMap<String, String> = [("env".to_string(), "staging".to_string())].into();
+    let patch = ServerPatch {
+        tags: Some(tags.clone()),
+        description: Some(None),
+        ..Default::default()
+    };
+    let updated = store
+        .update_server("web-1", &patch, later)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(updated.tags, tags);
+    assert_eq!(updated.description, None);
+    assert_eq!(updated.endpoint, web.endpoint);
+    let by_tag = store
+        .list_servers(&ServerQuery {
+            tags: vec![("env".into(), "staging".into())],
+            page: page(10),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(by_tag.len(), 1, "tag index follows updates");
+    assert_eq!(store.count_servers().await.unwrap(), 1);
+    assert!(store.delete_server("web-1").await.unwrap());
+    assert!(!store.delete_server("web-1").await.unwrap());
+    assert!(
+        store
+            .update_server("web-1", &patch, later)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(store.count_servers().await.unwrap(), 0);
+}
+
+fn page(limit: u32) -> PageRequest {
+    PageRequest { after: None, limit }
+}
+
+async fn servers_filter_by_all_tags_prefix_and_pages(store: Arc<dyn Store>) {
+    for (name, tags) in [
+        ("web-1", vec![("env", "prod"), ("role", "web")]),
+        ("web-2", vec![("env", "staging"), ("role", "web")]),
+        ("db-1", vec![("env", "prod"), ("role", "db")]),
+        ("web-3", vec![("env", "prod"), ("role", "web")]),
+    ] {
+        store.create_server(&server(name, &tags)).await.unwrap();
+    }
+    let names = |servers: Vec<Server>| servers.into_iter().map(|s| s.name).collect::<Vec<_>>();
+    let prod_web = ServerQuery {
+        tags: vec![("env".into(), "prod".into()), ("role".into(), "web".into())],
+        page: page(10),
+        ..Default::default()
+    };
+    assert_eq!(
+        names(store.list_servers(&prod_web).await.unwrap()),
+        ["web-1", "web-3"]
+    );
+    let prefix = ServerQuery {
+        name_prefix: Some("web-".into()),
+        page: page(2),
+        ..Default::default()
+    };
+    assert_eq!(
+        names(store.list_servers(&prefix).await.unwrap()),
+        ["web-1", "web-2"]
+    );
+    let next = ServerQuery {
+        name_prefix: Some("web-".into()),
+        page: PageRequest {
+            after: Some("web-2".into()),
+            limit: 2,
+        },
+        ..Default::default()
+    };
+    assert_eq!(names(store.list_servers(&next).await.unwrap()), ["web-3"]);
+    let none = ServerQuery {
+        tags: vec![("env".into(), "dev".into())],
+        page: page(10),
+        ..Default::default()
+    };
+    assert!(store.list_servers(&none).await.unwrap().is_empty());
+    let tricky = ServerQuery {
+        name_prefix: Some("%".into()),
+        page: page(10),
+        ..Default::default()
+    };
+    assert!(
+        store.list_servers(&tricky).await.unwrap().is_empty(),
+        "a prefix is not a pattern"
+    );
+}
+
+fn policy<'a>(bundle: &'a str, source: &'a str) -> NewPolicyVersion<'a> {
+    NewPolicyVersion {
+        bundle,
+        source,
+        sha256: "abc",
+        description: Some("d"),
+        created_by: "admin",
+        now: now(),
+    }
+}
+
+async fn policy_versions_bump_atomically(store: Arc<dyn Store>) {
+    assert!(
+        store
+            .seed_policy(&policy("authz", "package a\n"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .seed_policy(&policy("authz", "package changed\n"))
+            .await
+            .unwrap(),
+        "seeding is insert-if-absent"
+    );
+    assert_eq!(
+        store.active_policy("authz").await.unwrap().unwrap().source,
+        "package a\n"
+    );
+    let tasks: Vec<_> = (0..6)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let source = format!("package v{i}\n");
+                store
+                    .add_policy_version(&policy("authz", &source))
+                    .await
+                    .unwrap()
+                    .version
+            })
+        })
+        .collect();
+    let mut versions = Vec::new();
+    for task in tasks {
+        versions.push(task.await.unwrap());
+    }
+    versions.sort();
+    assert_eq!(versions, (2..=7).collect::<Vec<i64>>());
+    let active = store.active_policy("authz").await.unwrap().unwrap();
+    assert_eq!(active.version, 7);
+    let history = store.policy_versions("authz").await.unwrap();
+    assert_eq!(
+        history.iter().map(|v| v.version).collect::<Vec<_>>(),
+        (1..=7).rev().collect::<Vec<i64>>()
+    );
+    assert_eq!(
+        store
+            .policy_version("authz", 1)
+            .await
+            .unwrap()
+            .unwrap()
+            .source,
+        "package a\n"
+    );
+    assert!(store.policy_version("authz", 99).await.unwrap().is_none());
+    store
+        .seed_policy(&policy("other", "package o\n"))
+        .await
+        .unwrap();
+    let all: Vec<_> = store
+        .active_policies()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.bundle, p.version))
+        .collect();
+    assert_eq!(all, [("authz".to_string(), 7), ("other".to_string(), 1)]);
+}
+
+fn chained(
+    chain: &str,
+    seq: i64,
+    event_type: &str,
+    actor: &str,
+    at: DateTime<Utc>,
+) -> ChainedEvent {
+    ChainedEvent {
+        event: AuditEvent {
+            id: Uuid::now_v7(),
+            timestamp: at,
+            event_type: event_type.into(),
+            actor: Some(actor.into()),
+            ip: Some("127.0.0.1".into()),
+            resource: Some("server:web-1".into()),
+            outcome: "success".into(),
+            details: json!({"k": [1, 2, {"z": true}]}),
+            node_id: chain.into(),
+        },
+        chain: chain.into(),
+        seq,
+        prev_hash: format!("h{}", seq - 1),
+        hash: format!("h{seq}"),
+    }
+}
+
+async fn audit_chain_appends_and_refuses_forks(store: Arc<dyn Store>) {
+    let t = now();
+    let batch1 = vec![
+        chained("n1", 1, "login_succeeded", "a", t),
+        chained("n1", 2, "login_failed", "b", t),
+    ];
+    store
+        .append_audit("n1", 0, &batch1, &["splunk".into(), "datadog".into()])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.chain_head("n1").await.unwrap(),
+        Some((2, "h2".into()))
+    );
+    let fork = vec![chained("n1", 2, "server_deleted", "evil", t)];
+    assert!(matches!(
+        store.append_audit("n1", 1, &fork, &[]).await,
+        Err(StoreError::Contended(_))
+    ));
+    assert!(matches!(
+        store.append_audit("n1", 0, &fork, &[]).await,
+        Err(StoreError::Contended(_))
+    ));
+    let batch2 = vec![chained("n1", 3, "server_registered", "a", t)];
+    store
+        .append_audit("n1", 2, &batch2, &["splunk".into()])
+        .await
+        .unwrap();
+    store
+        .append_audit(
+            "n2",
+            0,
+            &[chained("n2", 1, "node_joined", "system", t)],
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.audit_chains().await.unwrap(), ["n1", "n2"]);
+    let segment = store.chain_segment("n1", 1, 10).await.unwrap();
+    assert_eq!(segment.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 3]);
+    assert_eq!(segment[0], batch1[1], "events read back exactly as written");
+    assert_eq!(store.outbox_stats("splunk").await.unwrap().queued, 3);
+    assert_eq!(store.outbox_stats("datadog").await.unwrap().queued, 2);
+    assert_eq!(
+        store
+            .outbox_stats("datadog")
+            .await
+            .unwrap()
+            .oldest_queued_at,
+        Some(t)
+    );
+}
+
+async fn audit_lists_filter_and_page(store: Arc<dyn Store>) {
+    let base = now();
+    let events: Vec<ChainedEvent> = (1..=5)
+        .map(|i| {
+            let kind = if i % 2 == 0 {
+                "login_failed"
+            } else {
+                "login_succeeded"
+            };
+            chained(
+                "n1",
+                i,
+                kind,
+                if i <= 3 { "alice" } else { "bob" },
+                base + Duration::seconds(i),
+            )
+        })
+        .collect();
+    store.append_audit("n1", 0, &events, &[]).await.unwrap();
+    let q = |f: fn(&mut AuditQuery)| {
+        let mut query = AuditQuery {
+            limit: 10,
+            ..Default::default()
+        };
+        f(&mut query);
+        query
+    };
+    let seqs = |evs: Vec<ChainedEvent>| evs.iter().map(|e| e.seq).collect::<Vec<_>>();
+    assert_eq!(
+        seqs(store.list_audit(&q(|_| {})).await.unwrap()),
+        [5, 4, 3, 2, 1]
+    );
+    assert_eq!(
+        seqs(
+            store
+                .list_audit(&q(|q| q.event_type = Some("login_failed".into())))
+                .await
+                .unwrap()
+        ),
+        [4, 2]
+    );
+    assert_eq!(
+        seqs(
+            store
+                .list_audit(&q(|q| q.actor = Some("bob".into())))
+                .await
+                .unwrap()
+        ),
+        [5, 4]
+    );
+    let mut window = AuditQuery {
+        limit: 10,
+        ..Default::default()
+    };
+    window.since = Some(base + Duration::seconds(2));
+    window.until = Some(base + Duration::seconds(4));
+    assert_eq!(seqs(store.list_audit(&window).await.unwrap()), [3, 2]);
+    let first = store
+        .list_audit(&AuditQuery {
+            limit: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let last = first.last().unwrap();
+    let mut next = AuditQuery {
+        limit: 2,
+        ..Default::default()
+    };
+    next.before = Some((last.event.timestamp, last.event.id));
+    assert_eq!(seqs(store.list_audit(&next).await.unwrap()), [3, 2]);
+}
+
+async fn outbox_leases_are_exclusive_and_complete(store: Arc<dyn Store>) {
+    let t = now();
+    let events: Vec<ChainedEvent> = (1..=10)
+        .map(|i| chained("n1", i, "login_succeeded", "a", t))
+        .collect();
+    store
+        .append_audit("n1", 0, &events, &["hec".into()])
+        .await
+        .unwrap();
+    let lease = t + Duration::seconds(30);
+    let tasks: Vec<_> = ["w1", "w2", "w3"]
+        .into_iter()
+        .map(|owner| {
+            let store = store.clone();
+            tokio::spawn(
+                async move { store.claim_outbox("hec", owner, t, lease, 4).await.unwrap() },
+            )
+        })
+        .collect();
+    let mut claimed = Vec::new();
+    for task in tasks {
+        claimed.extend(task.await.unwrap());
+    }
+    let mut ids: Vec<i64> = claimed.iter().map(|e| e.id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), claimed.len(), "no entry is leased twice");
+    assert_eq!(claimed.len(), 10);
+    let w1: Vec<i64> = claimed
+        .iter()
+        .filter(|e| e.event.seq <= 10)
+        .map(|e| e.id)
+        .collect();
+    assert!(
+        store
+            .claim_outbox("hec", "w4", t, lease, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "leased entries are not due"
+    );
+
+    store.complete_outbox("nobody", &w1, t).await.unwrap();
+    assert_eq!(
+        store.outbox_stats("hec").await.unwrap().queued,
+        10,
+        "only the lease owner completes"
+    );
+
+    let first = store
+        .claim_outbox(
+            "hec",
+            "w5",
+            lease + Duration::seconds(1),
+            lease + Duration::seconds(60),
+            3,
+        )
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 3, "expired leases are claimed again");
+    assert_eq!(first[0].event.event.event_type, "login_succeeded");
+    let done: Vec<i64> = first.iter().map(|e| e.id).collect();
+    store.complete_outbox("w5", &done, t).await.unwrap();
+    assert_eq!(store.outbox_stats("hec").await.unwrap().queued, 7);
+
+    let retry_at = lease + Duration::seconds(120);
+    let again = store
+        .claim_outbox(
+            "hec",
+            "w6",
+            lease + Duration::seconds(61),
+            lease + Duration::seconds(90),
+            2,
+        )
+        .await
+        .unwrap();
+    store
+        .release_outbox(
+            "w6",
+            &again.iter().map(|e| e.id).collect::<Vec<_>>(),
+            "503 from sink",
+            retry_at,
+        )
+        .await
+        .unwrap();
+    let before_retry = store
+        .claim_outbox("hec", "w7", lease + Duration::seconds(100), retry_at, 10)
+        .await
+        .unwrap();
+    assert!(
+        before_retry
+            .iter()
+            .all(|e| !again.iter().any(|a| a.id == e.id)),
+        "released entries wait for retry_at"
+    );
+    let after = store
+        .claim_outbox(
+            "hec",
+            "w8",
+            retry_at + Duration::seconds(200),
+            retry_at + Duration::seconds(300),
+            10,
+        )
+        .await
+        .unwrap();
+    let retried: Vec<&OutboxEntry> = after
+        .iter()
+        .filter(|e| again.iter().any(|a| a.id == e.id))
+        .collect();
+    assert_eq!(retried.len(), 2);
+    assert!(retried.iter().all(|e| e.attempts == 1));
+}
+
+async fn meta_put_if_absent_keeps_the_first_value(store: Arc<dyn Store>) {
+    assert_eq!(store.meta("k").await.unwrap(), None);
+    assert_eq!(
+        store.put_meta_if_absent("k", "first").await.unwrap(),
+        "first"
+    );
+    assert_eq!(
+        store.put_meta_if_absent("k", "second").await.unwrap(),
+        "first"
+    );
+    assert_eq!(store.meta("k").await.unwrap().as_deref(), Some("first"));
+}
+
+async fn health_reports_the_backend(store: Arc<dyn Store>) {
+    store.ping().await.unwrap();
+    match store.backend() {
+        "sqlite" => assert_eq!(store.time_series(), TimeSeriesLayout::Plain),
+        "postgres" => assert_ne!(store.time_series(), TimeSeriesLayout::Plain),
+        other => panic!("unknown backend {other}"),
+    }
+}
