@@ -187,6 +187,15 @@ pub struct AuthConfig {
     pub allowed_redirects: Vec<String>,
 }
 
+/// Policy engine.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// How often each node compares its loaded bundles with the store and repairs any
+    /// missed version change (anti-entropy).
+    pub sync_seconds: u64,
+}
+
 /// Session lifetimes.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -264,6 +273,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Sessions.
     pub session: SessionConfig,
+    /// Policy engine.
+    pub policy: PolicyConfig,
     /// Cluster.
     pub cluster: ClusterConfig,
     /// Logging.
@@ -307,6 +318,7 @@ impl Default for Config {
                 idle_seconds: 3600,
                 absolute_seconds: 43_200,
             },
+            policy: PolicyConfig { sync_seconds: 10 },
             cluster: ClusterConfig {
                 node_name: None,
                 bind: SocketAddr::from(([127, 0, 0, 1], 7400)),
@@ -397,8 +409,10 @@ impl Config {
 
     /// A configuration for tests: port 0 everywhere, generous rate limits.
     pub fn for_test(data_dir: &Path) -> Self {
-        let mut config = Config::default();
-        config.data_dir = data_dir.to_path_buf();
+        let mut config = Config {
+            data_dir: data_dir.to_path_buf(),
+            ..Config::default()
+        };
         config.http.bind = SocketAddr::from(([127, 0, 0, 1], 0));
         config.cluster.bind = SocketAddr::from(([127, 0, 0, 1], 0));
         config.cluster.heartbeat_ms = 100;
@@ -549,6 +563,7 @@ impl Config {
             ("session.idle_seconds", self.session.idle_seconds),
             ("session.absolute_seconds", self.session.absolute_seconds),
             ("cluster.lease_seconds", self.cluster.lease_seconds),
+            ("policy.sync_seconds", self.policy.sync_seconds),
             ("cluster.heartbeat_ms", self.cluster.heartbeat_ms),
         ] {
             if value == 0 {
@@ -647,9 +662,10 @@ fn merge_dict(into: &mut figment::value::Dict, from: figment::value::Dict) {
 
 /// Separates `…_FILE` variables of secret keys from the rest; returns the rest and the
 /// `(dotted key, path)` pairs.
-fn split_secret_files(
-    vars: Vec<(String, String)>,
-) -> Result<(Vec<(String, String)>, Vec<(String, PathBuf)>), ConfigError> {
+/// Environment variables as `(name, value)` pairs.
+type EnvPairs = Vec<(String, String)>;
+
+fn split_secret_files(vars: EnvPairs) -> Result<(EnvPairs, Vec<(String, PathBuf)>), ConfigError> {
     let mut plain = Vec::new();
     let mut files = Vec::new();
     for (name, value) in vars {

@@ -24,7 +24,9 @@ use sark_actors::audit::{AuditHandle, AuditMessage, AuditWriterSpec, ChainKey};
 use sark_actors::clock::{SharedClock, SystemClock};
 use sark_actors::limiter::{LimiterMessage, LimiterSpec, RateTable};
 use sark_actors::metrics::ActorMetrics;
-use sark_actors::policy::{self, PolicyActors, PolicyRegistry, PolicySupervisorSpec};
+use sark_actors::policy::{
+    self, PolicyActors, PolicyMessage, PolicyRegistry, PolicySupervisorSpec,
+};
 use sark_actors::supervisor::{
     ChildInfo, ChildSpec, RestartPolicy, Slot, Supervisor, SupervisorArguments, SupervisorMessage,
     SupervisorSpec,
@@ -185,6 +187,14 @@ impl Node {
             max_backoff: Duration::from_secs(5),
             ..RestartPolicy::default()
         };
+        let policy_supervisor = Arc::new(PolicySupervisorSpec {
+            store: store.clone(),
+            registry: policies.clone(),
+            actors: policy_actors.clone(),
+            slot: slots.policies.clone(),
+            policy: restart.clone(),
+            metrics: actor_metrics.clone(),
+        });
         let children: Vec<Arc<dyn ChildSpec>> = vec![
             Arc::new(SupervisorSpec {
                 kind: "session_supervisor",
@@ -192,14 +202,7 @@ impl Node {
                 slot: slots.sessions.clone(),
                 metrics: actor_metrics.clone(),
             }),
-            Arc::new(PolicySupervisorSpec {
-                store: store.clone(),
-                registry: policies.clone(),
-                actors: policy_actors.clone(),
-                slot: slots.policies.clone(),
-                policy: restart.clone(),
-                metrics: actor_metrics.clone(),
-            }),
+            policy_supervisor.clone(),
             Arc::new(SupervisorSpec {
                 kind: "siem_supervisor",
                 policy: RestartPolicy::default(),
@@ -249,6 +252,17 @@ impl Node {
                 }
             }));
         }
+        background.push(tokio::spawn(
+            PolicySync {
+                store: store.clone(),
+                registry: policies.clone(),
+                actors: policy_actors.clone(),
+                supervisor: slots.policies.clone(),
+                spec: policy_supervisor,
+                store_ready: store_ready.clone(),
+            }
+            .run(Duration::from_secs(config.policy.sync_seconds)),
+        ));
         info!(node_id, backend = store.backend(), "node started");
         let control = NodeControl {
             node_id: node_id.clone(),
@@ -380,6 +394,75 @@ fn prepare_data_dir(config: &Config) -> Result<(), NodeError> {
     Ok(())
 }
 
+/// Anti-entropy for policies: brings this node's PolicyActors in line with the store,
+/// starting an actor for a bundle that has none and reloading one whose compiled version
+/// is behind the stored active version.
+struct PolicySync {
+    store: Arc<dyn Store>,
+    registry: Arc<PolicyRegistry>,
+    actors: PolicyActors,
+    supervisor: Slot<SupervisorMessage>,
+    spec: Arc<PolicySupervisorSpec>,
+    store_ready: Arc<AtomicBool>,
+}
+
+impl PolicySync {
+    async fn run(self, every: Duration) {
+        loop {
+            // Until the bundles are first loaded, check often so start-up is not delayed.
+            let loaded = self.store_ready.load(Ordering::Acquire) && self.sync().await;
+            tokio::time::sleep(if loaded {
+                every
+            } else {
+                Duration::from_millis(250)
+            })
+            .await;
+        }
+    }
+
+    /// Returns whether every stored bundle is loaded at its active version.
+    async fn sync(&self) -> bool {
+        let Ok(active) = self.store.active_policies().await else {
+            return false;
+        };
+        let loaded = self.registry.versions();
+        let mut in_step = true;
+        for bundle in active {
+            if loaded.get(&bundle.bundle) == Some(&bundle.version) {
+                continue;
+            }
+            in_step = false;
+            match self.actors.get(&bundle.bundle) {
+                Some(actor) => {
+                    let reloaded = ractor::call_t!(actor, PolicyMessage::Reload, 5_000);
+                    if !matches!(reloaded, Ok(Ok(_))) {
+                        warn!(
+                            bundle = bundle.bundle,
+                            "policy reload failed; retrying at the next sync"
+                        );
+                    }
+                }
+                None => {
+                    let Some(supervisor) = self.supervisor.get() else {
+                        continue;
+                    };
+                    let child = self.spec.child(&bundle.bundle);
+                    if !matches!(
+                        ractor::call_t!(supervisor, SupervisorMessage::AddChild, 5_000, child),
+                        Ok(Ok(()))
+                    ) {
+                        warn!(
+                            bundle = bundle.bundle,
+                            "could not start the policy actor; retrying at the next sync"
+                        );
+                    }
+                }
+            }
+        }
+        in_step
+    }
+}
+
 /// First-start creation: key fingerprint, built-in policies, the bootstrap admin. Every step
 /// is insert-if-absent, so nodes starting together on one database all succeed.
 struct Bootstrap {
@@ -393,7 +476,7 @@ struct Bootstrap {
 
 impl Bootstrap {
     async fn run_once(&self) -> Result<(), NodeError> {
-        if !self.backend.initialize().await? {
+        if !self.backend.initialize(self.audit.now()).await? {
             return Err(NodeError::Store(OpenError::Migration(
                 "database unreachable".into(),
             )));
@@ -413,7 +496,7 @@ impl Bootstrap {
     async fn run_until_done(self, fatal: watch::Sender<Option<String>>) {
         let mut delay = Duration::from_millis(250);
         loop {
-            match self.backend.initialize().await {
+            match self.backend.initialize(self.audit.now()).await {
                 Ok(true) => match self.create_records().await {
                     Ok(created_admin) => {
                         self.ready.store(true, Ordering::Release);

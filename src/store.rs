@@ -73,10 +73,10 @@ impl Backend {
 
     /// Connects and migrates, when that has not happened yet. `Ok(false)` means the database
     /// is unreachable for now and the caller should retry; errors are permanent.
-    pub async fn initialize(&self) -> Result<bool, OpenError> {
+    pub async fn initialize(&self, now: chrono::DateTime<chrono::Utc>) -> Result<bool, OpenError> {
         match self {
             Backend::Sqlite(_) => Ok(true),
-            Backend::Postgres(pg) => pg.initialize().await,
+            Backend::Postgres(pg) => pg.initialize(now).await,
         }
     }
 

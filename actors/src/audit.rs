@@ -142,7 +142,10 @@ pub enum AuditError {
 /// Messages of the [`AuditWriter`].
 pub enum AuditMessage {
     /// Records an event; the reply is sent once the event is committed.
-    Record(AuditEvent, RpcReplyPort<Result<ChainPosition, AuditError>>),
+    Record(
+        Box<AuditEvent>,
+        RpcReplyPort<Result<ChainPosition, AuditError>>,
+    ),
     /// Commits every pending event.
     Flush,
     /// Makes the writer panic, to prove supervision restarts it.
@@ -285,7 +288,7 @@ impl Actor for AuditWriter {
                 if state.pending.is_empty() {
                     myself.cast(AuditMessage::Flush)?;
                 }
-                state.pending.push((event, reply));
+                state.pending.push((*event, reply));
                 if state.pending.len() >= state.args.max_batch {
                     Self::flush(state).await?;
                 }
@@ -377,7 +380,7 @@ impl AuditHandle {
     pub async fn record(&self, event: AuditEvent) -> Result<ChainPosition, AuditError> {
         let writer = self.slot.get().ok_or(AuditError::WriterUnavailable)?;
         let timeout_ms = u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX);
-        match ractor::call_t!(writer, AuditMessage::Record, timeout_ms, event) {
+        match ractor::call_t!(writer, AuditMessage::Record, timeout_ms, Box::new(event)) {
             Ok(result) => result,
             Err(_) => Err(AuditError::WriterUnavailable),
         }

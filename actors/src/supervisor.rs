@@ -514,6 +514,151 @@ pub async fn spawn_supervisor(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A child that counts its starts and panics when told to.
+    struct Flaky;
+
+    struct Crash;
+    impl Message for Crash {}
+
+    impl Actor for Flaky {
+        type Msg = Crash;
+        type State = ();
+        type Arguments = Arc<AtomicUsize>;
+
+        async fn pre_start(
+            &self,
+            _: ActorRef<Crash>,
+            starts: Arc<AtomicUsize>,
+        ) -> Result<(), ActorProcessingErr> {
+            starts.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+
+        async fn handle(
+            &self,
+            _: ActorRef<Crash>,
+            _: Crash,
+            _: &mut (),
+        ) -> Result<(), ActorProcessingErr> {
+            Err("told to crash".into())
+        }
+    }
+
+    struct FlakySpec {
+        starts: Arc<AtomicUsize>,
+        slot: Slot<Crash>,
+    }
+
+    #[async_trait]
+    impl ChildSpec for FlakySpec {
+        fn kind(&self) -> &'static str {
+            "flaky"
+        }
+
+        async fn spawn(&self, supervisor: ActorCell) -> Result<ActorCell, SpawnErr> {
+            spawn_into(Flaky, self.starts.clone(), supervisor, &self.slot).await
+        }
+    }
+
+    fn metrics() -> ActorMetrics {
+        ActorMetrics::register(&prometheus::Registry::new()).unwrap()
+    }
+
+    async fn until(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_crashed_child_is_restarted_counted_and_republished() {
+        let starts = Arc::new(AtomicUsize::new(0));
+        let slot = Slot::default();
+        let metrics = metrics();
+        let policy = RestartPolicy {
+            initial_backoff: Duration::from_millis(1),
+            ..RestartPolicy::default()
+        };
+        let spec = Arc::new(FlakySpec {
+            starts: starts.clone(),
+            slot: slot.clone(),
+        });
+        let args = SupervisorArguments {
+            kind: "test",
+            children: vec![spec],
+            policy,
+            metrics: metrics.clone(),
+        };
+        let (supervisor, handle) = Actor::spawn(None, Supervisor, args).await.unwrap();
+        assert_eq!(starts.load(Ordering::SeqCst), 1);
+        let first = slot.get().unwrap();
+        first.cast(Crash).unwrap();
+        until("a restart", || starts.load(Ordering::SeqCst) == 2).await;
+        until("the new instance to be published", || {
+            slot.get().is_some_and(|a| a.get_id() != first.get_id())
+        })
+        .await;
+        assert_eq!(metrics.restarts.with_label_values(&["flaky"]).get(), 1);
+        assert_eq!(metrics.running.with_label_values(&["flaky"]).get(), 1);
+        let children = ractor::call_t!(supervisor, SupervisorMessage::GetChildren, 1_000).unwrap();
+        assert_eq!(children[0].restarts, 1);
+        assert_eq!(children[0].status, "running");
+        supervisor.stop(None);
+        handle.await.unwrap();
+        assert_eq!(metrics.running.with_label_values(&["flaky"]).get(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_crash_loop_escalates_to_the_supervisors_parent() {
+        let starts = Arc::new(AtomicUsize::new(0));
+        let slot: Slot<Crash> = Slot::default();
+        let metrics = metrics();
+        let policy = RestartPolicy {
+            initial_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(1),
+            max_restarts: 3,
+            window: Duration::from_secs(60),
+        };
+        let spec = Arc::new(FlakySpec {
+            starts: starts.clone(),
+            slot: slot.clone(),
+        });
+        let args = SupervisorArguments {
+            kind: "test",
+            children: vec![spec],
+            policy,
+            metrics: metrics.clone(),
+        };
+        let (supervisor, handle) = Actor::spawn(None, Supervisor, args).await.unwrap();
+        for crash in 1..=4 {
+            until("the next instance", || {
+                starts.load(Ordering::SeqCst) == crash
+            })
+            .await;
+            until("it to be published", || {
+                slot.get()
+                    .is_some_and(|a| a.get_status() == ractor::ActorStatus::Running)
+            })
+            .await;
+            slot.get().unwrap().cast(Crash).unwrap();
+            if crash < 4 {
+                until("the crash to be seen", || {
+                    metrics.restarts.with_label_values(&["flaky"]).get() == crash as u64
+                })
+                .await;
+            }
+        }
+        tokio::time::timeout(Duration::from_secs(10), handle)
+            .await
+            .expect("supervisor gave up")
+            .unwrap();
+        assert_eq!(supervisor.get_status(), ractor::ActorStatus::Stopped);
+        assert_eq!(metrics.restarts.with_label_values(&["flaky"]).get(), 3);
+    }
 
     #[test]
     fn backoff_doubles_and_is_bounded() {

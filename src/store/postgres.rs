@@ -61,7 +61,7 @@ impl PgStore {
 
     /// Runs the migrations and prepares partitions, once. `Ok(false)` when the database
     /// cannot be reached yet; an error when it refuses our credentials or the migration fails.
-    pub async fn initialize(&self) -> Result<bool, OpenError> {
+    pub async fn initialize(&self, now: DateTime<Utc>) -> Result<bool, OpenError> {
         if self.layout.get().is_some() {
             return Ok(true);
         }
@@ -86,7 +86,7 @@ impl PgStore {
         };
         info!(layout = ?layout, "audit_logs and api_requests time-series layout");
         let _ = self.layout.set(layout);
-        self.maintain(Utc::now()).await;
+        self.maintain(now).await;
         Ok(true)
     }
 
@@ -96,20 +96,32 @@ impl PgStore {
         if self.layout.get() != Some(&TimeSeriesLayout::NativePartitions) {
             return;
         }
-        let today = now.date_naive();
-        for table in ["audit_logs", "api_requests"] {
-            for ahead in 0..=PARTITIONS_AHEAD {
-                let Some(day) = today.checked_add_days(Days::new(ahead)) else {
-                    continue;
-                };
-                if let Err(err) = self.create_partition(table, day).await {
-                    warn!(table, day = %day, error = %err, "could not create partition");
-                }
-            }
+        if let Err(err) = self.create_partitions(now.date_naive()).await {
+            warn!(error = %err, "could not create the coming days' partitions");
         }
     }
 
-    async fn create_partition(&self, table: &str, day: NaiveDate) -> Result<(), sqlx::Error> {
+    async fn create_partitions(&self, today: NaiveDate) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        // Nodes maintaining partitions at the same moment take turns.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('sark.partitions'))")
+            .execute(&mut *tx)
+            .await?;
+        for table in ["audit_logs", "api_requests"] {
+            for ahead in 0..=PARTITIONS_AHEAD {
+                if let Some(day) = today.checked_add_days(Days::new(ahead)) {
+                    Self::create_partition(&mut tx, table, day).await?;
+                }
+            }
+        }
+        tx.commit().await
+    }
+
+    async fn create_partition(
+        tx: &mut Transaction<'_, Postgres>,
+        table: &str,
+        day: NaiveDate,
+    ) -> Result<(), sqlx::Error> {
         let Some(next) = day.checked_add_days(Days::new(1)) else {
             return Ok(());
         };
@@ -120,7 +132,7 @@ impl PgStore {
             day.format("%Y-%m-%d"),
             next.format("%Y-%m-%d"),
         );
-        sqlx::query(AssertSqlSafe(sql)).execute(&self.pool).await?;
+        sqlx::query(AssertSqlSafe(sql)).execute(&mut **tx).await?;
         Ok(())
     }
 

@@ -2,6 +2,7 @@
 //!
 //! PostgreSQL tests need `TEST_DATABASE_URL` (a role allowed to create databases); each
 //! test gets a fresh database. `scripts/test` starts the server and sets the variable.
+#![allow(clippy::disallowed_methods)]
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -85,7 +86,7 @@ async fn pg_store() -> (Arc<dyn Store>, Guard) {
     let (url, admin_url, name) = fresh_postgres_database().await;
     let store = postgres::PgStore::new(&db_config(Some(url))).unwrap();
     assert!(
-        store.initialize().await.unwrap(),
+        store.initialize(Utc::now()).await.unwrap(),
         "the test database is unreachable"
     );
     (Arc::new(store), Guard::Postgres { admin_url, name })

@@ -1,1 +1,11 @@
-//! placeholder
+//! SARK's black-box tests: the HTTP contract of a running node.
+
+// This crate is all test code: failing loudly is the point.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod front_door;
+mod health;
+mod helpers;
+mod lifecycle;
+mod supervision;
+mod tls;
