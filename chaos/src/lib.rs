@@ -1,1 +1,13 @@
-//! placeholder
+//! SARK's chaos harness: starts real `sark` processes on loopback addresses (127.0.0.2,
+//! 127.0.0.3, …), injects faults into them and checks what the nodes report.
+//!
+//! - [`sandbox`]: [`sandbox::ClusterSandbox`] starts N nodes, waits until they are ready,
+//!   restarts and stops them, and returns their exit statuses.
+//! - [`faults`]: the faults: `kill -9`, pause (`SIGSTOP`) and resume (`SIGCONT`).
+//!
+//! The `sark` binary is taken from `SARK_BIN`, or from the workspace's target directory.
+
+#![warn(missing_docs)]
+
+pub mod faults;
+pub mod sandbox;

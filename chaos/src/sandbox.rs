@@ -1,0 +1,283 @@
+//! N real `sark` processes on loopback addresses.
+
+use std::io::{BufRead, BufReader};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+
+use crate::faults::{self, Signal};
+
+/// Where to find the `sark` binary: `SARK_BIN`, else the workspace's target directory.
+pub fn sark_binary() -> anyhow::Result<PathBuf> {
+    if let Ok(path) = std::env::var("SARK_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let path = target.join("debug/sark");
+    if !path.is_file() {
+        bail!(
+            "{} does not exist: build it (cargo build -p sark) or set SARK_BIN",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// One node of the sandbox.
+#[derive(Debug)]
+pub struct SandboxNode {
+    /// The node's name (`node-1`, …).
+    pub name: String,
+    /// Its loopback address.
+    pub ip: Ipv4Addr,
+    /// Its HTTP address (stable across restarts).
+    pub http: SocketAddr,
+    /// Its cluster address (stable across restarts).
+    pub cluster: SocketAddr,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    child: Option<Child>,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl SandboxNode {
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Everything the node has printed (stdout and stderr, across restarts).
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+}
+
+/// Settings shared by every node of a sandbox.
+#[derive(Clone, Debug, Default)]
+pub struct SandboxOptions {
+    /// Extra `SARK_*` variables for every node (database URL, secrets key, …).
+    pub env: Vec<(String, String)>,
+}
+
+/// Real `sark` processes on 127.0.0.2, 127.0.0.3, …
+pub struct ClusterSandbox {
+    binary: PathBuf,
+    root: tempfile::TempDir,
+    options: SandboxOptions,
+    nodes: Vec<SandboxNode>,
+    client: reqwest::Client,
+}
+
+/// Picks a free port on `ip` (the port is released before the node binds it).
+fn free_port(ip: Ipv4Addr) -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind((ip, 0)).with_context(|| format!("binding {ip}:0"))?;
+    Ok(listener.local_addr()?)
+}
+
+impl ClusterSandbox {
+    /// Starts `n` nodes and waits until each is ready.
+    pub async fn start(n: usize, options: SandboxOptions) -> anyhow::Result<Self> {
+        let binary = sark_binary()?;
+        let root = tempfile::tempdir()?;
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()?;
+        let mut nodes = Vec::with_capacity(n);
+        for i in 0..n {
+            let ip = Ipv4Addr::new(127, 0, 0, u8::try_from(i + 2).context("too many nodes")?);
+            let data_dir = root.path().join(format!("node-{}", i + 1));
+            std::fs::create_dir_all(&data_dir)?;
+            nodes.push(SandboxNode {
+                name: format!("node-{}", i + 1),
+                ip,
+                http: free_port(ip)?,
+                cluster: free_port(ip)?,
+                data_dir,
+                child: None,
+                log: Arc::new(Mutex::new(Vec::new())),
+            });
+        }
+        let mut sandbox = Self {
+            binary,
+            root,
+            options,
+            nodes,
+            client,
+        };
+        for i in 0..n {
+            sandbox.spawn(i)?;
+        }
+        for i in 0..n {
+            sandbox.wait_ready(i, Duration::from_secs(60)).await?;
+        }
+        Ok(sandbox)
+    }
+
+    /// The nodes.
+    pub fn nodes(&self) -> &[SandboxNode] {
+        &self.nodes
+    }
+
+    /// The sandbox's scratch directory.
+    pub fn root(&self) -> &Path {
+        self.root.path()
+    }
+
+    fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
+        let node = self
+            .nodes
+            .get_mut(i)
+            .ok_or_else(|| anyhow!("no node {i}"))?;
+        let mut command = Command::new(&self.binary);
+        command
+            .arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("SARK_HTTP__BIND", node.http.to_string())
+            .env("SARK_CLUSTER__BIND", node.cluster.to_string())
+            .env("SARK_CLUSTER__NODE_NAME", &node.name)
+            .env("SARK_DATA_DIR", &node.data_dir)
+            .envs(self.options.env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("starting {}", self.binary.display()))?;
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child.stderr.take().map(|s| Box::new(s) as _),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let log = node.log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if let Ok(mut log) = log.lock() {
+                        log.push(line);
+                    }
+                }
+            });
+        }
+        node.child = Some(child);
+        Ok(())
+    }
+
+    /// Polls `/health/ready` of node `i` until it answers 200.
+    pub async fn wait_ready(&mut self, i: usize, timeout: Duration) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        let url = format!("http://{}/health/ready", self.nodes[i].http);
+        loop {
+            if let Ok(response) = self.client.get(&url).send().await
+                && response.status() == 200
+            {
+                return Ok(started.elapsed());
+            }
+            if let Some(child) = self.nodes[i].child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                bail!(
+                    "{} exited with {status}: {:?}",
+                    self.nodes[i].name,
+                    self.nodes[i].log()
+                );
+            }
+            if started.elapsed() > timeout {
+                bail!(
+                    "{} not ready after {timeout:?}: {:?}",
+                    self.nodes[i].name,
+                    self.nodes[i].log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Sends a fault signal to node `i`.
+    pub fn signal(&self, i: usize, signal: Signal) -> anyhow::Result<()> {
+        let pid = self.nodes[i]
+            .pid()
+            .ok_or_else(|| anyhow!("{} is not running", self.nodes[i].name))?;
+        faults::send(pid, signal)
+    }
+
+    /// Kills node `i` with `kill -9` and returns its exit status.
+    pub async fn kill(&mut self, i: usize) -> anyhow::Result<ExitStatus> {
+        self.signal(i, Signal::Kill)?;
+        self.wait_exit(i, Duration::from_secs(10)).await
+    }
+
+    /// Starts node `i` again (same address, same data directory) and waits until it is
+    /// ready; returns how long that took.
+    pub async fn restart(&mut self, i: usize) -> anyhow::Result<Duration> {
+        if self.nodes[i].child.is_some() {
+            bail!("{} is still running", self.nodes[i].name);
+        }
+        let started = Instant::now();
+        self.spawn(i)?;
+        self.wait_ready(i, Duration::from_secs(60)).await?;
+        Ok(started.elapsed())
+    }
+
+    async fn wait_exit(&mut self, i: usize, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        let started = Instant::now();
+        let node = &mut self.nodes[i];
+        let child = node
+            .child
+            .as_mut()
+            .ok_or_else(|| anyhow!("{} is not running", node.name))?;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                node.child = None;
+                return Ok(status);
+            }
+            if started.elapsed() > timeout {
+                bail!("{} did not exit within {timeout:?}", node.name);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// GETs a path on node `i` and returns the status and JSON body.
+    pub async fn get_json(&self, i: usize, path: &str) -> anyhow::Result<(u16, serde_json::Value)> {
+        let response = self
+            .client
+            .get(format!("http://{}{path}", self.nodes[i].http))
+            .send()
+            .await?;
+        let status = response.status().as_u16();
+        Ok((status, response.json().await?))
+    }
+
+    /// Stops every running node with SIGTERM and returns their exit statuses.
+    pub async fn shutdown(mut self) -> anyhow::Result<Vec<ExitStatus>> {
+        let mut statuses = Vec::new();
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].child.is_some() {
+                self.signal(i, Signal::Term)?;
+                statuses.push(self.wait_exit(i, Duration::from_secs(60)).await?);
+            }
+        }
+        Ok(statuses)
+    }
+}
+
+impl Drop for ClusterSandbox {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
