@@ -126,6 +126,14 @@ pub struct HttpConfig {
     pub request_timeout_seconds: u64,
     /// On shutdown, how long in-flight requests may take to finish.
     pub shutdown_grace_seconds: u64,
+    /// On shutdown, how long the node keeps serving with readiness failing before it
+    /// closes the port (time for load balancers to notice).
+    pub shutdown_delay_seconds: u64,
+    /// A client must send a request's headers within this time; also the idle timeout of
+    /// keep-alive connections.
+    pub header_read_timeout_seconds: u64,
+    /// Connections open at once at most.
+    pub max_connections: usize,
 }
 
 fn serialize_cidrs<S: serde::Serializer>(v: &[IpNet], s: S) -> Result<S::Ok, S::Error> {
@@ -144,6 +152,8 @@ pub struct DatabaseConfig {
     pub min_connections: u32,
     /// How long a request waits for a connection before answering 503.
     pub acquire_timeout_ms: u64,
+    /// PostgreSQL: a statement (lock waits included) that runs longer is cancelled.
+    pub statement_timeout_ms: u64,
 }
 
 /// Redis, for cluster-wide limits.
@@ -295,12 +305,16 @@ impl Default for Config {
                 body_limit_bytes: 1024 * 1024,
                 request_timeout_seconds: 30,
                 shutdown_grace_seconds: 30,
+                shutdown_delay_seconds: 0,
+                header_read_timeout_seconds: 10,
+                max_connections: 4096,
             },
             database: DatabaseConfig {
                 url: None,
                 max_connections: 16,
                 min_connections: 1,
                 acquire_timeout_ms: 3_000,
+                statement_timeout_ms: 15_000,
             },
             redis: RedisConfig::default(),
             secrets: SecretsConfig::default(),
@@ -388,11 +402,12 @@ impl Config {
                     format!("{} is not a readable file", file.display()),
                 ));
             }
+            refuse_public_secrets(file)?;
             figment = figment.merge(Toml::file_exact(file));
         }
         let env: Vec<(String, String)> = env
             .into_iter()
-            .filter(|(k, _)| k.starts_with("SARK_"))
+            .filter(|(k, _)| k.starts_with("SARK_") && !is_service_link(k))
             .collect();
         let (plain, files) = split_secret_files(env)?;
         figment = figment.merge(EnvVars(plain));
@@ -401,7 +416,7 @@ impl Config {
         }
         figment = figment.merge(Serialized::defaults(overrides));
         let config: Config = figment
-            .extract()
+            .extract_lossy()
             .map_err(|e| ConfigError(describe_figment_error(e)))?;
         config.validate()?;
         Ok(config)
@@ -445,14 +460,6 @@ impl Config {
                 "must start with sqlite:// or postgres:// (the scheme is not shown here because the URL may hold a password)",
             ))
         }
-    }
-
-    /// This node's id.
-    pub fn node_id(&self) -> String {
-        self.cluster
-            .node_name
-            .clone()
-            .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned())
     }
 
     /// Per-request deadline.
@@ -562,6 +569,15 @@ impl Config {
             ("auth.access_token_seconds", self.auth.access_token_seconds),
             ("session.idle_seconds", self.session.idle_seconds),
             ("session.absolute_seconds", self.session.absolute_seconds),
+            (
+                "http.header_read_timeout_seconds",
+                self.http.header_read_timeout_seconds,
+            ),
+            (
+                "database.statement_timeout_ms",
+                self.database.statement_timeout_ms,
+            ),
+            ("http.max_connections", self.http.max_connections as u64),
             ("cluster.lease_seconds", self.cluster.lease_seconds),
             ("policy.sync_seconds", self.policy.sync_seconds),
             ("cluster.heartbeat_ms", self.cluster.heartbeat_ms),
@@ -617,8 +633,8 @@ impl Config {
     }
 }
 
-/// `SARK_*` variables as a configuration source, parsed the way figment parses the
-/// environment, and named by their variable in error messages.
+/// `SARK_*` variables as a configuration source, taken verbatim as strings, and named by
+/// their variable in error messages.
 struct EnvVars(Vec<(String, String)>);
 
 impl figment::Provider for EnvVars {
@@ -636,7 +652,9 @@ impl figment::Provider for EnvVars {
                 .trim_start_matches("SARK_")
                 .to_lowercase()
                 .replace("__", ".");
-            let value: figment::value::Value = raw.parse().unwrap_or_else(|never| match never {});
+            // Kept as the raw string: figment's value grammar would turn `0012` into 12 and
+            // strip quotes; `extract_lossy` converts strings only where a number is wanted.
+            let value = figment::value::Value::from(raw.clone());
             let nested = figment::util::nest(&key, value);
             if let figment::value::Value::Dict(_, nested) = nested {
                 merge_dict(&mut dict, nested);
@@ -658,6 +676,28 @@ fn merge_dict(into: &mut figment::value::Dict, from: figment::value::Dict) {
             }
         }
     }
+}
+
+/// Whether a variable is one of the service links Kubernetes injects for a Service whose
+/// name starts with `sark` (`SARK_SERVICE_HOST`, `SARK_PORT_80_TCP_ADDR`, …). They are
+/// not configuration, and refusing them as unknown keys would crash-loop every pod.
+fn is_service_link(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix("SARK_") else {
+        return false;
+    };
+    if rest.contains("__") {
+        return false;
+    }
+    let words: Vec<&str> = rest.split('_').collect();
+    let is_port = |w: &str| !w.is_empty() && w.chars().all(|c| c.is_ascii_digit());
+    let is_proto = |w: &str| matches!(w, "TCP" | "UDP" | "SCTP");
+    words
+        .windows(2)
+        .any(|w| w == ["SERVICE", "HOST"] || w == ["SERVICE", "PORT"])
+        || words.last() == Some(&"PORT")
+        || words
+            .windows(3)
+            .any(|w| w[0] == "PORT" && is_port(w[1]) && is_proto(w[2]))
 }
 
 /// Separates `…_FILE` variables of secret keys from the rest; returns the rest and the
@@ -691,6 +731,30 @@ fn split_secret_files(vars: EnvPairs) -> Result<(EnvPairs, Vec<(String, PathBuf)
         }
     }
     Ok((plain, files))
+}
+
+/// Refuses a configuration file that holds a secret and is readable by other users.
+fn refuse_public_secrets(file: &Path) -> Result<(), ConfigError> {
+    let mode = std::fs::metadata(file)
+        .map_err(|e| ConfigError::key("--config", format!("{}: {e}", file.display())))?
+        .permissions()
+        .mode();
+    if mode & 0o004 == 0 {
+        return Ok(());
+    }
+    let contents = Figment::from(Toml::file_exact(file));
+    for key in SECRET_KEYS {
+        if contents.find_value(key).is_ok() {
+            return Err(ConfigError::key(
+                key,
+                format!(
+                    "is set in {}, which other users can read; chmod o-r it or use {key}_file",
+                    file.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Reads a secret file, refusing one that other users can read.
@@ -887,6 +951,81 @@ mod tests {
         ]);
         let err = Config::load(None, both, json!({})).unwrap_err().to_string();
         assert!(err.contains("choose one"), "{err}");
+    }
+
+    #[test]
+    fn kubernetes_service_links_are_not_configuration() {
+        let links = [
+            ("SARK_SERVICE_HOST", "10.0.0.1"),
+            ("SARK_SERVICE_PORT", "80"),
+            ("SARK_SERVICE_PORT_HTTP", "80"),
+            ("SARK_PORT", "tcp://10.0.0.1:80"),
+            ("SARK_PORT_80_TCP", "tcp://10.0.0.1:80"),
+            ("SARK_PORT_80_TCP_ADDR", "10.0.0.1"),
+            ("SARK_PORT_80_TCP_PORT", "80"),
+            ("SARK_PORT_80_TCP_PROTO", "tcp"),
+            ("SARK_HEADLESS_SERVICE_HOST", "10.0.0.2"),
+            ("SARK_HEADLESS_PORT_7400_TCP_ADDR", "10.0.0.2"),
+        ];
+        let config = Config::load(None, env(&links), json!({})).unwrap();
+        assert_eq!(config.http.bind.to_string(), "127.0.0.1:8080");
+        assert!(!is_service_link("SARK_HTTP__BIND"));
+        assert!(!is_service_link("SARK_DATA_DIR"));
+        assert!(!is_service_link("SARK_BOOTSTRAP_ADMIN_PASSWORD"));
+        // A typo in a real key still fails.
+        assert!(Config::load(None, env(&[("SARK_DATA_DIRR", "/x")]), json!({})).is_err());
+    }
+
+    #[test]
+    fn environment_values_are_taken_verbatim() {
+        let config = Config::load(
+            None,
+            env(&[
+                ("SARK_BOOTSTRAP_ADMIN_PASSWORD", "0001234567890123"),
+                ("SARK_CLUSTER__NODE_NAME", "42"),
+                ("SARK_SECRETS__KEY", "\"quoted\"-is-not-a-key"),
+            ]),
+            json!({}),
+        );
+        let err = config.unwrap_err().to_string();
+        assert!(err.contains("secrets.key"), "{err}");
+        let config = Config::load(
+            None,
+            env(&[
+                ("SARK_BOOTSTRAP_ADMIN_PASSWORD", "0001234567890123"),
+                ("SARK_CLUSTER__NODE_NAME", "42"),
+            ]),
+            json!({}),
+        )
+        .unwrap();
+        assert_eq!(
+            config.bootstrap_admin_password.unwrap().expose(),
+            "0001234567890123"
+        );
+        assert_eq!(config.cluster.node_name.as_deref(), Some("42"));
+    }
+
+    #[test]
+    fn a_readable_config_file_may_not_hold_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sark.toml");
+        std::fs::write(&file, "[database]\nurl = \"postgres://u:pw@h/db\"\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = Config::load(Some(&file), env(&[]), json!({}))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("database.url") && err.contains("other users"),
+            "{err}"
+        );
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(Config::load(Some(&file), env(&[]), json!({})).is_ok());
+        std::fs::write(&file, "[http]\nbind = \"127.0.0.1:9\"\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(
+            Config::load(Some(&file), env(&[]), json!({})).is_ok(),
+            "no secret, no restriction"
+        );
     }
 
     #[test]

@@ -1,6 +1,5 @@
 //! The HTTP front door: the router, its middleware stack and the listeners.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -9,7 +8,6 @@ use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::from_fn_with_state;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
@@ -23,6 +21,7 @@ pub mod errors;
 pub mod extract;
 pub mod middleware;
 pub mod routes;
+pub mod serve;
 pub mod tls;
 
 use errors::ApiError;
@@ -70,6 +69,19 @@ pub struct AppState {
     pub node: Arc<Node>,
     /// Request metrics.
     pub metrics: HttpMetrics,
+    /// The last `/health/detailed` answer; refreshed by one request at a time.
+    pub detailed: Arc<tokio::sync::Mutex<Option<(tokio::time::Instant, serde_json::Value)>>>,
+}
+
+impl AppState {
+    /// State for `node`'s handlers.
+    pub fn new(node: Arc<Node>, metrics: HttpMetrics) -> Self {
+        Self {
+            node,
+            metrics,
+            detailed: Arc::default(),
+        }
+    }
 }
 
 /// The full router with its middleware.
@@ -135,64 +147,18 @@ async fn method_not_allowed() -> impl IntoResponse {
     ApiError::from_status(StatusCode::METHOD_NOT_ALLOWED)
 }
 
-/// A bound listener, plain or TLS.
-pub enum Listener {
-    /// Plain HTTP.
-    Plain(TcpListener),
-    /// HTTPS.
-    Tls(tls::TlsListener),
-}
-
-impl Listener {
-    /// Binds the configured address, with TLS when certificate and key are configured.
-    pub async fn bind(config: &crate::config::HttpConfig) -> Result<Self, String> {
-        let tcp = TcpListener::bind(config.bind)
-            .await
-            .map_err(|e| format!("`http.bind`: cannot listen on {}: {e}", config.bind))?;
-        match (&config.tls_cert_file, &config.tls_key_file) {
-            (Some(cert), Some(key)) => {
-                let tls = tls::server_config(cert, key)?;
-                tls::TlsListener::new(tcp, tls)
-                    .map(Listener::Tls)
-                    .map_err(|e| e.to_string())
-            }
-            _ => Ok(Listener::Plain(tcp)),
+/// Binds the configured address, with TLS when certificate and key are configured.
+pub async fn bind(config: &crate::config::HttpConfig) -> Result<serve::Listener, String> {
+    let tcp = TcpListener::bind(config.bind)
+        .await
+        .map_err(|e| format!("`http.bind`: cannot listen on {}: {e}", config.bind))?;
+    match (&config.tls_cert_file, &config.tls_key_file) {
+        (Some(cert), Some(key)) => {
+            let tls = tls::server_config(cert, key)?;
+            tls::TlsListener::new(tcp, tls)
+                .map(serve::Listener::Tls)
+                .map_err(|e| e.to_string())
         }
-    }
-
-    /// The bound address.
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        match self {
-            Listener::Plain(l) => l.local_addr(),
-            Listener::Tls(l) => axum::serve::Listener::local_addr(l),
-        }
-    }
-
-    /// Serves `app` until `shutdown` resolves, then lets in-flight requests finish.
-    pub async fn serve(
-        self,
-        app: Router,
-        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-    ) -> std::io::Result<()> {
-        let service = app.into_make_service_with_connect_info::<SocketAddr>();
-        let nodelay = |io: &mut tokio::net::TcpStream| {
-            let _ = io.set_nodelay(true);
-        };
-        match self {
-            Listener::Plain(l) => {
-                axum::serve(l.tap_io(nodelay), service)
-                    .with_graceful_shutdown(shutdown)
-                    .await
-            }
-            Listener::Tls(l) => {
-                let tls_nodelay =
-                    |io: &mut tokio_rustls::server::TlsStream<tokio::net::TcpStream>| {
-                        let _ = io.get_ref().0.set_nodelay(true);
-                    };
-                axum::serve(l.tap_io(tls_nodelay), service)
-                    .with_graceful_shutdown(shutdown)
-                    .await
-            }
-        }
+        _ => Ok(serve::Listener::Plain(tcp)),
     }
 }

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 pub mod cli;
 pub mod config;
@@ -34,7 +34,8 @@ pub mod store;
 pub mod telemetry;
 
 use config::Config;
-use http::{AppState, HttpMetrics, Listener};
+use http::serve::{ConnectionLimits, Listener};
+use http::{AppState, HttpMetrics};
 use node::{Node, NodeControl, NodeError};
 
 /// Why a node stopped with an error.
@@ -64,7 +65,7 @@ impl Server {
     pub async fn start(config: Config) -> Result<Self, RunError> {
         let config = Arc::new(config);
         let (node, control) = Node::start(config.clone()).await?;
-        let listener = match Listener::bind(&config.http).await {
+        let listener = match http::bind(&config.http).await {
             Ok(listener) => listener,
             Err(err) => {
                 control.shutdown().await;
@@ -76,13 +77,9 @@ impl Server {
             .map_err(|e| RunError::Listen(e.to_string()))?;
         let metrics = HttpMetrics::register(&node.registry)
             .map_err(|e| RunError::Listen(format!("metrics registration failed: {e}")))?;
-        let app = http::router(AppState {
-            node: node.clone(),
-            metrics,
-        });
+        let app = http::router(AppState::new(node.clone(), metrics));
         let (stop, stop_rx) = watch::channel(false);
-        let grace = Duration::from_secs(config.http.shutdown_grace_seconds);
-        let task = tokio::spawn(serve(listener, app, control, stop_rx, grace));
+        let task = tokio::spawn(serve(listener, app, node.clone(), control, stop_rx));
         info!(%addr, tls = config.http.tls_cert_file.is_some(), "listening");
         Ok(Self {
             addr,
@@ -125,33 +122,48 @@ impl Server {
 async fn serve(
     listener: Listener,
     app: axum::Router,
+    node: Arc<Node>,
     mut control: NodeControl,
     mut stop: watch::Receiver<bool>,
-    grace: Duration,
 ) -> Result<(), RunError> {
+    let http = &node.config.http;
+    let limits = ConnectionLimits {
+        header_read_timeout: Duration::from_secs(http.header_read_timeout_seconds),
+        max_connections: http.max_connections,
+    };
+    let grace = Duration::from_secs(http.shutdown_grace_seconds);
+    let delay = Duration::from_secs(http.shutdown_delay_seconds);
     let (drain, mut drain_rx) = watch::channel(false);
-    let serving = listener.serve(
+    let serving = http::serve::serve(
+        listener,
         app,
+        limits,
         async move { node::wait_until_true(&mut drain_rx).await },
+        grace,
     );
     tokio::pin!(serving);
     let failure = tokio::select! {
-        result = &mut serving => {
+        () = &mut serving => {
             control.shutdown().await;
-            return result.map_err(|e| RunError::Failed(format!("HTTP server stopped: {e}")));
+            return Err(RunError::Failed("the HTTP server stopped".into()));
         }
         () = node::wait_until_true(&mut stop) => None,
         reason = control.failed() => Some(reason),
     };
-    let _ = drain.send(true);
-    match tokio::time::timeout(grace, &mut serving).await {
-        Ok(Ok(())) => {}
-        Ok(Err(err)) => warn!(error = %err, "HTTP server error while draining"),
-        Err(_) => warn!(
-            grace_s = grace.as_secs(),
-            "in-flight requests did not finish within the grace period"
-        ),
+    // Readiness fails first, so load balancers stop sending before the port closes.
+    node.start_draining();
+    if !delay.is_zero() {
+        info!(
+            delay_s = delay.as_secs(),
+            "draining: readiness fails, still serving"
+        );
+        tokio::select! {
+            () = &mut serving => {}
+            () = tokio::time::sleep(delay) => {}
+        }
     }
+    let _ = drain.send(true);
+    serving.await;
     control.shutdown().await;
     match failure {
         None => Ok(()),

@@ -113,6 +113,8 @@ pub struct Node {
     pub started_at: tokio::time::Instant,
     supervisor: ActorRef<SupervisorMessage>,
     store_ready: Arc<AtomicBool>,
+    policies_in_step: Arc<AtomicBool>,
+    draining: AtomicBool,
 }
 
 /// What stops a node: owned by whoever runs it, not shared with request handlers.
@@ -128,10 +130,10 @@ pub struct NodeControl {
 impl Node {
     /// Starts a node: opens the store, loads keys, bootstraps and spawns the supervision tree.
     pub async fn start(config: Arc<Config>) -> Result<(Arc<Self>, NodeControl), NodeError> {
-        let node_id = config.node_id();
         let hostname = gethostname::gethostname().to_string_lossy().into_owned();
         let clock: SharedClock = Arc::new(SystemClock);
         prepare_data_dir(&config)?;
+        let node_id = resolve_node_id(&config, &hostname)?;
         let (key, generated) = SecretsKey::load_or_generate(
             config.secrets.key.as_ref().map(|s| s.expose()),
             &config.data_dir,
@@ -252,8 +254,10 @@ impl Node {
                 }
             }));
         }
+        let policies_in_step = Arc::new(AtomicBool::new(false));
         background.push(tokio::spawn(
             PolicySync {
+                in_step: policies_in_step.clone(),
                 store: store.clone(),
                 registry: policies.clone(),
                 actors: policy_actors.clone(),
@@ -290,8 +294,20 @@ impl Node {
             started_at: tokio::time::Instant::now(),
             supervisor,
             store_ready,
+            policies_in_step,
+            draining: AtomicBool::new(false),
         };
         Ok((Arc::new(node), control))
+    }
+
+    /// Marks the node as shutting down: readiness fails from now on.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// Whether the node is shutting down.
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
     }
 
     /// Whether the store was reached, migrated and bootstrapped since start-up.
@@ -299,12 +315,14 @@ impl Node {
         self.store_ready.load(Ordering::Acquire)
     }
 
-    /// Whether every stored policy bundle is compiled and active on this node.
+    /// Whether every built-in bundle is compiled here and, at the last anti-entropy check,
+    /// every stored bundle was active here at its stored version.
     pub fn policies_loaded(&self) -> bool {
         let loaded = self.policies.versions();
-        BUILTIN_POLICIES
-            .iter()
-            .all(|(name, _)| loaded.contains_key(*name))
+        self.policies_in_step.load(Ordering::Acquire)
+            && BUILTIN_POLICIES
+                .iter()
+                .all(|(name, _)| loaded.contains_key(*name))
     }
 
     /// The supervision tree below the NodeSupervisor.
@@ -346,7 +364,13 @@ impl NodeControl {
             wait_until_true(&mut self.supervisor_done),
         )
         .await;
-        self.backend.close().await;
+        // A request still stuck after the grace period must not keep the process alive.
+        if tokio::time::timeout(Duration::from_secs(5), self.backend.close())
+            .await
+            .is_err()
+        {
+            warn!("database connections still busy at shutdown; closing anyway");
+        }
         info!(node_id = self.node_id, "node stopped");
     }
 }
@@ -382,22 +406,74 @@ fn membership_config(config: &Config, node_id: &str) -> MembershipConfig {
     }
 }
 
+/// Creates the data directory, or tightens an existing one, to mode 0700: it holds the
+/// secrets key, the SQLite database and the bootstrap password.
 fn prepare_data_dir(config: &Config) -> Result<(), NodeError> {
     let dir = &config.data_dir;
-    let fail = |e: std::io::Error| {
-        NodeError::Startup(format!("`data_dir`: cannot create {}: {e}", dir.display()))
-    };
-    if !dir.exists() {
-        std::fs::create_dir_all(dir).map_err(fail)?;
+    let fail =
+        |e: std::io::Error| NodeError::Startup(format!("`data_dir`: {}: {e}", dir.display()));
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    let mode = std::fs::metadata(dir).map_err(fail)?.permissions().mode() & 0o777;
+    if mode != 0o700 {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(fail)?;
+        if mode & 0o077 != 0 {
+            warn!(path = %dir.display(), mode = format!("{mode:o}"), "the data directory was accessible to others; set it to 0700");
+        }
     }
     Ok(())
+}
+
+/// Name of the file that keeps a generated node id.
+const NODE_ID_FILE: &str = "node-id";
+
+/// The configured node name, or one generated once into the data directory (the host
+/// name plus a random suffix), so two processes on one host never share an audit chain.
+fn resolve_node_id(config: &Config, hostname: &str) -> Result<String, NodeError> {
+    if let Some(name) = &config.cluster.node_name {
+        return Ok(name.clone());
+    }
+    let path = config.data_dir.join(NODE_ID_FILE);
+    let base: String = hostname
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(48)
+        .collect();
+    let mut suffix = [0u8; 3];
+    rand::thread_rng().fill_bytes(&mut suffix);
+    let generated = format!(
+        "{}-{}",
+        if base.is_empty() { "sark" } else { &base },
+        hex::encode(suffix)
+    );
+    secrets::write_private_once(&path, generated.as_bytes())?;
+    let id = std::fs::read_to_string(&path)
+        .map_err(|e| NodeError::Startup(format!("`data_dir`: {}: {e}", path.display())))?;
+    let id = id.trim().to_owned();
+    let valid = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    if !valid {
+        return Err(NodeError::Startup(format!(
+            "{} does not hold a valid node id; delete it",
+            path.display()
+        )));
+    }
+    Ok(id)
 }
 
 /// Anti-entropy for policies: brings this node's PolicyActors in line with the store,
 /// starting an actor for a bundle that has none and reloading one whose compiled version
 /// is behind the stored active version.
 struct PolicySync {
+    in_step: Arc<AtomicBool>,
     store: Arc<dyn Store>,
     registry: Arc<PolicyRegistry>,
     actors: PolicyActors,
@@ -411,6 +487,7 @@ impl PolicySync {
         loop {
             // Until the bundles are first loaded, check often so start-up is not delayed.
             let loaded = self.store_ready.load(Ordering::Acquire) && self.sync().await;
+            self.in_step.store(loaded, Ordering::Release);
             tokio::time::sleep(if loaded {
                 every
             } else {
@@ -572,6 +649,22 @@ impl Bootstrap {
             zeroize::Zeroizing::new(configured.unwrap_or_else(|| password::generate_password(24)));
         let hash = password::hash_password(&password)
             .map_err(|e| BootstrapError::Policy(e.to_string()))?;
+        // A generated password goes to a private file before the account exists, so it can
+        // never be committed without being written down; the file gets its final name
+        // only if this node's insert wins.
+        let pending_file = if generated {
+            let path = self.config.data_dir.join(format!(
+                "{BOOTSTRAP_PASSWORD_FILE}.pending.{}",
+                Uuid::new_v4().simple()
+            ));
+            let mut contents = zeroize::Zeroizing::new(password.as_bytes().to_vec());
+            contents.push(b'\n');
+            secrets::write_private_once(&path, &contents)
+                .map_err(|e| BootstrapError::Policy(e.to_string()))?;
+            Some(path)
+        } else {
+            None
+        };
         let now = self.audit.now();
         let admin = User {
             id: Uuid::now_v7(),
@@ -587,19 +680,27 @@ impl Bootstrap {
             created_at: now,
             updated_at: now,
         };
-        if !self.store.create_user_if_absent(&admin).await? {
+        let created = self.store.create_user_if_absent(&admin).await;
+        let Some(pending) = pending_file else {
+            if created? {
+                info!("created the bootstrap admin with the configured password");
+                return Ok(Some(admin));
+            }
             return Ok(None);
+        };
+        if !matches!(created, Ok(true)) {
+            let _ = std::fs::remove_file(&pending);
+            return created.map(|_| None).map_err(Into::into);
         }
-        if generated {
-            let path = self.config.data_dir.join(BOOTSTRAP_PASSWORD_FILE);
-            let mut contents = zeroize::Zeroizing::new(password.as_bytes().to_vec());
-            contents.push(b'\n');
-            secrets::replace_private(&path, &contents)
-                .map_err(|e| BootstrapError::Policy(e.to_string()))?;
-            info!(path = %path.display(), "created the bootstrap admin; its generated password is in this file (mode 0600)");
-        } else {
-            info!("created the bootstrap admin with the configured password");
-        }
+        let path = self.config.data_dir.join(BOOTSTRAP_PASSWORD_FILE);
+        std::fs::rename(&pending, &path).map_err(|e| {
+            BootstrapError::Policy(format!(
+                "the bootstrap password is in {} but could not be renamed to {}: {e}",
+                pending.display(),
+                path.display()
+            ))
+        })?;
+        info!(path = %path.display(), "created the bootstrap admin; its generated password is in this file (mode 0600)");
         Ok(Some(admin))
     }
 }

@@ -133,17 +133,6 @@ pub fn write_private_once(path: &Path, contents: &[u8]) -> Result<bool, SecretsE
     }
 }
 
-/// Replaces `path` with `contents` (mode 0600) atomically.
-pub fn replace_private(path: &Path, contents: &[u8]) -> Result<(), SecretsError> {
-    let fail = |reason: String| SecretsError::File {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let tmp = path.with_extension(format!("tmp.{}", uuid::Uuid::new_v4().simple()));
-    write_private(&tmp, contents).map_err(|e| fail(e.to_string()))?;
-    std::fs::rename(&tmp, path).map_err(|e| fail(e.to_string()))
-}
-
 fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     let mut file = OpenOptions::new()
         .write(true)

@@ -134,7 +134,8 @@ fn migrator(migrations: &[EmbeddedMigration]) -> Migrator {
 }
 
 /// Maps a driver error to what callers can act on: connection trouble is `Unavailable`
-/// (503), uniqueness is `Conflict` (409), the rest is internal.
+/// (503), uniqueness is `Conflict` (409), a refused value is `Invalid` (400), a lost
+/// serialization race is `Contended`, the rest is internal.
 pub(crate) fn db_error(err: sqlx::Error) -> StoreError {
     match err {
         sqlx::Error::PoolTimedOut
@@ -143,22 +144,23 @@ pub(crate) fn db_error(err: sqlx::Error) -> StoreError {
         | sqlx::Error::Tls(_) => StoreError::Unavailable(err.to_string()),
         sqlx::Error::Database(db) => {
             if db.is_unique_violation() {
-                return StoreError::Conflict(db.constraint().unwrap_or("row").to_owned());
+                // The constraint's name is internal: ports that know what clashed say so.
+                return StoreError::Conflict("the record".into());
             }
             let code = db.code().unwrap_or_default();
-            // PostgreSQL: class 08 is connection trouble, 57P0x is shutdown/restart, 53 is
-            // out of resources. SQLite: 5 and 6 (and extended codes) are busy/locked.
-            let unavailable = code.starts_with("08")
-                || code.starts_with("57P0")
-                || code.starts_with("53")
-                || code == "5"
-                || code == "6"
-                || code == "517"
-                || code == "261";
-            if unavailable {
-                StoreError::Unavailable(db.message().to_owned())
-            } else {
-                StoreError::Internal(db.message().to_owned())
+            let message = db.message().to_owned();
+            match code.as_ref() {
+                // PostgreSQL: 08 connection, 53 resources, 57P0x shutdown, 57014 statement
+                // timeout, 25006 read-only (a replica after failover). SQLite: busy, locked.
+                c if c.starts_with("08") || c.starts_with("53") || c.starts_with("57P0") => {
+                    StoreError::Unavailable(message)
+                }
+                "57014" | "25006" | "5" | "6" | "517" | "261" => StoreError::Unavailable(message),
+                // Serialization failure, deadlock, lock not available: retryable.
+                "40001" | "40P01" | "55P03" => StoreError::Contended(message),
+                // Class 22 (data exception): e.g. a NUL character in text.
+                c if c.starts_with("22") => StoreError::Invalid(message),
+                _ => StoreError::Internal(message),
             }
         }
         sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => {

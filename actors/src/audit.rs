@@ -19,6 +19,7 @@ use hmac::{Hmac, Mac};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, Message, RpcReplyPort, SpawnErr};
 use serde_json::Value;
 use sha2::Sha256;
+use tokio::time::Instant;
 use tracing::{error, warn};
 use uuid::Uuid;
 
@@ -26,6 +27,9 @@ use crate::clock::SharedClock;
 use crate::metrics::ActorMetrics;
 use crate::store::{AuditEvent, AuditStore, ChainedEvent, StoreError};
 use crate::supervisor::{ChildSpec, Slot, spawn_into};
+
+/// How long one group commit may take before its outcome is treated as unknown.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The `prev_hash` of the first event on a chain.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -141,11 +145,9 @@ pub enum AuditError {
 
 /// Messages of the [`AuditWriter`].
 pub enum AuditMessage {
-    /// Records an event; the reply is sent once the event is committed.
-    Record(
-        Box<AuditEvent>,
-        RpcReplyPort<Result<ChainPosition, AuditError>>,
-    ),
+    /// Records an event; the reply is sent once the event is committed. An event whose
+    /// deadline passed before its commit started is dropped: its caller has given up.
+    Record(Box<AuditEvent>, Instant, Reply),
     /// Commits every pending event.
     Flush,
     /// Makes the writer panic, to prove supervision restarts it.
@@ -175,24 +177,89 @@ pub struct AuditWriterArguments {
     pub metrics: ActorMetrics,
 }
 
+type Reply = RpcReplyPort<Result<ChainPosition, AuditError>>;
+
+struct Pending {
+    event: AuditEvent,
+    deadline: Instant,
+    reply: Reply,
+}
+
 /// The writer's state: the chain head as committed, and the events waiting for a commit.
 pub struct AuditWriterState {
     args: AuditWriterArguments,
     head_seq: i64,
     head_hash: String,
-    pending: Vec<(AuditEvent, RpcReplyPort<Result<ChainPosition, AuditError>>)>,
+    pending: Vec<Pending>,
 }
 
 impl AuditWriter {
     async fn flush(state: &mut AuditWriterState) -> Result<(), ActorProcessingErr> {
-        if state.pending.is_empty() {
+        let now = Instant::now();
+        let pending: Vec<Pending> = std::mem::take(&mut state.pending)
+            .into_iter()
+            .filter(|p| p.deadline > now)
+            .collect();
+        if pending.is_empty() {
             return Ok(());
         }
-        let pending = std::mem::take(&mut state.pending);
+        let events: Vec<AuditEvent> = pending.iter().map(|p| p.event.clone()).collect();
+        match Self::commit(state, &events).await {
+            Ok(positions) => {
+                for (p, position) in pending.into_iter().zip(positions) {
+                    let _ = p.reply.send(Ok(position));
+                }
+                Ok(())
+            }
+            // One refused event must not fail its neighbours: commit them one by one.
+            Err(StoreError::Invalid(_)) if pending.len() > 1 => {
+                for p in pending {
+                    let result = Self::commit(state, std::slice::from_ref(&p.event)).await;
+                    match result {
+                        Ok(mut positions) => {
+                            let _ = p
+                                .reply
+                                .send(positions.pop().ok_or(AuditError::WriterUnavailable));
+                        }
+                        Err(err) => Self::failed(state, vec![p], err)?,
+                    }
+                }
+                Ok(())
+            }
+            Err(err) => Self::failed(state, pending, err),
+        }
+    }
+
+    /// Answers the callers of a failed commit; crashes the writer when the chain head is
+    /// no longer known, so its restart reloads it from the store.
+    fn failed(
+        state: &AuditWriterState,
+        pending: Vec<Pending>,
+        err: StoreError,
+    ) -> Result<(), ActorProcessingErr> {
+        state.args.metrics.audit_commit_failures.inc();
+        let reply_err = AuditError::Unavailable(err.to_string());
+        for p in pending {
+            let _ = p.reply.send(Err(reply_err.clone()));
+        }
+        if let StoreError::Contended(_) = err {
+            error!(chain = state.args.chain, error = %err, "audit chain head uncertain; restarting the writer");
+            return Err(Box::new(err));
+        }
+        warn!(chain = state.args.chain, error = %err, "audit commit failed");
+        Ok(())
+    }
+
+    /// Places `events` on the chain after the current head and commits them in one
+    /// transaction; moves the head only on success.
+    async fn commit(
+        state: &mut AuditWriterState,
+        events: &[AuditEvent],
+    ) -> Result<Vec<ChainPosition>, StoreError> {
         let chain = state.args.chain.clone();
         let mut prev_hash = state.head_hash.clone();
-        let mut chained = Vec::with_capacity(pending.len());
-        for (i, (event, _)) in pending.iter().enumerate() {
+        let mut chained = Vec::with_capacity(events.len());
+        for (i, event) in events.iter().enumerate() {
             let seq = state.head_seq + 1 + i as i64;
             let hash = state.args.key.hash(&chain, seq, &prev_hash, event);
             chained.push(ChainedEvent {
@@ -203,43 +270,77 @@ impl AuditWriter {
                 hash,
             });
         }
-        let metrics = &state.args.metrics;
-        metrics.audit_batch_size.observe(chained.len() as f64);
-        match state
+        state
             .args
-            .store
-            .append_audit(&chain, state.head_seq, &chained, &state.args.sinks)
-            .await
-        {
-            Ok(()) => {
-                metrics.audit_committed.inc_by(chained.len() as u64);
-                state.head_seq += chained.len() as i64;
-                state.head_hash = prev_hash;
-                for ((_, reply), event) in pending.into_iter().zip(&chained) {
-                    let _ = reply.send(Ok(ChainPosition {
-                        chain: chain.clone(),
-                        seq: event.seq,
-                    }));
-                }
-                Ok(())
-            }
-            Err(err) => {
-                metrics.audit_commit_failures.inc();
-                let reply_err = AuditError::Unavailable(err.to_string());
-                for (_, reply) in pending {
-                    let _ = reply.send(Err(reply_err.clone()));
-                }
-                if let StoreError::Contended(_) = err {
-                    // The chain moved underneath us (another writer, or a commit whose
-                    // acknowledgement was lost): crash, so the restart reloads the head.
-                    error!(chain, "audit chain head moved; restarting the writer");
-                    return Err(Box::new(err));
-                }
-                warn!(chain, error = %err, "audit commit failed");
-                Ok(())
+            .metrics
+            .audit_batch_size
+            .observe(chained.len() as f64);
+        let append =
+            state
+                .args
+                .store
+                .append_audit(&chain, state.head_seq, &chained, &state.args.sinks);
+        match tokio::time::timeout(COMMIT_TIMEOUT, append).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => return Err(err),
+            // The transaction may or may not have committed.
+            Err(_) => {
+                return Err(StoreError::Contended(format!(
+                    "audit commit on chain {chain} timed out"
+                )));
             }
         }
+        state
+            .args
+            .metrics
+            .audit_committed
+            .inc_by(chained.len() as u64);
+        state.head_seq += chained.len() as i64;
+        state.head_hash = prev_hash;
+        Ok(chained
+            .iter()
+            .map(|e| ChainPosition {
+                chain: chain.clone(),
+                seq: e.seq,
+            })
+            .collect())
     }
+}
+
+/// Replaces NUL characters, which PostgreSQL refuses in text and JSON, so hostile input
+/// (a username with a NUL in a failed login) is still recorded, and hashed as stored.
+fn sanitize(event: &mut AuditEvent) {
+    fn clean(s: &mut String) {
+        if s.contains('\0') {
+            *s = s.replace('\0', "\u{fffd}");
+        }
+    }
+    fn clean_value(v: &mut Value) {
+        match v {
+            Value::String(s) => clean(s),
+            Value::Array(items) => items.iter_mut().for_each(clean_value),
+            Value::Object(map) => {
+                let dirty: Vec<String> = map.keys().filter(|k| k.contains('\0')).cloned().collect();
+                for key in dirty {
+                    if let Some(value) = map.remove(&key) {
+                        map.insert(key.replace('\0', "\u{fffd}"), value);
+                    }
+                }
+                map.values_mut().for_each(clean_value);
+            }
+            _ => {}
+        }
+    }
+    clean(&mut event.event_type);
+    clean(&mut event.outcome);
+    clean(&mut event.node_id);
+    for field in [&mut event.actor, &mut event.ip, &mut event.resource]
+        .into_iter()
+        .flatten()
+    {
+        clean(field);
+    }
+    clean_value(&mut event.details);
 }
 
 impl Actor for AuditWriter {
@@ -281,14 +382,19 @@ impl Actor for AuditWriter {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            AuditMessage::Record(mut event, reply) => {
+            AuditMessage::Record(mut event, deadline, reply) => {
                 // Stored timestamps keep microseconds (PostgreSQL's precision), so the
                 // hash covers exactly what a verifier will read back.
                 event.timestamp = event.timestamp.trunc_subsecs(6);
+                sanitize(&mut event);
                 if state.pending.is_empty() {
                     myself.cast(AuditMessage::Flush)?;
                 }
-                state.pending.push((*event, reply));
+                state.pending.push(Pending {
+                    event: *event,
+                    deadline,
+                    reply,
+                });
                 if state.pending.len() >= state.args.max_batch {
                     Self::flush(state).await?;
                 }
@@ -380,7 +486,13 @@ impl AuditHandle {
     pub async fn record(&self, event: AuditEvent) -> Result<ChainPosition, AuditError> {
         let writer = self.slot.get().ok_or(AuditError::WriterUnavailable)?;
         let timeout_ms = u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX);
-        match ractor::call_t!(writer, AuditMessage::Record, timeout_ms, Box::new(event)) {
+        match ractor::call_t!(
+            writer,
+            AuditMessage::Record,
+            timeout_ms,
+            Box::new(event),
+            Instant::now() + self.timeout
+        ) {
             Ok(result) => result,
             Err(_) => Err(AuditError::WriterUnavailable),
         }
@@ -451,6 +563,19 @@ mod tests {
         let mut tampered = e.clone();
         tampered.outcome = "failure".into();
         assert_ne!(h, key.hash("c", 1, GENESIS_HASH, &tampered));
+    }
+
+    #[test]
+    fn nul_characters_are_replaced_everywhere() {
+        let mut e = event(json!({"user\u{0}name": ["a\u{0}b", {"k": "\u{0}"}]}));
+        e.actor = Some("ev\u{0}il".into());
+        sanitize(&mut e);
+        assert_eq!(e.actor.as_deref(), Some("ev\u{fffd}il"));
+        assert_eq!(
+            e.details,
+            json!({"user\u{fffd}name": ["a\u{fffd}b", {"k": "\u{fffd}"}]})
+        );
+        assert!(!canonical_encoding("c", 1, GENESIS_HASH, &e).contains('\0'));
     }
 
     #[test]

@@ -25,6 +25,9 @@ pub enum StoreError {
     /// A conditional write lost a race (the row changed underneath the caller).
     #[error("concurrent update of {0}")]
     Contended(String),
+    /// The database refused a value (e.g. a NUL character in text, on PostgreSQL).
+    #[error("invalid value: {0}")]
+    Invalid(String),
     /// A stored row could not be decoded into its record.
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
@@ -217,8 +220,10 @@ pub enum RotateOutcome {
 /// Sessions and their refresh-token families.
 #[async_trait]
 pub trait SessionStore: Send + Sync {
-    /// Inserts a new session.
-    async fn create_session(&self, session: &SessionRecord) -> StoreResult<()>;
+    /// Inserts a new session if its user exists and is active; returns whether it did.
+    /// The user's row is locked meanwhile, so a session can never slip in beside a
+    /// concurrent deletion or disabling of its user.
+    async fn create_session(&self, session: &SessionRecord) -> StoreResult<bool>;
     /// Looks a session up by id (revoked and expired ones included).
     async fn session(&self, id: Uuid) -> StoreResult<Option<SessionRecord>>;
     /// Replaces the refresh hash only if `old_hash` is still current, by a conditional

@@ -20,6 +20,9 @@ use tracing::{error, info, warn};
 
 use crate::metrics::ActorMetrics;
 
+/// How long a stopping supervisor waits for each child to stop gracefully.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How a supervisor restarts its children.
 #[derive(Clone, Debug)]
 pub struct RestartPolicy {
@@ -164,9 +167,42 @@ pub struct SupervisorArguments {
 struct Child {
     spec: Arc<dyn ChildSpec>,
     cell: Option<ActorCell>,
+    /// Counts the child in `sark_actor_running` while it runs; dropping it (also when the
+    /// supervisor's state is dropped after a failure) takes the count back.
+    running: Option<RunningGuard>,
     restarts: u64,
     recent_crashes: VecDeque<Instant>,
     spawn_attempts: usize,
+    started_order: u64,
+}
+
+impl Child {
+    fn new(spec: Arc<dyn ChildSpec>) -> Self {
+        Self {
+            spec,
+            cell: None,
+            running: None,
+            restarts: 0,
+            recent_crashes: VecDeque::new(),
+            spawn_attempts: 0,
+            started_order: 0,
+        }
+    }
+}
+
+struct RunningGuard(prometheus::IntGauge);
+
+impl RunningGuard {
+    fn new(gauge: prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// The supervisor's state.
@@ -175,6 +211,7 @@ pub struct SupervisorState {
     children: BTreeMap<String, Child>,
     policy: RestartPolicy,
     metrics: ActorMetrics,
+    starts: u64,
 }
 
 impl SupervisorState {
@@ -200,11 +237,13 @@ impl Supervisor {
             Ok(cell) => {
                 child.cell = Some(cell);
                 child.spawn_attempts = 0;
-                state
+                state.starts += 1;
+                child.started_order = state.starts;
+                let gauge = state
                     .metrics
                     .running
-                    .with_label_values(&[child.spec.kind()])
-                    .inc();
+                    .with_label_values(&[child.spec.kind()]);
+                child.running = Some(RunningGuard::new(gauge));
                 // Creates the series at zero, so dashboards see every kind before a crash.
                 state
                     .metrics
@@ -249,7 +288,7 @@ impl Supervisor {
         let id = id.clone();
         let kind = child.spec.kind();
         child.cell = None;
-        metrics.running.with_label_values(&[kind]).dec();
+        child.running = None;
         let now = Instant::now();
         while child
             .recent_crashes
@@ -327,21 +366,13 @@ impl Actor for Supervisor {
             children: BTreeMap::new(),
             policy: args.policy,
             metrics: args.metrics,
+            starts: 0,
         };
         let mut ids = Vec::with_capacity(args.children.len());
         for spec in args.children {
             let id = spec.id();
             ids.push(id.clone());
-            state.children.insert(
-                id,
-                Child {
-                    spec,
-                    cell: None,
-                    restarts: 0,
-                    recent_crashes: VecDeque::new(),
-                    spawn_attempts: 0,
-                },
-            );
+            state.children.insert(id, Child::new(spec));
         }
         for id in ids {
             Self::start_child(&myself, &mut state, &id).await;
@@ -359,13 +390,20 @@ impl Actor for Supervisor {
         _myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        for child in state.children.values_mut() {
-            if child.cell.take().is_some() {
-                state
-                    .metrics
-                    .running
-                    .with_label_values(&[child.spec.kind()])
-                    .dec();
+        // Stop children gracefully, newest first, so each runs its post_stop (the
+        // AuditWriter commits what is pending) while the ones it may use still run.
+        // Whatever remains afterwards is killed by ractor when this supervisor exits.
+        let mut running: Vec<&mut Child> = state
+            .children
+            .values_mut()
+            .filter(|c| c.cell.is_some())
+            .collect();
+        running.sort_by_key(|c| std::cmp::Reverse(c.started_order));
+        for child in running {
+            if let Some(cell) = child.cell.take() {
+                child.running = None;
+                let reason = Some("supervisor stopping".to_owned());
+                let _ = cell.stop_and_wait(reason, Some(STOP_TIMEOUT)).await;
             }
         }
         Ok(())
@@ -384,16 +422,7 @@ impl Actor for Supervisor {
                     let _ = reply.send(Ok(()));
                     return Ok(());
                 }
-                state.children.insert(
-                    id.clone(),
-                    Child {
-                        spec,
-                        cell: None,
-                        restarts: 0,
-                        recent_crashes: VecDeque::new(),
-                        spawn_attempts: 0,
-                    },
-                );
+                state.children.insert(id.clone(), Child::new(spec));
                 Self::start_child(&myself, state, &id).await;
                 let started = state.children.get(&id).is_some_and(|c| c.cell.is_some());
                 let _ = reply.send(if started {
@@ -406,11 +435,6 @@ impl Actor for Supervisor {
                 if let Some(child) = state.children.remove(&id)
                     && let Some(cell) = child.cell
                 {
-                    state
-                        .metrics
-                        .running
-                        .with_label_values(&[child.spec.kind()])
-                        .dec();
                     cell.stop(Some("removed by supervisor".into()));
                 }
             }
@@ -516,7 +540,7 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// A child that counts its starts and panics when told to.
+    /// A child that counts its starts and graceful stops, and crashes when told to.
     struct Flaky;
 
     struct Crash;
@@ -524,15 +548,24 @@ mod tests {
 
     impl Actor for Flaky {
         type Msg = Crash;
-        type State = ();
-        type Arguments = Arc<AtomicUsize>;
+        type State = Arc<AtomicUsize>;
+        type Arguments = (Arc<AtomicUsize>, Arc<AtomicUsize>);
 
         async fn pre_start(
             &self,
             _: ActorRef<Crash>,
-            starts: Arc<AtomicUsize>,
-        ) -> Result<(), ActorProcessingErr> {
+            (starts, stops): (Arc<AtomicUsize>, Arc<AtomicUsize>),
+        ) -> Result<Arc<AtomicUsize>, ActorProcessingErr> {
             starts.fetch_add(1, Ordering::SeqCst);
+            Ok(stops)
+        }
+
+        async fn post_stop(
+            &self,
+            _: ActorRef<Crash>,
+            stops: &mut Arc<AtomicUsize>,
+        ) -> Result<(), ActorProcessingErr> {
+            stops.fetch_add(1, Ordering::SeqCst);
             Ok(())
         }
 
@@ -540,7 +573,7 @@ mod tests {
             &self,
             _: ActorRef<Crash>,
             _: Crash,
-            _: &mut (),
+            _: &mut Arc<AtomicUsize>,
         ) -> Result<(), ActorProcessingErr> {
             Err("told to crash".into())
         }
@@ -548,6 +581,7 @@ mod tests {
 
     struct FlakySpec {
         starts: Arc<AtomicUsize>,
+        stops: Arc<AtomicUsize>,
         slot: Slot<Crash>,
     }
 
@@ -558,7 +592,13 @@ mod tests {
         }
 
         async fn spawn(&self, supervisor: ActorCell) -> Result<ActorCell, SpawnErr> {
-            spawn_into(Flaky, self.starts.clone(), supervisor, &self.slot).await
+            spawn_into(
+                Flaky,
+                (self.starts.clone(), self.stops.clone()),
+                supervisor,
+                &self.slot,
+            )
+            .await
         }
     }
 
@@ -585,6 +625,7 @@ mod tests {
         };
         let spec = Arc::new(FlakySpec {
             starts: starts.clone(),
+            stops: Arc::default(),
             slot: slot.clone(),
         });
         let args = SupervisorArguments {
@@ -613,6 +654,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn stopping_a_supervisor_stops_its_children_gracefully() {
+        let stops = Arc::new(AtomicUsize::new(0));
+        let metrics = metrics();
+        let children: Vec<Arc<dyn ChildSpec>> = vec![Arc::new(FlakySpec {
+            starts: Arc::default(),
+            stops: stops.clone(),
+            slot: Slot::default(),
+        })];
+        let args = SupervisorArguments {
+            kind: "test",
+            children,
+            policy: RestartPolicy::default(),
+            metrics: metrics.clone(),
+        };
+        let (supervisor, handle) = Actor::spawn(None, Supervisor, args).await.unwrap();
+        supervisor.stop(None);
+        handle.await.unwrap();
+        assert_eq!(
+            stops.load(Ordering::SeqCst),
+            1,
+            "the child ran its post_stop"
+        );
+        assert_eq!(metrics.running.with_label_values(&["flaky"]).get(), 0);
+        assert_eq!(
+            metrics.restarts.with_label_values(&["flaky"]).get(),
+            0,
+            "a requested stop is no crash"
+        );
+    }
+
+    #[tokio::test]
     async fn a_crash_loop_escalates_to_the_supervisors_parent() {
         let starts = Arc::new(AtomicUsize::new(0));
         let slot: Slot<Crash> = Slot::default();
@@ -625,6 +697,7 @@ mod tests {
         };
         let spec = Arc::new(FlakySpec {
             starts: starts.clone(),
+            stops: Arc::default(),
             slot: slot.clone(),
         });
         let args = SupervisorArguments {

@@ -5,7 +5,7 @@
 //!   restarts and stops them, and returns their exit statuses.
 //! - [`faults`]: the faults: `kill -9`, pause (`SIGSTOP`) and resume (`SIGCONT`).
 //!
-//! The `sark` binary is taken from `SARK_BIN`, or from the workspace's target directory.
+//! The `sark` binary is taken from `CHAOS_SARK_BIN`, or from the workspace's target directory.
 
 #![warn(missing_docs)]
 

@@ -11,9 +11,9 @@ use anyhow::{Context, anyhow, bail};
 
 use crate::faults::{self, Signal};
 
-/// Where to find the `sark` binary: `SARK_BIN`, else the workspace's target directory.
+/// Where to find the `sark` binary: `CHAOS_SARK_BIN`, else the workspace's target directory.
 pub fn sark_binary() -> anyhow::Result<PathBuf> {
-    if let Ok(path) = std::env::var("SARK_BIN") {
+    if let Ok(path) = std::env::var("CHAOS_SARK_BIN") {
         return Ok(PathBuf::from(path));
     }
     let target = std::env::var("CARGO_TARGET_DIR")
@@ -22,7 +22,7 @@ pub fn sark_binary() -> anyhow::Result<PathBuf> {
     let path = target.join("debug/sark");
     if !path.is_file() {
         bail!(
-            "{} does not exist: build it (cargo build -p sark) or set SARK_BIN",
+            "{} does not exist: build it (cargo build -p sark) or set CHAOS_SARK_BIN",
             path.display()
         );
     }

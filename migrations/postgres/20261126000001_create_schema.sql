@@ -5,6 +5,9 @@
 -- indexes, and the node creates partitions ahead of time and drops expired ones. The
 -- choice is recorded in meta('time_series_layout') and shown in /health/detailed.
 
+-- Migrations may run longer than the statement timeout that request connections use.
+SET LOCAL statement_timeout = 0;
+
 CREATE TABLE users (
     id            UUID PRIMARY KEY,
     username      TEXT NOT NULL UNIQUE,

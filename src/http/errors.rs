@@ -168,6 +168,11 @@ impl From<StoreError> for ApiError {
                 "conflict",
                 format!("{what} already exists"),
             ),
+            StoreError::Invalid(reason) => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_value",
+                format!("a value was refused: {reason}"),
+            ),
             StoreError::Contended(what) => {
                 let mut api = ApiError::unavailable("contended", "a concurrent update won; retry");
                 api.internal = Some(what);

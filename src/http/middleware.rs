@@ -41,6 +41,22 @@ const SECURITY_HEADERS: &[(&str, &str)] = &[
     ("cross-origin-opener-policy", "same-origin"),
 ];
 
+/// The method as a metric label and log field: any other token (hyper accepts arbitrary
+/// methods) is `OTHER`, so a client cannot create unbounded series.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
+}
+
 /// An incoming `X-Request-Id` is kept when it is short and plain; otherwise a new one is made.
 fn request_id(headers: &HeaderMap) -> String {
     headers
@@ -71,7 +87,7 @@ pub async fn request_context(
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
-    let method = req.method().clone();
+    let method = method_label(req.method());
     let path = req.uri().path().to_owned();
     let peer = req
         .extensions()
@@ -110,19 +126,19 @@ pub async fn request_context(
     state
         .metrics
         .requests
-        .with_label_values(&[method.as_str(), &route, status.as_str()])
+        .with_label_values(&[method, &route, status.as_str()])
         .inc();
     state
         .metrics
         .duration
-        .with_label_values(&[method.as_str(), &route])
+        .with_label_values(&[method, &route])
         .observe(elapsed.as_secs_f64());
     let client = client.map(|c| c.to_string()).unwrap_or_default();
     let duration_ms = elapsed.as_secs_f64() * 1000.0;
     if let Some(InternalDetail(detail)) = response.extensions().get::<InternalDetail>() {
-        error!(target: "sark::access", request_id = id, method = %method, route, path, status = status.as_u16(), duration_ms, client, detail, "request failed");
+        error!(target: "sark::access", request_id = id, method, route, path, status = status.as_u16(), duration_ms, client, detail, "request failed");
     } else {
-        info!(target: "sark::access", request_id = id, method = %method, route, path, status = status.as_u16(), duration_ms, client, "request");
+        info!(target: "sark::access", request_id = id, method, route, path, status = status.as_u16(), duration_ms, client, "request");
     }
     response
 }
@@ -152,6 +168,8 @@ fn shape_error(response: Response) -> Response {
 /// The client address: the peer, or, when the peer is a trusted proxy, the nearest
 /// untrusted address of `X-Forwarded-For` (else `Forwarded`).
 pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    // A dual-stack listener reports IPv4 peers as ::ffff:a.b.c.d.
+    let peer = peer.to_canonical();
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     if !is_trusted(&peer) {
         return peer;
@@ -184,10 +202,26 @@ fn forwarded_for(
 }
 
 fn parse_xff_item(item: &str) -> Option<IpAddr> {
-    item.parse()
+    item.parse::<IpAddr>()
         .ok()
         .or_else(|| item.parse::<SocketAddr>().ok().map(|s| s.ip()))
+        .map(|ip| ip.to_canonical())
 }
+
+/// The rate-limit key of a client address: IPv4 per address, IPv6 per /64 (one
+/// subscriber's allocation), so rotating addresses within a prefix buys no extra quota.
+fn client_key(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => format!("ip:{v4}"),
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("ip6:{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+    }
+}
+
+/// Routes that are never rate limited: probes and scrapes must work under any load.
+const UNLIMITED_ROUTES: &[&str] = &["/health", "/health/ready", "/health/detailed", "/metrics"];
 
 fn parse_forwarded_item(item: &str) -> Option<IpAddr> {
     item.split(';').find_map(|pair| {
@@ -206,19 +240,21 @@ fn parse_forwarded_item(item: &str) -> Option<IpAddr> {
 /// Refuses requests over the rate limit with 429 and `Retry-After`, and reports the
 /// bucket in `RateLimit-*` headers. Health and metrics are exempt.
 pub async fn rate_limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let path = req.uri().path();
-    if path == "/metrics" || path == "/health" || path.starts_with("/health/") {
+    let exempt = req
+        .extensions()
+        .get::<RouteTemplate>()
+        .is_some_and(|route| UNLIMITED_ROUTES.contains(&route.0.as_str()));
+    if exempt {
         return next.run(req).await;
     }
     let Some(ClientIp(ip)) = req.extensions().get::<ClientIp>().copied() else {
         return next.run(req).await;
     };
     let limit = state.node.config.rate_limit.unauthenticated_per_minute;
-    let decision =
-        state
-            .node
-            .rate_table
-            .check(&format!("ip:{ip}"), limit, tokio::time::Instant::now());
+    let decision = state
+        .node
+        .rate_table
+        .check(&client_key(ip), limit, tokio::time::Instant::now());
     let headers = [
         ("ratelimit-limit", decision.limit.to_string()),
         ("ratelimit-remaining", decision.remaining.to_string()),
@@ -326,6 +362,29 @@ mod tests {
             client_ip(peer, &h, &trusted),
             "2001:db8::1".parse::<IpAddr>().unwrap()
         );
+    }
+
+    #[test]
+    fn ipv4_mapped_peers_match_ipv4_proxies_and_ipv6_clients_share_a_64() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let mapped: IpAddr = "::ffff:10.1.1.1".parse().unwrap();
+        let h = headers(&[("x-forwarded-for", "198.51.100.7")]);
+        assert_eq!(
+            client_ip(mapped, &h, &trusted),
+            "198.51.100.7".parse::<IpAddr>().unwrap()
+        );
+        let a = client_key("2001:db8:1:2:aaaa::1".parse().unwrap());
+        let b = client_key("2001:db8:1:2:bbbb::9".parse().unwrap());
+        assert_eq!(a, b);
+        assert_ne!(a, client_key("2001:db8:1:3::1".parse().unwrap()));
+        assert_eq!(client_key("192.0.2.1".parse().unwrap()), "ip:192.0.2.1");
+    }
+
+    #[test]
+    fn unknown_methods_share_one_label() {
+        assert_eq!(method_label(&axum::http::Method::GET), "GET");
+        let weird = axum::http::Method::from_bytes(b"FOO0001").unwrap();
+        assert_eq!(method_label(&weird), "OTHER");
     }
 
     #[test]

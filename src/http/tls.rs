@@ -2,6 +2,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,9 +18,10 @@ use tokio_rustls::server::TlsStream;
 use tracing::debug;
 
 /// A client that has not finished its handshake in this time is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes in progress at most; further connections wait in the kernel's backlog.
-const MAX_PENDING_HANDSHAKES: usize = 512;
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Handshakes in progress at most; connections beyond it are closed at once, so idle
+/// connections cannot hold every handshake slot while new clients wait.
+const MAX_PENDING_HANDSHAKES: usize = 1024;
 
 /// Builds a TLS 1.3 server configuration from PEM files.
 pub fn server_config(cert_file: &Path, key_file: &Path) -> Result<Arc<ServerConfig>, String> {
@@ -31,6 +33,16 @@ pub fn server_config(cert_file: &Path, key_file: &Path) -> Result<Arc<ServerConf
         return Err(format!(
             "`http.tls_cert_file`: {} holds no certificate",
             cert_file.display()
+        ));
+    }
+    let mode = std::fs::metadata(key_file)
+        .map_err(|e| format!("`http.tls_key_file`: {}: {e}", key_file.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o004 != 0 {
+        return Err(format!(
+            "`http.tls_key_file`: {} is readable by other users; chmod o-r it",
+            key_file.display()
         ));
     }
     let key = PrivateKeyDer::from_pem_file(key_file)
@@ -104,11 +116,9 @@ impl Drop for TlsListener {
     }
 }
 
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+impl TlsListener {
+    /// The next connection whose handshake succeeded.
+    pub async fn accept(&mut self) -> (TlsStream<TcpStream>, SocketAddr) {
         match self.ready.recv().await {
             Some(accepted) => accepted,
             // The accept loop only ends when the listener is dropped.
@@ -116,7 +126,8 @@ impl axum::serve::Listener for TlsListener {
         }
     }
 
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        Ok(self.local)
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
     }
 }

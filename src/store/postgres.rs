@@ -47,7 +47,13 @@ impl PgStore {
                     format!("is not a valid PostgreSQL URL ({})", redact_url_error(&e)),
                 )
             })?
-            .application_name("sark");
+            .application_name("sark")
+            // A hung statement or lock wait fails the request instead of holding it
+            // (and a pool connection) forever.
+            .options([(
+                "statement_timeout",
+                format!("{}ms", config.statement_timeout_ms),
+            )]);
         let pool = PgPoolOptions::new()
             .max_connections(config.max_connections)
             .min_connections(config.min_connections.min(config.max_connections))
@@ -76,10 +82,13 @@ impl PgStore {
             Err(err) => return Err(OpenError::Migration(err.to_string())),
         }
         let layout: Option<String> =
-            sqlx::query_scalar("SELECT value FROM meta WHERE key = 'time_series_layout'")
+            match sqlx::query_scalar("SELECT value FROM meta WHERE key = 'time_series_layout'")
                 .fetch_optional(&self.pool)
                 .await
-                .map_err(|e| OpenError::Migration(e.to_string()))?;
+            {
+                Ok(layout) => layout,
+                Err(err) => return classify_connect_error(err),
+            };
         let layout = match layout.as_deref() {
             Some("timescaledb") => TimeSeriesLayout::Timescaledb,
             _ => TimeSeriesLayout::NativePartitions,
@@ -102,19 +111,31 @@ impl PgStore {
     }
 
     async fn create_partitions(&self, today: NaiveDate) -> Result<(), sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
-        // Nodes maintaining partitions at the same moment take turns.
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('sark.partitions'))")
-            .execute(&mut *tx)
-            .await?;
+        let mut first_error = None;
         for table in ["audit_logs", "api_requests"] {
             for ahead in 0..=PARTITIONS_AHEAD {
-                if let Some(day) = today.checked_add_days(Days::new(ahead)) {
+                let Some(day) = today.checked_add_days(Days::new(ahead)) else {
+                    continue;
+                };
+                // One transaction per partition: a day that cannot be created (rows for it
+                // already in the default partition) does not stop the others.
+                let created = async {
+                    let mut tx = self.pool.begin().await?;
+                    // Nodes maintaining partitions at the same moment take turns.
+                    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('sark.partitions'))")
+                        .execute(&mut *tx)
+                        .await?;
                     Self::create_partition(&mut tx, table, day).await?;
+                    tx.commit().await
+                }
+                .await;
+                if let Err(err) = created {
+                    warn!(table, day = %day, error = %err, "could not create a partition");
+                    first_error.get_or_insert(err);
                 }
             }
         }
-        tx.commit().await
+        first_error.map_or(Ok(()), Err)
     }
 
     async fn create_partition(
@@ -157,6 +178,18 @@ impl PgStore {
          AND next_attempt_at <= $4 AND (lease_until IS NULL OR lease_until <= $4) ORDER BY id LIMIT $5 \
          FOR UPDATE SKIP LOCKED) RETURNING id, sink, payload, attempts";
 
+    const USER_FOR_UPDATE_SQL: &'static str = concat!(
+        "SELECT ",
+        user_columns!(),
+        " FROM users WHERE username = $1 FOR UPDATE"
+    );
+    const USER_ACTIVE_FOR_SHARE_SQL: &'static str =
+        "SELECT is_active FROM users WHERE id = $1 FOR SHARE";
+
+    async fn begin_write(pool: &PgPool) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+        pool.begin().await
+    }
+
     /// Tags live in the JSONB column, indexed by GIN: nothing else to keep in step.
     async fn write_server_tags(
         _tx: &mut Transaction<'_, Postgres>,
@@ -166,14 +199,13 @@ impl PgStore {
         Ok(())
     }
 
+    /// One containment test per pair: `env:prod` and `env:dev` together match nothing,
+    /// as on SQLite (a map of the pairs would keep only one of them).
     fn push_tag_filter(qb: &mut QueryBuilder<Postgres>, tags: &[(String, String)]) {
-        if tags.is_empty() {
-            return;
+        for (key, value) in tags {
+            let pair = serde_json::json!({ key.as_str(): value });
+            qb.push(" AND tags @> ").push_bind(sqlx::types::Json(pair));
         }
-        let wanted: BTreeMap<&String, &String> = tags.iter().map(|(k, v)| (k, v)).collect();
-        let wanted = serde_json::to_value(wanted).unwrap_or_default();
-        qb.push(" AND tags @> ")
-            .push_bind(sqlx::types::Json(wanted));
     }
 }
 

@@ -5,7 +5,12 @@
 //! - `fn pool(&self) -> StoreResult<&Pool<DB>>` (Unavailable until migrated),
 //! - `async fn write_server_tags(tx, server_id, tags)` (keeps any tag index in step),
 //! - `fn push_tag_filter(builder, tags)` (all tags must match),
-//! - `const CLAIM_OUTBOX_SQL` (lease due outbox rows without double-claiming).
+//! - `const CLAIM_OUTBOX_SQL` (lease due outbox rows without double-claiming),
+//! - `const USER_FOR_UPDATE_SQL` / `USER_ACTIVE_FOR_SHARE_SQL` (read a user row and lock it
+//!   for the transaction: `FOR UPDATE`/`FOR SHARE` on PostgreSQL; SQLite's write
+//!   transactions are exclusive already),
+//! - `async fn begin_write(pool)` (a transaction that reads and then writes: `BEGIN
+//!   IMMEDIATE` on SQLite, so it takes the write lock up front instead of failing later).
 
 macro_rules! user_columns {
     () => {
@@ -248,8 +253,8 @@ macro_rules! impl_portable_store {
                 username: &str,
                 now: ::chrono::DateTime<::chrono::Utc>,
             ) -> $crate::store::StoreResult<Option<$crate::store::DeletedUser>> {
-                let mut tx = self.pool()?.begin().await.map_err($crate::store::db_error)?;
-                let row = ::sqlx::query(concat!("SELECT ", user_columns!(), " FROM users WHERE username = $1"))
+                let mut tx = Self::begin_write(self.pool()?).await.map_err($crate::store::db_error)?;
+                let row = ::sqlx::query(Self::USER_FOR_UPDATE_SQL)
                     .bind(username)
                     .fetch_optional(&mut *tx)
                     .await
@@ -284,7 +289,16 @@ macro_rules! impl_portable_store {
 
         #[::async_trait::async_trait]
         impl $crate::store::SessionStore for $store {
-            async fn create_session(&self, s: &$crate::store::SessionRecord) -> $crate::store::StoreResult<()> {
+            async fn create_session(&self, s: &$crate::store::SessionRecord) -> $crate::store::StoreResult<bool> {
+                let mut tx = Self::begin_write(self.pool()?).await.map_err($crate::store::db_error)?;
+                let active: Option<bool> = ::sqlx::query_scalar(Self::USER_ACTIVE_FOR_SHARE_SQL)
+                    .bind(s.user_id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err($crate::store::db_error)?;
+                if active != Some(true) {
+                    return Ok(false);
+                }
                 ::sqlx::query(concat!(
                     "INSERT INTO sessions (", session_columns!(), ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
                 ))
@@ -300,10 +314,11 @@ macro_rules! impl_portable_store {
                 .bind(s.revoked_at)
                 .bind(&s.revoked_reason)
                 .bind(&s.node_id)
-                .execute(self.pool()?)
+                .execute(&mut *tx)
                 .await
                 .map_err($crate::store::db_error)?;
-                Ok(())
+                tx.commit().await.map_err($crate::store::db_error)?;
+                Ok(true)
             }
 
             async fn session(&self, id: ::uuid::Uuid) -> $crate::store::StoreResult<Option<$crate::store::SessionRecord>> {
@@ -440,7 +455,7 @@ macro_rules! impl_portable_store {
         #[::async_trait::async_trait]
         impl $crate::store::ServerStore for $store {
             async fn create_server(&self, s: &$crate::store::Server) -> $crate::store::StoreResult<()> {
-                let mut tx = self.pool()?.begin().await.map_err($crate::store::db_error)?;
+                let mut tx = Self::begin_write(self.pool()?).await.map_err($crate::store::db_error)?;
                 ::sqlx::query(concat!("INSERT INTO servers (", server_columns!(), ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"))
                     .bind(s.id)
                     .bind(&s.name)
@@ -494,7 +509,7 @@ macro_rules! impl_portable_store {
                 patch: &$crate::store::ServerPatch,
                 now: ::chrono::DateTime<::chrono::Utc>,
             ) -> $crate::store::StoreResult<Option<$crate::store::Server>> {
-                let mut tx = self.pool()?.begin().await.map_err($crate::store::db_error)?;
+                let mut tx = Self::begin_write(self.pool()?).await.map_err($crate::store::db_error)?;
                 let mut qb = ::sqlx::QueryBuilder::<$db>::new("UPDATE servers SET updated_at = ");
                 qb.push_bind(now);
                 if let Some(endpoint) = &patch.endpoint {
@@ -544,7 +559,7 @@ macro_rules! impl_portable_store {
                 &self,
                 new: &$crate::store::NewPolicyVersion<'_>,
             ) -> $crate::store::StoreResult<$crate::store::PolicyVersion> {
-                let mut tx = self.pool()?.begin().await.map_err($crate::store::db_error)?;
+                let mut tx = Self::begin_write(self.pool()?).await.map_err($crate::store::db_error)?;
                 // The upsert takes the bundle's row lock, so concurrent uploads get
                 // consecutive versions.
                 let version: i64 = ::sqlx::query_scalar(
@@ -563,7 +578,7 @@ macro_rules! impl_portable_store {
             }
 
             async fn seed_policy(&self, new: &$crate::store::NewPolicyVersion<'_>) -> $crate::store::StoreResult<bool> {
-                let mut tx = self.pool()?.begin().await.map_err($crate::store::db_error)?;
+                let mut tx = Self::begin_write(self.pool()?).await.map_err($crate::store::db_error)?;
                 let done = ::sqlx::query(
                     "INSERT INTO policy_bundles (name, active_version, updated_at) VALUES ($1, 1, $2) ON CONFLICT DO NOTHING",
                 )
@@ -679,7 +694,7 @@ macro_rules! impl_portable_store {
                     return Ok(());
                 };
                 let now = last.event.timestamp;
-                let mut tx = self.pool()?.begin().await.map_err($crate::store::db_error)?;
+                let mut tx = Self::begin_write(self.pool()?).await.map_err($crate::store::db_error)?;
                 let moved = if prev_seq == 0 {
                     ::sqlx::query(
                         "INSERT INTO audit_chain_heads (chain, seq, hash, updated_at) VALUES ($1, $2, $3, $4) \

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -35,6 +36,18 @@ impl SqliteStore {
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
+        }
+        // Created 0600 before SQLite opens it: the WAL and shared-memory files take the
+        // database file's permissions, and the database holds password hashes.
+        match File::options()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(fail(e.to_string())),
         }
         let options = SqliteConnectOptions::from_str("sqlite://")
             .map_err(|e| fail(e.to_string()))?
@@ -83,6 +96,20 @@ impl SqliteStore {
          WHERE id IN (SELECT id FROM siem_outbox WHERE sink = $3 AND delivered_at IS NULL \
          AND next_attempt_at <= $4 AND (lease_until IS NULL OR lease_until <= $4) ORDER BY id LIMIT $5) \
          RETURNING id, sink, payload, attempts";
+
+    const USER_FOR_UPDATE_SQL: &'static str = concat!(
+        "SELECT ",
+        user_columns!(),
+        " FROM users WHERE username = $1"
+    );
+    const USER_ACTIVE_FOR_SHARE_SQL: &'static str = "SELECT is_active FROM users WHERE id = $1";
+
+    /// `BEGIN IMMEDIATE` takes the write lock up front: a deferred transaction that reads
+    /// and then writes fails with SQLITE_BUSY_SNAPSHOT under concurrent writers instead of
+    /// waiting its turn.
+    async fn begin_write(pool: &SqlitePool) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
+        pool.begin_with("BEGIN IMMEDIATE").await
+    }
 
     async fn write_server_tags(
         tx: &mut Transaction<'_, Sqlite>,

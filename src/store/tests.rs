@@ -24,6 +24,7 @@ fn db_config(url: Option<String>) -> DatabaseConfig {
         max_connections: 8,
         min_connections: 0,
         acquire_timeout_ms: 5_000,
+        statement_timeout_ms: 15_000,
     }
 }
 
@@ -123,6 +124,7 @@ contract_tests!(
     deleting_a_user_revokes_their_sessions,
     a_refresh_token_rotates_exactly_once_under_races,
     sessions_revoke_and_count,
+    a_session_needs_an_existing_active_user,
     servers_crud_and_conflicts,
     servers_filter_by_all_tags_prefix_and_pages,
     policy_versions_bump_atomically,
@@ -263,8 +265,8 @@ async fn deleting_a_user_revokes_their_sessions(store: Arc<dyn Store>) {
     store.create_user(&erin).await.unwrap();
     let s1 = session(erin.id, "h1", Duration::hours(1));
     let s2 = session(erin.id, "h2", Duration::hours(1));
-    store.create_session(&s1).await.unwrap();
-    store.create_session(&s2).await.unwrap();
+    assert!(store.create_session(&s1).await.unwrap());
+    assert!(store.create_session(&s2).await.unwrap());
     let deleted = store.delete_user("erin", now()).await.unwrap().unwrap();
     assert_eq!(deleted.user.id, erin.id);
     let mut revoked = deleted.revoked_sessions.clone();
@@ -286,7 +288,7 @@ async fn a_refresh_token_rotates_exactly_once_under_races(store: Arc<dyn Store>)
     let u = user("frank");
     store.create_user(&u).await.unwrap();
     let s = session(u.id, "old", Duration::hours(1));
-    store.create_session(&s).await.unwrap();
+    assert!(store.create_session(&s).await.unwrap());
     let tasks: Vec<_> = (0..8)
         .map(|i| {
             let store = store.clone();
@@ -351,7 +353,7 @@ async fn sessions_revoke_and_count(store: Arc<dyn Store>) {
     let other = session(u.id, "b", Duration::hours(1));
     let expired = session(u.id, "c", Duration::seconds(-1));
     for s in [&keep, &other, &expired] {
-        store.create_session(s).await.unwrap();
+        assert!(store.create_session(s).await.unwrap());
     }
     assert_eq!(store.count_active_sessions(now()).await.unwrap(), 2);
     assert_eq!(store.user_sessions(u.id, now()).await.unwrap().len(), 2);
@@ -389,6 +391,34 @@ async fn sessions_revoke_and_count(store: Arc<dyn Store>) {
     assert_eq!(stored.revoked_reason.as_deref(), Some("logout"));
     assert_eq!(store.count_active_sessions(now()).await.unwrap(), 0);
     store.touch_session(other.id, now()).await.unwrap();
+}
+
+async fn a_session_needs_an_existing_active_user(store: Arc<dyn Store>) {
+    assert!(
+        !store
+            .create_session(&session(Uuid::now_v7(), "x", Duration::hours(1)))
+            .await
+            .unwrap()
+    );
+    let u = user("hank");
+    store.create_user(&u).await.unwrap();
+    let patch = UserPatch {
+        is_active: Some(false),
+        ..Default::default()
+    };
+    store.update_user("hank", &patch, now()).await.unwrap();
+    let s = session(u.id, "y", Duration::hours(1));
+    assert!(
+        !store.create_session(&s).await.unwrap(),
+        "a disabled user gets no session"
+    );
+    assert!(store.session(s.id).await.unwrap().is_none());
+    let patch = UserPatch {
+        is_active: Some(true),
+        ..Default::default()
+    };
+    store.update_user("hank", &patch, now()).await.unwrap();
+    assert!(store.create_session(&s).await.unwrap());
 }
 
 fn server(name: &str, tags: &[(&str, &str)]) -> Server {
@@ -500,6 +530,18 @@ async fn servers_filter_by_all_tags_prefix_and_pages(store: Arc<dyn Store>) {
         ..Default::default()
     };
     assert!(store.list_servers(&none).await.unwrap().is_empty());
+    let contradiction = ServerQuery {
+        tags: vec![
+            ("env".into(), "prod".into()),
+            ("env".into(), "staging".into()),
+        ],
+        page: page(10),
+        ..Default::default()
+    };
+    assert!(
+        store.list_servers(&contradiction).await.unwrap().is_empty(),
+        "every pair must match"
+    );
     let tricky = ServerQuery {
         name_prefix: Some("%".into()),
         page: page(10),

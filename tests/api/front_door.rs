@@ -8,7 +8,7 @@ use sark::http::{AppState, HttpMetrics};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, spawn_app, spawn_app_with};
+use crate::helpers::{TestApp, poll, spawn_app, spawn_app_with};
 
 const SECURITY_HEADERS: [&str; 7] = [
     "strict-transport-security",
@@ -28,10 +28,8 @@ struct Echo {
 
 /// Serves `routes` wrapped in the production middleware stack of `app`'s node.
 async fn serve_with_middleware(app: &TestApp, routes: Router<AppState>) -> SocketAddr {
-    let state = AppState {
-        node: app.node().clone(),
-        metrics: HttpMetrics::register(&prometheus::Registry::new()).unwrap(),
-    };
+    let metrics = HttpMetrics::register(&prometheus::Registry::new()).unwrap();
+    let state = AppState::new(app.node().clone(), metrics);
     let router = sark::http::with_middleware(routes, state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -461,4 +459,91 @@ async fn a_trusted_proxy_forwards_the_client_address() {
         "an untrusted peer cannot pick its bucket"
     );
     untrusted.stop().await;
+}
+
+/// Reads until the server closes the connection; returns what it sent.
+async fn read_until_closed(stream: &mut tokio::net::TcpStream, within: Duration) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut received = Vec::new();
+    tokio::time::timeout(within, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .expect("the server did not close the connection");
+    received
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_disconnected_and_idle_connections_are_closed()
+{
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_app_with(|c| c.http.header_read_timeout_seconds = 1).await;
+
+    let mut slow = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    slow.write_all(b"GET /health HTTP/1.1\r\nHost: sark\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    read_until_closed(&mut slow, Duration::from_secs(10)).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "closed after {:?}",
+        started.elapsed()
+    );
+
+    let mut idle = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    idle.write_all(b"GET /health HTTP/1.1\r\nHost: sark\r\n\r\n")
+        .await
+        .unwrap();
+    let response = read_until_closed(&mut idle, Duration::from_secs(10)).await;
+    assert!(
+        response.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&response)
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn connections_beyond_the_cap_are_closed_at_once() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_app_with(|c| c.http.max_connections = 2).await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+        // A complete request proves each held connection was accepted and served.
+        stream
+            .write_all(b"GET /health HTTP/1.1\r\nHost: sark\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 12];
+        tokio::io::AsyncReadExt::read_exact(&mut stream, &mut buf)
+            .await
+            .unwrap();
+        assert_eq!(&buf, b"HTTP/1.1 200");
+        held.push(stream);
+    }
+    let mut third = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let _ = third
+        .write_all(b"GET /health HTTP/1.1\r\nHost: sark\r\n\r\n")
+        .await;
+    let response = read_until_closed(&mut third, Duration::from_secs(5)).await;
+    assert!(response.is_empty(), "the third connection was served");
+    drop(held);
+    poll("a slot to free up", Duration::from_secs(10), || async {
+        app.client
+            .get(app.url("/health"))
+            .send()
+            .await
+            .ok()
+            .filter(|r| r.status() == 200)
+    })
+    .await;
+    app.stop().await;
 }

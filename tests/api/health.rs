@@ -180,6 +180,19 @@ async fn wait_ready(app: &crate::helpers::TestApp, what: &str) {
     .await;
 }
 
+/// Polls `/health/detailed` (whose answer is cached for a second) until `accept` holds.
+async fn wait_detailed(
+    app: &crate::helpers::TestApp,
+    what: &str,
+    accept: fn(&Value) -> bool,
+) -> Value {
+    poll(what, Duration::from_secs(30), || async {
+        let (_, detailed) = app.get_json("/health/detailed").await;
+        accept(&detailed).then_some(detailed)
+    })
+    .await
+}
+
 async fn assert_database_down(app: &crate::helpers::TestApp) {
     let (status, body) = poll(
         "readiness to name the database",
@@ -197,9 +210,10 @@ async fn assert_database_down(app: &crate::helpers::TestApp) {
             .any(|f| f == "database"),
         "{body}"
     );
-    let (status, detailed) = app.get_json("/health/detailed").await;
-    assert_eq!(status, 200);
-    assert_eq!(detailed["services"]["database"], "DOWN", "{detailed}");
+    let detailed = wait_detailed(app, "detailed health to show the outage", |d| {
+        d["services"]["database"] == "DOWN"
+    })
+    .await;
     assert_eq!(detailed["status"], "unhealthy");
     assert_eq!(detailed["metrics"]["total_servers"], Value::Null);
     let (status, _) = app.get_json("/health").await;
@@ -224,8 +238,7 @@ async fn postgres_outages_degrade_the_node_and_it_recovers_without_a_restart() {
     assert_database_down(&app).await;
     server.run("start");
     wait_ready(&app, "the node to finish starting once PostgreSQL is up").await;
-    let (_, detailed) = app.get_json("/health/detailed").await;
-    assert_eq!(detailed["status"], "healthy", "{detailed}");
+    let detailed = wait_detailed(&app, "a healthy node", |d| d["status"] == "healthy").await;
     assert_eq!(detailed["storage"]["backend"], "postgres");
     assert_eq!(detailed["storage"]["time_series"], "native_partitions");
 
@@ -234,7 +247,46 @@ async fn postgres_outages_degrade_the_node_and_it_recovers_without_a_restart() {
     assert_database_down(&app).await;
     server.run("start");
     wait_ready(&app, "the node to recover by itself").await;
-    let (_, detailed) = app.get_json("/health/detailed").await;
-    assert_eq!(detailed["services"]["database"], "UP");
+    wait_detailed(&app, "the database to be UP again", |d| {
+        d["services"]["database"] == "UP"
+    })
+    .await;
     app.stop().await;
+}
+
+#[tokio::test]
+async fn on_shutdown_readiness_fails_while_the_node_still_serves_then_it_stops() {
+    let mut app = spawn_app_with(|c| c.http.shutdown_delay_seconds = 2).await;
+    let server = app.server.take().unwrap();
+    let stopping = tokio::spawn(server.stop());
+    let (status, body) = poll(
+        "readiness to report shutting_down",
+        Duration::from_secs(10),
+        || async {
+            let response = app.client.get(app.url("/health/ready")).send().await.ok()?;
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.ok()?;
+            (status == 503).then_some((status, body))
+        },
+    )
+    .await;
+    assert_eq!(status, 503);
+    assert!(
+        body["failing"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == "shutting_down"),
+        "{body}"
+    );
+    assert_eq!(
+        app.get("/health").await.status(),
+        200,
+        "still serving during the delay"
+    );
+    stopping.await.unwrap().expect("clean stop");
+    assert!(
+        app.client.get(app.url("/health")).send().await.is_err(),
+        "the port is closed after the delay"
+    );
 }

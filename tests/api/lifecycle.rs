@@ -407,6 +407,10 @@ async fn sigterm_lets_in_flight_requests_finish_and_exits_zero() {
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["status"], "healthy", "{body}");
+    assert_eq!(
+        body["metrics"]["total_servers"], 0,
+        "the handler waited out the lock: {body}"
+    );
     assert_eq!(node.wait_exit(Duration::from_secs(30)).await, 0);
     pool.close().await;
 }

@@ -52,6 +52,13 @@ async fn a_panicking_child_is_restarted_counted_and_shown_in_the_tree() {
 async fn a_restarted_audit_writer_continues_its_chain_from_the_store() {
     let app = spawn_app().await;
     let node = app.node().clone();
+    // The bootstrap's own event must be on the chain first, or it could land between ours.
+    poll(
+        "the bootstrap audit event",
+        Duration::from_secs(10),
+        || async { node.store.chain_head(&node.node_id).await.ok().flatten() },
+    )
+    .await;
     let first = node
         .audit
         .record(node.audit.event("test_event", "success"))

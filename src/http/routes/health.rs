@@ -53,6 +53,9 @@ pub async fn get_ready(State(state): State<AppState>) -> Response {
     if !lease_fresh(&state) {
         failing.push("cluster");
     }
+    if state.node.draining() {
+        failing.push("shutting_down");
+    }
     if failing.is_empty() {
         Json(json!({"status": "ready"})).into_response()
     } else {
@@ -64,10 +67,26 @@ pub async fn get_ready(State(state): State<AppState>) -> Response {
     }
 }
 
+/// How long a `/health/detailed` answer is reused: the endpoint is unauthenticated and
+/// costs a ping, two counts and a Redis round trip.
+const DETAILED_TTL: Duration = Duration::from_secs(1);
+
 /// `GET /health/detailed`: every dependency and a few figures.
 pub async fn get_detailed(State(state): State<AppState>) -> Json<Value> {
+    let mut cached = state.detailed.lock().await;
+    if let Some((at, value)) = cached.as_ref()
+        && at.elapsed() < DETAILED_TTL
+    {
+        return Json(value.clone());
+    }
+    let value = detailed(&state).await;
+    *cached = Some((tokio::time::Instant::now(), value.clone()));
+    Json(value)
+}
+
+async fn detailed(state: &AppState) -> Value {
     let node = &state.node;
-    let database = database_up(&state).await;
+    let database = database_up(state).await;
     let redis = match &node.redis {
         None => "DISABLED",
         Some(redis) => match redis.ping().await {
@@ -76,7 +95,7 @@ pub async fn get_detailed(State(state): State<AppState>) -> Json<Value> {
         },
     };
     let opa = node.policies_loaded();
-    let cluster = lease_fresh(&state);
+    let cluster = lease_fresh(state);
     let mut services = BTreeMap::new();
     services.insert("database", if database { "UP" } else { "DOWN" });
     services.insert("redis", redis);
@@ -101,7 +120,7 @@ pub async fn get_detailed(State(state): State<AppState>) -> Json<Value> {
     } else {
         (None, None)
     };
-    Json(json!({
+    json!({
         "status": status,
         "version": env!("CARGO_PKG_VERSION"),
         "timestamp": now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -119,7 +138,7 @@ pub async fn get_detailed(State(state): State<AppState>) -> Json<Value> {
             "total_servers": total_servers,
             "cluster_members": node.membership.members_up(),
         },
-    }))
+    })
 }
 
 /// `GET /metrics`: the Prometheus text format.
