@@ -2,7 +2,7 @@
 //! embedded default) and PostgreSQL.
 //!
 //! Most SQL is portable between the two (`$n` placeholders, `ON CONFLICT`, `RETURNING`),
-//! so one implementation is generated for both by [`sql::impl_portable_store`]; each
+//! so one implementation is generated for both by `sql::impl_portable_store`; each
 //! backend module adds what differs (tag filtering, outbox claiming, partitions).
 //!
 //! A PostgreSQL store may be created while the database is down: it then answers
