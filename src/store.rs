@@ -22,6 +22,7 @@ use crate::config::{Config, DatabaseKind};
 pub mod postgres;
 pub mod redis;
 mod sql;
+mod sql_identity;
 pub mod sqlite;
 #[cfg(test)]
 mod tests;
@@ -104,17 +105,31 @@ struct EmbeddedMigration {
     sql: &'static str,
 }
 
-const SQLITE_MIGRATIONS: &[EmbeddedMigration] = &[EmbeddedMigration {
-    version: 20261126000001,
-    description: "create_schema",
-    sql: include_str!("../migrations/sqlite/20261126000001_create_schema.sql"),
-}];
+const SQLITE_MIGRATIONS: &[EmbeddedMigration] = &[
+    EmbeddedMigration {
+        version: 20261126000001,
+        description: "create_schema",
+        sql: include_str!("../migrations/sqlite/20261126000001_create_schema.sql"),
+    },
+    EmbeddedMigration {
+        version: 20261126000002,
+        description: "identity",
+        sql: include_str!("../migrations/sqlite/20261126000002_identity.sql"),
+    },
+];
 
-const POSTGRES_MIGRATIONS: &[EmbeddedMigration] = &[EmbeddedMigration {
-    version: 20261126000001,
-    description: "create_schema",
-    sql: include_str!("../migrations/postgres/20261126000001_create_schema.sql"),
-}];
+const POSTGRES_MIGRATIONS: &[EmbeddedMigration] = &[
+    EmbeddedMigration {
+        version: 20261126000001,
+        description: "create_schema",
+        sql: include_str!("../migrations/postgres/20261126000001_create_schema.sql"),
+    },
+    EmbeddedMigration {
+        version: 20261126000002,
+        description: "identity",
+        sql: include_str!("../migrations/postgres/20261126000002_identity.sql"),
+    },
+];
 
 fn migrator(migrations: &[EmbeddedMigration]) -> Migrator {
     Migrator::with_migrations(

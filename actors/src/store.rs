@@ -129,13 +129,15 @@ pub struct UserPatch {
     pub mfa_enabled: Option<bool>,
 }
 
-/// A deleted user and the sessions its deletion revoked.
+/// A deleted user and the credentials its deletion revoked.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DeletedUser {
     /// The user as it was.
     pub user: User,
     /// Sessions revoked by the deletion.
     pub revoked_sessions: Vec<Uuid>,
+    /// API keys revoked by the deletion.
+    pub revoked_api_keys: Vec<Uuid>,
 }
 
 /// One page of a keyset-paginated listing, ordered by a unique key.
@@ -168,8 +170,9 @@ pub trait UserStore: Send + Sync {
         patch: &UserPatch,
         now: DateTime<Utc>,
     ) -> StoreResult<Option<User>>;
-    /// Deletes a user and, in the same transaction, revokes their live sessions (the rows
-    /// stay until they expire, so nodes keep refusing them). `None` if there is no such user.
+    /// Deletes a user and, in the same transaction, revokes their live sessions and API keys
+    /// (the rows stay until they expire, so nodes keep refusing them). `None` if there is
+    /// no such user.
     async fn delete_user(
         &self,
         username: &str,
@@ -530,6 +533,215 @@ pub trait MetaStore: Send + Sync {
     async fn put_meta_if_absent(&self, key: &str, value: &str) -> StoreResult<String>;
 }
 
+/// A JWT signing key as stored; the private key arrives encrypted by the caller.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SigningKeyRecord {
+    /// Key id (`kid`).
+    pub kid: String,
+    /// JWS algorithm (`EdDSA`).
+    pub algorithm: String,
+    /// The private key, encrypted with a key derived from the secrets key.
+    pub private_key: String,
+    /// The public key (base64url).
+    pub public_key: String,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When a newer key replaced it; `None` for the active key.
+    pub retired_at: Option<DateTime<Utc>>,
+}
+
+/// The keys that sign and verify access tokens.
+#[async_trait]
+pub trait SigningKeyStore: Send + Sync {
+    /// Every stored key, active first, then retired ones newest first.
+    async fn signing_keys(&self) -> StoreResult<Vec<SigningKeyRecord>>;
+    /// Makes `key` the active key unless one is active already; returns the active key.
+    /// Safe when several nodes create the first key at once.
+    async fn insert_first_signing_key(
+        &self,
+        key: &SigningKeyRecord,
+    ) -> StoreResult<SigningKeyRecord>;
+    /// Retires the active key at `now` and makes `key` active, in one transaction.
+    async fn rotate_signing_key(
+        &self,
+        key: &SigningKeyRecord,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()>;
+    /// Deletes keys retired before `cutoff` (their tokens have all expired).
+    async fn prune_signing_keys(&self, cutoff: DateTime<Utc>) -> StoreResult<u64>;
+}
+
+/// An API key as stored (only a hash of its secret).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ApiKeyRecord {
+    /// Key id.
+    pub id: Uuid,
+    /// Owner.
+    pub user_id: Uuid,
+    /// Name given by its owner.
+    pub name: String,
+    /// Public prefix by which the key is found.
+    pub prefix: String,
+    /// Hex SHA-256 of the secret part.
+    pub key_hash: String,
+    /// Scopes (`read:servers`, …, or `admin`).
+    pub scopes: Vec<String>,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When it stops working, if ever.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Last successful use (updated at most once a minute).
+    pub last_used_at: Option<DateTime<Utc>>,
+    /// When it was revoked.
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// Why.
+    pub revoked_reason: Option<String>,
+}
+
+/// API keys.
+#[async_trait]
+pub trait ApiKeyStore: Send + Sync {
+    /// Inserts a key for a user that exists and is active; returns whether it did.
+    async fn create_api_key(&self, key: &ApiKeyRecord) -> StoreResult<bool>;
+    /// Looks a key up by its public prefix.
+    async fn api_key_by_prefix(&self, prefix: &str) -> StoreResult<Option<ApiKeyRecord>>;
+    /// Looks a key up by id.
+    async fn api_key(&self, id: Uuid) -> StoreResult<Option<ApiKeyRecord>>;
+    /// Keys of one user, or of everyone with `None`, newest first.
+    async fn api_keys(&self, user_id: Option<Uuid>) -> StoreResult<Vec<ApiKeyRecord>>;
+    /// Revokes one key; returns whether it was live before.
+    async fn revoke_api_key(&self, id: Uuid, reason: &str, now: DateTime<Utc>)
+    -> StoreResult<bool>;
+    /// Revokes every live key of a user; returns their ids.
+    async fn revoke_user_api_keys(
+        &self,
+        user_id: Uuid,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<Uuid>>;
+    /// Records a use, unless one was recorded within the last minute.
+    async fn touch_api_key(&self, id: Uuid, now: DateTime<Utc>) -> StoreResult<()>;
+    /// Ids of revoked keys that would otherwise still be valid at `now`.
+    async fn revoked_api_key_ids(&self, now: DateTime<Utc>) -> StoreResult<Vec<Uuid>>;
+}
+
+/// Failed logins of one submitted username.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LockState {
+    /// Failures in the current window.
+    pub failures: u32,
+    /// Locked until then, if locked.
+    pub locked_until: Option<DateTime<Utc>>,
+}
+
+/// The rule a failure is counted under.
+#[derive(Clone, Copy, Debug)]
+pub struct LockoutRule {
+    /// Failures within `window` that lock.
+    pub threshold: u32,
+    /// Counting window (a new window starts at the first failure after it ends).
+    pub window: chrono::Duration,
+    /// How long a lock lasts.
+    pub lock_for: chrono::Duration,
+}
+
+/// Lockout counters, kept by submitted username so they survive restarts and are shared
+/// by every node.
+#[async_trait]
+pub trait LockoutStore: Send + Sync {
+    /// Counts a failure atomically and returns the state after it.
+    async fn record_failure(
+        &self,
+        username: &str,
+        rule: LockoutRule,
+        now: DateTime<Utc>,
+    ) -> StoreResult<LockState>;
+    /// The counter of a username, if any.
+    async fn lock_state(&self, username: &str) -> StoreResult<Option<LockState>>;
+    /// Forgets the counter (after a successful login, or an unlock); returns whether the
+    /// username was locked at `now`.
+    async fn clear_failures(&self, username: &str, now: DateTime<Utc>) -> StoreResult<bool>;
+}
+
+/// A user's TOTP enrolment.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TotpRecord {
+    /// Owner.
+    pub user_id: Uuid,
+    /// The secret, encrypted with a key derived from the secrets key.
+    pub secret: String,
+    /// When enrolment started.
+    pub created_at: DateTime<Utc>,
+    /// When it was confirmed; `None` while pending.
+    pub confirmed_at: Option<DateTime<Utc>>,
+    /// Highest time step accepted so far.
+    pub last_step: Option<i64>,
+}
+
+/// A pending second factor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChallengeRecord {
+    /// Challenge id.
+    pub id: Uuid,
+    /// The user whose first factor succeeded.
+    pub user_id: Uuid,
+    /// The username that was submitted (lockout counts against it).
+    pub username: String,
+    /// How the first factor was proven.
+    pub auth_method: String,
+    /// Client address.
+    pub ip: Option<String>,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When it stops being accepted.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// TOTP secrets, recovery codes and MFA challenges.
+#[async_trait]
+pub trait MfaStore: Send + Sync {
+    /// Stores a pending TOTP secret, replacing a pending one; `Conflict` when the user has
+    /// a confirmed one.
+    async fn put_pending_totp(
+        &self,
+        user_id: Uuid,
+        secret: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()>;
+    /// The user's TOTP enrolment.
+    async fn totp(&self, user_id: Uuid) -> StoreResult<Option<TotpRecord>>;
+    /// Confirms the pending secret, replaces the recovery codes with `recovery_hashes` and
+    /// turns MFA on, in one transaction; returns whether a pending secret was confirmed.
+    async fn confirm_totp(
+        &self,
+        user_id: Uuid,
+        recovery_hashes: &[String],
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+    /// Accepts time step `step` only if it is later than every step accepted before, so a
+    /// code is accepted once per user, across challenges and nodes.
+    async fn accept_totp_step(&self, user_id: Uuid, step: i64) -> StoreResult<bool>;
+    /// Consumes an unused recovery code; returns whether it was unused.
+    async fn use_recovery_code(
+        &self,
+        user_id: Uuid,
+        code_hash: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+    /// Unused recovery codes left.
+    async fn recovery_codes_left(&self, user_id: Uuid) -> StoreResult<u64>;
+    /// Removes TOTP, recovery codes and challenges and turns MFA off; returns whether MFA
+    /// was set up.
+    async fn reset_mfa(&self, user_id: Uuid) -> StoreResult<bool>;
+    /// Stores a challenge.
+    async fn create_challenge(&self, challenge: &ChallengeRecord) -> StoreResult<()>;
+    /// A live (unconsumed, unexpired) challenge.
+    async fn challenge(&self, id: Uuid, now: DateTime<Utc>)
+    -> StoreResult<Option<ChallengeRecord>>;
+    /// Consumes a live challenge; returns whether it was live.
+    async fn consume_challenge(&self, id: Uuid, now: DateTime<Utc>) -> StoreResult<bool>;
+}
+
 /// Which time-series layout the audit and request tables use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -562,6 +774,10 @@ pub trait Store:
     + AuditStore
     + SiemOutbox
     + MetaStore
+    + SigningKeyStore
+    + ApiKeyStore
+    + LockoutStore
+    + MfaStore
     + StoreHealth
 {
 }
@@ -574,6 +790,10 @@ impl<T> Store for T where
         + AuditStore
         + SiemOutbox
         + MetaStore
+        + SigningKeyStore
+        + ApiKeyStore
+        + LockoutStore
+        + MfaStore
         + StoreHealth
 {
 }

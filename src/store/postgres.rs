@@ -20,6 +20,7 @@ use super::sql::{
     audit_columns, impl_portable_store, policy_columns, server_columns, session_columns,
     user_columns,
 };
+use super::sql_identity::{api_key_columns, challenge_columns, impl_identity_store};
 use super::{OpenError, StoreError, StoreResult, TimeSeriesLayout, db_error};
 use crate::config::{ConfigError, DatabaseConfig};
 
@@ -239,6 +240,7 @@ fn redact_url_error(err: &sqlx::Error) -> &'static str {
 }
 
 impl_portable_store!(PgStore, Postgres);
+impl_identity_store!(PgStore, Postgres);
 
 #[async_trait::async_trait]
 impl super::StoreHealth for PgStore {

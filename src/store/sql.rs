@@ -277,13 +277,27 @@ macro_rules! impl_portable_store {
                     .map(|r| ::sqlx::Row::try_get(r, "id"))
                     .collect::<::sqlx::Result<Vec<::uuid::Uuid>>>()
                     .map_err($crate::store::db_error)?;
+                let keys = ::sqlx::query(
+                    "UPDATE api_keys SET revoked_at = $1, revoked_reason = 'user_deleted' \
+                     WHERE user_id = $2 AND revoked_at IS NULL RETURNING id",
+                )
+                .bind(now)
+                .bind(user.id)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err($crate::store::db_error)?;
+                let revoked_api_keys = keys
+                    .iter()
+                    .map(|r| ::sqlx::Row::try_get(r, "id"))
+                    .collect::<::sqlx::Result<Vec<::uuid::Uuid>>>()
+                    .map_err($crate::store::db_error)?;
                 ::sqlx::query("DELETE FROM users WHERE id = $1")
                     .bind(user.id)
                     .execute(&mut *tx)
                     .await
                     .map_err($crate::store::db_error)?;
                 tx.commit().await.map_err($crate::store::db_error)?;
-                Ok(Some($crate::store::DeletedUser { user, revoked_sessions }))
+                Ok(Some($crate::store::DeletedUser { user, revoked_sessions, revoked_api_keys }))
             }
         }
 

@@ -15,6 +15,7 @@ use super::sql::{
     audit_columns, impl_portable_store, policy_columns, server_columns, session_columns,
     user_columns,
 };
+use super::sql_identity::{api_key_columns, challenge_columns, impl_identity_store};
 use super::{OpenError, StoreResult, TimeSeriesLayout, db_error};
 use crate::config::DatabaseConfig;
 
@@ -146,6 +147,7 @@ impl SqliteStore {
 }
 
 impl_portable_store!(SqliteStore, Sqlite);
+impl_identity_store!(SqliteStore, Sqlite);
 
 #[async_trait::async_trait]
 impl super::StoreHealth for SqliteStore {

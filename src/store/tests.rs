@@ -133,6 +133,11 @@ contract_tests!(
     outbox_leases_are_exclusive_and_complete,
     meta_put_if_absent_keeps_the_first_value,
     health_reports_the_backend,
+    the_first_signing_key_is_created_once_and_rotation_keeps_the_old_one,
+    api_keys_need_an_active_user_and_revoke,
+    lockout_counts_every_failure_exactly_and_windows_restart,
+    a_totp_step_is_accepted_once_and_recovery_codes_once,
+    challenges_are_consumed_once_and_expire,
 );
 
 fn user(name: &str) -> User {
@@ -917,4 +922,356 @@ async fn health_reports_the_backend(store: Arc<dyn Store>) {
         "postgres" => assert_ne!(store.time_series(), TimeSeriesLayout::Plain),
         other => panic!("unknown backend {other}"),
     }
+}
+
+fn signing_key(kid: &str) -> SigningKeyRecord {
+    SigningKeyRecord {
+        kid: kid.into(),
+        algorithm: "EdDSA".into(),
+        private_key: format!("encrypted-{kid}"),
+        public_key: format!("public-{kid}"),
+        created_at: now(),
+        retired_at: None,
+    }
+}
+
+async fn the_first_signing_key_is_created_once_and_rotation_keeps_the_old_one(
+    store: Arc<dyn Store>,
+) {
+    let tasks: Vec<_> = (0..6)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .insert_first_signing_key(&signing_key(&format!("k{i}")))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut actives = Vec::new();
+    for task in tasks {
+        actives.push(task.await.unwrap().kid);
+    }
+    actives.dedup();
+    assert_eq!(
+        actives.len(),
+        1,
+        "every racer sees the same active key: {actives:?}"
+    );
+    let first = actives[0].clone();
+    assert_eq!(store.signing_keys().await.unwrap().len(), 1);
+
+    let later = now() + Duration::seconds(10);
+    store
+        .rotate_signing_key(&signing_key("next"), later)
+        .await
+        .unwrap();
+    let keys = store.signing_keys().await.unwrap();
+    assert_eq!(keys.len(), 2);
+    assert_eq!(
+        (keys[0].kid.as_str(), keys[0].retired_at),
+        ("next", None),
+        "the active key comes first"
+    );
+    assert_eq!(
+        (keys[1].kid.as_str(), keys[1].retired_at),
+        (first.as_str(), Some(later))
+    );
+    assert_eq!(
+        store
+            .insert_first_signing_key(&signing_key("late"))
+            .await
+            .unwrap()
+            .kid,
+        "next"
+    );
+    assert_eq!(
+        store.prune_signing_keys(later).await.unwrap(),
+        0,
+        "retired at the cutoff: kept"
+    );
+    assert_eq!(
+        store
+            .prune_signing_keys(later + Duration::seconds(1))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(store.signing_keys().await.unwrap().len(), 1);
+}
+
+fn api_key(user_id: Uuid, prefix: &str) -> ApiKeyRecord {
+    ApiKeyRecord {
+        id: Uuid::now_v7(),
+        user_id,
+        name: format!("key {prefix}"),
+        prefix: prefix.into(),
+        key_hash: format!("hash-{prefix}"),
+        scopes: vec!["read:servers".into()],
+        created_at: now(),
+        expires_at: Some(now() + Duration::days(30)),
+        last_used_at: None,
+        revoked_at: None,
+        revoked_reason: None,
+    }
+}
+
+async fn api_keys_need_an_active_user_and_revoke(store: Arc<dyn Store>) {
+    assert!(
+        !store
+            .create_api_key(&api_key(Uuid::now_v7(), "ghost"))
+            .await
+            .unwrap()
+    );
+    let ivy = user("ivy");
+    store.create_user(&ivy).await.unwrap();
+    let k1 = api_key(ivy.id, "aaaa1111");
+    let k2 = api_key(ivy.id, "bbbb2222");
+    assert!(store.create_api_key(&k1).await.unwrap());
+    assert!(store.create_api_key(&k2).await.unwrap());
+    assert!(matches!(
+        store.create_api_key(&api_key(ivy.id, "aaaa1111")).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        store.api_key_by_prefix("aaaa1111").await.unwrap().unwrap(),
+        k1
+    );
+    assert_eq!(
+        store.api_key(k2.id).await.unwrap().unwrap().scopes,
+        ["read:servers"]
+    );
+    assert_eq!(store.api_keys(Some(ivy.id)).await.unwrap().len(), 2);
+    assert_eq!(store.api_keys(None).await.unwrap().len(), 2);
+
+    let t = now();
+    store.touch_api_key(k1.id, t).await.unwrap();
+    store
+        .touch_api_key(k1.id, t + Duration::seconds(5))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.api_key(k1.id).await.unwrap().unwrap().last_used_at,
+        Some(t),
+        "touches are throttled"
+    );
+    store
+        .touch_api_key(k1.id, t + Duration::seconds(61))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.api_key(k1.id).await.unwrap().unwrap().last_used_at,
+        Some(t + Duration::seconds(61))
+    );
+
+    assert!(
+        store
+            .revoke_api_key(k1.id, "revoked by owner", now())
+            .await
+            .unwrap()
+    );
+    assert!(!store.revoke_api_key(k1.id, "again", now()).await.unwrap());
+    assert_eq!(store.revoked_api_key_ids(now()).await.unwrap(), vec![k1.id]);
+    let deleted = store.delete_user("ivy", now()).await.unwrap().unwrap();
+    assert_eq!(
+        deleted.revoked_api_keys,
+        vec![k2.id],
+        "deleting a user revokes its keys"
+    );
+    let mut revoked = store.revoked_api_key_ids(now()).await.unwrap();
+    revoked.sort();
+    let mut expected = vec![k1.id, k2.id];
+    expected.sort();
+    assert_eq!(revoked, expected);
+    assert!(
+        store
+            .revoked_api_key_ids(now() + Duration::days(31))
+            .await
+            .unwrap()
+            .is_empty(),
+        "expired keys drop out"
+    );
+}
+
+async fn lockout_counts_every_failure_exactly_and_windows_restart(store: Arc<dyn Store>) {
+    let rule = LockoutRule {
+        threshold: 5,
+        window: Duration::minutes(15),
+        lock_for: Duration::minutes(15),
+    };
+    let t = now();
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .record_failure("nobody-at-all", rule, t)
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap().locked_until, None);
+    }
+    assert_eq!(
+        store
+            .lock_state("nobody-at-all")
+            .await
+            .unwrap()
+            .unwrap()
+            .failures,
+        4,
+        "no failure lost under races"
+    );
+    let fifth = store
+        .record_failure("nobody-at-all", rule, t + Duration::seconds(1))
+        .await
+        .unwrap();
+    assert_eq!(fifth.failures, 5);
+    assert_eq!(
+        fifth.locked_until,
+        Some(t + Duration::seconds(1) + Duration::minutes(15))
+    );
+    assert!(
+        store
+            .clear_failures("nobody-at-all", t + Duration::seconds(2))
+            .await
+            .unwrap(),
+        "it was locked"
+    );
+    assert!(store.lock_state("nobody-at-all").await.unwrap().is_none());
+    assert!(!store.clear_failures("nobody-at-all", t).await.unwrap());
+
+    for i in 0..4 {
+        store
+            .record_failure("slow", rule, t + Duration::seconds(i))
+            .await
+            .unwrap();
+    }
+    let after_window = store
+        .record_failure("slow", rule, t + Duration::minutes(16))
+        .await
+        .unwrap();
+    assert_eq!(
+        (after_window.failures, after_window.locked_until),
+        (1, None),
+        "a new window starts over"
+    );
+}
+
+async fn a_totp_step_is_accepted_once_and_recovery_codes_once(store: Arc<dyn Store>) {
+    let jo = user("jo");
+    store.create_user(&jo).await.unwrap();
+    store.put_pending_totp(jo.id, "enc-1", now()).await.unwrap();
+    store.put_pending_totp(jo.id, "enc-2", now()).await.unwrap();
+    assert_eq!(
+        store.totp(jo.id).await.unwrap().unwrap().secret,
+        "enc-2",
+        "a pending secret is replaced"
+    );
+    assert!(
+        !store.accept_totp_step(jo.id, 100).await.unwrap(),
+        "a pending secret accepts nothing"
+    );
+    let codes: Vec<String> = (0..10).map(|i| format!("hash-{i}")).collect();
+    assert!(store.confirm_totp(jo.id, &codes, now()).await.unwrap());
+    assert!(
+        !store.confirm_totp(jo.id, &codes, now()).await.unwrap(),
+        "confirming twice does nothing"
+    );
+    assert!(store.user_by_id(jo.id).await.unwrap().unwrap().mfa_enabled);
+    assert!(matches!(
+        store.put_pending_totp(jo.id, "enc-3", now()).await,
+        Err(StoreError::Conflict(_))
+    ));
+
+    let tasks: Vec<_> = (0..6)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.accept_totp_step(jo.id, 1000).await.unwrap() })
+        })
+        .collect();
+    let mut accepted = 0;
+    for task in tasks {
+        accepted += usize::from(task.await.unwrap());
+    }
+    assert_eq!(accepted, 1, "one step, one acceptance");
+    assert!(
+        !store.accept_totp_step(jo.id, 999).await.unwrap(),
+        "earlier steps stay refused"
+    );
+    assert!(store.accept_totp_step(jo.id, 1001).await.unwrap());
+
+    assert_eq!(store.recovery_codes_left(jo.id).await.unwrap(), 10);
+    assert!(
+        store
+            .use_recovery_code(jo.id, "hash-3", now())
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .use_recovery_code(jo.id, "hash-3", now())
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .use_recovery_code(jo.id, "unknown", now())
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.recovery_codes_left(jo.id).await.unwrap(), 9);
+
+    assert!(store.reset_mfa(jo.id).await.unwrap());
+    assert!(store.totp(jo.id).await.unwrap().is_none());
+    assert_eq!(store.recovery_codes_left(jo.id).await.unwrap(), 0);
+    assert!(!store.user_by_id(jo.id).await.unwrap().unwrap().mfa_enabled);
+    assert!(!store.reset_mfa(jo.id).await.unwrap());
+}
+
+async fn challenges_are_consumed_once_and_expire(store: Arc<dyn Store>) {
+    let t = now();
+    let challenge = ChallengeRecord {
+        id: Uuid::now_v7(),
+        user_id: Uuid::now_v7(),
+        username: "kim".into(),
+        auth_method: "password".into(),
+        ip: Some("127.0.0.1".into()),
+        created_at: t,
+        expires_at: t + Duration::seconds(300),
+    };
+    store.create_challenge(&challenge).await.unwrap();
+    assert_eq!(
+        store.challenge(challenge.id, t).await.unwrap(),
+        Some(challenge.clone())
+    );
+    assert!(
+        store
+            .challenge(challenge.id, t + Duration::seconds(301))
+            .await
+            .unwrap()
+            .is_none(),
+        "expired"
+    );
+    assert!(
+        !store
+            .consume_challenge(challenge.id, t + Duration::seconds(301))
+            .await
+            .unwrap()
+    );
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.consume_challenge(challenge.id, t).await.unwrap() })
+        })
+        .collect();
+    let mut consumed = 0;
+    for task in tasks {
+        consumed += usize::from(task.await.unwrap());
+    }
+    assert_eq!(consumed, 1);
+    assert!(store.challenge(challenge.id, t).await.unwrap().is_none());
 }
