@@ -1,6 +1,7 @@
 //! The command line: `sark serve` and its flags, which override every other layer.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use serde_json::{Map, Value, json};
@@ -21,6 +22,37 @@ pub struct Cli {
 pub enum Command {
     /// Runs a node.
     Serve(ServeArgs),
+    /// Break-glass operations on the store (audited).
+    Admin(AdminArgs),
+}
+
+/// Flags of `sark admin`.
+#[derive(Debug, clap::Args)]
+pub struct AdminArgs {
+    /// TOML configuration file (the same layering as `sark serve`).
+    #[arg(long, value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+    /// Data directory (`data_dir`).
+    #[arg(long, value_name = "DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// The operation.
+    #[command(subcommand)]
+    pub command: crate::admin::AdminCommand,
+}
+
+impl AdminArgs {
+    /// Loads the configuration: defaults, file, environment, then these flags.
+    pub fn load_config(&self) -> Result<Config, ConfigError> {
+        let mut overrides = Map::new();
+        if let Some(dir) = &self.data_dir {
+            overrides.insert("data_dir".into(), json!(dir));
+        }
+        Config::load(
+            self.config.as_deref(),
+            std::env::vars(),
+            Value::Object(overrides),
+        )
+    }
 }
 
 /// Flags of `sark serve`.
@@ -64,5 +96,52 @@ impl ServeArgs {
             std::env::vars(),
             Value::Object(overrides),
         )
+    }
+}
+
+/// Runs a command; exit code 2 for invalid configuration, 1 for a failure, 0 otherwise.
+pub async fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Serve(args) => {
+            let config = match args.load_config() {
+                Ok(config) => config,
+                Err(err) => {
+                    eprintln!("sark: {err}");
+                    return ExitCode::from(2);
+                }
+            };
+            crate::telemetry::init(&config.log);
+            let result = match crate::Server::start(config).await {
+                Ok(server) => server.run_until(crate::shutdown_signal()).await,
+                Err(err) => Err(err),
+            };
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    tracing::error!(error = %err, "sark stopped with an error");
+                    eprintln!("sark: {err}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Admin(args) => {
+            let config = match args.load_config() {
+                Ok(config) => config,
+                Err(err) => {
+                    eprintln!("sark: {err}");
+                    return ExitCode::from(2);
+                }
+            };
+            match crate::admin::run(args.command, config).await {
+                Ok(message) => {
+                    println!("{message}");
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    eprintln!("sark admin: {err}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }

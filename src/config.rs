@@ -195,6 +195,14 @@ pub struct AuthConfig {
     /// URL prefixes allowed as OIDC `redirect_uri` and SAML `relay_state`.
     #[serde(deserialize_with = "comma_list")]
     pub allowed_redirects: Vec<String>,
+    /// `iss` of access tokens.
+    pub issuer: String,
+    /// `aud` of access tokens.
+    pub audience: String,
+    /// How long a login's second-factor challenge stays open.
+    pub mfa_challenge_seconds: u64,
+    /// How often the node reloads revocations and signing keys from the store.
+    pub sync_seconds: u64,
 }
 
 /// Policy engine.
@@ -214,6 +222,9 @@ pub struct SessionConfig {
     pub idle_seconds: u64,
     /// A session expires this long after login, however it is used.
     pub absolute_seconds: u64,
+    /// A session's actor with nothing to do stops after this long (the session lives on
+    /// and its actor is activated again on next use).
+    pub actor_idle_seconds: u64,
 }
 
 /// Cluster membership.
@@ -327,10 +338,15 @@ impl Default for Config {
                 lockout_seconds: 900,
                 access_token_seconds: 900,
                 allowed_redirects: Vec::new(),
+                issuer: "sark".into(),
+                audience: "sark-api".into(),
+                mfa_challenge_seconds: 300,
+                sync_seconds: 5,
             },
             session: SessionConfig {
                 idle_seconds: 3600,
                 absolute_seconds: 43_200,
+                actor_idle_seconds: 300,
             },
             policy: PolicyConfig { sync_seconds: 10 },
             cluster: ClusterConfig {
@@ -580,10 +596,29 @@ impl Config {
             ("http.max_connections", self.http.max_connections as u64),
             ("cluster.lease_seconds", self.cluster.lease_seconds),
             ("policy.sync_seconds", self.policy.sync_seconds),
+            ("auth.sync_seconds", self.auth.sync_seconds),
+            (
+                "session.actor_idle_seconds",
+                self.session.actor_idle_seconds,
+            ),
             ("cluster.heartbeat_ms", self.cluster.heartbeat_ms),
         ] {
             if value == 0 {
                 return Err(ConfigError::key(key, "must be greater than 0"));
+            }
+        }
+        if self.auth.mfa_challenge_seconds < 120 {
+            return Err(ConfigError::key(
+                "auth.mfa_challenge_seconds",
+                "must be at least 120",
+            ));
+        }
+        for (key, value) in [
+            ("auth.issuer", &self.auth.issuer),
+            ("auth.audience", &self.auth.audience),
+        ] {
+            if value.is_empty() || value.len() > 256 {
+                return Err(ConfigError::key(key, "must be 1-256 characters"));
             }
         }
         if self.cluster.heartbeat_ms >= self.cluster.lease_seconds.saturating_mul(1000) {

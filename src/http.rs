@@ -7,7 +7,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::from_fn_with_state;
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{delete, get, post};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
@@ -23,6 +23,7 @@ pub mod middleware;
 pub mod routes;
 pub mod serve;
 pub mod tls;
+pub mod validate;
 
 use errors::ApiError;
 
@@ -90,7 +91,59 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(routes::health::get_health))
         .route("/health/ready", get(routes::health::get_ready))
         .route("/health/detailed", get(routes::health::get_detailed))
-        .route("/metrics", get(routes::health::get_metrics));
+        .route("/metrics", get(routes::health::get_metrics))
+        .route("/.well-known/jwks.json", get(routes::auth::get_jwks))
+        .route("/api/v1/auth/login", post(routes::auth::post_login))
+        .route(
+            "/api/v1/auth/mfa/verify",
+            post(routes::auth::post_mfa_verify),
+        )
+        .route("/api/v1/auth/refresh", post(routes::auth::post_refresh))
+        .route("/api/v1/auth/logout", post(routes::auth::post_logout))
+        .route("/api/v1/auth/me", get(routes::auth::get_me))
+        .route("/api/v1/auth/password", post(routes::auth::post_password))
+        .route(
+            "/api/v1/auth/mfa/totp/enroll",
+            post(routes::auth::post_totp_enroll),
+        )
+        .route(
+            "/api/v1/auth/mfa/totp/confirm",
+            post(routes::auth::post_totp_confirm),
+        )
+        .route(
+            "/api/v1/sessions",
+            get(routes::sessions::get_sessions).delete(routes::sessions::delete_sessions),
+        )
+        .route(
+            "/api/v1/sessions/{id}",
+            delete(routes::sessions::delete_session),
+        )
+        .route(
+            "/api/v1/users",
+            get(routes::users::get_users).post(routes::users::post_user),
+        )
+        .route(
+            "/api/v1/users/{username}",
+            get(routes::users::get_user)
+                .patch(routes::users::patch_user)
+                .delete(routes::users::delete_user),
+        )
+        .route(
+            "/api/v1/users/{username}/mfa",
+            delete(routes::users::delete_user_mfa),
+        )
+        .route(
+            "/api/v1/users/{username}/unlock",
+            post(routes::users::post_unlock),
+        )
+        .route(
+            "/api/v1/api-keys",
+            get(routes::api_keys::get_api_keys).post(routes::api_keys::post_api_key),
+        )
+        .route(
+            "/api/v1/api-keys/{id}",
+            delete(routes::api_keys::delete_api_key),
+        );
     with_middleware(routes, state)
 }
 
@@ -128,6 +181,10 @@ pub fn with_middleware(routes: Router<AppState>, state: AppState) -> Router {
         ))
         .layer(CatchPanicLayer::custom(middleware::panic_response))
         .option_layer(cors)
+        .layer(from_fn_with_state(
+            state.clone(),
+            crate::auth::principal::authenticate,
+        ))
         .layer(from_fn_with_state(state.clone(), middleware::rate_limit))
         .layer(from_fn_with_state(state.clone(), middleware::timeout))
         .layer(RequestBodyLimitLayer::new(config.body_limit_bytes))

@@ -23,6 +23,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{error, info};
 
+pub mod admin;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod http;

@@ -27,6 +27,9 @@ use sark_actors::metrics::ActorMetrics;
 use sark_actors::policy::{
     self, PolicyActors, PolicyMessage, PolicyRegistry, PolicySupervisorSpec,
 };
+use sark_actors::session::{
+    SessionLimits, SessionSupervisorMessage, SessionSupervisorSpec, Sessions,
+};
 use sark_actors::supervisor::{
     ChildInfo, ChildSpec, RestartPolicy, Slot, Supervisor, SupervisorArguments, SupervisorMessage,
     SupervisorSpec,
@@ -35,10 +38,12 @@ use sark_cluster::membership::{
     MembershipConfig, MembershipMessage, MembershipSpec, MembershipView,
 };
 
+use crate::auth::revocation::RevocationList;
 use crate::config::Config;
-use crate::idp::password;
+use crate::idp::jwt::{TokenKeys, TokenSettings};
+use crate::idp::password::{self, PasswordHasherPool};
 use crate::policy::BUILTIN_POLICIES;
-use crate::secrets::{self, SecretsKey};
+use crate::secrets::{self, SecretBox, SecretsKey};
 use crate::store::redis::Redis;
 use crate::store::{Backend, NewPolicyVersion, OpenError, Role, Store, StoreError, User};
 
@@ -72,7 +77,7 @@ pub struct ActorSlots {
     /// Membership.
     pub membership: Slot<MembershipMessage>,
     /// The SessionSupervisor.
-    pub sessions: Slot<SupervisorMessage>,
+    pub sessions: Slot<SessionSupervisorMessage>,
     /// The PolicySupervisor.
     pub policies: Slot<SupervisorMessage>,
     /// The SiemSupervisor.
@@ -111,6 +116,16 @@ pub struct Node {
     pub clock: SharedClock,
     /// When the node started.
     pub started_at: tokio::time::Instant,
+    /// Revoked sessions and API keys.
+    pub revocations: Arc<RevocationList>,
+    /// The session actors.
+    pub sessions: Sessions,
+    /// Argon2 hashing off the async runtime.
+    pub passwords: PasswordHasherPool,
+    /// Encrypts secrets at rest.
+    pub sealer: SecretBox,
+    tokens: Arc<std::sync::OnceLock<Arc<TokenKeys>>>,
+    last_key_reload: tokio::sync::Mutex<Option<tokio::time::Instant>>,
     supervisor: ActorRef<SupervisorMessage>,
     store_ready: Arc<AtomicBool>,
     policies_in_step: Arc<AtomicBool>,
@@ -167,13 +182,19 @@ impl Node {
 
         let store_ready = Arc::new(AtomicBool::new(false));
         let (fatal_tx, fatal) = watch::channel(None);
+        let sealer = SecretBox::new(&key);
+        let tokens = Arc::new(std::sync::OnceLock::new());
+        let revocations = Arc::new(RevocationList::default());
         let bootstrap = Bootstrap {
             config: config.clone(),
             backend: backend.clone(),
             store: store.clone(),
             key: key.clone(),
+            sealer: sealer.clone(),
             audit: audit.clone(),
             ready: store_ready.clone(),
+            tokens: tokens.clone(),
+            revocations: revocations.clone(),
         };
         // SQLite is local: bootstrap before serving, failing start-up on any error.
         // PostgreSQL may be down: keep trying in the background.
@@ -198,9 +219,13 @@ impl Node {
             metrics: actor_metrics.clone(),
         });
         let children: Vec<Arc<dyn ChildSpec>> = vec![
-            Arc::new(SupervisorSpec {
-                kind: "session_supervisor",
-                policy: RestartPolicy::default(),
+            Arc::new(SessionSupervisorSpec {
+                store: store.clone(),
+                clock: clock.clone(),
+                limits: SessionLimits {
+                    idle: chrono::Duration::seconds(seconds(config.session.idle_seconds)),
+                    passivate_after: Duration::from_secs(config.session.actor_idle_seconds),
+                },
                 slot: slots.sessions.clone(),
                 metrics: actor_metrics.clone(),
             }),
@@ -268,7 +293,8 @@ impl Node {
             .run(Duration::from_secs(config.policy.sync_seconds)),
         ));
         info!(node_id, backend = store.backend(), "node started");
-        let control = NodeControl {
+        let slots_sessions = slots.sessions.clone();
+        let mut control = NodeControl {
             node_id: node_id.clone(),
             supervisor: supervisor.clone(),
             supervisor_done,
@@ -296,8 +322,18 @@ impl Node {
             store_ready,
             policies_in_step,
             draining: AtomicBool::new(false),
+            revocations,
+            sessions: Sessions::new(slots_sessions),
+            passwords: PasswordHasherPool::default(),
+            sealer,
+            tokens,
+            last_key_reload: tokio::sync::Mutex::new(None),
         };
-        Ok((Arc::new(node), control))
+        let node = Arc::new(node);
+        control
+            .background
+            .push(tokio::spawn(credential_sync(Arc::downgrade(&node))));
+        Ok((node, control))
     }
 
     /// Marks the node as shutting down: readiness fails from now on.
@@ -308,6 +344,34 @@ impl Node {
     /// Whether the node is shutting down.
     pub fn draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
+    }
+
+    /// The token keys, once loaded from the store.
+    pub fn tokens(&self) -> Option<&Arc<TokenKeys>> {
+        self.tokens.get()
+    }
+
+    /// Reloads the signing keys from the store, at most once every few seconds (a token
+    /// with an unknown `kid` triggers it, and must not let a client hammer the store).
+    pub async fn reload_token_keys(&self) {
+        let Some(tokens) = self.tokens() else { return };
+        let mut last = self.last_key_reload.lock().await;
+        if last.is_some_and(|at| at.elapsed() < Duration::from_secs(5)) {
+            return;
+        }
+        *last = Some(tokio::time::Instant::now());
+        if let Err(err) = tokens.reload(self.store.as_ref(), self.clock.now()).await {
+            warn!(error = %err, "could not reload signing keys");
+        }
+    }
+
+    /// Records an audit event and waits for its commit; a failure is logged and counted,
+    /// not returned, because the audited action has already happened.
+    pub async fn record_audit(&self, event: sark_actors::store::AuditEvent) {
+        let event_type = event.event_type.clone();
+        if let Err(err) = self.audit.record(event).await {
+            error!(event_type, error = %err, "audit event not recorded");
+        }
     }
 
     /// Whether the store was reached, migrated and bootstrapped since start-up.
@@ -373,6 +437,33 @@ impl NodeControl {
         }
         info!(node_id = self.node_id, "node stopped");
     }
+}
+
+/// Keeps revocations and signing keys in step with the store (anti-entropy for what other
+/// nodes and `sark admin` changed).
+async fn credential_sync(node: std::sync::Weak<Node>) {
+    loop {
+        let Some(node) = node.upgrade() else { return };
+        let every = Duration::from_secs(node.config.auth.sync_seconds);
+        if node.store_initialized() {
+            let now = node.clock.now();
+            if let Err(err) = node.revocations.load(node.store.as_ref(), now).await {
+                warn!(error = %err, "could not reload revocations");
+            }
+            if let Some(tokens) = node.tokens()
+                && let Err(err) = tokens.reload(node.store.as_ref(), now).await
+            {
+                warn!(error = %err, "could not reload signing keys");
+            }
+        }
+        drop(node);
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Seconds as a chrono duration, saturating.
+pub(crate) fn seconds(s: u64) -> i64 {
+    i64::try_from(s).unwrap_or(i64::MAX / 1000)
 }
 
 /// Resolves once the flag is true (or its sender is gone).
@@ -547,8 +638,11 @@ struct Bootstrap {
     backend: Backend,
     store: Arc<dyn Store>,
     key: SecretsKey,
+    sealer: SecretBox,
     audit: AuditHandle,
     ready: Arc<AtomicBool>,
+    tokens: Arc<std::sync::OnceLock<Arc<TokenKeys>>>,
+    revocations: Arc<RevocationList>,
 }
 
 impl Bootstrap {
@@ -632,6 +726,22 @@ impl Bootstrap {
                 info!(bundle = name, "seeded built-in policy");
             }
         }
+        let now = self.audit.now();
+        if self.tokens.get().is_none() {
+            let settings = TokenSettings {
+                issuer: self.config.auth.issuer.clone(),
+                audience: self.config.auth.audience.clone(),
+                lifetime: Duration::from_secs(self.config.auth.access_token_seconds),
+            };
+            let keys = TokenKeys::load(self.store.as_ref(), self.sealer.clone(), settings, now)
+                .await
+                .map_err(|e| match e {
+                    crate::idp::jwt::TokenError::Store(err) => BootstrapError::Store(err),
+                    other => BootstrapError::Policy(other.to_string()),
+                })?;
+            let _ = self.tokens.set(Arc::new(keys));
+        }
+        self.revocations.load(self.store.as_ref(), now).await?;
         self.bootstrap_admin().await
     }
 

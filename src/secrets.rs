@@ -111,6 +111,80 @@ impl SecretsKey {
     }
 }
 
+/// Authenticated encryption of secrets at rest (signing keys, TOTP secrets) with
+/// AES-256-GCM under a key derived from the secrets key. Each ciphertext is bound to a
+/// context string (e.g. `totp:<user id>`), so a row copied elsewhere does not decrypt.
+#[derive(Clone)]
+pub struct SecretBox {
+    key: std::sync::Arc<ring::aead::LessSafeKey>,
+}
+
+impl fmt::Debug for SecretBox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretBox(<redacted>)")
+    }
+}
+
+/// Why a ciphertext could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("stored secret cannot be decrypted with this node's secrets key")]
+pub struct SealError;
+
+const SEALED_PREFIX: &str = "v1:";
+
+impl SecretBox {
+    /// A box keyed by `key`'s at-rest encryption key.
+    pub fn new(key: &SecretsKey) -> Self {
+        let derived = key.derive("at-rest encryption");
+        let unbound = ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, &derived)
+            .unwrap_or_else(|_| unreachable!("a derived key is 32 bytes, as AES-256 needs"));
+        Self {
+            key: std::sync::Arc::new(ring::aead::LessSafeKey::new(unbound)),
+        }
+    }
+
+    /// Encrypts `plaintext` for `context`; the result is printable.
+    pub fn seal(&self, context: &str, plaintext: &[u8]) -> Result<String, SealError> {
+        let mut nonce = [0u8; ring::aead::NONCE_LEN];
+        rand::thread_rng().fill_bytes(&mut nonce);
+        let mut buffer = plaintext.to_vec();
+        self.key
+            .seal_in_place_append_tag(
+                ring::aead::Nonce::assume_unique_for_key(nonce),
+                ring::aead::Aad::from(context.as_bytes()),
+                &mut buffer,
+            )
+            .map_err(|_| SealError)?;
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&buffer);
+        Ok(format!("{SEALED_PREFIX}{}", URL_SAFE_NO_PAD.encode(out)))
+    }
+
+    /// Decrypts what [`SecretBox::seal`] produced for the same `context`.
+    pub fn open(&self, context: &str, sealed: &str) -> Result<Zeroizing<Vec<u8>>, SealError> {
+        let raw = sealed
+            .strip_prefix(SEALED_PREFIX)
+            .and_then(|b| URL_SAFE_NO_PAD.decode(b).ok())
+            .ok_or(SealError)?;
+        if raw.len() < ring::aead::NONCE_LEN {
+            return Err(SealError);
+        }
+        let (nonce, ciphertext) = raw.split_at(ring::aead::NONCE_LEN);
+        let nonce = ring::aead::Nonce::try_assume_unique_for_key(nonce).map_err(|_| SealError)?;
+        let mut buffer = Zeroizing::new(ciphertext.to_vec());
+        let plaintext = self
+            .key
+            .open_in_place(
+                nonce,
+                ring::aead::Aad::from(context.as_bytes()),
+                &mut buffer,
+            )
+            .map_err(|_| SealError)?
+            .to_vec();
+        Ok(Zeroizing::new(plaintext))
+    }
+}
+
 /// Creates `path` with `contents` and mode 0600 unless it exists; returns whether it was
 /// created. The file appears complete or not at all (written aside, then hard-linked), so
 /// nodes racing on one data directory all end up reading the same content.
@@ -237,6 +311,37 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("chmod 600"), "{err}");
+    }
+
+    #[test]
+    fn sealed_secrets_open_only_with_the_same_key_and_context() {
+        let key = SecretsKey::parse(&hex::encode([1u8; 32])).unwrap();
+        let other = SecretsKey::parse(&hex::encode([2u8; 32])).unwrap();
+        let sealed = SecretBox::new(&key)
+            .seal("totp:u1", b"JBSWY3DPEHPK3PXP")
+            .unwrap();
+        assert!(sealed.starts_with("v1:"));
+        assert!(!sealed.contains("JBSWY3DPEHPK3PXP"));
+        assert_eq!(
+            &*SecretBox::new(&key).open("totp:u1", &sealed).unwrap(),
+            b"JBSWY3DPEHPK3PXP"
+        );
+        assert!(
+            SecretBox::new(&key).open("totp:u2", &sealed).is_err(),
+            "bound to its context"
+        );
+        assert!(
+            SecretBox::new(&other).open("totp:u1", &sealed).is_err(),
+            "bound to the key"
+        );
+        assert!(SecretBox::new(&key).open("totp:u1", "v1:AAAA").is_err());
+        assert_ne!(
+            sealed,
+            SecretBox::new(&key)
+                .seal("totp:u1", b"JBSWY3DPEHPK3PXP")
+                .unwrap(),
+            "fresh nonce"
+        );
     }
 
     #[test]

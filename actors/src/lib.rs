@@ -24,5 +24,6 @@ pub mod clock;
 pub mod limiter;
 pub mod metrics;
 pub mod policy;
+pub mod session;
 pub mod store;
 pub mod supervisor;

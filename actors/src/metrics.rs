@@ -25,6 +25,12 @@ pub struct ActorMetrics {
     pub policy_version: IntGaugeVec,
     /// Policy versions that failed to compile when loaded.
     pub policy_load_failures: IntCounterVec,
+    /// Policy evaluations that failed (and therefore denied).
+    pub policy_evaluation_errors: IntCounterVec,
+    /// Sessions that were logged into.
+    pub sessions_created: IntCounter,
+    /// Refresh tokens presented a second time (each revoked a session).
+    pub refresh_reuse: IntCounter,
 }
 
 impl ActorMetrics {
@@ -82,6 +88,21 @@ impl ActorMetrics {
                 ),
                 &["bundle"],
             )?,
+            policy_evaluation_errors: IntCounterVec::new(
+                Opts::new(
+                    "sark_policy_evaluation_errors_total",
+                    "Policy evaluations that failed and therefore denied",
+                ),
+                &["bundle"],
+            )?,
+            sessions_created: IntCounter::new(
+                "sark_sessions_created_total",
+                "Sessions created by a login",
+            )?,
+            refresh_reuse: IntCounter::new(
+                "sark_refresh_token_reuse_total",
+                "Refresh tokens presented again after use; each revoked its session",
+            )?,
         };
         registry.register(Box::new(metrics.restarts.clone()))?;
         registry.register(Box::new(metrics.running.clone()))?;
@@ -92,6 +113,9 @@ impl ActorMetrics {
         registry.register(Box::new(metrics.rate_limited.clone()))?;
         registry.register(Box::new(metrics.policy_version.clone()))?;
         registry.register(Box::new(metrics.policy_load_failures.clone()))?;
+        registry.register(Box::new(metrics.policy_evaluation_errors.clone()))?;
+        registry.register(Box::new(metrics.sessions_created.clone()))?;
+        registry.register(Box::new(metrics.refresh_reuse.clone()))?;
         Ok(metrics)
     }
 }

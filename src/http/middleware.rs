@@ -247,14 +247,37 @@ pub async fn rate_limit(State(state): State<AppState>, req: Request, next: Next)
     if exempt {
         return next.run(req).await;
     }
-    let Some(ClientIp(ip)) = req.extensions().get::<ClientIp>().copied() else {
-        return next.run(req).await;
+    // Authenticated callers are counted per principal, everyone else per client address.
+    let principal = req
+        .extensions()
+        .get::<crate::auth::principal::Principal>()
+        .map(|p| match &p.kind {
+            crate::auth::principal::PrincipalKind::ApiKey { key_id, .. } => {
+                format!("api_key:{key_id}")
+            }
+            crate::auth::principal::PrincipalKind::Session { .. } => format!("user:{}", p.user_id),
+        });
+    let (key, limit, scope) = match principal {
+        Some(key) => (
+            key,
+            state.node.config.rate_limit.authenticated_per_minute,
+            "principal",
+        ),
+        None => {
+            let Some(ClientIp(ip)) = req.extensions().get::<ClientIp>().copied() else {
+                return next.run(req).await;
+            };
+            (
+                client_key(ip),
+                state.node.config.rate_limit.unauthenticated_per_minute,
+                "ip",
+            )
+        }
     };
-    let limit = state.node.config.rate_limit.unauthenticated_per_minute;
     let decision = state
         .node
         .rate_table
-        .check(&client_key(ip), limit, tokio::time::Instant::now());
+        .check(&key, limit, tokio::time::Instant::now());
     let headers = [
         ("ratelimit-limit", decision.limit.to_string()),
         ("ratelimit-remaining", decision.remaining.to_string()),
@@ -267,9 +290,9 @@ pub async fn rate_limit(State(state): State<AppState>, req: Request, next: Next)
             .node
             .actor_metrics
             .rate_limited
-            .with_label_values(&["ip"])
+            .with_label_values(&[scope])
             .inc();
-        warn!(client = %ip, limit, "rate limit exceeded");
+        warn!(key, limit, "rate limit exceeded");
         let retry = HeaderValue::from(decision.retry_after_secs);
         ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,

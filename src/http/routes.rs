@@ -1,3 +1,7 @@
 //! Route handlers, one module per resource.
 
+pub mod api_keys;
+pub mod auth;
 pub mod health;
+pub mod sessions;
+pub mod users;

@@ -1,10 +1,17 @@
-//! Password hashing with argon2id (OWASP parameters: 19 MiB, 2 iterations, 1 lane).
+//! Passwords: argon2id hashing (OWASP parameters: 19 MiB, 2 iterations, 1 lane), the
+//! password policy, and verification that takes the same time whether or not the account
+//! exists.
+
+use std::collections::HashSet;
+use std::sync::{Arc, OnceLock};
 
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use rand::Rng;
 use rand::distributions::Alphanumeric;
+use tokio::sync::Semaphore;
+use zeroize::Zeroizing;
 
 /// Memory cost in KiB.
 const MEMORY_KIB: u32 = 19 * 1024;
@@ -12,6 +19,10 @@ const MEMORY_KIB: u32 = 19 * 1024;
 const ITERATIONS: u32 = 2;
 /// Lanes.
 const LANES: u32 = 1;
+/// Shortest acceptable password, in characters.
+pub const MIN_LENGTH: usize = 12;
+/// Longest password accepted at all (hashing cost is bounded by input size).
+pub const MAX_LENGTH: usize = 1024;
 
 fn hasher() -> Argon2<'static> {
     let params = Params::new(MEMORY_KIB, ITERATIONS, LANES, None).unwrap_or_default();
@@ -51,6 +62,117 @@ pub fn generate_password(len: usize) -> String {
         .collect()
 }
 
+/// Runs argon2 off the async runtime, a bounded number at a time (each takes 19 MiB).
+#[derive(Clone, Debug)]
+pub struct PasswordHasherPool {
+    permits: Arc<Semaphore>,
+}
+
+impl Default for PasswordHasherPool {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, usize::from);
+        Self {
+            permits: Arc::new(Semaphore::new(cores * 2)),
+        }
+    }
+}
+
+impl PasswordHasherPool {
+    /// Hashes on a blocking thread.
+    pub async fn hash(&self, password: Zeroizing<String>) -> Result<String, HashError> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|e| HashError(e.to_string()))?;
+        tokio::task::spawn_blocking(move || hash_password(&password))
+            .await
+            .map_err(|e| HashError(e.to_string()))?
+    }
+
+    /// Verifies on a blocking thread. Without a stored hash (unknown user, no password) a
+    /// dummy hash is checked instead, so the answer takes as long either way.
+    pub async fn verify(&self, password: Zeroizing<String>, phc: Option<String>) -> bool {
+        let Ok(_permit) = self.permits.acquire().await else {
+            return false;
+        };
+        let known = phc.is_some();
+        let phc = phc.unwrap_or_else(|| dummy_hash().to_owned());
+        let ok = tokio::task::spawn_blocking(move || verify_password(&password, &phc))
+            .await
+            .unwrap_or(false);
+        ok && known
+    }
+}
+
+fn dummy_hash() -> &'static str {
+    static DUMMY: OnceLock<String> = OnceLock::new();
+    DUMMY.get_or_init(|| {
+        // A fixed salt is fine here: this hash never protects anything.
+        let salt = SaltString::encode_b64(b"sark-dummy-salt!")
+            .unwrap_or_else(|_| SaltString::generate(&mut OsRng));
+        hasher()
+            .hash_password(b"no account has this password", &salt)
+            .map(|h| h.to_string())
+            .unwrap_or_default()
+    })
+}
+
+/// A password-policy rule that a password broke.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyViolation {
+    /// The rule's name: `min_length`, `max_length`, `not_username`, `common_password`.
+    pub rule: &'static str,
+    /// What is wrong, for humans.
+    pub message: String,
+}
+
+fn common_passwords() -> &'static HashSet<&'static str> {
+    static LIST: OnceLock<HashSet<&'static str>> = OnceLock::new();
+    LIST.get_or_init(|| {
+        include_str!("common-passwords.txt")
+            .lines()
+            .filter(|l| !l.is_empty())
+            .collect()
+    })
+}
+
+/// Checks the password policy: at least 12 characters, not the username (nor containing
+/// it), and not a common password, also with digits or symbols appended.
+pub fn check_policy(username: &str, password: &str) -> Result<(), PolicyViolation> {
+    let length = password.chars().count();
+    if length < MIN_LENGTH {
+        return Err(PolicyViolation {
+            rule: "min_length",
+            message: format!("must be at least {MIN_LENGTH} characters (got {length})"),
+        });
+    }
+    if length > MAX_LENGTH {
+        return Err(PolicyViolation {
+            rule: "max_length",
+            message: format!("must be at most {MAX_LENGTH} characters"),
+        });
+    }
+    let lower = password.to_lowercase();
+    let name = username.to_lowercase();
+    if !name.is_empty() && (lower == name || (name.chars().count() >= 4 && lower.contains(&name))) {
+        return Err(PolicyViolation {
+            rule: "not_username",
+            message: "must not be or contain the username".into(),
+        });
+    }
+    let stem = lower.trim_end_matches(|c: char| c.is_ascii_digit() || c.is_ascii_punctuation());
+    let list = common_passwords();
+    if list.contains(lower.as_str()) || (stem.chars().count() >= 4 && list.contains(stem)) {
+        return Err(PolicyViolation {
+            rule: "common_password",
+            message: "is one of the most common passwords (or one with digits or symbols appended)"
+                .into(),
+        });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,5 +195,43 @@ mod tests {
         assert_eq!(a.len(), 24);
         assert!(a.chars().all(|c| c.is_ascii_alphanumeric()));
         assert_ne!(a, generate_password(24));
+    }
+
+    #[test]
+    fn the_policy_names_the_rule_that_failed() {
+        let rule = |u: &str, p: &str| check_policy(u, p).err().map(|v| v.rule);
+        assert_eq!(rule("alice", "short"), Some("min_length"));
+        let long = "x".repeat(1025);
+        assert_eq!(rule("alice", &long), Some("max_length"));
+        assert_eq!(rule("alice.smith99", "alice.smith99"), Some("not_username"));
+        assert_eq!(rule("alice", "ALICE-in-chains-2026"), Some("not_username"));
+        assert_eq!(rule("bob", "1qaz2wsx3edc"), Some("common_password"));
+        assert_eq!(
+            rule("bob", "password12345678"),
+            Some("common_password"),
+            "a common stem with digits"
+        );
+        assert_eq!(rule("bob", "Password!!!!2024"), Some("common_password"));
+        assert_eq!(rule("bob", "violet kettle swims at dawn"), None);
+        assert!(common_passwords().len() > 19_000);
+    }
+
+    #[tokio::test]
+    async fn verification_without_a_hash_fails_but_still_runs_argon2() {
+        let pool = PasswordHasherPool::default();
+        let hash = pool
+            .hash(Zeroizing::new("violet kettle swims".into()))
+            .await
+            .unwrap();
+        assert!(
+            pool.verify(Zeroizing::new("violet kettle swims".into()), Some(hash))
+                .await
+        );
+        assert!(
+            !pool
+                .verify(Zeroizing::new("no account has this password".into()), None)
+                .await
+        );
+        assert!(dummy_hash().starts_with("$argon2id$"));
     }
 }

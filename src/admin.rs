@@ -1,0 +1,333 @@
+//! `sark admin …`: break-glass operations that work on the store directly, for when the
+//! API cannot help (the only admin is locked out or lost their second factor, a policy
+//! broke access, a signing key must be replaced). Each one is audited, on this host's own
+//! audit chain (`cli-<host>`). Running nodes pick the change up within
+//! `auth.sync_seconds` (revocations, keys) or `policy.sync_seconds` (policies).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::Actor;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use sark_actors::audit::{AuditHandle, AuditWriter, AuditWriterArguments, ChainKey};
+use sark_actors::clock::{SharedClock, SystemClock};
+use sark_actors::metrics::ActorMetrics;
+use sark_actors::policy;
+use sark_actors::supervisor::Slot;
+
+use crate::auth::service::lockout_key;
+use crate::config::Config;
+use crate::idp::{jwt, password};
+use crate::secrets::{self, SecretBox, SecretsKey};
+use crate::store::{Backend, NewPolicyVersion, Store, UserPatch};
+
+/// An admin operation.
+#[derive(Debug, clap::Subcommand)]
+pub enum AdminCommand {
+    /// Sets a user's password (read from a file, or generated and printed once) and
+    /// revokes their sessions.
+    ResetPassword {
+        /// The account.
+        username: String,
+        /// A file holding the new password (it must not be readable by other users).
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+    },
+    /// Clears the failed-login counter of a username.
+    Unlock {
+        /// The username.
+        username: String,
+    },
+    /// Removes a user's TOTP and recovery codes.
+    ResetMfa {
+        /// The account.
+        username: String,
+    },
+    /// Makes an earlier version of a policy bundle active again, as a new version.
+    PolicyRollback {
+        /// The bundle (`authorization`, …).
+        bundle: String,
+        /// The version to restore.
+        version: i64,
+    },
+    /// Creates a new signing key; the old one verifies until its tokens have expired.
+    RotateSigningKey,
+}
+
+/// Why an admin command failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct AdminError(String);
+
+impl AdminError {
+    fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
+
+/// Runs `command` against the store of `config`; returns what to print.
+pub async fn run(command: AdminCommand, config: Config) -> Result<String, AdminError> {
+    let clock: SharedClock = Arc::new(SystemClock);
+    let (key, _) = SecretsKey::load_or_generate(
+        config.secrets.key.as_ref().map(|s| s.expose()),
+        &config.data_dir,
+    )
+    .map_err(|e| AdminError::new(e.to_string()))?;
+    let backend = Backend::open(&config)
+        .await
+        .map_err(|e| AdminError::new(e.to_string()))?;
+    let mut initialized = false;
+    for _ in 0..20 {
+        initialized = backend
+            .initialize(clock.now())
+            .await
+            .map_err(|e| AdminError::new(e.to_string()))?;
+        if initialized {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    if !initialized {
+        return Err(AdminError::new(
+            "`database.url`: the database cannot be reached",
+        ));
+    }
+    let store = backend.store();
+    match store.meta(secrets::FINGERPRINT_META_KEY).await {
+        Ok(Some(stored)) if stored != key.fingerprint() => {
+            return Err(AdminError::new(
+                "`secrets.key`: this database was initialised with a different secrets key",
+            ));
+        }
+        Err(err) => return Err(AdminError::new(err.to_string())),
+        _ => {}
+    }
+    let hostname = gethostname::gethostname().to_string_lossy().into_owned();
+    let chain = format!(
+        "cli-{}",
+        hostname
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || "._-".contains(*c))
+            .collect::<String>()
+    );
+    let audit = audit_writer(&store, &key, chain, clock.clone()).await?;
+    let outcome = execute(command, &config, &store, &key, &audit, clock.now()).await;
+    backend.close().await;
+    outcome
+}
+
+async fn audit_writer(
+    store: &Arc<dyn Store>,
+    key: &SecretsKey,
+    chain: String,
+    clock: SharedClock,
+) -> Result<AuditHandle, AdminError> {
+    let slot = Slot::default();
+    let args = AuditWriterArguments {
+        store: store.clone(),
+        chain: chain.clone(),
+        key: ChainKey::derive(&key.derive("audit chain")),
+        sinks: Vec::new(),
+        max_batch: 16,
+        metrics: ActorMetrics::register(&prometheus::Registry::new())
+            .map_err(|e| AdminError::new(e.to_string()))?,
+    };
+    let (writer, _) = Actor::spawn(None, AuditWriter, args)
+        .await
+        .map_err(|e| AdminError::new(e.to_string()))?;
+    slot.set(writer);
+    Ok(AuditHandle::new(slot, clock, chain))
+}
+
+async fn record(
+    audit: &AuditHandle,
+    event_type: &str,
+    resource: String,
+    details: serde_json::Value,
+) -> Result<(), AdminError> {
+    let mut event = audit.event(event_type, "success");
+    event.actor = Some("sark-admin".into());
+    event.resource = Some(resource);
+    event.details = details;
+    audit
+        .record(event)
+        .await
+        .map(|_| ())
+        .map_err(|e| AdminError::new(format!("done, but not audited: {e}")))
+}
+
+async fn execute(
+    command: AdminCommand,
+    config: &Config,
+    store: &Arc<dyn Store>,
+    key: &SecretsKey,
+    audit: &AuditHandle,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<String, AdminError> {
+    let failed = |e: crate::store::StoreError| AdminError::new(e.to_string());
+    match command {
+        AdminCommand::ResetPassword {
+            username,
+            password_file,
+        } => {
+            let user = store
+                .user_by_username(&username)
+                .await
+                .map_err(failed)?
+                .ok_or_else(|| AdminError::new(format!("no user {username}")))?;
+            let (new_password, generated) = match password_file {
+                Some(path) => (read_private(&path)?, false),
+                None => (Zeroizing::new(password::generate_password(24)), true),
+            };
+            password::check_policy(&username, &new_password)
+                .map_err(|v| AdminError::new(format!("password ({}): {}", v.rule, v.message)))?;
+            let hash = password::hash_password(&new_password)
+                .map_err(|e| AdminError::new(e.to_string()))?;
+            let patch = UserPatch {
+                password_hash: Some(hash),
+                is_active: Some(true),
+                ..Default::default()
+            };
+            store
+                .update_user(&username, &patch, now)
+                .await
+                .map_err(failed)?;
+            let revoked = store
+                .revoke_user_sessions(user.id, None, "password_reset", now)
+                .await
+                .map_err(failed)?;
+            store
+                .clear_failures(&lockout_key(&username), now)
+                .await
+                .map_err(failed)?;
+            record(
+                audit,
+                "password_changed",
+                format!("user:{username}"),
+                json!({"reason": "admin_reset", "sessions_revoked": revoked.len()}),
+            )
+            .await?;
+            Ok(if generated {
+                format!(
+                    "password of {username} reset; {} sessions revoked; new password: {}",
+                    revoked.len(),
+                    &*new_password
+                )
+            } else {
+                format!(
+                    "password of {username} reset; {} sessions revoked",
+                    revoked.len()
+                )
+            })
+        }
+        AdminCommand::Unlock { username } => {
+            let was_locked = store
+                .clear_failures(&lockout_key(&username), now)
+                .await
+                .map_err(failed)?;
+            record(
+                audit,
+                "account_unlocked",
+                format!("user:{username}"),
+                json!({"was_locked": was_locked, "via": "cli"}),
+            )
+            .await?;
+            Ok(format!("{username} unlocked (was locked: {was_locked})"))
+        }
+        AdminCommand::ResetMfa { username } => {
+            let user = store
+                .user_by_username(&username)
+                .await
+                .map_err(failed)?
+                .ok_or_else(|| AdminError::new(format!("no user {username}")))?;
+            let had = store.reset_mfa(user.id).await.map_err(failed)?;
+            record(
+                audit,
+                "mfa_reset",
+                format!("user:{username}"),
+                json!({"had_mfa": had, "via": "cli"}),
+            )
+            .await?;
+            Ok(format!("MFA of {username} reset (was set up: {had})"))
+        }
+        AdminCommand::PolicyRollback { bundle, version } => {
+            let old = store
+                .policy_version(&bundle, version)
+                .await
+                .map_err(failed)?
+                .ok_or_else(|| {
+                    AdminError::new(format!("bundle {bundle} has no version {version}"))
+                })?;
+            policy::compile(&bundle, version, &old.sha256, &old.source).map_err(|e| {
+                AdminError::new(format!("version {version} no longer compiles: {e}"))
+            })?;
+            let sha256 = hex::encode(Sha256::digest(old.source.as_bytes()));
+            let description = format!("rollback to version {version} (sark admin)");
+            let new = NewPolicyVersion {
+                bundle: &bundle,
+                source: &old.source,
+                sha256: &sha256,
+                description: Some(&description),
+                created_by: "sark-admin",
+                now,
+            };
+            let stored = store.add_policy_version(&new).await.map_err(failed)?;
+            record(
+                audit,
+                "policy_rolled_back",
+                format!("policy:{bundle}"),
+                json!({"from_version": version, "new_version": stored.version, "via": "cli"}),
+            )
+            .await?;
+            Ok(format!(
+                "{bundle}: version {version} is active again as version {}",
+                stored.version
+            ))
+        }
+        AdminCommand::RotateSigningKey => {
+            let sealer = SecretBox::new(key);
+            let record_key =
+                jwt::new_signing_key(&sealer, now).map_err(|e| AdminError::new(e.to_string()))?;
+            store
+                .rotate_signing_key(&record_key, now)
+                .await
+                .map_err(failed)?;
+            let keep = chrono::Duration::seconds(crate::node::seconds(
+                config.auth.access_token_seconds + jwt::LEEWAY_SECONDS,
+            ));
+            let pruned = store.prune_signing_keys(now - keep).await.map_err(failed)?;
+            record(
+                audit,
+                "signing_key_rotated",
+                format!("signing_key:{}", record_key.kid),
+                json!({"pruned": pruned}),
+            )
+            .await?;
+            Ok(format!(
+                "new signing key {} is active; {pruned} expired keys removed",
+                record_key.kid
+            ))
+        }
+    }
+}
+
+fn read_private(path: &std::path::Path) -> Result<Zeroizing<String>, AdminError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta =
+        std::fs::metadata(path).map_err(|e| AdminError::new(format!("{}: {e}", path.display())))?;
+    if meta.permissions().mode() & 0o004 != 0 {
+        return Err(AdminError::new(format!(
+            "{} is readable by other users; chmod o-r it",
+            path.display()
+        )));
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| AdminError::new(format!("{}: {e}", path.display())))?;
+    Ok(Zeroizing::new(
+        text.trim_end_matches(['\n', '\r']).to_owned(),
+    ))
+}

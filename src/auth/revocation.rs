@@ -1,0 +1,117 @@
+//! Revoked credentials that are still inside their lifetime, held in memory so every
+//! request is checked without a store round trip.
+//!
+//! Revocations are written to the store first and added here before the revoking call
+//! returns; the whole list is reloaded from the store before the node reports ready and
+//! periodically after (which drops entries that have expired).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{PoisonError, RwLock};
+
+use chrono::{DateTime, Utc};
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::store::{Store, StoreResult};
+
+/// Ids with the moment they were added here.
+type Entries = RwLock<HashMap<Uuid, Instant>>;
+
+/// Revoked sessions and API keys.
+#[derive(Debug, Default)]
+pub struct RevocationList {
+    sessions: Entries,
+    api_keys: Entries,
+    loaded: AtomicBool,
+}
+
+/// Replaces `entries` with `stored`, keeping whatever was added after `since`: a
+/// revocation that raced with the reload is never forgotten.
+fn replace(entries: &Entries, stored: Vec<Uuid>, since: Instant) {
+    let mut current = entries.write().unwrap_or_else(PoisonError::into_inner);
+    let mut next: HashMap<Uuid, Instant> = stored.into_iter().map(|id| (id, since)).collect();
+    next.extend(
+        current
+            .iter()
+            .filter(|(_, added)| **added >= since)
+            .map(|(id, added)| (*id, *added)),
+    );
+    *current = next;
+}
+
+fn insert(entries: &Entries, ids: &[Uuid]) {
+    let now = Instant::now();
+    entries
+        .write()
+        .unwrap_or_else(PoisonError::into_inner)
+        .extend(ids.iter().map(|id| (*id, now)));
+}
+
+fn contains(entries: &Entries, id: Uuid) -> bool {
+    entries
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .contains_key(&id)
+}
+
+impl RevocationList {
+    /// Replaces the list with what the store holds at `now`.
+    pub async fn load(&self, store: &dyn Store, now: DateTime<Utc>) -> StoreResult<()> {
+        let since = Instant::now();
+        let sessions = store.revoked_session_ids(now).await?;
+        let api_keys = store.revoked_api_key_ids(now).await?;
+        replace(&self.sessions, sessions, since);
+        replace(&self.api_keys, api_keys, since);
+        self.loaded.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Whether the list was loaded from the store at least once.
+    pub fn loaded(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
+    }
+
+    /// Refuses sessions from now on.
+    pub fn revoke_sessions(&self, ids: &[Uuid]) {
+        insert(&self.sessions, ids);
+    }
+
+    /// Refuses API keys from now on.
+    pub fn revoke_api_keys(&self, ids: &[Uuid]) {
+        insert(&self.api_keys, ids);
+    }
+
+    /// Whether a session is revoked.
+    pub fn session_revoked(&self, id: Uuid) -> bool {
+        contains(&self.sessions, id)
+    }
+
+    /// Whether an API key is revoked.
+    pub fn api_key_revoked(&self, id: Uuid) -> bool {
+        contains(&self.api_keys, id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reload_keeps_revocations_made_while_it_ran_and_drops_expired_ones() {
+        let list = RevocationList::default();
+        let old = Uuid::now_v7();
+        list.revoke_sessions(&[old]);
+        let since = Instant::now();
+        let racing = Uuid::now_v7();
+        list.revoke_sessions(&[racing]);
+        let stored = Uuid::now_v7();
+        replace(&list.sessions, vec![stored], since);
+        assert!(list.session_revoked(stored));
+        assert!(list.session_revoked(racing), "added after the reload began");
+        assert!(
+            !list.session_revoked(old),
+            "not in the store any more: expired"
+        );
+    }
+}

@@ -1,0 +1,660 @@
+//! Logins, MFA challenges, token refresh and revocation.
+//!
+//! Failed first and second factors count against the submitted username, whether or not
+//! such an account exists, in the store (so counts survive restarts and are shared by
+//! every node). Unknown users, disabled users and wrong passwords get the same answer
+//! after the same amount of argon2 work.
+
+use std::net::IpAddr;
+use std::time::Instant;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Duration, Utc};
+use rand::RngCore;
+use serde::Serialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+use zeroize::Zeroizing;
+
+use sark_actors::session::{RefreshOutcome, SessionError};
+
+use crate::http::errors::ApiError;
+use crate::idp::jwt::AccessClaims;
+use crate::idp::totp;
+use crate::node::{Node, seconds};
+use crate::store::{ChallengeRecord, LockState, LockoutRule, SessionRecord, StoreError, User};
+
+/// Submitted usernames longer than this are refused before any work.
+pub const MAX_USERNAME_INPUT: usize = 256;
+
+/// The user as shown in token responses and `/auth/me`.
+#[derive(Debug, Serialize)]
+pub struct UserSummary {
+    /// Id.
+    pub user_id: Uuid,
+    /// Name.
+    pub username: String,
+    /// Email.
+    pub email: Option<String>,
+    /// Role.
+    pub role: String,
+    /// Teams.
+    pub teams: Vec<String>,
+    /// Whether MFA is on.
+    pub mfa_enabled: bool,
+}
+
+impl From<&User> for UserSummary {
+    fn from(user: &User) -> Self {
+        Self {
+            user_id: user.id,
+            username: user.username.clone(),
+            email: user.email.clone(),
+            role: user.role.to_string(),
+            teams: user.teams.clone(),
+            mfa_enabled: user.mfa_enabled,
+        }
+    }
+}
+
+/// What every successful login returns.
+#[derive(Debug, Serialize)]
+pub struct TokenResponse {
+    /// The access token (JWT).
+    pub access_token: String,
+    /// Always `bearer`.
+    pub token_type: &'static str,
+    /// Seconds until the access token expires.
+    pub expires_in: i64,
+    /// The refresh token (opaque, single use).
+    pub refresh_token: String,
+    /// The session.
+    pub session_id: Uuid,
+    /// The user.
+    pub user: UserSummary,
+}
+
+/// The first step of a login.
+#[derive(Debug)]
+pub enum LoginOutcome {
+    /// Logged in.
+    Tokens(Box<TokenResponse>),
+    /// The password was right; a second factor is required.
+    MfaRequired {
+        /// The challenge to answer at `/auth/mfa/verify`.
+        challenge_id: Uuid,
+        /// Seconds it stays open.
+        expires_in: i64,
+    },
+}
+
+/// The answer of a revocation.
+#[derive(Debug, Serialize)]
+pub struct Revoked {
+    /// Whether something live was revoked.
+    pub revoked: bool,
+    /// Time from the store write until every check on every node refuses the credential.
+    pub propagation_ms: u64,
+}
+
+/// The configured lockout rule.
+pub fn lockout_rule(node: &Node) -> LockoutRule {
+    let lock = Duration::seconds(seconds(node.config.auth.lockout_seconds));
+    LockoutRule {
+        threshold: node.config.auth.lockout_threshold,
+        window: lock,
+        lock_for: lock,
+    }
+}
+
+/// The key failures are counted under: the submitted name, trimmed and lowercased.
+pub fn lockout_key(username: &str) -> String {
+    username.trim().to_lowercase()
+}
+
+fn locked(until: DateTime<Utc>, now: DateTime<Utc>) -> ApiError {
+    let retry = (until - now).num_seconds().max(1);
+    ApiError::new(
+        StatusCode::LOCKED,
+        "account_locked",
+        "too many failed attempts; try again later",
+    )
+    .with_header(header::RETRY_AFTER, HeaderValue::from(retry))
+}
+
+fn invalid_credentials() -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "invalid_credentials",
+        "invalid username or password",
+    )
+}
+
+/// Answers 423 if `key` is locked at `now`.
+async fn refuse_if_locked(node: &Node, key: &str, now: DateTime<Utc>) -> Result<(), ApiError> {
+    if let Some(LockState {
+        locked_until: Some(until),
+        ..
+    }) = node.store.lock_state(key).await?
+        && until > now
+    {
+        return Err(locked(until, now));
+    }
+    Ok(())
+}
+
+/// Counts a failure; returns the 423 to answer when this failure locked the name.
+async fn count_failure(
+    node: &Node,
+    key: &str,
+    ip: Option<IpAddr>,
+    now: DateTime<Utc>,
+) -> Result<Option<ApiError>, ApiError> {
+    let state = node
+        .store
+        .record_failure(key, lockout_rule(node), now)
+        .await?;
+    match state.locked_until {
+        Some(until) if until > now && state.failures == node.config.auth.lockout_threshold => {
+            let mut event = node.audit.event("account_locked", "success");
+            event.actor = Some(key.to_owned());
+            event.ip = ip.map(|ip| ip.to_string());
+            event.resource = Some(format!("user:{key}"));
+            event.details = json!({ "failures": state.failures, "locked_until": until });
+            node.record_audit(event).await;
+            Ok(Some(locked(until, now)))
+        }
+        Some(until) if until > now => Ok(Some(locked(until, now))),
+        _ => Ok(None),
+    }
+}
+
+async fn audit(
+    node: &Node,
+    event_type: &str,
+    outcome: &str,
+    actor: &str,
+    ip: Option<IpAddr>,
+    resource: Option<String>,
+    details: serde_json::Value,
+) {
+    let mut event = node.audit.event(event_type, outcome);
+    event.actor = Some(actor.to_owned());
+    event.ip = ip.map(|ip| ip.to_string());
+    event.resource = resource;
+    event.details = details;
+    node.record_audit(event).await;
+}
+
+/// A local password login.
+pub async fn password_login(
+    node: &Node,
+    username: &str,
+    password: Zeroizing<String>,
+    ip: Option<IpAddr>,
+) -> Result<LoginOutcome, ApiError> {
+    let key = lockout_key(username);
+    let now = node.clock.now();
+    refuse_if_locked(node, &key, now).await?;
+    let user = node.store.user_by_username(&key).await?;
+    // Only active local accounts with a password can succeed; every other case still
+    // pays for one argon2 verification, against a dummy hash.
+    let hash = user
+        .as_ref()
+        .filter(|u| u.is_active && u.provider == "local")
+        .and_then(|u| u.password_hash.clone());
+    let verified = node.passwords.verify(password, hash).await;
+    let user = match (verified, user) {
+        (true, Some(user)) => user,
+        _ => {
+            let lock = count_failure(node, &key, ip, now).await?;
+            audit(
+                node,
+                "login_failed",
+                "failure",
+                &key,
+                ip,
+                None,
+                json!({"auth_method": "password"}),
+            )
+            .await;
+            return Err(lock.unwrap_or_else(invalid_credentials));
+        }
+    };
+    if user.mfa_enabled {
+        let expires_in = seconds(node.config.auth.mfa_challenge_seconds);
+        let challenge = ChallengeRecord {
+            id: Uuid::new_v4(),
+            user_id: user.id,
+            username: key,
+            auth_method: "password".into(),
+            ip: ip.map(|ip| ip.to_string()),
+            created_at: now,
+            expires_at: now + Duration::seconds(expires_in),
+        };
+        node.store.create_challenge(&challenge).await?;
+        return Ok(LoginOutcome::MfaRequired {
+            challenge_id: challenge.id,
+            expires_in,
+        });
+    }
+    node.store.clear_failures(&key, now).await?;
+    let response = start_session(node, &user, "password", false, ip).await?;
+    audit(
+        node,
+        "login_succeeded",
+        "success",
+        &user.username,
+        ip,
+        Some(format!("session:{}", response.session_id)),
+        json!({"auth_method": "password", "mfa": false}),
+    )
+    .await;
+    Ok(LoginOutcome::Tokens(Box::new(response)))
+}
+
+/// The second step of a login: a TOTP code or a recovery code for an open challenge.
+pub async fn verify_mfa(
+    node: &Node,
+    challenge_id: Uuid,
+    code: &str,
+    ip: Option<IpAddr>,
+) -> Result<TokenResponse, ApiError> {
+    let now = node.clock.now();
+    let invalid_challenge = || {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_challenge",
+            "the MFA challenge is unknown, used or expired",
+        )
+    };
+    let challenge = node
+        .store
+        .challenge(challenge_id, now)
+        .await?
+        .ok_or_else(invalid_challenge)?;
+    let key = challenge.username.clone();
+    refuse_if_locked(node, &key, now).await?;
+    let user = node
+        .store
+        .user_by_id(challenge.user_id)
+        .await?
+        .filter(|u| u.is_active && u.mfa_enabled)
+        .ok_or_else(invalid_challenge)?;
+    let method = if totp::is_recovery_code(code) {
+        "recovery_code"
+    } else {
+        "totp"
+    };
+    let accepted = match method {
+        "recovery_code" => {
+            node.store
+                .use_recovery_code(user.id, &totp::hash_recovery_code(code), now)
+                .await?
+        }
+        _ => accept_totp(node, &user, code, now).await?,
+    };
+    if !accepted {
+        let lock = count_failure(node, &key, ip, now).await?;
+        audit(
+            node,
+            "mfa_failed",
+            "failure",
+            &user.username,
+            ip,
+            None,
+            json!({"method": method, "challenge_id": challenge_id}),
+        )
+        .await;
+        return Err(lock.unwrap_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_code",
+                "the code is wrong or was already used",
+            )
+        }));
+    }
+    if !node.store.consume_challenge(challenge_id, now).await? {
+        return Err(invalid_challenge());
+    }
+    node.store.clear_failures(&key, now).await?;
+    let response = start_session(node, &user, &challenge.auth_method, true, ip).await?;
+    let session = Some(format!("session:{}", response.session_id));
+    audit(
+        node,
+        "mfa_verified",
+        "success",
+        &user.username,
+        ip,
+        session.clone(),
+        json!({"method": method}),
+    )
+    .await;
+    audit(
+        node,
+        "login_succeeded",
+        "success",
+        &user.username,
+        ip,
+        session,
+        json!({"auth_method": challenge.auth_method, "mfa": true}),
+    )
+    .await;
+    Ok(response)
+}
+
+/// Checks a TOTP code of a confirmed enrolment; a code is accepted once (the store keeps
+/// the last accepted time step).
+async fn accept_totp(
+    node: &Node,
+    user: &User,
+    code: &str,
+    now: DateTime<Utc>,
+) -> Result<bool, ApiError> {
+    let Some(record) = node
+        .store
+        .totp(user.id)
+        .await?
+        .filter(|t| t.confirmed_at.is_some())
+    else {
+        return Ok(false);
+    };
+    let secret = node
+        .sealer
+        .open(&format!("totp:{}", user.id), &record.secret)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let Some(step) = totp::verify(&secret, code, u64::try_from(now.timestamp()).unwrap_or(0))
+    else {
+        return Ok(false);
+    };
+    Ok(node.store.accept_totp_step(user.id, step).await?)
+}
+
+/// A new refresh token and the hash the store keeps of it.
+fn new_refresh_token(session_id: Uuid) -> (String, String) {
+    let mut secret = Zeroizing::new([0u8; 32]);
+    rand::thread_rng().fill_bytes(&mut *secret);
+    let secret = URL_SAFE_NO_PAD.encode(*secret);
+    let hash = hash_refresh_secret(&secret);
+    (format!("{}.{secret}", session_id.simple()), hash)
+}
+
+fn hash_refresh_secret(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// Splits a presented refresh token into its session and the hash of its secret.
+fn parse_refresh_token(token: &str) -> Option<(Uuid, String)> {
+    let (sid, secret) = token.split_once('.')?;
+    if secret.len() != 43
+        || !secret
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return None;
+    }
+    Some((Uuid::parse_str(sid).ok()?, hash_refresh_secret(secret)))
+}
+
+fn access_token(
+    node: &Node,
+    user: &User,
+    session: &SessionRecord,
+    now: DateTime<Utc>,
+) -> Result<(String, i64), ApiError> {
+    let tokens = node
+        .tokens()
+        .ok_or_else(|| ApiError::unavailable("starting", "the node is still starting"))?;
+    let lifetime = seconds(node.config.auth.access_token_seconds);
+    // An access token never outlives its session.
+    let exp = (now + Duration::seconds(lifetime)).min(session.expires_at);
+    let claims = AccessClaims {
+        iss: node.config.auth.issuer.clone(),
+        aud: node.config.auth.audience.clone(),
+        sub: user.id.to_string(),
+        sid: session.id.to_string(),
+        iat: now.timestamp(),
+        exp: exp.timestamp(),
+        jti: Uuid::new_v4().to_string(),
+        username: user.username.clone(),
+        role: user.role.to_string(),
+        teams: user.teams.clone(),
+        mfa_enabled: user.mfa_enabled,
+        mfa: session.mfa_verified,
+        amr: session.auth_method.clone(),
+    };
+    let token = tokens
+        .issue(&claims)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok((token, (exp - now).num_seconds().max(0)))
+}
+
+/// Creates a session for `user` (its actor is activated at once) and its tokens.
+pub async fn start_session(
+    node: &Node,
+    user: &User,
+    auth_method: &str,
+    mfa_verified: bool,
+    ip: Option<IpAddr>,
+) -> Result<TokenResponse, ApiError> {
+    let now = node.clock.now();
+    let id = Uuid::now_v7();
+    let (refresh_token, refresh_hash) = new_refresh_token(id);
+    let session = SessionRecord {
+        id,
+        user_id: user.id,
+        refresh_hash,
+        auth_method: auth_method.to_owned(),
+        ip: ip.map(|ip| ip.to_string()),
+        mfa_verified,
+        created_at: now,
+        last_seen_at: now,
+        expires_at: now + Duration::seconds(seconds(node.config.session.absolute_seconds)),
+        revoked_at: None,
+        revoked_reason: None,
+        node_id: node.node_id.clone(),
+    };
+    if !node.store.create_session(&session).await? {
+        // The user was disabled or deleted a moment ago.
+        return Err(invalid_credentials());
+    }
+    node.actor_metrics.sessions_created.inc();
+    // The session's actor starts with the session; a failure here only delays it to the
+    // first request that needs it.
+    let _ = node.sessions.actor(id).await;
+    let (access_token, expires_in) = access_token(node, user, &session, now)?;
+    Ok(TokenResponse {
+        access_token,
+        token_type: "bearer",
+        expires_in,
+        refresh_token,
+        session_id: id,
+        user: UserSummary::from(user),
+    })
+}
+
+/// Exchanges a refresh token for new tokens; the presented one dies. A refresh token
+/// presented twice revokes its whole session.
+pub async fn refresh(
+    node: &Node,
+    refresh_token: &str,
+    ip: Option<IpAddr>,
+) -> Result<TokenResponse, ApiError> {
+    let invalid = || {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+            "the refresh token is invalid or expired",
+        )
+    };
+    let (session_id, presented) = parse_refresh_token(refresh_token).ok_or_else(invalid)?;
+    let (new_token, new_hash) = new_refresh_token(session_id);
+    let outcome = match node.sessions.refresh(session_id, presented, new_hash).await {
+        Ok(outcome) => outcome,
+        Err(SessionError::NotFound) => return Err(invalid()),
+        Err(SessionError::Store(err)) => return Err(err.into()),
+        Err(SessionError::Unavailable) => {
+            return Err(ApiError::unavailable(
+                "session_unavailable",
+                "the session could not be reached; retry",
+            ));
+        }
+    };
+    match outcome {
+        RefreshOutcome::Rotated(session) => {
+            let now = node.clock.now();
+            let user = node
+                .store
+                .user_by_id(session.user_id)
+                .await?
+                .filter(|u| u.is_active)
+                .ok_or_else(invalid)?;
+            let (access_token, expires_in) = access_token(node, &user, &session, now)?;
+            audit(
+                node,
+                "token_refreshed",
+                "success",
+                &user.username,
+                ip,
+                Some(format!("session:{session_id}")),
+                json!({}),
+            )
+            .await;
+            Ok(TokenResponse {
+                access_token,
+                token_type: "bearer",
+                expires_in,
+                refresh_token: new_token,
+                session_id,
+                user: UserSummary::from(&user),
+            })
+        }
+        RefreshOutcome::Reused(session) => {
+            node.revocations.revoke_sessions(&[session_id]);
+            node.actor_metrics.refresh_reuse.inc();
+            let actor = node
+                .store
+                .user_by_id(session.user_id)
+                .await
+                .ok()
+                .flatten()
+                .map(|u| u.username)
+                .unwrap_or_default();
+            audit(
+                node,
+                "refresh_token_reused",
+                "failure",
+                &actor,
+                ip,
+                Some(format!("session:{session_id}")),
+                json!({"session_revoked": true}),
+            )
+            .await;
+            Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "refresh_token_reused",
+                "this refresh token was already used; the session has been revoked",
+            ))
+        }
+        RefreshOutcome::Expired => Err(invalid()),
+    }
+}
+
+/// Revokes one session (through its actor) and refuses it on this node at once.
+pub async fn revoke_session(
+    node: &Node,
+    session_id: Uuid,
+    reason: &str,
+    actor: &str,
+    ip: Option<IpAddr>,
+) -> Result<Revoked, ApiError> {
+    let started = Instant::now();
+    let revoked = match node.sessions.revoke(session_id, reason).await {
+        Ok(revoked) => revoked,
+        Err(SessionError::Store(err)) => return Err(err.into()),
+        Err(SessionError::NotFound) => false,
+        // The actor is unreachable: revoke in the store directly, which is what counts.
+        Err(SessionError::Unavailable) => {
+            node.store
+                .revoke_session(session_id, reason, node.clock.now())
+                .await?
+        }
+    };
+    node.revocations.revoke_sessions(&[session_id]);
+    let propagation_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    if revoked {
+        audit(
+            node,
+            "session_revoked",
+            "success",
+            actor,
+            ip,
+            Some(format!("session:{session_id}")),
+            json!({"reason": reason}),
+        )
+        .await;
+    }
+    Ok(Revoked {
+        revoked,
+        propagation_ms,
+    })
+}
+
+/// Revokes every live session (except `keep`) and, with `keys`, every API key of a user.
+pub async fn revoke_user_credentials(
+    node: &Node,
+    user_id: Uuid,
+    keep: Option<Uuid>,
+    keys: bool,
+    reason: &str,
+) -> Result<Revoked, StoreError> {
+    let started = Instant::now();
+    let now = node.clock.now();
+    let sessions = node
+        .store
+        .revoke_user_sessions(user_id, keep, reason, now)
+        .await?;
+    node.revocations.revoke_sessions(&sessions);
+    let mut revoked_keys = Vec::new();
+    if keys {
+        revoked_keys = node
+            .store
+            .revoke_user_api_keys(user_id, reason, now)
+            .await?;
+        node.revocations.revoke_api_keys(&revoked_keys);
+    }
+    Ok(Revoked {
+        revoked: !sessions.is_empty() || !revoked_keys.is_empty(),
+        propagation_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refresh_tokens_carry_their_session_and_only_a_hash_is_kept() {
+        let sid = Uuid::now_v7();
+        let (token, hash) = new_refresh_token(sid);
+        let (parsed_sid, parsed_hash) = parse_refresh_token(&token).unwrap();
+        assert_eq!((parsed_sid, parsed_hash.as_str()), (sid, hash.as_str()));
+        assert!(!token.contains(&hash));
+        for bad in [
+            "",
+            "abc",
+            &format!("{}.short", sid.simple()),
+            &format!("nope.{}", "a".repeat(43)),
+        ] {
+            assert!(parse_refresh_token(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn lockout_keys_ignore_case_and_surrounding_space() {
+        assert_eq!(lockout_key("  Alice "), "alice");
+    }
+}

@@ -1,0 +1,190 @@
+//! `/api/v1/api-keys`: any user's own keys (admins: everyone's). A key's scopes never
+//! exceed what its creator may do, as the `authorization` policy decides.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use chrono::Duration;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::auth::api_keys::{self, SCOPES};
+use crate::auth::guard::allowed;
+use crate::auth::principal::Principal;
+use crate::auth::service::Revoked;
+use crate::http::AppState;
+use crate::http::errors::ApiError;
+use crate::http::extract::AppJson;
+use crate::http::validate::{self, ClientAddr};
+use crate::store::{ApiKeyRecord, Role};
+
+/// `POST /api/v1/api-keys` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewApiKey {
+    name: String,
+    scopes: Vec<String>,
+    expires_in_days: Option<u32>,
+}
+
+fn key_json(key: &ApiKeyRecord) -> Value {
+    json!({
+        "id": key.id,
+        "name": key.name,
+        "prefix": key.prefix,
+        "scopes": key.scopes,
+        "user_id": key.user_id,
+        "created_at": key.created_at,
+        "expires_at": key.expires_at,
+        "last_used_at": key.last_used_at,
+        "revoked_at": key.revoked_at,
+    })
+}
+
+/// `POST /api/v1/api-keys`: the key is in this answer and nowhere else, ever.
+pub async fn post_api_key(
+    State(state): State<AppState>,
+    ClientAddr(ip): ClientAddr,
+    principal: Principal,
+    AppJson(body): AppJson<NewApiKey>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let node = &state.node;
+    if principal.session_id().is_none() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "not_a_session",
+            "API keys are created by a logged-in user, not by another key",
+        ));
+    }
+    let name = validate::text("name", body.name.trim(), 100)?;
+    if name.is_empty() {
+        return Err(ApiError::invalid_field("name", "must not be empty"));
+    }
+    if body.scopes.is_empty() || body.scopes.len() > SCOPES.len() {
+        return Err(ApiError::invalid_field(
+            "scopes",
+            format!("must list 1-{} scopes", SCOPES.len()),
+        ));
+    }
+    let mut scopes = Vec::new();
+    for scope in &body.scopes {
+        if !SCOPES.contains(&scope.as_str()) {
+            return Err(ApiError::invalid_field(
+                "scopes",
+                format!("`{scope}` is not one of {}", SCOPES.join(", ")),
+            ));
+        }
+        let grantable = match scope.split_once(':') {
+            None => principal.role == Role::Admin,
+            Some((action, resource)) => allowed(node, &principal, action, resource, ip),
+        };
+        if !grantable {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "scope_exceeds_rights",
+                format!("`scopes`: you may not grant `{scope}`, which you do not have yourself"),
+            ));
+        }
+        if !scopes.contains(scope) {
+            scopes.push(scope.clone());
+        }
+    }
+    let expires_at = match body.expires_in_days {
+        None => None,
+        Some(days @ 1..=3650) => Some(node.clock.now() + Duration::days(i64::from(days))),
+        Some(_) => {
+            return Err(ApiError::invalid_field(
+                "expires_in_days",
+                "must be between 1 and 3650",
+            ));
+        }
+    };
+    let new = api_keys::generate();
+    let record = ApiKeyRecord {
+        id: Uuid::now_v7(),
+        user_id: principal.user_id,
+        name,
+        prefix: new.prefix.clone(),
+        key_hash: new.hash.clone(),
+        scopes,
+        created_at: node.clock.now(),
+        expires_at,
+        last_used_at: None,
+        revoked_at: None,
+        revoked_reason: None,
+    };
+    if !node.store.create_api_key(&record).await? {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_credentials",
+            "the account is disabled",
+        ));
+    }
+    let mut event = node.audit.event("api_key_created", "success");
+    event.actor = Some(principal.username.clone());
+    event.ip = ip.map(|ip| ip.to_string());
+    event.resource = Some(format!("api_key:{}", record.id));
+    event.details =
+        json!({"prefix": record.prefix, "scopes": record.scopes, "expires_at": record.expires_at});
+    node.record_audit(event).await;
+    let mut body = key_json(&record);
+    body["key"] = json!(new.key.as_str());
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+/// `GET /api/v1/api-keys`: one's own keys; admins see everyone's.
+pub async fn get_api_keys(
+    State(state): State<AppState>,
+    ClientAddr(ip): ClientAddr,
+    principal: Principal,
+) -> Result<Json<Value>, ApiError> {
+    let node = &state.node;
+    let owner = if allowed(node, &principal, "read", "users", ip) {
+        None
+    } else {
+        Some(principal.user_id)
+    };
+    let keys = node.store.api_keys(owner).await?;
+    let items: Vec<Value> = keys.iter().map(key_json).collect();
+    Ok(Json(json!({ "items": items, "next_cursor": null })))
+}
+
+/// `DELETE /api/v1/api-keys/{id}`: refused on every node from the next request.
+pub async fn delete_api_key(
+    State(state): State<AppState>,
+    ClientAddr(ip): ClientAddr,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<Revoked>, ApiError> {
+    let node = &state.node;
+    let id = Uuid::parse_str(&id)
+        .map_err(|_| ApiError::invalid_field("id", "must be an API key id (UUID)"))?;
+    let key = node
+        .store
+        .api_key(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such API key"))?;
+    if key.user_id != principal.user_id && !allowed(node, &principal, "write", "users", ip) {
+        return Err(ApiError::not_found("no such API key"));
+    }
+    let started = std::time::Instant::now();
+    let revoked = node
+        .store
+        .revoke_api_key(id, "revoked", node.clock.now())
+        .await?;
+    node.revocations.revoke_api_keys(&[id]);
+    let propagation_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    if revoked {
+        let mut event = node.audit.event("api_key_revoked", "success");
+        event.actor = Some(principal.username.clone());
+        event.ip = ip.map(|ip| ip.to_string());
+        event.resource = Some(format!("api_key:{id}"));
+        event.details = json!({"prefix": key.prefix, "owner": key.user_id});
+        node.record_audit(event).await;
+    }
+    Ok(Json(Revoked {
+        revoked,
+        propagation_ms,
+    }))
+}

@@ -1,0 +1,386 @@
+//! `/api/v1/auth/*` and `/.well-known/jwks.json`: logins, tokens, self-service password
+//! and MFA. These routes are authorized by ownership, never by policy, so no policy can
+//! stop a user from logging out or managing their own credentials.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+use zeroize::Zeroizing;
+
+use crate::auth::principal::{Principal, PrincipalKind};
+use crate::auth::service::{self, LoginOutcome, MAX_USERNAME_INPUT};
+use crate::http::AppState;
+use crate::http::errors::ApiError;
+use crate::http::extract::AppJson;
+use crate::http::validate::ClientAddr;
+use crate::idp::{password, totp};
+use crate::store::{StoreError, UserPatch};
+
+/// `POST /api/v1/auth/login` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    username: String,
+    password: Zeroizing<String>,
+}
+
+fn check_credentials(username: &str, secret: &str) -> Result<(), ApiError> {
+    if username.is_empty() || username.chars().count() > MAX_USERNAME_INPUT {
+        return Err(ApiError::invalid_field(
+            "username",
+            format!("must be 1-{MAX_USERNAME_INPUT} characters"),
+        ));
+    }
+    if secret.is_empty() || secret.chars().count() > password::MAX_LENGTH {
+        return Err(ApiError::invalid_field(
+            "password",
+            format!("must be 1-{} characters", password::MAX_LENGTH),
+        ));
+    }
+    Ok(())
+}
+
+/// `POST /api/v1/auth/login`.
+pub async fn post_login(
+    State(state): State<AppState>,
+    ClientAddr(ip): ClientAddr,
+    AppJson(body): AppJson<LoginRequest>,
+) -> Result<Response, ApiError> {
+    check_credentials(&body.username, &body.password)?;
+    match service::password_login(&state.node, &body.username, body.password, ip).await? {
+        LoginOutcome::Tokens(tokens) => Ok(Json(tokens).into_response()),
+        LoginOutcome::MfaRequired {
+            challenge_id,
+            expires_in,
+        } => Ok(Json(json!({
+            "mfa_required": true,
+            "challenge_id": challenge_id,
+            "expires_in": expires_in,
+        }))
+        .into_response()),
+    }
+}
+
+/// `POST /api/v1/auth/mfa/verify` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MfaVerifyRequest {
+    challenge_id: String,
+    code: Zeroizing<String>,
+}
+
+/// `POST /api/v1/auth/mfa/verify`.
+pub async fn post_mfa_verify(
+    State(state): State<AppState>,
+    ClientAddr(ip): ClientAddr,
+    AppJson(body): AppJson<MfaVerifyRequest>,
+) -> Result<Response, ApiError> {
+    let challenge_id = Uuid::parse_str(&body.challenge_id)
+        .map_err(|_| ApiError::invalid_field("challenge_id", "must be a UUID"))?;
+    if body.code.is_empty() || body.code.len() > 64 {
+        return Err(ApiError::invalid_field(
+            "code",
+            "must be a 6-digit code or a recovery code",
+        ));
+    }
+    let tokens = service::verify_mfa(&state.node, challenge_id, &body.code, ip).await?;
+    Ok(Json(tokens).into_response())
+}
+
+/// `POST /api/v1/auth/refresh` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshRequest {
+    refresh_token: Zeroizing<String>,
+}
+
+/// `POST /api/v1/auth/refresh`.
+pub async fn post_refresh(
+    State(state): State<AppState>,
+    ClientAddr(ip): ClientAddr,
+    AppJson(body): AppJson<RefreshRequest>,
+) -> Result<Response, ApiError> {
+    if body.refresh_token.is_empty() || body.refresh_token.len() > 256 {
+        return Err(ApiError::invalid_field(
+            "refresh_token",
+            "is not a refresh token",
+        ));
+    }
+    let tokens = service::refresh(&state.node, &body.refresh_token, ip).await?;
+    Ok(Json(tokens).into_response())
+}
+
+fn session_of(principal: &Principal) -> Result<Uuid, ApiError> {
+    principal.session_id().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "not_a_session",
+            "this needs a session's access token, not an API key",
+        )
+    })
+}
+
+/// `POST /api/v1/auth/logout`.
+pub async fn post_logout(
+    State(state): State<AppState>,
+    ClientAddr(ip): ClientAddr,
+    principal: Principal,
+) -> Result<Json<service::Revoked>, ApiError> {
+    let session_id = session_of(&principal)?;
+    Ok(Json(
+        service::revoke_session(&state.node, session_id, "logout", &principal.username, ip).await?,
+    ))
+}
+
+/// `GET /api/v1/auth/me`.
+pub async fn get_me(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<Json<Value>, ApiError> {
+    let email = state
+        .node
+        .store
+        .user_by_id(principal.user_id)
+        .await?
+        .and_then(|u| u.email);
+    let (session_id, scopes) = match &principal.kind {
+        PrincipalKind::Session { session_id } => (Some(*session_id), Vec::new()),
+        PrincipalKind::ApiKey { scopes, .. } => (None, scopes.clone()),
+    };
+    Ok(Json(json!({
+        "user_id": principal.user_id,
+        "username": principal.username,
+        "email": email,
+        "role": principal.role,
+        "teams": principal.teams,
+        "mfa_enabled": principal.mfa_enabled,
+        "session_id": session_id,
+        "auth_method": principal.auth_method,
+        "principal_type": principal.principal_type(),
+        "scopes": scopes,
+    })))
+}
+
+/// `POST /api/v1/auth/password` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordChange {
+    current_password: Zeroizing<String>,
+    new_password: Zeroizing<String>,
+}
+
+/// `POST /api/v1/auth/password`: changes one's own password and revokes one's other
+/// sessions.
+pub async fn post_password(
+    State(state): State<AppState>,
+    ClientAddr(ip): ClientAddr,
+    principal: Principal,
+    AppJson(body): AppJson<PasswordChange>,
+) -> Result<StatusCode, ApiError> {
+    let session_id = session_of(&principal)?;
+    check_credentials(&principal.username, &body.current_password)
+        .map_err(|_| ApiError::invalid_field("current_password", "must be 1-1024 characters"))?;
+    let node = &state.node;
+    let user = node
+        .store
+        .user_by_id(principal.user_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such user"))?;
+    if user.provider != "local" {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "external_account",
+            "this account's password is managed by its identity provider",
+        ));
+    }
+    let key = service::lockout_key(&user.username);
+    if !node
+        .passwords
+        .verify(body.current_password, user.password_hash.clone())
+        .await
+    {
+        node.store
+            .record_failure(&key, service::lockout_rule(node), node.clock.now())
+            .await?;
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_credentials",
+            "the current password is wrong",
+        ));
+    }
+    set_password(
+        node,
+        &user.username,
+        &body.new_password,
+        Some(session_id),
+        &principal.username,
+        ip,
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Checks the policy, stores the new hash and revokes the user's sessions (except
+/// `keep`); shared by self-service and admin password changes.
+pub async fn set_password(
+    node: &crate::node::Node,
+    username: &str,
+    new_password: &str,
+    keep: Option<Uuid>,
+    actor: &str,
+    ip: Option<std::net::IpAddr>,
+) -> Result<(), ApiError> {
+    password::check_policy(username, new_password).map_err(|v| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "weak_password",
+            format!("`password` ({}): {}", v.rule, v.message),
+        )
+    })?;
+    let hash = node
+        .passwords
+        .hash(Zeroizing::new(new_password.to_owned()))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let patch = UserPatch {
+        password_hash: Some(hash),
+        ..Default::default()
+    };
+    let user = node
+        .store
+        .update_user(username, &patch, node.clock.now())
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such user"))?;
+    service::revoke_user_credentials(node, user.id, keep, false, "password_changed").await?;
+    let mut event = node.audit.event("password_changed", "success");
+    event.actor = Some(actor.to_owned());
+    event.ip = ip.map(|ip| ip.to_string());
+    event.resource = Some(format!("user:{username}"));
+    node.record_audit(event).await;
+    Ok(())
+}
+
+/// `POST /api/v1/auth/mfa/totp/enroll`: a new secret, not active until confirmed.
+pub async fn post_totp_enroll(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<Json<Value>, ApiError> {
+    session_of(&principal)?;
+    let node = &state.node;
+    let user = node
+        .store
+        .user_by_id(principal.user_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such user"))?;
+    if user.mfa_enabled {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "mfa_already_enabled",
+            "MFA is already enabled; an admin can reset it",
+        ));
+    }
+    let secret = totp::new_secret();
+    let sealed = node
+        .sealer
+        .seal(&format!("totp:{}", user.id), &secret)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    match node
+        .store
+        .put_pending_totp(user.id, &sealed, node.clock.now())
+        .await
+    {
+        Err(StoreError::Conflict(_)) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "mfa_already_enabled",
+                "MFA is already enabled",
+            ));
+        }
+        other => other?,
+    }
+    let enrollment =
+        totp::enrollment(&secret, &user.username).map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(Json(json!({
+        "secret": enrollment.secret,
+        "otpauth_uri": enrollment.otpauth_uri,
+        "qr_png_base64": enrollment.qr_png_base64,
+    })))
+}
+
+/// `POST /api/v1/auth/mfa/totp/confirm` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TotpConfirm {
+    code: Zeroizing<String>,
+}
+
+/// `POST /api/v1/auth/mfa/totp/confirm`: turns MFA on and returns ten recovery codes.
+pub async fn post_totp_confirm(
+    State(state): State<AppState>,
+    ClientAddr(ip): ClientAddr,
+    principal: Principal,
+    AppJson(body): AppJson<TotpConfirm>,
+) -> Result<Json<Value>, ApiError> {
+    session_of(&principal)?;
+    let node = &state.node;
+    let now = node.clock.now();
+    let pending = node
+        .store
+        .totp(principal.user_id)
+        .await?
+        .filter(|t| t.confirmed_at.is_none())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "no_pending_enrollment",
+                "start with POST /api/v1/auth/mfa/totp/enroll",
+            )
+        })?;
+    let secret = node
+        .sealer
+        .open(&format!("totp:{}", principal.user_id), &pending.secret)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let unix = u64::try_from(now.timestamp()).unwrap_or(0);
+    let Some(step) = totp::verify(&secret, &body.code, unix) else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_code",
+            "the code does not match the new secret",
+        ));
+    };
+    let codes = totp::recovery_codes();
+    let hashes: Vec<String> = codes.iter().map(|c| totp::hash_recovery_code(c)).collect();
+    if !node
+        .store
+        .confirm_totp(principal.user_id, &hashes, now)
+        .await?
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "no_pending_enrollment",
+            "the enrolment was confirmed already",
+        ));
+    }
+    // The code just used cannot log anyone in.
+    node.store.accept_totp_step(principal.user_id, step).await?;
+    let mut event = node.audit.event("mfa_enrolled", "success");
+    event.actor = Some(principal.username.clone());
+    event.ip = ip.map(|ip| ip.to_string());
+    event.resource = Some(format!("user:{}", principal.username));
+    event.details = json!({"method": "totp"});
+    node.record_audit(event).await;
+    Ok(Json(json!({ "recovery_codes": codes })))
+}
+
+/// `GET /.well-known/jwks.json`.
+pub async fn get_jwks(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let tokens = state
+        .node
+        .tokens()
+        .ok_or_else(|| ApiError::unavailable("starting", "the node is still starting"))?;
+    Ok(Json(tokens.jwks()))
+}

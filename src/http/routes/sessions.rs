@@ -1,0 +1,112 @@
+//! `/api/v1/sessions`: one's own sessions (admins: anyone's).
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::auth::guard::authorize;
+use crate::auth::principal::Principal;
+use crate::auth::service::{self, Revoked};
+use crate::http::AppState;
+use crate::http::errors::ApiError;
+use crate::http::validate::{self, ClientAddr};
+use crate::store::SessionRecord;
+
+/// `GET /api/v1/sessions` query.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionsQuery {
+    user: Option<String>,
+}
+
+fn session_json(s: &SessionRecord) -> Value {
+    json!({
+        "session_id": s.id,
+        "user_id": s.user_id,
+        "created_at": s.created_at,
+        "last_seen_at": s.last_seen_at,
+        "expires_at": s.expires_at,
+        "auth_method": s.auth_method,
+        "ip": s.ip,
+        "node_id": s.node_id,
+    })
+}
+
+/// `GET /api/v1/sessions`: live sessions of the caller, or of `?user=` for admins.
+pub async fn get_sessions(
+    State(state): State<AppState>,
+    ClientAddr(ip): ClientAddr,
+    principal: Principal,
+    Query(query): Query<SessionsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let node = &state.node;
+    let user_id = match query.user {
+        Some(name) if name != principal.username => {
+            let name = validate::username("user", &name)?;
+            authorize(node, &principal, "read", "users", ip).await?;
+            node.store
+                .user_by_username(&name)
+                .await?
+                .ok_or_else(|| ApiError::not_found("no such user"))?
+                .id
+        }
+        _ => principal.user_id,
+    };
+    let sessions = node.store.user_sessions(user_id, node.clock.now()).await?;
+    let items: Vec<Value> = sessions.iter().map(session_json).collect();
+    Ok(Json(json!({ "items": items, "next_cursor": null })))
+}
+
+/// `DELETE /api/v1/sessions/{id}`: revokes one of one's sessions (admins: anyone's).
+pub async fn delete_session(
+    State(state): State<AppState>,
+    ClientAddr(ip): ClientAddr,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<Revoked>, ApiError> {
+    let node = &state.node;
+    let id = Uuid::parse_str(&id)
+        .map_err(|_| ApiError::invalid_field("id", "must be a session id (UUID)"))?;
+    let Some(session) = node.store.session(id).await? else {
+        return Err(ApiError::not_found("no such session"));
+    };
+    if session.user_id != principal.user_id {
+        // Someone else's session: an admin action, and otherwise indistinguishable from
+        // a session that does not exist.
+        if authorize(node, &principal, "write", "users", ip)
+            .await
+            .is_err()
+        {
+            return Err(ApiError::not_found("no such session"));
+        }
+    }
+    Ok(Json(
+        service::revoke_session(node, id, "revoked", &principal.username, ip).await?,
+    ))
+}
+
+/// `DELETE /api/v1/sessions`: signs out everywhere (every session of the caller).
+pub async fn delete_sessions(
+    State(state): State<AppState>,
+    ClientAddr(ip): ClientAddr,
+    principal: Principal,
+) -> Result<Json<Revoked>, ApiError> {
+    let node = &state.node;
+    let revoked = service::revoke_user_credentials(
+        node,
+        principal.user_id,
+        None,
+        false,
+        "signed_out_everywhere",
+    )
+    .await?;
+    let mut event = node.audit.event("session_revoked", "success");
+    event.actor = Some(principal.username.clone());
+    event.ip = ip.map(|ip| ip.to_string());
+    event.resource = Some(format!("user:{}", principal.username));
+    event.details = json!({"reason": "signed_out_everywhere"});
+    node.record_audit(event).await;
+    Ok(Json(revoked))
+}

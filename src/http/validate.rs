@@ -1,0 +1,181 @@
+//! Input validation: each check names the field and the rule in its 400.
+
+use std::convert::Infallible;
+use std::net::IpAddr;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+use super::errors::ApiError;
+use super::middleware::ClientIp;
+
+/// The client's address, when the connection has one.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientAddr(pub Option<IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(parts.extensions.get::<ClientIp>().map(|c| c.0)))
+    }
+}
+
+/// A username: `^[a-z0-9][a-z0-9._-]{0,63}$`.
+pub fn username(field: &str, value: &str) -> Result<String, ApiError> {
+    let valid = !value.is_empty()
+        && value.len() <= 64
+        && value
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+    if valid {
+        Ok(value.to_owned())
+    } else {
+        Err(ApiError::invalid_field(
+            field,
+            "must match ^[a-z0-9][a-z0-9._-]{0,63}$",
+        ))
+    }
+}
+
+/// An email address: one `@`, a non-empty local part, a dotted domain, at most 254 bytes.
+pub fn email(field: &str, value: &str) -> Result<String, ApiError> {
+    let bad = || ApiError::invalid_field(field, "must be an email address (local@domain.tld)");
+    if value.len() > 254 || value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad());
+    }
+    let (local, domain) = value.split_once('@').ok_or_else(bad)?;
+    let domain_ok = !domain.contains('@')
+        && domain.contains('.')
+        && domain
+            .split('.')
+            .all(|label| !label.is_empty() && label.len() <= 63)
+        && !domain.starts_with('-');
+    if local.is_empty() || local.len() > 64 || !domain_ok {
+        return Err(bad());
+    }
+    Ok(value.to_owned())
+}
+
+/// A bounded free-text string (no control characters).
+pub fn text(field: &str, value: &str, max: usize) -> Result<String, ApiError> {
+    if value.chars().count() > max {
+        return Err(ApiError::invalid_field(
+            field,
+            format!("must be at most {max} characters"),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(ApiError::invalid_field(
+            field,
+            "must not contain control characters",
+        ));
+    }
+    Ok(value.to_owned())
+}
+
+/// Team names: at most 64, each 1-64 characters without control characters.
+pub fn teams(field: &str, values: &[String]) -> Result<Vec<String>, ApiError> {
+    if values.len() > 64 {
+        return Err(ApiError::invalid_field(field, "must list at most 64 teams"));
+    }
+    values
+        .iter()
+        .map(|t| {
+            if t.is_empty() {
+                return Err(ApiError::invalid_field(
+                    field,
+                    "team names must not be empty",
+                ));
+            }
+            text(field, t, 64)
+        })
+        .collect()
+}
+
+/// A page size: 1-500, default 50.
+pub fn limit(value: Option<u32>) -> Result<u32, ApiError> {
+    match value {
+        None => Ok(50),
+        Some(n) if (1..=500).contains(&n) => Ok(n),
+        Some(_) => Err(ApiError::invalid_field(
+            "limit",
+            "must be between 1 and 500",
+        )),
+    }
+}
+
+/// An opaque, URL-safe cursor wrapping a keyset position.
+pub fn encode_cursor(position: &str) -> String {
+    URL_SAFE_NO_PAD.encode(position.as_bytes())
+}
+
+/// Decodes a cursor made by [`encode_cursor`].
+pub fn decode_cursor(value: Option<&str>) -> Result<Option<String>, ApiError> {
+    let Some(value) = value else { return Ok(None) };
+    let invalid = || ApiError::invalid_field("cursor", "is not a cursor this API issued");
+    if value.len() > 512 {
+        return Err(invalid());
+    }
+    let bytes = URL_SAFE_NO_PAD.decode(value).map_err(|_| invalid())?;
+    String::from_utf8(bytes).map(Some).map_err(|_| invalid())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usernames_follow_the_contract() {
+        for ok in ["a", "alice", "bob.smith-2", "0x_1", &"a".repeat(64)] {
+            assert!(username("username", ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "Alice",
+            ".bob",
+            "-x",
+            "a b",
+            "é",
+            &"a".repeat(65),
+            "a/b",
+            "*",
+        ] {
+            assert!(username("username", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn emails_are_checked_for_shape() {
+        assert!(email("email", "alice@example.org").is_ok());
+        for bad in [
+            "alice",
+            "@example.org",
+            "alice@",
+            "alice@localhost",
+            "a b@example.org",
+            "a@b@c.org",
+            "a@.org",
+        ] {
+            assert!(email("email", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cursors_round_trip_and_garbage_is_a_400() {
+        assert_eq!(
+            decode_cursor(Some(&encode_cursor("bob"))).unwrap(),
+            Some("bob".into())
+        );
+        assert!(decode_cursor(Some("***")).is_err());
+        assert_eq!(decode_cursor(None).unwrap(), None);
+        assert!(limit(Some(0)).is_err() && limit(Some(501)).is_err());
+        assert_eq!(limit(None).unwrap(), 50);
+    }
+}
