@@ -36,6 +36,9 @@ pub enum AdminCommand {
         /// A file holding the new password (it must not be readable by other users).
         #[arg(long)]
         password_file: Option<PathBuf>,
+        /// Also re-enables the account if it was disabled.
+        #[arg(long)]
+        enable: bool,
     },
     /// Clears the failed-login counter of a username.
     Unlock {
@@ -173,6 +176,7 @@ async fn execute(
         AdminCommand::ResetPassword {
             username,
             password_file,
+            enable,
         } => {
             let user = store
                 .user_by_username(&username)
@@ -189,7 +193,7 @@ async fn execute(
                 .map_err(|e| AdminError::new(e.to_string()))?;
             let patch = UserPatch {
                 password_hash: Some(hash),
-                is_active: Some(true),
+                is_active: enable.then_some(true),
                 ..Default::default()
             };
             store
@@ -208,7 +212,7 @@ async fn execute(
                 audit,
                 "password_changed",
                 format!("user:{username}"),
-                json!({"reason": "admin_reset", "sessions_revoked": revoked.len()}),
+                json!({"reason": "admin_reset", "sessions_revoked": revoked.len(), "enabled": enable}),
             )
             .await?;
             Ok(if generated {

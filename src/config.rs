@@ -560,13 +560,13 @@ impl Config {
             crate::secrets::SecretsKey::parse(key.expose())
                 .map_err(|e| ConfigError::key("secrets.key", e))?;
         }
-        if let Some(password) = &self.bootstrap_admin_password
-            && password.expose().chars().count() < 12
-        {
-            return Err(ConfigError::key(
-                "bootstrap_admin_password",
-                "must be at least 12 characters",
-            ));
+        if let Some(password) = &self.bootstrap_admin_password {
+            crate::idp::password::check_policy("admin", password.expose()).map_err(|v| {
+                ConfigError::key(
+                    "bootstrap_admin_password",
+                    format!("{} ({})", v.message, v.rule),
+                )
+            })?;
         }
         for (key, value) in [
             (

@@ -17,7 +17,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
 use sark_actors::audit::{AuditHandle, AuditMessage, AuditWriterSpec, ChainKey};
@@ -124,8 +124,11 @@ pub struct Node {
     pub passwords: PasswordHasherPool,
     /// Encrypts secrets at rest.
     pub sealer: SecretBox,
+    /// Keys the hashes of MFA recovery codes.
+    pub recovery_code_key: zeroize::Zeroizing<Vec<u8>>,
     tokens: Arc<std::sync::OnceLock<Arc<TokenKeys>>>,
     last_key_reload: tokio::sync::Mutex<Option<tokio::time::Instant>>,
+    api_key_touches: std::sync::Mutex<std::collections::HashMap<Uuid, tokio::time::Instant>>,
     supervisor: ActorRef<SupervisorMessage>,
     store_ready: Arc<AtomicBool>,
     policies_in_step: Arc<AtomicBool>,
@@ -199,8 +202,9 @@ impl Node {
         // SQLite is local: bootstrap before serving, failing start-up on any error.
         // PostgreSQL may be down: keep trying in the background.
         let mut background = Vec::new();
+        let mut created_admin = None;
         match backend {
-            Backend::Sqlite(_) => bootstrap.run_once().await?,
+            Backend::Sqlite(_) => created_admin = bootstrap.run_once().await?,
             Backend::Postgres(_) => {
                 background.push(tokio::spawn(bootstrap.run_until_done(fatal_tx)))
             }
@@ -263,6 +267,10 @@ impl Node {
         let (supervisor, supervisor_handle) = Actor::spawn(None, Supervisor, args)
             .await
             .map_err(|e| NodeError::Startup(format!("node supervisor failed to start: {e}")))?;
+        if let Some(admin) = created_admin {
+            // The AuditWriter started with the supervisor: record the event before serving.
+            record_admin_created(audit.clone(), admin).await;
+        }
         let (supervisor_exited, supervisor_done) = watch::channel(false);
         tokio::spawn(async move {
             let _ = supervisor_handle.await;
@@ -279,6 +287,12 @@ impl Node {
                 }
             }));
         }
+        background.push(tokio::spawn(housekeeping(
+            store.clone(),
+            clock.clone(),
+            store_ready.clone(),
+            chrono::Duration::seconds(seconds(config.auth.lockout_seconds)),
+        )));
         let policies_in_step = Arc::new(AtomicBool::new(false));
         background.push(tokio::spawn(
             PolicySync {
@@ -294,6 +308,7 @@ impl Node {
         ));
         info!(node_id, backend = store.backend(), "node started");
         let slots_sessions = slots.sessions.clone();
+        let session_store: Arc<dyn sark_actors::store::SessionStore> = store.clone();
         let mut control = NodeControl {
             node_id: node_id.clone(),
             supervisor: supervisor.clone(),
@@ -323,11 +338,13 @@ impl Node {
             policies_in_step,
             draining: AtomicBool::new(false),
             revocations,
-            sessions: Sessions::new(slots_sessions),
+            sessions: Sessions::new(slots_sessions, session_store),
             passwords: PasswordHasherPool::default(),
             sealer,
+            recovery_code_key: key.derive("mfa recovery codes"),
             tokens,
             last_key_reload: tokio::sync::Mutex::new(None),
+            api_key_touches: std::sync::Mutex::new(std::collections::HashMap::new()),
         };
         let node = Arc::new(node);
         control
@@ -363,6 +380,27 @@ impl Node {
         if let Err(err) = tokens.reload(self.store.as_ref(), self.clock.now()).await {
             warn!(error = %err, "could not reload signing keys");
         }
+    }
+
+    /// Whether a use of API key `id` should be written to the store: at most once a minute
+    /// per key and node, so a busy key does not take the database's write lock per request.
+    pub fn should_touch_api_key(&self, id: Uuid) -> bool {
+        let now = tokio::time::Instant::now();
+        let mut touches = self
+            .api_key_touches
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if touches
+            .get(&id)
+            .is_some_and(|at| now.duration_since(*at) < Duration::from_secs(60))
+        {
+            return false;
+        }
+        if touches.len() > 100_000 {
+            touches.retain(|_, at| now.duration_since(*at) < Duration::from_secs(60));
+        }
+        touches.insert(id, now);
+        true
     }
 
     /// Records an audit event and waits for its commit; a failure is logged and counted,
@@ -458,6 +496,31 @@ async fn credential_sync(node: std::sync::Weak<Node>) {
         }
         drop(node);
         tokio::time::sleep(every).await;
+    }
+}
+
+/// Hourly removal of expired lockout counters, challenges and sessions, so the tables
+/// hold what is live plus a day of history for investigations.
+async fn housekeeping(
+    store: Arc<dyn Store>,
+    clock: SharedClock,
+    store_ready: Arc<AtomicBool>,
+    lockout_window: chrono::Duration,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        if !store_ready.load(Ordering::Acquire) {
+            continue;
+        }
+        let now = clock.now();
+        match store
+            .prune_expired(now, now - lockout_window, now - chrono::Duration::days(1))
+            .await
+        {
+            Ok(removed) => debug!(removed, "housekeeping pruned expired rows"),
+            Err(err) => warn!(error = %err, "housekeeping could not prune expired rows"),
+        }
     }
 }
 
@@ -646,7 +709,8 @@ struct Bootstrap {
 }
 
 impl Bootstrap {
-    async fn run_once(&self) -> Result<(), NodeError> {
+    /// Returns the admin account if this call created it.
+    async fn run_once(&self) -> Result<Option<User>, NodeError> {
         if !self.backend.initialize(self.audit.now()).await? {
             return Err(NodeError::Store(OpenError::Migration(
                 "database unreachable".into(),
@@ -657,11 +721,7 @@ impl Bootstrap {
             .await
             .map_err(|e| NodeError::Startup(e.to_string()))?;
         self.ready.store(true, Ordering::Release);
-        if let Some(admin) = created_admin {
-            let audit = self.audit.clone();
-            tokio::spawn(record_admin_created(audit, admin));
-        }
-        Ok(())
+        Ok(created_admin)
     }
 
     async fn run_until_done(self, fatal: watch::Sender<Option<String>>) {
@@ -739,6 +799,8 @@ impl Bootstrap {
                     crate::idp::jwt::TokenError::Store(err) => BootstrapError::Store(err),
                     other => BootstrapError::Policy(other.to_string()),
                 })?;
+            // Revocations first: tokens are accepted only once both are there.
+            self.revocations.load(self.store.as_ref(), now).await?;
             let _ = self.tokens.set(Arc::new(keys));
         }
         self.revocations.load(self.store.as_ref(), now).await?;
@@ -746,7 +808,16 @@ impl Bootstrap {
     }
 
     async fn bootstrap_admin(&self) -> Result<Option<User>, BootstrapError> {
+        // Created once in the life of the database: an admin who was deleted or renamed on
+        // purpose does not come back at the next restart.
+        const DONE: &str = "bootstrap_admin_created";
+        if self.store.meta(DONE).await?.is_some() {
+            return Ok(None);
+        }
         if self.store.user_by_username("admin").await?.is_some() {
+            self.store
+                .put_meta_if_absent(DONE, &self.audit.now().to_rfc3339())
+                .await?;
             return Ok(None);
         }
         let configured = self
@@ -791,6 +862,11 @@ impl Bootstrap {
             updated_at: now,
         };
         let created = self.store.create_user_if_absent(&admin).await;
+        if matches!(created, Ok(true)) {
+            self.store
+                .put_meta_if_absent(DONE, &now.to_rfc3339())
+                .await?;
+        }
         let Some(pending) = pending_file else {
             if created? {
                 info!("created the bootstrap admin with the configured password");
@@ -833,11 +909,16 @@ async fn record_admin_created(audit: AuditHandle, admin: User) {
     event.actor = Some("system".into());
     event.resource = Some(format!("user:{}", admin.username));
     event.details = json!({"user_id": admin.id, "role": admin.role, "reason": "bootstrap"});
-    for _ in 0..60 {
-        match audit.record(event.clone()).await {
-            Ok(_) => return,
-            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+    // The writer may still be starting (with PostgreSQL it starts once the database is
+    // up): poll for it briefly rather than lose the event.
+    for _ in 0..600 {
+        if audit.writer().is_some() {
+            match audit.record(event.clone()).await {
+                Ok(_) => return,
+                Err(err) => warn!(error = %err, "bootstrap audit event not recorded yet; retrying"),
+            }
         }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     warn!("could not audit the creation of the bootstrap admin");
 }

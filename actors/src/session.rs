@@ -96,8 +96,8 @@ pub struct SessionActor;
 
 /// What a SessionActor starts with.
 pub struct SessionArguments {
-    /// The session.
-    pub id: Uuid,
+    /// The session, as just read from the store.
+    pub session: SessionRecord,
     /// Where sessions are stored.
     pub store: Arc<dyn SessionStore>,
     /// Time.
@@ -170,11 +170,7 @@ impl Actor for SessionActor {
         myself: ActorRef<Self::Msg>,
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let session = args
-            .store
-            .session(args.id)
-            .await?
-            .ok_or_else(|| Box::new(SessionError::NotFound))?;
+        let session = args.session;
         let tick = (args.limits.passivate_after / 2).max(Duration::from_millis(50));
         let timer = myself.send_interval(tick, || SessionMessage::Passivate);
         Ok(SessionState {
@@ -257,9 +253,12 @@ impl Actor for SessionActor {
 
 /// Messages of the [`SessionSupervisor`].
 pub enum SessionSupervisorMessage {
-    /// The session's actor, activated from the store if it is not running.
+    /// The running actor of a session, if any.
+    Lookup(Uuid, RpcReplyPort<Option<ActorRef<SessionMessage>>>),
+    /// Starts the actor of a session read from the store (unless one is running already).
+    /// The caller reads the row, so the supervisor never waits on the store.
     Activate(
-        Uuid,
+        Box<SessionRecord>,
         RpcReplyPort<Result<ActorRef<SessionMessage>, SessionError>>,
     ),
     /// Session actors running on this node.
@@ -351,7 +350,15 @@ impl Actor for SessionSupervisor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            SessionSupervisorMessage::Activate(id, reply) => {
+            SessionSupervisorMessage::Lookup(id, reply) => {
+                let running = state
+                    .running
+                    .get(&id)
+                    .filter(|a| a.get_status() == ractor::ActorStatus::Running);
+                let _ = reply.send(running.cloned());
+            }
+            SessionSupervisorMessage::Activate(session, reply) => {
+                let id = session.id;
                 if let Some(actor) = state.running.get(&id)
                     && actor.get_status() == ractor::ActorStatus::Running
                 {
@@ -359,7 +366,7 @@ impl Actor for SessionSupervisor {
                     return Ok(());
                 }
                 let args = SessionArguments {
-                    id,
+                    session: *session,
                     store: state.args.store.clone(),
                     clock: state.args.clock.clone(),
                     limits: state.args.limits,
@@ -375,14 +382,6 @@ impl Actor for SessionSupervisor {
                                 .with_label_values(&["session"])
                                 .inc();
                             Ok(actor)
-                        }
-                        Err(SpawnErr::StartupFailed(err))
-                            if matches!(
-                                err.downcast_ref::<SessionError>(),
-                                Some(SessionError::NotFound)
-                            ) =>
-                        {
-                            Err(SessionError::NotFound)
                         }
                         Err(err) => {
                             warn!(session = %id, error = %err, "session actor failed to start");
@@ -458,9 +457,18 @@ impl ChildSpec for SessionSupervisorSpec {
 }
 
 /// Reaches the session actors of this node.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Sessions {
     slot: Slot<SessionSupervisorMessage>,
+    store: Arc<dyn SessionStore>,
+}
+
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sessions")
+            .field("slot", &self.slot)
+            .finish_non_exhaustive()
+    }
 }
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -478,15 +486,27 @@ async fn ask<M: Message, T: Send + 'static>(
 
 impl Sessions {
     /// A handle on the supervisor published in `slot`.
-    pub fn new(slot: Slot<SessionSupervisorMessage>) -> Self {
-        Self { slot }
+    pub fn new(slot: Slot<SessionSupervisorMessage>, store: Arc<dyn SessionStore>) -> Self {
+        Self { slot, store }
     }
 
     /// The running actor of a session, activated from the store if needed.
     pub async fn actor(&self, id: Uuid) -> Result<ActorRef<SessionMessage>, SessionError> {
         let supervisor = self.slot.get().ok_or(SessionError::Unavailable)?;
+        if let Some(actor) = ask(&supervisor, |reply| {
+            SessionSupervisorMessage::Lookup(id, reply)
+        })
+        .await?
+        {
+            return Ok(actor);
+        }
+        let session = self
+            .store
+            .session(id)
+            .await?
+            .ok_or(SessionError::NotFound)?;
         ask(&supervisor, |reply| {
-            SessionSupervisorMessage::Activate(id, reply)
+            SessionSupervisorMessage::Activate(Box::new(session), reply)
         })
         .await?
     }

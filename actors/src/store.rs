@@ -83,8 +83,9 @@ impl FromStr for Role {
     }
 }
 
-/// A stored account, local or provisioned from an external identity provider.
-#[derive(Clone, Debug, PartialEq)]
+/// A stored account, local or provisioned from an external identity provider. Its
+/// `Debug` leaves the password hash out.
+#[derive(Clone, PartialEq)]
 pub struct User {
     /// Stable identifier.
     pub id: Uuid,
@@ -110,6 +111,19 @@ pub struct User {
     pub created_at: DateTime<Utc>,
     /// When the account last changed.
     pub updated_at: DateTime<Utc>,
+}
+
+impl fmt::Debug for User {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("User")
+            .field("id", &self.id)
+            .field("username", &self.username)
+            .field("role", &self.role)
+            .field("is_active", &self.is_active)
+            .field("mfa_enabled", &self.mfa_enabled)
+            .field("provider", &self.provider)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Changes to apply to a user; `None` leaves a field as it is.
@@ -214,9 +228,9 @@ pub struct SessionRecord {
 pub enum RotateOutcome {
     /// The token was current and has been replaced.
     Rotated,
-    /// The session exists but the token is not its current one: a reuse.
+    /// The token was this session's before and has been rotated away: a reuse.
     Reused,
-    /// No live session matches.
+    /// No live session issued this token.
     NotFound,
 }
 
@@ -658,6 +672,10 @@ pub trait LockoutStore: Send + Sync {
     ) -> StoreResult<LockState>;
     /// The counter of a username, if any.
     async fn lock_state(&self, username: &str) -> StoreResult<Option<LockState>>;
+    /// Takes back one counted failure (an attempt counted up front that then proved the
+    /// first factor but still awaits the second); unlocks if the count drops below
+    /// `threshold`.
+    async fn release_failure(&self, username: &str, threshold: u32) -> StoreResult<()>;
     /// Forgets the counter (after a successful login, or an unlock); returns whether the
     /// username was locked at `now`.
     async fn clear_failures(&self, username: &str, now: DateTime<Utc>) -> StoreResult<bool>;
@@ -742,6 +760,20 @@ pub trait MfaStore: Send + Sync {
     async fn consume_challenge(&self, id: Uuid, now: DateTime<Utc>) -> StoreResult<bool>;
 }
 
+/// Removal of rows nothing needs any more.
+#[async_trait]
+pub trait HousekeepingStore: Send + Sync {
+    /// Deletes lockout counters whose window ended before `failures_before` and that are
+    /// not locked at `now`, challenges expired an hour ago, and sessions (with their used
+    /// refresh tokens) that expired before `sessions_before`. Returns the rows removed.
+    async fn prune_expired(
+        &self,
+        now: DateTime<Utc>,
+        failures_before: DateTime<Utc>,
+        sessions_before: DateTime<Utc>,
+    ) -> StoreResult<u64>;
+}
+
 /// Which time-series layout the audit and request tables use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -778,6 +810,7 @@ pub trait Store:
     + ApiKeyStore
     + LockoutStore
     + MfaStore
+    + HousekeepingStore
     + StoreHealth
 {
 }
@@ -794,6 +827,7 @@ impl<T> Store for T where
         + ApiKeyStore
         + LockoutStore
         + MfaStore
+        + HousekeepingStore
         + StoreHealth
 {
 }

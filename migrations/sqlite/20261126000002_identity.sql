@@ -64,3 +64,12 @@ CREATE TABLE mfa_challenges (
     expires_at  TEXT NOT NULL,
     consumed_at TEXT
 );
+
+-- Hashes of refresh tokens that were rotated away. Presenting one of these is a reuse
+-- (revoke the session); presenting a token never issued is merely invalid.
+CREATE TABLE refresh_tokens_used (
+    hash       TEXT PRIMARY KEY,
+    session_id BLOB NOT NULL,
+    used_at    TEXT NOT NULL
+);
+CREATE INDEX refresh_tokens_used_session ON refresh_tokens_used (session_id);

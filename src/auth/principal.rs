@@ -162,6 +162,13 @@ fn credential(parts: &axum::http::HeaderMap) -> Option<Result<Credential<'_>, Au
 
 /// Middleware: resolves the caller, if a credential was presented.
 pub async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let unauthenticated_route = req
+        .extensions()
+        .get::<crate::http::middleware::RouteTemplate>()
+        .is_some_and(|route| crate::http::middleware::UNLIMITED_ROUTES.contains(&route.0.as_str()));
+    if unauthenticated_route {
+        return next.run(req).await;
+    }
     let outcome = match credential(req.headers()) {
         None => None,
         Some(Err(failure)) => Some(Err(failure)),
@@ -257,10 +264,12 @@ async fn from_api_key(node: &Arc<Node>, key: &str) -> Result<Principal, AuthFail
     let Some(user) = user.filter(|u| u.is_active) else {
         return Err(invalid());
     };
-    let store = node.store.clone();
-    tokio::spawn(async move {
-        let _ = store.touch_api_key(record.id, now).await;
-    });
+    if node.should_touch_api_key(record.id) {
+        let store = node.store.clone();
+        tokio::spawn(async move {
+            let _ = store.touch_api_key(record.id, now).await;
+        });
+    }
     Ok(Principal {
         user_id: user.id,
         username: user.username,

@@ -59,8 +59,11 @@ impl RevocationList {
     /// Replaces the list with what the store holds at `now`.
     pub async fn load(&self, store: &dyn Store, now: DateTime<Utc>) -> StoreResult<()> {
         let since = Instant::now();
-        let sessions = store.revoked_session_ids(now).await?;
-        let api_keys = store.revoked_api_key_ids(now).await?;
+        // An access token may outlive its session's expiry by the verification leeway;
+        // keep revocations that long too.
+        let horizon = now - chrono::Duration::seconds(crate::idp::jwt::LEEWAY_SECONDS as i64 * 2);
+        let sessions = store.revoked_session_ids(horizon).await?;
+        let api_keys = store.revoked_api_key_ids(horizon).await?;
         replace(&self.sessions, sessions, since);
         replace(&self.api_keys, api_keys, since);
         self.loaded.store(true, Ordering::Release);

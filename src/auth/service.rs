@@ -133,42 +133,78 @@ fn invalid_credentials() -> ApiError {
     )
 }
 
-/// Answers 423 if `key` is locked at `now`.
-async fn refuse_if_locked(node: &Node, key: &str, now: DateTime<Utc>) -> Result<(), ApiError> {
-    if let Some(LockState {
-        locked_until: Some(until),
-        ..
-    }) = node.store.lock_state(key).await?
-        && until > now
-    {
-        return Err(locked(until, now));
-    }
-    Ok(())
+/// An attempt at a credential, counted as a failure before the credential is checked so
+/// that parallel guesses cannot outrun the lockout. It ends with [`Attempt::succeeded`],
+/// [`Attempt::release`] (first factor proven, second pending) or [`Attempt::failed`].
+pub struct Attempt {
+    key: String,
+    state: LockState,
+    now: DateTime<Utc>,
 }
 
-/// Counts a failure; returns the 423 to answer when this failure locked the name.
-async fn count_failure(
-    node: &Node,
-    key: &str,
-    ip: Option<IpAddr>,
-    now: DateTime<Utc>,
-) -> Result<Option<ApiError>, ApiError> {
-    let state = node
-        .store
-        .record_failure(key, lockout_rule(node), now)
-        .await?;
-    match state.locked_until {
-        Some(until) if until > now && state.failures == node.config.auth.lockout_threshold => {
-            let mut event = node.audit.event("account_locked", "success");
-            event.actor = Some(key.to_owned());
-            event.ip = ip.map(|ip| ip.to_string());
-            event.resource = Some(format!("user:{key}"));
-            event.details = json!({ "failures": state.failures, "locked_until": until });
-            node.record_audit(event).await;
-            Ok(Some(locked(until, now)))
+impl Attempt {
+    /// Reserves an attempt for `key`, or answers 423 if the name is locked or concurrent
+    /// attempts have used up its allowance.
+    pub async fn begin(node: &Node, key: &str) -> Result<Self, ApiError> {
+        let now = node.clock.now();
+        if let Some(LockState {
+            locked_until: Some(until),
+            ..
+        }) = node.store.lock_state(key).await?
+            && until > now
+        {
+            return Err(locked(until, now));
         }
-        Some(until) if until > now => Ok(Some(locked(until, now))),
-        _ => Ok(None),
+        let state = node
+            .store
+            .record_failure(key, lockout_rule(node), now)
+            .await?;
+        if state.failures > node.config.auth.lockout_threshold {
+            let until = state
+                .locked_until
+                .unwrap_or(now + lockout_rule(node).lock_for);
+            return Err(locked(until, now));
+        }
+        Ok(Self {
+            key: key.to_owned(),
+            state,
+            now,
+        })
+    }
+
+    /// The credential was right: the name's counter is cleared.
+    pub async fn succeeded(self, node: &Node) -> Result<(), ApiError> {
+        node.store.clear_failures(&self.key, self.now).await?;
+        Ok(())
+    }
+
+    /// The first factor was right and the second is pending: only this attempt is taken
+    /// back, so proving the password again buys no new second-factor guesses.
+    pub async fn release(self, node: &Node) -> Result<(), ApiError> {
+        node.store
+            .release_failure(&self.key, node.config.auth.lockout_threshold)
+            .await?;
+        Ok(())
+    }
+
+    /// The credential was wrong: the failure stays counted. Returns 423 when this attempt
+    /// locked the name (and audits the lock), otherwise `otherwise`.
+    pub async fn failed(self, node: &Node, ip: Option<IpAddr>, otherwise: ApiError) -> ApiError {
+        match self.state.locked_until {
+            Some(until) if until > self.now => {
+                if self.state.failures == node.config.auth.lockout_threshold {
+                    let mut event = node.audit.event("account_locked", "success");
+                    event.actor = Some(self.key.clone());
+                    event.ip = ip.map(|ip| ip.to_string());
+                    event.resource = Some(format!("user:{}", self.key));
+                    event.details =
+                        json!({ "failures": self.state.failures, "locked_until": until });
+                    node.record_audit(event).await;
+                }
+                locked(until, self.now)
+            }
+            _ => otherwise,
+        }
     }
 }
 
@@ -198,7 +234,7 @@ pub async fn password_login(
 ) -> Result<LoginOutcome, ApiError> {
     let key = lockout_key(username);
     let now = node.clock.now();
-    refuse_if_locked(node, &key, now).await?;
+    let attempt = Attempt::begin(node, &key).await?;
     let user = node.store.user_by_username(&key).await?;
     // Only active local accounts with a password can succeed; every other case still
     // pays for one argon2 verification, against a dummy hash.
@@ -210,7 +246,6 @@ pub async fn password_login(
     let user = match (verified, user) {
         (true, Some(user)) => user,
         _ => {
-            let lock = count_failure(node, &key, ip, now).await?;
             audit(
                 node,
                 "login_failed",
@@ -221,7 +256,7 @@ pub async fn password_login(
                 json!({"auth_method": "password"}),
             )
             .await;
-            return Err(lock.unwrap_or_else(invalid_credentials));
+            return Err(attempt.failed(node, ip, invalid_credentials()).await);
         }
     };
     if user.mfa_enabled {
@@ -236,12 +271,13 @@ pub async fn password_login(
             expires_at: now + Duration::seconds(expires_in),
         };
         node.store.create_challenge(&challenge).await?;
+        attempt.release(node).await?;
         return Ok(LoginOutcome::MfaRequired {
             challenge_id: challenge.id,
             expires_in,
         });
     }
-    node.store.clear_failures(&key, now).await?;
+    attempt.succeeded(node).await?;
     let response = start_session(node, &user, "password", false, ip).await?;
     audit(
         node,
@@ -277,7 +313,7 @@ pub async fn verify_mfa(
         .await?
         .ok_or_else(invalid_challenge)?;
     let key = challenge.username.clone();
-    refuse_if_locked(node, &key, now).await?;
+    let attempt = Attempt::begin(node, &key).await?;
     let user = node
         .store
         .user_by_id(challenge.user_id)
@@ -292,13 +328,16 @@ pub async fn verify_mfa(
     let accepted = match method {
         "recovery_code" => {
             node.store
-                .use_recovery_code(user.id, &totp::hash_recovery_code(code), now)
+                .use_recovery_code(
+                    user.id,
+                    &totp::hash_recovery_code(&node.recovery_code_key, user.id, code),
+                    now,
+                )
                 .await?
         }
         _ => accept_totp(node, &user, code, now).await?,
     };
     if !accepted {
-        let lock = count_failure(node, &key, ip, now).await?;
         audit(
             node,
             "mfa_failed",
@@ -309,18 +348,17 @@ pub async fn verify_mfa(
             json!({"method": method, "challenge_id": challenge_id}),
         )
         .await;
-        return Err(lock.unwrap_or_else(|| {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "invalid_code",
-                "the code is wrong or was already used",
-            )
-        }));
+        let wrong = ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_code",
+            "the code is wrong or was already used",
+        );
+        return Err(attempt.failed(node, ip, wrong).await);
     }
     if !node.store.consume_challenge(challenge_id, now).await? {
         return Err(invalid_challenge());
     }
-    node.store.clear_failures(&key, now).await?;
+    attempt.succeeded(node).await?;
     let response = start_session(node, &user, &challenge.auth_method, true, ip).await?;
     let session = Some(format!("session:{}", response.session_id));
     audit(

@@ -220,8 +220,19 @@ fn client_key(ip: IpAddr) -> String {
     }
 }
 
-/// Routes that are never rate limited: probes and scrapes must work under any load.
-const UNLIMITED_ROUTES: &[&str] = &["/health", "/health/ready", "/health/detailed", "/metrics"];
+/// Routes that are never rate limited (nor authenticated): probes and scrapes must work
+/// under any load.
+pub const UNLIMITED_ROUTES: &[&str] = &["/health", "/health/ready", "/health/detailed", "/metrics"];
+
+/// Routes that take a credential: always counted per client address, so attaching some
+/// valid credential cannot move password guessing into a larger per-principal bucket.
+const CREDENTIAL_ROUTES: &[&str] = &[
+    "/api/v1/auth/login",
+    "/api/v1/auth/login/ldap",
+    "/api/v1/auth/mfa/verify",
+    "/api/v1/auth/refresh",
+    "/api/v1/auth/exchange",
+];
 
 fn parse_forwarded_item(item: &str) -> Option<IpAddr> {
     item.split(';').find_map(|pair| {
@@ -247,16 +258,17 @@ pub async fn rate_limit(State(state): State<AppState>, req: Request, next: Next)
     if exempt {
         return next.run(req).await;
     }
-    // Authenticated callers are counted per principal, everyone else per client address.
+    // Authenticated callers are counted per user (all their keys and sessions together),
+    // everyone else, and every credential route, per client address.
+    let credential_route = req
+        .extensions()
+        .get::<RouteTemplate>()
+        .is_some_and(|route| CREDENTIAL_ROUTES.contains(&route.0.as_str()));
     let principal = req
         .extensions()
         .get::<crate::auth::principal::Principal>()
-        .map(|p| match &p.kind {
-            crate::auth::principal::PrincipalKind::ApiKey { key_id, .. } => {
-                format!("api_key:{key_id}")
-            }
-            crate::auth::principal::PrincipalKind::Session { .. } => format!("user:{}", p.user_id),
-        });
+        .filter(|_| !credential_route)
+        .map(|p| format!("user:{}", p.user_id));
     let (key, limit, scope) = match principal {
         Some(key) => (
             key,

@@ -127,6 +127,31 @@ pub fn decode_cursor(value: Option<&str>) -> Result<Option<String>, ApiError> {
     String::from_utf8(bytes).map(Some).map_err(|_| invalid())
 }
 
+/// One page of an in-memory list (short lists such as one user's sessions or keys): the
+/// items after the one whose key is `after`, at most `limit`, and the next cursor.
+pub fn page<T>(
+    items: Vec<T>,
+    key: impl Fn(&T) -> String,
+    limit: u32,
+    after: Option<String>,
+) -> (Vec<T>, Option<String>) {
+    let start = match after {
+        Some(after) => items
+            .iter()
+            .position(|i| key(i) == after)
+            .map_or(items.len(), |p| p + 1),
+        None => 0,
+    };
+    let limit = limit as usize;
+    let rest: Vec<T> = items.into_iter().skip(start).collect();
+    let more = rest.len() > limit;
+    let page: Vec<T> = rest.into_iter().take(limit).collect();
+    let next = more
+        .then(|| page.last().map(|i| encode_cursor(&key(i))))
+        .flatten();
+    (page, next)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

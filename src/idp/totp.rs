@@ -3,7 +3,6 @@
 
 use base64::Engine as _;
 use rand::Rng;
-use sha2::{Digest, Sha256};
 use totp_rs::{Builder, Totp};
 
 /// The issuer shown in authenticator apps.
@@ -28,8 +27,8 @@ pub struct Enrollment {
 pub struct TotpError(String);
 
 /// A new random 160-bit secret.
-pub fn new_secret() -> Vec<u8> {
-    let mut secret = vec![0u8; 20];
+pub fn new_secret() -> zeroize::Zeroizing<Vec<u8>> {
+    let mut secret = zeroize::Zeroizing::new(vec![0u8; 20]);
     rand::thread_rng().fill(&mut secret[..]);
     secret
 }
@@ -110,9 +109,15 @@ fn normalize_recovery_code(code: &str) -> String {
         .collect()
 }
 
-/// The stored form of a recovery code (SHA-256; the codes carry 59 bits of randomness).
-pub fn hash_recovery_code(code: &str) -> String {
-    hex::encode(Sha256::digest(normalize_recovery_code(code).as_bytes()))
+/// The stored form of a recovery code: an HMAC keyed by a key derived from the secrets
+/// key and bound to the user, so a database dump alone cannot be cracked offline.
+pub fn hash_recovery_code(key: &[u8], user_id: uuid::Uuid, code: &str) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(key)
+        .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+    mac.update(user_id.as_bytes());
+    mac.update(normalize_recovery_code(code).as_bytes());
+    hex::encode(mac.finalize().into_bytes())
 }
 
 #[cfg(test)]
@@ -169,9 +174,14 @@ mod tests {
         unique.dedup();
         assert_eq!(unique.len(), 10);
         assert!(is_recovery_code(&codes[0]) && !is_recovery_code("123456"));
-        assert_eq!(
-            hash_recovery_code(&codes[0]),
-            hash_recovery_code(&codes[0].to_uppercase().replace('-', " "))
+        let (key, user) = (b"key".as_slice(), uuid::Uuid::new_v4());
+        let hash = hash_recovery_code(key, user, &codes[0]);
+        let reformatted = codes[0].to_uppercase().replace('-', " ");
+        assert_eq!(hash, hash_recovery_code(key, user, &reformatted));
+        assert_ne!(hash, hash_recovery_code(b"other key", user, &codes[0]));
+        assert_ne!(
+            hash,
+            hash_recovery_code(key, uuid::Uuid::new_v4(), &codes[0])
         );
     }
 }

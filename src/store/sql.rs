@@ -351,7 +351,7 @@ macro_rules! impl_portable_store {
                 new_hash: &str,
                 now: ::chrono::DateTime<::chrono::Utc>,
             ) -> $crate::store::StoreResult<$crate::store::RotateOutcome> {
-                let pool = self.pool()?;
+                let mut tx = Self::begin_write(self.pool()?).await.map_err($crate::store::db_error)?;
                 let done = ::sqlx::query(
                     "UPDATE sessions SET refresh_hash = $1, last_seen_at = $2 \
                      WHERE id = $3 AND refresh_hash = $4 AND revoked_at IS NULL AND expires_at > $2",
@@ -360,19 +360,37 @@ macro_rules! impl_portable_store {
                 .bind(now)
                 .bind(id)
                 .bind(old_hash)
-                .execute(pool)
+                .execute(&mut *tx)
                 .await
                 .map_err($crate::store::db_error)?;
                 if done.rows_affected() == 1 {
-                    return Ok($crate::store::RotateOutcome::Rotated);
-                }
-                let live = ::sqlx::query("SELECT id FROM sessions WHERE id = $1 AND revoked_at IS NULL AND expires_at > $2")
+                    // Remembered, so a second presentation is recognised as a reuse.
+                    ::sqlx::query(
+                        "INSERT INTO refresh_tokens_used (hash, session_id, used_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                    )
+                    .bind(old_hash)
                     .bind(id)
                     .bind(now)
-                    .fetch_optional(pool)
+                    .execute(&mut *tx)
                     .await
                     .map_err($crate::store::db_error)?;
-                Ok(if live.is_some() {
+                    tx.commit().await.map_err($crate::store::db_error)?;
+                    return Ok($crate::store::RotateOutcome::Rotated);
+                }
+                // Only a token this session issued and already rotated is a reuse; a
+                // token it never issued (a guess, a forgery) is merely not found.
+                let reused = ::sqlx::query(
+                    "SELECT s.id FROM sessions s JOIN refresh_tokens_used u ON u.session_id = s.id \
+                     WHERE s.id = $1 AND u.hash = $2 AND s.revoked_at IS NULL AND s.expires_at > $3",
+                )
+                .bind(id)
+                .bind(old_hash)
+                .bind(now)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err($crate::store::db_error)?;
+                tx.commit().await.map_err($crate::store::db_error)?;
+                Ok(if reused.is_some() {
                     $crate::store::RotateOutcome::Reused
                 } else {
                     $crate::store::RotateOutcome::NotFound

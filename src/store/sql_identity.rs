@@ -320,6 +320,21 @@ macro_rules! impl_identity_store {
                 row.as_ref().map(Self::lock_state_row).transpose().map_err($crate::store::db_error)
             }
 
+            async fn release_failure(&self, username: &str, threshold: u32) -> $crate::store::StoreResult<()> {
+                // Every expression in SET reads the row as it was before the update.
+                ::sqlx::query(
+                    "UPDATE login_failures SET failures = failures - 1, \
+                     locked_until = CASE WHEN failures - 1 < $2 THEN NULL ELSE locked_until END \
+                     WHERE username = $1 AND failures > 0",
+                )
+                .bind(username)
+                .bind(i64::from(threshold))
+                .execute(self.pool()?)
+                .await
+                .map_err($crate::store::db_error)?;
+                Ok(())
+            }
+
             async fn clear_failures(&self, username: &str, now: ::chrono::DateTime<::chrono::Utc>) -> $crate::store::StoreResult<bool> {
                 let rows = ::sqlx::query("DELETE FROM login_failures WHERE username = $1 RETURNING locked_until")
                     .bind(username)
@@ -333,6 +348,42 @@ macro_rules! impl_identity_store {
                     was_locked |= until.is_some_and(|t| t > now);
                 }
                 Ok(was_locked)
+            }
+        }
+
+        #[::async_trait::async_trait]
+        impl $crate::store::HousekeepingStore for $store {
+            async fn prune_expired(
+                &self,
+                now: ::chrono::DateTime<::chrono::Utc>,
+                failures_before: ::chrono::DateTime<::chrono::Utc>,
+                sessions_before: ::chrono::DateTime<::chrono::Utc>,
+            ) -> $crate::store::StoreResult<u64> {
+                let mut tx = Self::begin_write(self.pool()?).await.map_err($crate::store::db_error)?;
+                let mut removed = 0;
+                let statements: [(&'static str, ::chrono::DateTime<::chrono::Utc>, Option<::chrono::DateTime<::chrono::Utc>>); 4] = [
+                    (
+                        "DELETE FROM login_failures WHERE window_started_at < $1 AND (locked_until IS NULL OR locked_until < $2)",
+                        failures_before,
+                        Some(now),
+                    ),
+                    ("DELETE FROM mfa_challenges WHERE expires_at < $1", now - ::chrono::Duration::hours(1), None),
+                    (
+                        "DELETE FROM refresh_tokens_used WHERE session_id IN (SELECT id FROM sessions WHERE expires_at < $1)",
+                        sessions_before,
+                        None,
+                    ),
+                    ("DELETE FROM sessions WHERE expires_at < $1", sessions_before, None),
+                ];
+                for (sql, first, second) in statements {
+                    let mut query = ::sqlx::query(sql).bind(first);
+                    if let Some(second) = second {
+                        query = query.bind(second);
+                    }
+                    removed += query.execute(&mut *tx).await.map_err($crate::store::db_error)?.rows_affected();
+                }
+                tx.commit().await.map_err($crate::store::db_error)?;
+                Ok(removed)
             }
         }
 

@@ -138,6 +138,7 @@ contract_tests!(
     lockout_counts_every_failure_exactly_and_windows_restart,
     a_totp_step_is_accepted_once_and_recovery_codes_once,
     challenges_are_consumed_once_and_expire,
+    housekeeping_removes_only_what_has_expired,
 );
 
 fn user(name: &str) -> User {
@@ -1274,4 +1275,38 @@ async fn challenges_are_consumed_once_and_expire(store: Arc<dyn Store>) {
     }
     assert_eq!(consumed, 1);
     assert!(store.challenge(challenge.id, t).await.unwrap().is_none());
+}
+
+async fn housekeeping_removes_only_what_has_expired(store: Arc<dyn Store>) {
+    let t = now();
+    let rule = LockoutRule {
+        threshold: 5,
+        window: Duration::minutes(15),
+        lock_for: Duration::minutes(15),
+    };
+    store
+        .record_failure("old", rule, t - Duration::hours(2))
+        .await
+        .unwrap();
+    store.record_failure("recent", rule, t).await.unwrap();
+    let u = user("pat");
+    store.create_user(&u).await.unwrap();
+    let expired = session(u.id, "e", Duration::days(-2));
+    let live = session(u.id, "l", Duration::hours(1));
+    store.create_session(&expired).await.unwrap();
+    store.create_session(&live).await.unwrap();
+    store.rotate_refresh(live.id, "l", "l2", t).await.unwrap();
+    let removed = store
+        .prune_expired(t, t - Duration::minutes(15), t - Duration::days(1))
+        .await
+        .unwrap();
+    assert_eq!(removed, 2, "one counter and one session");
+    assert!(store.lock_state("old").await.unwrap().is_none());
+    assert!(store.lock_state("recent").await.unwrap().is_some());
+    assert!(store.session(expired.id).await.unwrap().is_none());
+    assert_eq!(
+        store.rotate_refresh(live.id, "l", "x", t).await.unwrap(),
+        RotateOutcome::Reused,
+        "live history kept"
+    );
 }

@@ -22,8 +22,9 @@ async fn health_reports_the_node() {
 #[tokio::test]
 async fn a_fresh_embedded_node_is_ready_and_healthy_with_every_service_listed() {
     let app = spawn_app().await;
-    let (status, ready) = app.get_json("/health/ready").await;
-    assert_eq!(status, 200, "{ready}");
+    app.wait_ready().await;
+    let (_, ready) = app.get_json("/health/ready").await;
+    assert_eq!(ready["status"], "ready");
     let (status, detailed) = app.get_json("/health/detailed").await;
     assert_eq!(status, 200);
     assert_eq!(detailed["status"], "healthy", "{detailed}");

@@ -64,6 +64,19 @@ pub struct TestApp {
 }
 
 impl TestApp {
+    /// Polls `/health/ready` until the node reports ready (its background loads finished).
+    pub async fn wait_ready(&self) {
+        poll("the node to be ready", Duration::from_secs(60), || async {
+            self.client
+                .get(self.url("/health/ready"))
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status() == 200)
+        })
+        .await;
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
@@ -86,11 +99,118 @@ impl TestApp {
         (status, response.json().await.expect("JSON body"))
     }
 
+    /// The bootstrap admin's password in test nodes.
+    pub const ADMIN_PASSWORD: &'static str = "bootstrap-admin-password-for-tests";
+
+    /// POSTs JSON, with a bearer token if given.
+    pub async fn post(&self, path: &str, body: &Value, token: Option<&str>) -> reqwest::Response {
+        let mut request = self.client.post(self.url(path)).json(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.expect("request failed")
+    }
+
+    /// A request with a bearer token.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<&Value>,
+    ) -> reqwest::Response {
+        let mut request = self
+            .client
+            .request(method, self.url(path))
+            .bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        request.send().await.expect("request failed")
+    }
+
+    /// GET with a bearer token; status and JSON body.
+    pub async fn get_as(&self, path: &str, token: &str) -> (u16, Value) {
+        let response = self.call(reqwest::Method::GET, path, token, None).await;
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Logs in and returns the token response, failing the test otherwise.
+    pub async fn login(&self, username: &str, password: &str) -> Value {
+        let response = self
+            .post(
+                "/api/v1/auth/login",
+                &serde_json::json!({"username": username, "password": password}),
+                None,
+            )
+            .await;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(status, 200, "login of {username} failed: {body}");
+        body
+    }
+
+    /// The admin's access token.
+    pub async fn admin_token(&self) -> String {
+        self.login("admin", Self::ADMIN_PASSWORD).await["access_token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// Creates a user through the API as admin and returns the user JSON.
+    pub async fn create_user(
+        &self,
+        admin: &str,
+        username: &str,
+        role: &str,
+        password: &str,
+    ) -> Value {
+        let body = serde_json::json!({
+            "username": username,
+            "email": format!("{username}@example.org"),
+            "role": role,
+            "password": password,
+        });
+        let response = self.post("/api/v1/users", &body, Some(admin)).await;
+        let status = response.status();
+        let user: Value = response.json().await.unwrap();
+        assert_eq!(status, 201, "creating {username}: {user}");
+        user
+    }
+
     pub async fn stop(mut self) {
         if let Some(server) = self.server.take() {
             server.stop().await.expect("clean stop");
         }
     }
+}
+
+/// A node on a fresh PostgreSQL database of the test server.
+pub async fn spawn_pg_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
+    let url = fresh_database("TEST_DATABASE_URL").await;
+    let app = spawn_app_with(|c| {
+        c.database.url = Some(Secret::new(url));
+        adjust(c);
+    })
+    .await;
+    app.wait_ready().await;
+    app
+}
+
+/// The code an independent TOTP implementation (oathtool) computes for `secret` at `unix`.
+pub fn oathtool(secret: &str, unix: i64) -> String {
+    let output = Command::new("oathtool")
+        .args(["--totp", "-b", secret, &format!("--now=@{unix}")])
+        .output()
+        .expect("oathtool is installed by scripts/install-deps");
+    assert!(
+        output.status.success(),
+        "oathtool failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
 }
 
 /// A node on SQLite in a fresh data directory.
@@ -103,7 +223,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
     sark::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::for_test(dir.path());
-    config.bootstrap_admin_password = Some(Secret::new("bootstrap-admin-password-for-tests"));
+    config.bootstrap_admin_password = Some(Secret::new(TestApp::ADMIN_PASSWORD));
     adjust(&mut config);
     let server = sark::Server::start(config).await.expect("node starts");
     let client = reqwest::Client::builder()

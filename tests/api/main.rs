@@ -3,9 +3,14 @@
 // This crate is all test code: failing loudly is the point.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod api_keys;
+mod auth;
 mod front_door;
 mod health;
 mod helpers;
 mod lifecycle;
+mod mfa;
+mod secrets_in_logs;
 mod supervision;
 mod tls;
+mod users;

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use super::auth::session_of;
 use crate::auth::api_keys::{self, SCOPES};
 use crate::auth::guard::allowed;
 use crate::auth::principal::Principal;
@@ -18,6 +19,9 @@ use crate::http::errors::ApiError;
 use crate::http::extract::AppJson;
 use crate::http::validate::{self, ClientAddr};
 use crate::store::{ApiKeyRecord, Role};
+
+/// Live API keys a user may hold at once.
+const MAX_KEYS_PER_USER: usize = 100;
 
 /// `POST /api/v1/api-keys` body.
 #[derive(Deserialize)]
@@ -50,13 +54,7 @@ pub async fn post_api_key(
     AppJson(body): AppJson<NewApiKey>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let node = &state.node;
-    if principal.session_id().is_none() {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "not_a_session",
-            "API keys are created by a logged-in user, not by another key",
-        ));
-    }
+    session_of(&principal)?;
     let name = validate::text("name", body.name.trim(), 100)?;
     if name.is_empty() {
         return Err(ApiError::invalid_field("name", "must not be empty"));
@@ -100,6 +98,21 @@ pub async fn post_api_key(
             ));
         }
     };
+    let now = node.clock.now();
+    let live = node
+        .store
+        .api_keys(Some(principal.user_id))
+        .await?
+        .into_iter()
+        .filter(|k| k.revoked_at.is_none() && k.expires_at.is_none_or(|at| at > now))
+        .count();
+    if live >= MAX_KEYS_PER_USER {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "too_many_api_keys",
+            format!("a user may hold at most {MAX_KEYS_PER_USER} live API keys; revoke one first"),
+        ));
+    }
     let new = api_keys::generate();
     let record = ApiKeyRecord {
         id: Uuid::now_v7(),
@@ -133,21 +146,34 @@ pub async fn post_api_key(
     Ok((StatusCode::CREATED, Json(body)))
 }
 
+/// `GET /api/v1/api-keys` query.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
 /// `GET /api/v1/api-keys`: one's own keys; admins see everyone's.
 pub async fn get_api_keys(
     State(state): State<AppState>,
     ClientAddr(ip): ClientAddr,
     principal: Principal,
+    axum::extract::Query(query): axum::extract::Query<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
+    session_of(&principal)?;
     let node = &state.node;
     let owner = if allowed(node, &principal, "read", "users", ip) {
         None
     } else {
         Some(principal.user_id)
     };
+    let limit = validate::limit(query.limit)?;
+    let after = validate::decode_cursor(query.cursor.as_deref())?;
     let keys = node.store.api_keys(owner).await?;
+    let (keys, next_cursor) = validate::page(keys, |k| k.id.to_string(), limit, after);
     let items: Vec<Value> = keys.iter().map(key_json).collect();
-    Ok(Json(json!({ "items": items, "next_cursor": null })))
+    Ok(Json(json!({ "items": items, "next_cursor": next_cursor })))
 }
 
 /// `DELETE /api/v1/api-keys/{id}`: refused on every node from the next request.
@@ -157,6 +183,7 @@ pub async fn delete_api_key(
     principal: Principal,
     Path(id): Path<String>,
 ) -> Result<Json<Revoked>, ApiError> {
+    session_of(&principal)?;
     let node = &state.node;
     let id = Uuid::parse_str(&id)
         .map_err(|_| ApiError::invalid_field("id", "must be an API key id (UUID)"))?;

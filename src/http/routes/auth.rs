@@ -114,12 +114,13 @@ pub async fn post_refresh(
     Ok(Json(tokens).into_response())
 }
 
-fn session_of(principal: &Principal) -> Result<Uuid, ApiError> {
+/// The caller's session; API keys may not manage sessions, keys or MFA.
+pub fn session_of(principal: &Principal) -> Result<Uuid, ApiError> {
     principal.session_id().ok_or_else(|| {
         ApiError::new(
-            StatusCode::BAD_REQUEST,
+            StatusCode::FORBIDDEN,
             "not_a_session",
-            "this needs a session's access token, not an API key",
+            "this needs a logged-in session, not an API key",
         )
     })
 }
@@ -197,21 +198,21 @@ pub async fn post_password(
             "this account's password is managed by its identity provider",
         ));
     }
-    let key = service::lockout_key(&user.username);
+    let attempt = service::Attempt::begin(node, &service::lockout_key(&user.username)).await?;
     if !node
         .passwords
         .verify(body.current_password, user.password_hash.clone())
         .await
     {
-        node.store
-            .record_failure(&key, service::lockout_rule(node), node.clock.now())
-            .await?;
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_credentials",
+        // Not 401: the caller's token is fine, the password in the body is not.
+        let wrong = ApiError::new(
+            StatusCode::FORBIDDEN,
+            "invalid_current_password",
             "the current password is wrong",
-        ));
+        );
+        return Err(attempt.failed(node, ip, wrong).await);
     }
+    attempt.succeeded(node).await?;
     set_password(
         node,
         &user.username,
@@ -347,13 +348,16 @@ pub async fn post_totp_confirm(
     let unix = u64::try_from(now.timestamp()).unwrap_or(0);
     let Some(step) = totp::verify(&secret, &body.code, unix) else {
         return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
+            StatusCode::BAD_REQUEST,
             "invalid_code",
-            "the code does not match the new secret",
+            "`code`: does not match the new secret",
         ));
     };
     let codes = totp::recovery_codes();
-    let hashes: Vec<String> = codes.iter().map(|c| totp::hash_recovery_code(c)).collect();
+    let hashes: Vec<String> = codes
+        .iter()
+        .map(|c| totp::hash_recovery_code(&node.recovery_code_key, principal.user_id, c))
+        .collect();
     if !node
         .store
         .confirm_totp(principal.user_id, &hashes, now)
@@ -367,6 +371,10 @@ pub async fn post_totp_confirm(
     }
     // The code just used cannot log anyone in.
     node.store.accept_totp_step(principal.user_id, step).await?;
+    // Sessions from before MFA was on were proven by the password alone.
+    let current = principal.session_id();
+    service::revoke_user_credentials(node, principal.user_id, current, false, "mfa_enabled")
+        .await?;
     let mut event = node.audit.event("mfa_enrolled", "success");
     event.actor = Some(principal.username.clone());
     event.ip = ip.map(|ip| ip.to_string());

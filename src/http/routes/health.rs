@@ -50,6 +50,9 @@ pub async fn get_ready(State(state): State<AppState>) -> Response {
     if !state.node.policies_loaded() {
         failing.push("policies");
     }
+    if !state.node.revocations.loaded() || state.node.tokens().is_none() {
+        failing.push("revocations");
+    }
     if !lease_fresh(&state) {
         failing.push("cluster");
     }

@@ -6,6 +6,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use super::auth::session_of;
 use crate::auth::guard::authorize;
 use crate::auth::principal::Principal;
 use crate::auth::service::{self, Revoked};
@@ -19,6 +20,8 @@ use crate::store::SessionRecord;
 #[serde(deny_unknown_fields)]
 pub struct SessionsQuery {
     user: Option<String>,
+    limit: Option<u32>,
+    cursor: Option<String>,
 }
 
 fn session_json(s: &SessionRecord) -> Value {
@@ -41,6 +44,7 @@ pub async fn get_sessions(
     principal: Principal,
     Query(query): Query<SessionsQuery>,
 ) -> Result<Json<Value>, ApiError> {
+    session_of(&principal)?;
     let node = &state.node;
     let user_id = match query.user {
         Some(name) if name != principal.username => {
@@ -54,9 +58,20 @@ pub async fn get_sessions(
         }
         _ => principal.user_id,
     };
-    let sessions = node.store.user_sessions(user_id, node.clock.now()).await?;
+    let limit = validate::limit(query.limit)?;
+    let after = validate::decode_cursor(query.cursor.as_deref())?;
+    let now = node.clock.now();
+    let idle = chrono::Duration::seconds(crate::node::seconds(node.config.session.idle_seconds));
+    let sessions: Vec<SessionRecord> = node
+        .store
+        .user_sessions(user_id, now)
+        .await?
+        .into_iter()
+        .filter(|s| s.last_seen_at + idle > now)
+        .collect();
+    let (sessions, next_cursor) = validate::page(sessions, |s| s.id.to_string(), limit, after);
     let items: Vec<Value> = sessions.iter().map(session_json).collect();
-    Ok(Json(json!({ "items": items, "next_cursor": null })))
+    Ok(Json(json!({ "items": items, "next_cursor": next_cursor })))
 }
 
 /// `DELETE /api/v1/sessions/{id}`: revokes one of one's sessions (admins: anyone's).
@@ -66,6 +81,7 @@ pub async fn delete_session(
     principal: Principal,
     Path(id): Path<String>,
 ) -> Result<Json<Revoked>, ApiError> {
+    session_of(&principal)?;
     let node = &state.node;
     let id = Uuid::parse_str(&id)
         .map_err(|_| ApiError::invalid_field("id", "must be a session id (UUID)"))?;
@@ -93,6 +109,7 @@ pub async fn delete_sessions(
     ClientAddr(ip): ClientAddr,
     principal: Principal,
 ) -> Result<Json<Revoked>, ApiError> {
+    session_of(&principal)?;
     let node = &state.node;
     let revoked = service::revoke_user_credentials(
         node,

@@ -280,8 +280,10 @@ pub async fn patch_user(
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no user {}", user.username)))?;
     let mut response = user_json(&updated);
-    let disabled = user.is_active && !updated.is_active;
-    if disabled || (new_role.is_some() && new_role != Some(user.role)) {
+    // Revoked whenever asked for, not only on a change: a retry after a failed
+    // revocation must revoke again.
+    let disabled = body.is_active == Some(false);
+    if disabled || new_role.is_some() {
         let reason = if disabled {
             "user_disabled"
         } else {
@@ -301,7 +303,7 @@ pub async fn patch_user(
     .into_iter()
     .filter_map(|(name, set)| set.then_some(name))
     .collect();
-    let event = if disabled {
+    let event = if disabled && user.is_active {
         "user_disabled"
     } else {
         "user_updated"
