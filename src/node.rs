@@ -129,6 +129,8 @@ pub struct Node {
     tokens: Arc<std::sync::OnceLock<Arc<TokenKeys>>>,
     last_key_reload: tokio::sync::Mutex<Option<tokio::time::Instant>>,
     api_key_touches: std::sync::Mutex<std::collections::HashMap<Uuid, tokio::time::Instant>>,
+    /// Serializes credential checks per lockout key.
+    pub(crate) attempt_locks: crate::auth::service::AttemptLocks,
     supervisor: ActorRef<SupervisorMessage>,
     store_ready: Arc<AtomicBool>,
     policies_in_step: Arc<AtomicBool>,
@@ -345,6 +347,7 @@ impl Node {
             tokens,
             last_key_reload: tokio::sync::Mutex::new(None),
             api_key_touches: std::sync::Mutex::new(std::collections::HashMap::new()),
+            attempt_locks: Default::default(),
         };
         let node = Arc::new(node);
         control

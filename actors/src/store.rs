@@ -672,10 +672,6 @@ pub trait LockoutStore: Send + Sync {
     ) -> StoreResult<LockState>;
     /// The counter of a username, if any.
     async fn lock_state(&self, username: &str) -> StoreResult<Option<LockState>>;
-    /// Takes back one counted failure (an attempt counted up front that then proved the
-    /// first factor but still awaits the second); unlocks if the count drops below
-    /// `threshold`.
-    async fn release_failure(&self, username: &str, threshold: u32) -> StoreResult<()>;
     /// Forgets the counter (after a successful login, or an unlock); returns whether the
     /// username was locked at `now`.
     async fn clear_failures(&self, username: &str, now: DateTime<Utc>) -> StoreResult<bool>;

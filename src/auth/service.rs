@@ -5,7 +5,9 @@
 //! every node). Unknown users, disabled users and wrong passwords get the same answer
 //! after the same amount of argon2 work.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::{Arc, PoisonError, Weak};
 use std::time::Instant;
 
 use axum::http::{HeaderValue, StatusCode, header};
@@ -16,6 +18,7 @@ use rand::RngCore;
 use serde::Serialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use tokio::sync::OwnedMutexGuard;
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
@@ -133,19 +136,60 @@ fn invalid_credentials() -> ApiError {
     )
 }
 
-/// An attempt at a credential, counted as a failure before the credential is checked so
-/// that parallel guesses cannot outrun the lockout. It ends with [`Attempt::succeeded`],
-/// [`Attempt::release`] (first factor proven, second pending) or [`Attempt::failed`].
+/// One credential check at a time per lockout key on this node: parallel guesses at one
+/// name are checked in turn, each after the failures before it are counted, so they
+/// cannot outrun the lockout. (Across nodes each node may have one check in flight; the
+/// cluster-wide lock comes with the shared limiter.)
+#[derive(Default)]
+pub struct AttemptLocks {
+    inner: std::sync::Mutex<AttemptLocksInner>,
+}
+
+#[derive(Default)]
+struct AttemptLocksInner {
+    keys: HashMap<String, Weak<tokio::sync::Mutex<()>>>,
+    /// Dead entries are swept when the map reaches this size, which then doubles, so
+    /// sweeping costs amortized constant time per attempt.
+    sweep_at: usize,
+}
+
+impl AttemptLocks {
+    const MIN_SWEEP: usize = 1024;
+
+    async fn turn(&self, key: &str) -> OwnedMutexGuard<()> {
+        let lock = {
+            let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+            match inner.keys.get(key).and_then(Weak::upgrade) {
+                Some(lock) => lock,
+                None => {
+                    if inner.keys.len() >= inner.sweep_at.max(Self::MIN_SWEEP) {
+                        inner.keys.retain(|_, lock| lock.strong_count() > 0);
+                        inner.sweep_at = (inner.keys.len() * 2).max(Self::MIN_SWEEP);
+                    }
+                    let lock = Arc::new(tokio::sync::Mutex::new(()));
+                    inner.keys.insert(key.to_owned(), Arc::downgrade(&lock));
+                    lock
+                }
+            }
+        };
+        lock.lock_owned().await
+    }
+}
+
+/// A check of a credential against the lockout of `key`, holding the key's turn. It ends
+/// with [`Attempt::succeeded`], [`Attempt::failed`], or is dropped when the first factor
+/// was right and the second is pending (the counted failures stay, so proving the
+/// password again buys no new second-factor guesses).
 pub struct Attempt {
     key: String,
-    state: LockState,
     now: DateTime<Utc>,
+    _turn: OwnedMutexGuard<()>,
 }
 
 impl Attempt {
-    /// Reserves an attempt for `key`, or answers 423 if the name is locked or concurrent
-    /// attempts have used up its allowance.
+    /// Waits for the key's turn, then answers 423 if the name is locked.
     pub async fn begin(node: &Node, key: &str) -> Result<Self, ApiError> {
+        let turn = node.attempt_locks.turn(key).await;
         let now = node.clock.now();
         if let Some(LockState {
             locked_until: Some(until),
@@ -155,20 +199,10 @@ impl Attempt {
         {
             return Err(locked(until, now));
         }
-        let state = node
-            .store
-            .record_failure(key, lockout_rule(node), now)
-            .await?;
-        if state.failures > node.config.auth.lockout_threshold {
-            let until = state
-                .locked_until
-                .unwrap_or(now + lockout_rule(node).lock_for);
-            return Err(locked(until, now));
-        }
         Ok(Self {
             key: key.to_owned(),
-            state,
             now,
+            _turn: turn,
         })
     }
 
@@ -178,27 +212,26 @@ impl Attempt {
         Ok(())
     }
 
-    /// The first factor was right and the second is pending: only this attempt is taken
-    /// back, so proving the password again buys no new second-factor guesses.
-    pub async fn release(self, node: &Node) -> Result<(), ApiError> {
-        node.store
-            .release_failure(&self.key, node.config.auth.lockout_threshold)
-            .await?;
-        Ok(())
-    }
-
-    /// The credential was wrong: the failure stays counted. Returns 423 when this attempt
+    /// The credential was wrong: the failure is counted. Returns 423 when this failure
     /// locked the name (and audits the lock), otherwise `otherwise`.
     pub async fn failed(self, node: &Node, ip: Option<IpAddr>, otherwise: ApiError) -> ApiError {
-        match self.state.locked_until {
+        let state = match node
+            .store
+            .record_failure(&self.key, lockout_rule(node), self.now)
+            .await
+        {
+            Ok(state) => state,
+            Err(err) => return err.into(),
+        };
+        match state.locked_until {
             Some(until) if until > self.now => {
-                if self.state.failures == node.config.auth.lockout_threshold {
+                // Audited once, by the failure that reached the threshold.
+                if state.failures == node.config.auth.lockout_threshold {
                     let mut event = node.audit.event("account_locked", "success");
                     event.actor = Some(self.key.clone());
                     event.ip = ip.map(|ip| ip.to_string());
                     event.resource = Some(format!("user:{}", self.key));
-                    event.details =
-                        json!({ "failures": self.state.failures, "locked_until": until });
+                    event.details = json!({ "failures": state.failures, "locked_until": until });
                     node.record_audit(event).await;
                 }
                 locked(until, self.now)
@@ -271,7 +304,7 @@ pub async fn password_login(
             expires_at: now + Duration::seconds(expires_in),
         };
         node.store.create_challenge(&challenge).await?;
-        attempt.release(node).await?;
+        drop(attempt);
         return Ok(LoginOutcome::MfaRequired {
             challenge_id: challenge.id,
             expires_in,
@@ -499,6 +532,16 @@ pub async fn start_session(
         // The user was disabled or deleted a moment ago.
         return Err(invalid_credentials());
     }
+    // A password, role or MFA change that committed between our read of the user and the
+    // insert revoked every session it could see, but not this one: check again after it.
+    let current = node.store.user_by_id(user.id).await?;
+    if !current.as_ref().is_some_and(|c| same_credentials(c, user)) {
+        node.store
+            .revoke_session(id, "credentials_changed", node.clock.now())
+            .await?;
+        node.revocations.revoke_sessions(&[id]);
+        return Err(invalid_credentials());
+    }
     node.actor_metrics.sessions_created.inc();
     // The session's actor starts with the session; a failure here only delays it to the
     // first request that needs it.
@@ -512,6 +555,14 @@ pub async fn start_session(
         session_id: id,
         user: UserSummary::from(user),
     })
+}
+
+/// Whether nothing that a session's authentication rests on differs between the two.
+fn same_credentials(now: &User, then: &User) -> bool {
+    now.is_active
+        && now.password_hash == then.password_hash
+        && now.role == then.role
+        && now.mfa_enabled == then.mfa_enabled
 }
 
 /// Exchanges a refresh token for new tokens; the presented one dies. A refresh token
@@ -673,6 +724,23 @@ pub async fn revoke_user_credentials(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn attempt_locks_take_turns_per_key_and_forget_idle_keys() {
+        let locks = AttemptLocks::default();
+        let held = locks.turn("alice").await;
+        let other = tokio::time::timeout(std::time::Duration::from_secs(5), locks.turn("bob"));
+        assert!(other.await.is_ok(), "another key is not blocked");
+        let same = tokio::time::timeout(std::time::Duration::from_millis(50), locks.turn("alice"));
+        assert!(same.await.is_err(), "the same key waits for its turn");
+        drop(held);
+        drop(locks.turn("alice").await);
+        for i in 0..5000 {
+            drop(locks.turn(&format!("user{i}")).await);
+        }
+        let size = locks.inner.lock().unwrap().keys.len();
+        assert!(size <= 2 * AttemptLocks::MIN_SWEEP, "{size} idle keys kept");
+    }
 
     #[test]
     fn refresh_tokens_carry_their_session_and_only_a_hash_is_kept() {

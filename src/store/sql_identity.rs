@@ -320,21 +320,6 @@ macro_rules! impl_identity_store {
                 row.as_ref().map(Self::lock_state_row).transpose().map_err($crate::store::db_error)
             }
 
-            async fn release_failure(&self, username: &str, threshold: u32) -> $crate::store::StoreResult<()> {
-                // Every expression in SET reads the row as it was before the update.
-                ::sqlx::query(
-                    "UPDATE login_failures SET failures = failures - 1, \
-                     locked_until = CASE WHEN failures - 1 < $2 THEN NULL ELSE locked_until END \
-                     WHERE username = $1 AND failures > 0",
-                )
-                .bind(username)
-                .bind(i64::from(threshold))
-                .execute(self.pool()?)
-                .await
-                .map_err($crate::store::db_error)?;
-                Ok(())
-            }
-
             async fn clear_failures(&self, username: &str, now: ::chrono::DateTime<::chrono::Utc>) -> $crate::store::StoreResult<bool> {
                 let rows = ::sqlx::query("DELETE FROM login_failures WHERE username = $1 RETURNING locked_until")
                     .bind(username)

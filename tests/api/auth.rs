@@ -704,3 +704,45 @@ async fn parallel_guesses_get_no_more_tries_than_the_lockout_threshold() {
     assert_eq!(response.status(), 423);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn no_session_logged_in_with_the_old_password_outlives_a_password_change() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    app.create_user(&admin, "iris", "viewer", PASSWORD).await;
+    let keep = app.login("iris", PASSWORD).await;
+    let keep = keep["access_token"].as_str().unwrap().to_owned();
+    let logins = (0..12).map(|_| async {
+        let response = app
+            .post(
+                "/api/v1/auth/login",
+                &json!({"username": "iris", "password": PASSWORD}),
+                None,
+            )
+            .await;
+        let ok = response.status() == 200;
+        let body: Value = response.json().await.unwrap();
+        ok.then(|| body["access_token"].as_str().unwrap().to_owned())
+    });
+    let change = async {
+        let response = app
+            .call(
+                Method::POST,
+                "/api/v1/auth/password",
+                &keep,
+                Some(&json!({"current_password": PASSWORD, "new_password": "a brand new passphrase"})),
+            )
+            .await;
+        assert_eq!(response.status(), 204);
+    };
+    let (tokens, ()) = tokio::join!(futures::future::join_all(logins), change);
+    for token in tokens.into_iter().flatten() {
+        let (status, body) = app.get_as("/api/v1/auth/me", &token).await;
+        assert_eq!(
+            status, 401,
+            "a session from the old password survived: {body}"
+        );
+    }
+    assert_eq!(app.get_as("/api/v1/auth/me", &keep).await.0, 200);
+    app.stop().await;
+}
