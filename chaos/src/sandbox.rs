@@ -1,5 +1,6 @@
 //! N real `sark` processes on loopback addresses.
 
+use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -43,8 +44,12 @@ pub struct SandboxNode {
     /// Its data directory.
     pub data_dir: PathBuf,
     child: Option<Child>,
-    log: Arc<Mutex<Vec<String>>>,
+    log: Arc<Mutex<VecDeque<String>>>,
 }
+
+/// Lines of output kept per node: enough to explain a failure, bounded under load (a node
+/// logs one line per request).
+const LOG_LINES: usize = 10_000;
 
 impl SandboxNode {
     /// The process id, while it runs.
@@ -52,9 +57,12 @@ impl SandboxNode {
         self.child.as_ref().map(Child::id)
     }
 
-    /// Everything the node has printed (stdout and stderr, across restarts).
+    /// The last lines the node has printed (stdout and stderr, across restarts).
     pub fn log(&self) -> Vec<String> {
-        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+        self.log
+            .lock()
+            .map(|l| l.iter().cloned().collect())
+            .unwrap_or_default()
     }
 }
 
@@ -63,6 +71,8 @@ impl SandboxNode {
 pub struct SandboxOptions {
     /// Extra `SARK_*` variables for every node (database URL, secrets key, …).
     pub env: Vec<(String, String)>,
+    /// The `sark` binary to run; [`sark_binary`] when unset.
+    pub binary: Option<PathBuf>,
 }
 
 /// Real `sark` processes on 127.0.0.2, 127.0.0.3, …
@@ -83,7 +93,10 @@ fn free_port(ip: Ipv4Addr) -> anyhow::Result<SocketAddr> {
 impl ClusterSandbox {
     /// Starts `n` nodes and waits until each is ready.
     pub async fn start(n: usize, options: SandboxOptions) -> anyhow::Result<Self> {
-        let binary = sark_binary()?;
+        let binary = match &options.binary {
+            Some(path) => path.clone(),
+            None => sark_binary()?,
+        };
         let root = tempfile::tempdir()?;
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
@@ -100,7 +113,7 @@ impl ClusterSandbox {
                 cluster: free_port(ip)?,
                 data_dir,
                 child: None,
-                log: Arc::new(Mutex::new(Vec::new())),
+                log: Arc::new(Mutex::new(VecDeque::new())),
             });
         }
         let mut sandbox = Self {
@@ -163,7 +176,10 @@ impl ClusterSandbox {
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
                     if let Ok(mut log) = log.lock() {
-                        log.push(line);
+                        if log.len() == LOG_LINES {
+                            log.pop_front();
+                        }
+                        log.push_back(line);
                     }
                 }
             });

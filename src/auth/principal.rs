@@ -48,6 +48,8 @@ pub struct Principal {
     pub user_id: Uuid,
     /// The user's name.
     pub username: String,
+    /// The user's email (as of the token's issue, for sessions).
+    pub email: Option<String>,
     /// The user's role.
     pub role: Role,
     /// The user's teams.
@@ -216,6 +218,7 @@ async fn from_access_token(node: &Arc<Node>, token: &str) -> Result<Principal, A
     Ok(Principal {
         user_id,
         username: claims.username,
+        email: claims.email,
         role: claims.role.parse().map_err(|_| invalid())?,
         teams: claims.teams,
         mfa_enabled: claims.mfa_enabled,
@@ -273,6 +276,7 @@ async fn from_api_key(node: &Arc<Node>, key: &str) -> Result<Principal, AuthFail
     Ok(Principal {
         user_id: user.id,
         username: user.username,
+        email: user.email,
         role: user.role,
         teams: user.teams,
         mfa_enabled: user.mfa_enabled,

@@ -491,6 +491,7 @@ fn access_token(
         exp: exp.timestamp(),
         jti: Uuid::new_v4().to_string(),
         username: user.username.clone(),
+        email: user.email.clone(),
         role: user.role.to_string(),
         teams: user.teams.clone(),
         mfa_enabled: user.mfa_enabled,

@@ -45,6 +45,9 @@ pub struct AccessClaims {
     pub jti: String,
     /// The user's name.
     pub username: String,
+    /// The user's email when the token was issued, so `/auth/me` needs no store read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
     /// The user's role when the token was issued.
     pub role: String,
     /// The user's teams when the token was issued.

@@ -63,6 +63,8 @@ pub fn generate_password(len: usize) -> String {
 }
 
 /// Runs argon2 off the async runtime, a bounded number at a time (each takes 19 MiB).
+/// A permit lives as long as its blocking work, not as long as the request that asked
+/// for it, so requests that time out cannot pile up unbounded work.
 #[derive(Clone, Debug)]
 pub struct PasswordHasherPool {
     permits: Arc<Semaphore>,
@@ -80,27 +82,34 @@ impl Default for PasswordHasherPool {
 impl PasswordHasherPool {
     /// Hashes on a blocking thread.
     pub async fn hash(&self, password: Zeroizing<String>) -> Result<String, HashError> {
-        let _permit = self
+        let permit = self
             .permits
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|e| HashError(e.to_string()))?;
-        tokio::task::spawn_blocking(move || hash_password(&password))
-            .await
-            .map_err(|e| HashError(e.to_string()))?
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            hash_password(&password)
+        })
+        .await
+        .map_err(|e| HashError(e.to_string()))?
     }
 
     /// Verifies on a blocking thread. Without a stored hash (unknown user, no password) a
     /// dummy hash is checked instead, so the answer takes as long either way.
     pub async fn verify(&self, password: Zeroizing<String>, phc: Option<String>) -> bool {
-        let Ok(_permit) = self.permits.acquire().await else {
+        let Ok(permit) = self.permits.clone().acquire_owned().await else {
             return false;
         };
         let known = phc.is_some();
         let phc = phc.unwrap_or_else(|| dummy_hash().to_owned());
-        let ok = tokio::task::spawn_blocking(move || verify_password(&password, &phc))
-            .await
-            .unwrap_or(false);
+        let ok = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            verify_password(&password, &phc)
+        })
+        .await
+        .unwrap_or(false);
         ok && known
     }
 }

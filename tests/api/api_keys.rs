@@ -27,6 +27,7 @@ async fn api_keys_authenticate_as_bearer_and_x_api_key_and_revoke_instantly() {
     let (status, me) = app.get_as("/api/v1/auth/me", &key).await;
     assert_eq!(status, 200, "{me}");
     assert_eq!(me["principal_type"], "api_key");
+    assert_eq!(me["email"], "ops@example.org");
     assert_eq!(me["scopes"], json!(["read:servers", "write:servers"]));
     assert_eq!(me["session_id"], Value::Null);
     let by_header = app

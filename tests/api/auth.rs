@@ -45,6 +45,7 @@ async fn login_and_refresh_flow(app: &TestApp) {
     let (status, me) = app.get_as("/api/v1/auth/me", access).await;
     assert_eq!(status, 200);
     assert_eq!(me["username"], "carol");
+    assert_eq!(me["email"], "carol@example.org");
     assert_eq!(me["session_id"], tokens["session_id"]);
     assert_eq!(me["principal_type"], "session");
     assert_eq!(me["auth_method"], "password");

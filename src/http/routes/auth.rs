@@ -137,25 +137,17 @@ pub async fn post_logout(
     ))
 }
 
-/// `GET /api/v1/auth/me`.
-pub async fn get_me(
-    State(state): State<AppState>,
-    principal: Principal,
-) -> Result<Json<Value>, ApiError> {
-    let email = state
-        .node
-        .store
-        .user_by_id(principal.user_id)
-        .await?
-        .and_then(|u| u.email);
+/// `GET /api/v1/auth/me`: answered from the credential alone (a session's fields are as of
+/// its token's issue; a refresh picks up changes).
+pub async fn get_me(principal: Principal) -> Json<Value> {
     let (session_id, scopes) = match &principal.kind {
         PrincipalKind::Session { session_id } => (Some(*session_id), Vec::new()),
         PrincipalKind::ApiKey { scopes, .. } => (None, scopes.clone()),
     };
-    Ok(Json(json!({
+    Json(json!({
         "user_id": principal.user_id,
         "username": principal.username,
-        "email": email,
+        "email": principal.email,
         "role": principal.role,
         "teams": principal.teams,
         "mfa_enabled": principal.mfa_enabled,
@@ -163,7 +155,7 @@ pub async fn get_me(
         "auth_method": principal.auth_method,
         "principal_type": principal.principal_type(),
         "scopes": scopes,
-    })))
+    }))
 }
 
 /// `POST /api/v1/auth/password` body.

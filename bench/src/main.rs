@@ -1,0 +1,497 @@
+//! `sark-bench`: starts a real `sark` node, drives it over HTTP with `wrk`, and prints the
+//! identity numbers next to baselines measured in the same run on the same machine:
+//!
+//! - password logins/s next to raw argon2id verifications/s (same parameters, all cores);
+//! - token-verified `GET /api/v1/auth/me` next to `GET /health` at the same concurrency;
+//! - refresh-token rotations/s.
+//!
+//! Each scenario runs `--rounds` times, interleaved, and the medians are reported, because
+//! the machines this runs on are shared and noisy. Run it with `scripts/bench`, which builds
+//! the release binaries first.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail, ensure};
+use serde_json::{Value, json};
+
+use sark::idp::password;
+use sark_chaos::sandbox::{ClusterSandbox, SandboxOptions};
+
+const USAGE: &str = "usage: sark-bench [--seconds N] [--rounds N] [--connections N] \
+                     [--login-connections N] [--sark PATH]";
+
+const ADMIN_PASSWORD: &str = "bench root passphrase, long enough";
+const USER_PASSWORD: &str = "bench user passphrase, long enough";
+
+/// Command-line settings.
+#[derive(Debug)]
+struct Args {
+    seconds: u64,
+    rounds: usize,
+    connections: usize,
+    login_connections: usize,
+    binary: Option<PathBuf>,
+}
+
+impl Args {
+    fn parse() -> anyhow::Result<Self> {
+        let mut args = Self {
+            seconds: 5,
+            rounds: 3,
+            connections: 64,
+            login_connections: 8,
+            binary: None,
+        };
+        let mut it = std::env::args().skip(1);
+        while let Some(flag) = it.next() {
+            let mut value = || {
+                it.next()
+                    .ok_or_else(|| anyhow!("{flag} needs a value\n{USAGE}"))
+            };
+            match flag.as_str() {
+                "--seconds" => args.seconds = value()?.parse().context("--seconds")?,
+                "--rounds" => args.rounds = value()?.parse().context("--rounds")?,
+                "--connections" => args.connections = value()?.parse().context("--connections")?,
+                "--login-connections" => {
+                    args.login_connections = value()?.parse().context("--login-connections")?;
+                }
+                "--sark" => args.binary = Some(PathBuf::from(value()?)),
+                "-h" | "--help" => {
+                    println!("{USAGE}");
+                    std::process::exit(0);
+                }
+                other => bail!("unknown argument {other}\n{USAGE}"),
+            }
+        }
+        ensure!(
+            args.seconds > 0 && args.rounds > 0,
+            "--seconds and --rounds must be positive"
+        );
+        ensure!(
+            args.connections > 0 && args.login_connections > 0,
+            "connection counts must be positive"
+        );
+        Ok(args)
+    }
+
+    /// `--sark`, else the `sark` built next to this binary (same profile).
+    fn binary(&self) -> anyhow::Result<PathBuf> {
+        if let Some(path) = &self.binary {
+            return Ok(path.clone());
+        }
+        let exe = std::env::current_exe()?;
+        let path = exe.with_file_name("sark");
+        ensure!(
+            path.is_file(),
+            "{} does not exist: build it with the same profile or pass --sark",
+            path.display()
+        );
+        Ok(path)
+    }
+}
+
+/// One measured run of a scenario.
+#[derive(Clone, Copy, Debug, Default)]
+struct Sample {
+    per_second: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+/// The medians of a scenario's rounds.
+#[derive(Clone, Copy, Debug, Default)]
+struct Medians(Sample);
+
+impl Medians {
+    fn of(samples: &[Sample]) -> Self {
+        let median = |f: fn(&Sample) -> f64| {
+            let mut values: Vec<f64> = samples.iter().map(f).collect();
+            values.sort_by(f64::total_cmp);
+            match values.len() {
+                0 => 0.0,
+                n if n % 2 == 1 => values[n / 2],
+                n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+            }
+        };
+        Self(Sample {
+            per_second: median(|s| s.per_second),
+            p50_ms: median(|s| s.p50_ms),
+            p99_ms: median(|s| s.p99_ms),
+        })
+    }
+}
+
+impl fmt::Display for Medians {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:>9.0} /s   p50 {:>7.2} ms   p99 {:>7.2} ms",
+            self.0.per_second, self.0.p50_ms, self.0.p99_ms
+        )
+    }
+}
+
+/// Prints the figures wrk collected, in a line this program parses.
+const DONE_HOOK: &str = r#"
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("SARK_BENCH requests=%d duration_us=%d p50_us=%d p99_us=%d socket_errors=%d status_errors=%d\n",
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    e.connect + e.read + e.write + e.timeout, e.status))
+end
+"#;
+
+/// A wrk run: `script` defines the requests; the done hook is appended.
+struct Wrk<'a> {
+    url: String,
+    connections: usize,
+    seconds: u64,
+    script: String,
+    dir: &'a Path,
+}
+
+impl Wrk<'_> {
+    fn run(&self, name: &str) -> anyhow::Result<Sample> {
+        let path = self.dir.join(format!("{name}.lua"));
+        std::fs::write(&path, format!("{}\n{DONE_HOOK}", self.script))?;
+        let threads = self.connections.min(2);
+        let output = Command::new("wrk")
+            .arg(format!("-t{threads}"))
+            .arg(format!("-c{}", self.connections))
+            .arg(format!("-d{}s", self.seconds))
+            .arg("--timeout")
+            .arg("10s")
+            .arg("-s")
+            .arg(&path)
+            .arg(&self.url)
+            .output()
+            .context("running wrk (Debian package `wrk`; scripts/install-deps installs it)")?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        ensure!(
+            output.status.success(),
+            "wrk failed: {stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let line = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("SARK_BENCH "))
+            .ok_or_else(|| anyhow!("wrk printed no figures: {stdout}"))?;
+        let field = |key: &str| -> anyhow::Result<f64> {
+            line.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+                .ok_or_else(|| anyhow!("no {key} in {line}"))?
+                .parse::<f64>()
+                .with_context(|| format!("{key} in {line}"))
+        };
+        let (socket, status) = (field("socket_errors")?, field("status_errors")?);
+        ensure!(
+            socket == 0.0 && status == 0.0,
+            "{name}: {socket} socket errors and {status} non-2xx answers; the figures would not be of successful requests"
+        );
+        Ok(Sample {
+            per_second: field("requests")? / (field("duration_us")? / 1e6),
+            p50_ms: field("p50_us")? / 1e3,
+            p99_ms: field("p99_us")? / 1e3,
+        })
+    }
+}
+
+/// Lua string literal of `s` (JSON strings are valid Lua strings for our ASCII bodies).
+fn lua_string(s: &str) -> String {
+    Value::String(s.to_owned()).to_string()
+}
+
+/// Raw argon2id verifications per second on `threads` threads, with SARK's parameters.
+fn argon2_per_second(hash: &str, threads: usize, seconds: u64) -> Sample {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let total: u64 = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut n = 0u64;
+                    while Instant::now() < deadline {
+                        if password::verify_password(USER_PASSWORD, hash) {
+                            n += 1;
+                        }
+                    }
+                    n
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap_or(0)).sum()
+    });
+    Sample {
+        per_second: total as f64 / started.elapsed().as_secs_f64(),
+        ..Sample::default()
+    }
+}
+
+/// The node under test and an authenticated client for setting it up.
+struct Bench {
+    sandbox: ClusterSandbox,
+    base: String,
+    client: reqwest::Client,
+    users: Vec<String>,
+}
+
+impl Bench {
+    async fn start(args: &Args) -> anyhow::Result<Self> {
+        let huge = "1000000000".to_owned();
+        let env = vec![
+            (
+                "SARK_BOOTSTRAP_ADMIN_PASSWORD".into(),
+                ADMIN_PASSWORD.into(),
+            ),
+            (
+                "SARK_RATE_LIMIT__UNAUTHENTICATED_PER_MINUTE".into(),
+                huge.clone(),
+            ),
+            ("SARK_RATE_LIMIT__AUTHENTICATED_PER_MINUTE".into(), huge),
+            ("SARK_HTTP__MAX_CONNECTIONS".into(), "4096".into()),
+        ];
+        let sandbox = ClusterSandbox::start(
+            1,
+            SandboxOptions {
+                env,
+                binary: Some(args.binary()?),
+            },
+        )
+        .await?;
+        let base = format!("http://{}", sandbox.nodes()[0].http);
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()?;
+        let mut bench = Self {
+            sandbox,
+            base,
+            client,
+            users: Vec::new(),
+        };
+        let admin = bench.login("admin", ADMIN_PASSWORD).await?;
+        let admin = token(&admin, "access_token")?;
+        // Twice as many users as login connections: logins of one name take turns (the
+        // lockout check), so one user per connection would measure that queue instead.
+        for i in 0..args.login_connections * 2 {
+            let name = format!("bench-user-{i}");
+            let user = json!({"username": name, "email": format!("{name}@example.org"),
+                              "role": "viewer", "password": USER_PASSWORD});
+            bench
+                .post("/api/v1/users", &user, Some(&admin), 201)
+                .await?;
+            bench.users.push(name);
+        }
+        Ok(bench)
+    }
+
+    async fn login(&self, username: &str, password: &str) -> anyhow::Result<Value> {
+        let body = json!({"username": username, "password": password});
+        self.post("/api/v1/auth/login", &body, None, 200).await
+    }
+
+    /// POSTs `body` and returns the answer, which must have status `expect`.
+    async fn post(
+        &self,
+        path: &str,
+        body: &Value,
+        bearer: Option<&str>,
+        expect: u16,
+    ) -> anyhow::Result<Value> {
+        let mut request = self.client.post(format!("{}{path}", self.base)).json(body);
+        if let Some(token) = bearer {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        ensure!(
+            status == expect,
+            "POST {path}: {status} {}",
+            response.text().await?
+        );
+        Ok(response.json().await?)
+    }
+
+    fn login_script(&self) -> String {
+        let bodies: Vec<String> = self
+            .users
+            .iter()
+            .map(|u| lua_string(&json!({"username": u, "password": USER_PASSWORD}).to_string()))
+            .collect();
+        format!(
+            r#"local bodies = {{ {} }}
+local headers = {{ ["Content-Type"] = "application/json" }}
+local n = 0
+setup = function(thread) thread:set("offset", n); n = n + 1 end
+request = function()
+  offset = (offset or 0) + 1
+  return wrk.format("POST", "/api/v1/auth/login", headers, bodies[(offset % #bodies) + 1])
+end"#,
+            bodies.join(", ")
+        )
+    }
+
+    /// `chains` sessions, each refreshing its own token in a loop for `seconds`.
+    async fn refreshes(&self, chains: usize, seconds: u64) -> anyhow::Result<Sample> {
+        let mut tokens = Vec::with_capacity(chains);
+        for i in 0..chains {
+            let user = &self.users[i % self.users.len()];
+            tokens.push(token(
+                &self.login(user, USER_PASSWORD).await?,
+                "refresh_token",
+            )?);
+        }
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        let started = Instant::now();
+        let tasks: Vec<_> = tokens
+            .into_iter()
+            .map(|mut refresh| {
+                let client = self.client.clone();
+                let url = format!("{}/api/v1/auth/refresh", self.base);
+                tokio::spawn(async move {
+                    let mut latencies = Vec::new();
+                    while Instant::now() < deadline {
+                        let sent = Instant::now();
+                        let response = client
+                            .post(&url)
+                            .json(&json!({"refresh_token": refresh}))
+                            .send()
+                            .await?;
+                        ensure!(
+                            response.status() == 200,
+                            "refresh: {}",
+                            response.text().await?
+                        );
+                        refresh = token(&response.json().await?, "refresh_token")?;
+                        latencies.push(sent.elapsed());
+                    }
+                    anyhow::Ok(latencies)
+                })
+            })
+            .collect();
+        let mut latencies = Vec::new();
+        for task in tasks {
+            latencies.extend(task.await??);
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        latencies.sort();
+        let pct = |p: usize| {
+            latencies
+                .get((latencies.len() * p / 100).min(latencies.len().saturating_sub(1)))
+                .map_or(0.0, |d| d.as_secs_f64() * 1e3)
+        };
+        Ok(Sample {
+            per_second: latencies.len() as f64 / elapsed,
+            p50_ms: pct(50),
+            p99_ms: pct(99),
+        })
+    }
+}
+
+fn token(body: &Value, key: &str) -> anyhow::Result<String> {
+    body[key]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow!("no {key} in {body}"))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse()?;
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let bench = Bench::start(&args).await?;
+    let scratch = tempfile::tempdir()?;
+    let hash = password::hash_password(USER_PASSWORD).map_err(|e| anyhow!("{e}"))?;
+    let params = hash.split('$').nth(3).unwrap_or("?").to_owned();
+    let access = token(
+        &bench.login(&bench.users[0], USER_PASSWORD).await?,
+        "access_token",
+    )?;
+    let wrk = |path: &str, connections: usize, script: String| Wrk {
+        url: format!("{}{path}", bench.base),
+        connections,
+        seconds: args.seconds,
+        script,
+        dir: scratch.path(),
+    };
+    let me_script = format!(
+        r#"wrk.headers["Authorization"] = {}"#,
+        lua_string(&format!("Bearer {access}"))
+    );
+    let (mut raw1, mut raw, mut logins, mut me, mut health, mut refresh) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    println!(
+        "sark-bench: {} on {cores} cores, {} s per run, {} rounds interleaved; medians",
+        bench.sandbox.nodes()[0].http,
+        args.seconds,
+        args.rounds
+    );
+    for round in 1..=args.rounds {
+        println!("round {round}/{}", args.rounds);
+        raw1.push(argon2_per_second(&hash, 1, args.seconds));
+        raw.push(argon2_per_second(&hash, cores, args.seconds));
+        let login = wrk(
+            "/api/v1/auth/login",
+            args.login_connections,
+            bench.login_script(),
+        );
+        logins.push(login.run("login")?);
+        me.push(wrk("/api/v1/auth/me", args.connections, me_script.clone()).run("me")?);
+        health.push(wrk("/health", args.connections, String::new()).run("health")?);
+        refresh.push(
+            bench
+                .refreshes(args.login_connections, args.seconds)
+                .await?,
+        );
+    }
+    let (raw1, raw) = (Medians::of(&raw1), Medians::of(&raw));
+    let (logins, me, health, refresh) = (
+        Medians::of(&logins),
+        Medians::of(&me),
+        Medians::of(&health),
+        Medians::of(&refresh),
+    );
+    println!();
+    println!(
+        "argon2id verify ({params}), 1 thread      {:>9.1} /s",
+        raw1.0.per_second
+    );
+    println!(
+        "argon2id verify ({params}), {cores} threads     {:>9.1} /s",
+        raw.0.per_second
+    );
+    println!(
+        "POST /api/v1/auth/login, {:>3} connections      {logins}",
+        args.login_connections
+    );
+    println!(
+        "  logins/s ÷ raw argon2id verifications/s ({cores} threads) = {:.2}",
+        logins.0.per_second / raw.0.per_second
+    );
+    println!(
+        "GET /api/v1/auth/me, {:>3} connections          {me}",
+        args.connections
+    );
+    println!(
+        "GET /health, {:>3} connections                  {health}",
+        args.connections
+    );
+    println!(
+        "  /auth/me ÷ /health: throughput {:.2}, p50 {:.2}, p99 {:.2}",
+        me.0.per_second / health.0.per_second,
+        me.0.p50_ms / health.0.p50_ms,
+        me.0.p99_ms / health.0.p99_ms
+    );
+    println!(
+        "POST /api/v1/auth/refresh, {:>3} sessions        {refresh}",
+        args.login_connections
+    );
+    let statuses = bench.sandbox.shutdown().await?;
+    ensure!(
+        statuses.iter().all(std::process::ExitStatus::success),
+        "the node did not stop cleanly: {statuses:?}"
+    );
+    Ok(())
+}
