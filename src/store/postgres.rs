@@ -167,6 +167,11 @@ impl PgStore {
         Ok(&self.pool)
     }
 
+    /// PostgreSQL locks rows, not the database: writers share the pool.
+    fn writer(&self) -> StoreResult<&PgPool> {
+        self.pool()
+    }
+
     /// Closes the pool.
     pub async fn close(&self) {
         self.pool.close().await;

@@ -2,7 +2,10 @@
 //!
 //! The SQL here runs unchanged on SQLite and PostgreSQL. A backend type using the macro
 //! provides:
-//! - `fn pool(&self) -> StoreResult<&Pool<DB>>` (Unavailable until migrated),
+//! - `fn pool(&self) -> StoreResult<&Pool<DB>>` (Unavailable until migrated), for reads,
+//! - `fn writer(&self) -> StoreResult<&Pool<DB>>`, for every statement that writes (on
+//!   SQLite a one-connection pool, so this process's writers queue in order instead of
+//!   sleeping in SQLite's busy handler; on PostgreSQL the same pool),
 //! - `async fn write_server_tags(tx, server_id, tags)` (keeps any tag index in step),
 //! - `fn push_tag_filter(builder, tags)` (all tags must match),
 //! - `const CLAIM_OUTBOX_SQL` (lease due outbox rows without double-claiming),
@@ -165,7 +168,7 @@ macro_rules! impl_portable_store {
                 let query = ::sqlx::query(concat!(
                     "INSERT INTO users (", user_columns!(), ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
                 ));
-                Self::bind_user(query, user).execute(self.pool()?).await.map_err(|e| {
+                Self::bind_user(query, user).execute(self.writer()?).await.map_err(|e| {
                     match $crate::store::db_error(e) {
                         $crate::store::StoreError::Conflict(_) => {
                             $crate::store::StoreError::Conflict(format!("user {}", user.username))
@@ -182,7 +185,7 @@ macro_rules! impl_portable_store {
                     ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT DO NOTHING"
                 ));
                 let done = Self::bind_user(query, user)
-                    .execute(self.pool()?)
+                    .execute(self.writer()?)
                     .await
                     .map_err($crate::store::db_error)?;
                 Ok(done.rows_affected() == 1)
@@ -244,7 +247,7 @@ macro_rules! impl_portable_store {
                 }
                 qb.push(" WHERE username = ").push_bind(username.to_owned());
                 qb.push(concat!(" RETURNING ", user_columns!()));
-                let row = qb.build().fetch_optional(self.pool()?).await.map_err($crate::store::db_error)?;
+                let row = qb.build().fetch_optional(self.writer()?).await.map_err($crate::store::db_error)?;
                 row.as_ref().map(Self::user_row).transpose().map_err($crate::store::db_error)
             }
 
@@ -253,7 +256,7 @@ macro_rules! impl_portable_store {
                 username: &str,
                 now: ::chrono::DateTime<::chrono::Utc>,
             ) -> $crate::store::StoreResult<Option<$crate::store::DeletedUser>> {
-                let mut tx = Self::begin_write(self.pool()?).await.map_err($crate::store::db_error)?;
+                let mut tx = Self::begin_write(self.writer()?).await.map_err($crate::store::db_error)?;
                 let row = ::sqlx::query(Self::USER_FOR_UPDATE_SQL)
                     .bind(username)
                     .fetch_optional(&mut *tx)
@@ -304,7 +307,7 @@ macro_rules! impl_portable_store {
         #[::async_trait::async_trait]
         impl $crate::store::SessionStore for $store {
             async fn create_session(&self, s: &$crate::store::SessionRecord) -> $crate::store::StoreResult<bool> {
-                let mut tx = Self::begin_write(self.pool()?).await.map_err($crate::store::db_error)?;
+                let mut tx = Self::begin_write(self.writer()?).await.map_err($crate::store::db_error)?;
                 let active: Option<bool> = ::sqlx::query_scalar(Self::USER_ACTIVE_FOR_SHARE_SQL)
                     .bind(s.user_id)
                     .fetch_optional(&mut *tx)
@@ -351,7 +354,7 @@ macro_rules! impl_portable_store {
                 new_hash: &str,
                 now: ::chrono::DateTime<::chrono::Utc>,
             ) -> $crate::store::StoreResult<$crate::store::RotateOutcome> {
-                let mut tx = Self::begin_write(self.pool()?).await.map_err($crate::store::db_error)?;
+                let mut tx = Self::begin_write(self.writer()?).await.map_err($crate::store::db_error)?;
                 let done = ::sqlx::query(
                     "UPDATE sessions SET refresh_hash = $1, last_seen_at = $2 \
                      WHERE id = $3 AND refresh_hash = $4 AND revoked_at IS NULL AND expires_at > $2",
@@ -401,7 +404,7 @@ macro_rules! impl_portable_store {
                 ::sqlx::query("UPDATE sessions SET last_seen_at = $1 WHERE id = $2 AND last_seen_at < $1")
                     .bind(now)
                     .bind(id)
-                    .execute(self.pool()?)
+                    .execute(self.writer()?)
                     .await
                     .map_err($crate::store::db_error)?;
                 Ok(())
@@ -419,7 +422,7 @@ macro_rules! impl_portable_store {
                 .bind(now)
                 .bind(reason)
                 .bind(id)
-                .execute(self.pool()?)
+                .execute(self.writer()?)
                 .await
                 .map_err($crate::store::db_error)?;
                 Ok(done.rows_affected() == 1)
@@ -440,7 +443,7 @@ macro_rules! impl_portable_store {
                     qb.push(" AND id <> ").push_bind(keep);
                 }
                 qb.push(" RETURNING id");
-                let rows = qb.build().fetch_all(self.pool()?).await.map_err($crate::store::db_error)?;
+                let rows = qb.build().fetch_all(self.writer()?).await.map_err($crate::store::db_error)?;
                 rows.iter()
                     .map(|r| ::sqlx::Row::try_get(r, "id").map_err($crate::store::db_error))
                     .collect()
@@ -487,7 +490,7 @@ macro_rules! impl_portable_store {
         #[::async_trait::async_trait]
         impl $crate::store::ServerStore for $store {
             async fn create_server(&self, s: &$crate::store::Server) -> $crate::store::StoreResult<()> {
-                let mut tx = Self::begin_write(self.pool()?).await.map_err($crate::store::db_error)?;
+                let mut tx = Self::begin_write(self.writer()?).await.map_err($crate::store::db_error)?;
                 ::sqlx::query(concat!("INSERT INTO servers (", server_columns!(), ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"))
                     .bind(s.id)
                     .bind(&s.name)
@@ -541,7 +544,7 @@ macro_rules! impl_portable_store {
                 patch: &$crate::store::ServerPatch,
                 now: ::chrono::DateTime<::chrono::Utc>,
             ) -> $crate::store::StoreResult<Option<$crate::store::Server>> {
-                let mut tx = Self::begin_write(self.pool()?).await.map_err($crate::store::db_error)?;
+                let mut tx = Self::begin_write(self.writer()?).await.map_err($crate::store::db_error)?;
                 let mut qb = ::sqlx::QueryBuilder::<$db>::new("UPDATE servers SET updated_at = ");
                 qb.push_bind(now);
                 if let Some(endpoint) = &patch.endpoint {
@@ -570,7 +573,7 @@ macro_rules! impl_portable_store {
             async fn delete_server(&self, name: &str) -> $crate::store::StoreResult<bool> {
                 let done = ::sqlx::query("DELETE FROM servers WHERE name = $1")
                     .bind(name)
-                    .execute(self.pool()?)
+                    .execute(self.writer()?)
                     .await
                     .map_err($crate::store::db_error)?;
                 Ok(done.rows_affected() == 1)
@@ -591,7 +594,7 @@ macro_rules! impl_portable_store {
                 &self,
                 new: &$crate::store::NewPolicyVersion<'_>,
             ) -> $crate::store::StoreResult<$crate::store::PolicyVersion> {
-                let mut tx = Self::begin_write(self.pool()?).await.map_err($crate::store::db_error)?;
+                let mut tx = Self::begin_write(self.writer()?).await.map_err($crate::store::db_error)?;
                 // The upsert takes the bundle's row lock, so concurrent uploads get
                 // consecutive versions.
                 let version: i64 = ::sqlx::query_scalar(
@@ -610,7 +613,7 @@ macro_rules! impl_portable_store {
             }
 
             async fn seed_policy(&self, new: &$crate::store::NewPolicyVersion<'_>) -> $crate::store::StoreResult<bool> {
-                let mut tx = Self::begin_write(self.pool()?).await.map_err($crate::store::db_error)?;
+                let mut tx = Self::begin_write(self.writer()?).await.map_err($crate::store::db_error)?;
                 let done = ::sqlx::query(
                     "INSERT INTO policy_bundles (name, active_version, updated_at) VALUES ($1, 1, $2) ON CONFLICT DO NOTHING",
                 )
@@ -726,7 +729,7 @@ macro_rules! impl_portable_store {
                     return Ok(());
                 };
                 let now = last.event.timestamp;
-                let mut tx = Self::begin_write(self.pool()?).await.map_err($crate::store::db_error)?;
+                let mut tx = Self::begin_write(self.writer()?).await.map_err($crate::store::db_error)?;
                 let moved = if prev_seq == 0 {
                     ::sqlx::query(
                         "INSERT INTO audit_chain_heads (chain, seq, hash, updated_at) VALUES ($1, $2, $3, $4) \
@@ -867,7 +870,7 @@ macro_rules! impl_portable_store {
                     .bind(sink)
                     .bind(now)
                     .bind(i64::from(limit))
-                    .fetch_all(self.pool()?)
+                    .fetch_all(self.writer()?)
                     .await
                     .map_err($crate::store::db_error)?;
                 let mut entries = rows
@@ -904,7 +907,7 @@ macro_rules! impl_portable_store {
                     list.push_bind(*id);
                 }
                 qb.push(")");
-                qb.build().execute(self.pool()?).await.map_err($crate::store::db_error)?;
+                qb.build().execute(self.writer()?).await.map_err($crate::store::db_error)?;
                 Ok(())
             }
 
@@ -928,7 +931,7 @@ macro_rules! impl_portable_store {
                     list.push_bind(*id);
                 }
                 qb.push(")");
-                qb.build().execute(self.pool()?).await.map_err($crate::store::db_error)?;
+                qb.build().execute(self.writer()?).await.map_err($crate::store::db_error)?;
                 Ok(())
             }
 

@@ -108,7 +108,7 @@ macro_rules! impl_identity_store {
                 &self,
                 key: &$crate::store::SigningKeyRecord,
             ) -> $crate::store::StoreResult<$crate::store::SigningKeyRecord> {
-                let mut tx = Self::begin_write(self.pool()?).await.map_err($crate::store::db_error)?;
+                let mut tx = Self::begin_write(self.writer()?).await.map_err($crate::store::db_error)?;
                 // The unique index on the active key makes a racing second insert a no-op.
                 Self::insert_signing_key(&mut tx, key, true).await.map_err($crate::store::db_error)?;
                 let row = ::sqlx::query(
@@ -128,7 +128,7 @@ macro_rules! impl_identity_store {
                 key: &$crate::store::SigningKeyRecord,
                 now: ::chrono::DateTime<::chrono::Utc>,
             ) -> $crate::store::StoreResult<()> {
-                let mut tx = Self::begin_write(self.pool()?).await.map_err($crate::store::db_error)?;
+                let mut tx = Self::begin_write(self.writer()?).await.map_err($crate::store::db_error)?;
                 ::sqlx::query("UPDATE signing_keys SET retired_at = $1 WHERE retired_at IS NULL")
                     .bind(now)
                     .execute(&mut *tx)
@@ -142,7 +142,7 @@ macro_rules! impl_identity_store {
             async fn prune_signing_keys(&self, cutoff: ::chrono::DateTime<::chrono::Utc>) -> $crate::store::StoreResult<u64> {
                 let done = ::sqlx::query("DELETE FROM signing_keys WHERE retired_at IS NOT NULL AND retired_at < $1")
                     .bind(cutoff)
-                    .execute(self.pool()?)
+                    .execute(self.writer()?)
                     .await
                     .map_err($crate::store::db_error)?;
                 Ok(done.rows_affected())
@@ -152,7 +152,7 @@ macro_rules! impl_identity_store {
         #[::async_trait::async_trait]
         impl $crate::store::ApiKeyStore for $store {
             async fn create_api_key(&self, key: &$crate::store::ApiKeyRecord) -> $crate::store::StoreResult<bool> {
-                let mut tx = Self::begin_write(self.pool()?).await.map_err($crate::store::db_error)?;
+                let mut tx = Self::begin_write(self.writer()?).await.map_err($crate::store::db_error)?;
                 let active: Option<bool> = ::sqlx::query_scalar(Self::USER_ACTIVE_FOR_SHARE_SQL)
                     .bind(key.user_id)
                     .fetch_optional(&mut *tx)
@@ -222,7 +222,7 @@ macro_rules! impl_identity_store {
                 .bind(now)
                 .bind(reason)
                 .bind(id)
-                .execute(self.pool()?)
+                .execute(self.writer()?)
                 .await
                 .map_err($crate::store::db_error)?;
                 Ok(done.rows_affected() == 1)
@@ -241,7 +241,7 @@ macro_rules! impl_identity_store {
                 .bind(now)
                 .bind(reason)
                 .bind(user_id)
-                .fetch_all(self.pool()?)
+                .fetch_all(self.writer()?)
                 .await
                 .map_err($crate::store::db_error)?;
                 rows.iter()
@@ -256,7 +256,7 @@ macro_rules! impl_identity_store {
                 .bind(now)
                 .bind(id)
                 .bind(now - ::chrono::Duration::minutes(1))
-                .execute(self.pool()?)
+                .execute(self.writer()?)
                 .await
                 .map_err($crate::store::db_error)?;
                 Ok(())
@@ -305,7 +305,7 @@ macro_rules! impl_identity_store {
                 .bind(i64::from(rule.threshold))
                 .bind(now + rule.lock_for)
                 .bind(now - rule.window)
-                .fetch_one(self.pool()?)
+                .fetch_one(self.writer()?)
                 .await
                 .map_err($crate::store::db_error)?;
                 Self::lock_state_row(&row).map_err($crate::store::db_error)
@@ -323,7 +323,7 @@ macro_rules! impl_identity_store {
             async fn clear_failures(&self, username: &str, now: ::chrono::DateTime<::chrono::Utc>) -> $crate::store::StoreResult<bool> {
                 let rows = ::sqlx::query("DELETE FROM login_failures WHERE username = $1 RETURNING locked_until")
                     .bind(username)
-                    .fetch_all(self.pool()?)
+                    .fetch_all(self.writer()?)
                     .await
                     .map_err($crate::store::db_error)?;
                 let mut was_locked = false;
@@ -344,7 +344,7 @@ macro_rules! impl_identity_store {
                 failures_before: ::chrono::DateTime<::chrono::Utc>,
                 sessions_before: ::chrono::DateTime<::chrono::Utc>,
             ) -> $crate::store::StoreResult<u64> {
-                let mut tx = Self::begin_write(self.pool()?).await.map_err($crate::store::db_error)?;
+                let mut tx = Self::begin_write(self.writer()?).await.map_err($crate::store::db_error)?;
                 let mut removed = 0;
                 let statements: [(&'static str, ::chrono::DateTime<::chrono::Utc>, Option<::chrono::DateTime<::chrono::Utc>>); 4] = [
                     (
@@ -388,7 +388,7 @@ macro_rules! impl_identity_store {
                 .bind(user_id)
                 .bind(secret)
                 .bind(now)
-                .execute(self.pool()?)
+                .execute(self.writer()?)
                 .await
                 .map_err($crate::store::db_error)?;
                 if done.rows_affected() == 0 {
@@ -425,7 +425,7 @@ macro_rules! impl_identity_store {
                 recovery_hashes: &[String],
                 now: ::chrono::DateTime<::chrono::Utc>,
             ) -> $crate::store::StoreResult<bool> {
-                let mut tx = Self::begin_write(self.pool()?).await.map_err($crate::store::db_error)?;
+                let mut tx = Self::begin_write(self.writer()?).await.map_err($crate::store::db_error)?;
                 let done = ::sqlx::query("UPDATE mfa_totp SET confirmed_at = $1 WHERE user_id = $2 AND confirmed_at IS NULL")
                     .bind(now)
                     .bind(user_id)
@@ -464,7 +464,7 @@ macro_rules! impl_identity_store {
                 )
                 .bind(step)
                 .bind(user_id)
-                .execute(self.pool()?)
+                .execute(self.writer()?)
                 .await
                 .map_err($crate::store::db_error)?;
                 Ok(done.rows_affected() == 1)
@@ -482,7 +482,7 @@ macro_rules! impl_identity_store {
                 .bind(now)
                 .bind(user_id)
                 .bind(code_hash)
-                .execute(self.pool()?)
+                .execute(self.writer()?)
                 .await
                 .map_err($crate::store::db_error)?;
                 Ok(done.rows_affected() == 1)
@@ -500,7 +500,7 @@ macro_rules! impl_identity_store {
             }
 
             async fn reset_mfa(&self, user_id: ::uuid::Uuid) -> $crate::store::StoreResult<bool> {
-                let mut tx = Self::begin_write(self.pool()?).await.map_err($crate::store::db_error)?;
+                let mut tx = Self::begin_write(self.writer()?).await.map_err($crate::store::db_error)?;
                 let removed = ::sqlx::query("DELETE FROM mfa_totp WHERE user_id = $1")
                     .bind(user_id)
                     .execute(&mut *tx)
@@ -534,7 +534,7 @@ macro_rules! impl_identity_store {
                 .bind(&c.ip)
                 .bind(c.created_at)
                 .bind(c.expires_at)
-                .execute(self.pool()?)
+                .execute(self.writer()?)
                 .await
                 .map_err($crate::store::db_error)?;
                 Ok(())
@@ -563,7 +563,7 @@ macro_rules! impl_identity_store {
                 )
                 .bind(now)
                 .bind(id)
-                .execute(self.pool()?)
+                .execute(self.writer()?)
                 .await
                 .map_err($crate::store::db_error)?;
                 Ok(done.rows_affected() == 1)

@@ -23,6 +23,8 @@ use crate::config::DatabaseConfig;
 #[derive(Debug)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// One connection, for every write (see `writer`).
+    writer: SqlitePool,
 }
 
 impl SqliteStore {
@@ -64,6 +66,17 @@ impl SqliteStore {
             .max_connections(config.max_connections)
             .min_connections(config.min_connections.min(config.max_connections))
             .acquire_timeout(Duration::from_millis(config.acquire_timeout_ms))
+            .connect_with(options.clone())
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        // SQLite has one writer at a time. Contending connections wait in its busy handler,
+        // which sleeps up to 100 ms between tries; queueing for one connection instead
+        // hands the lock over as soon as a commit ends. Other processes still meet the busy
+        // timeout.
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(0)
+            .acquire_timeout(Duration::from_millis(config.acquire_timeout_ms))
             .connect_with(options)
             .await
             .map_err(|e| fail(e.to_string()))?;
@@ -79,15 +92,20 @@ impl SqliteStore {
         let migrated = super::migrator(super::SQLITE_MIGRATIONS).run(&pool).await;
         drop(lock);
         migrated.map_err(|e| OpenError::Migration(e.to_string()))?;
-        Ok(Self { pool })
+        Ok(Self { pool, writer })
     }
 
     fn pool(&self) -> StoreResult<&SqlitePool> {
         Ok(&self.pool)
     }
 
+    fn writer(&self) -> StoreResult<&SqlitePool> {
+        Ok(&self.writer)
+    }
+
     /// Closes the pool.
     pub async fn close(&self) {
+        self.writer.close().await;
         self.pool.close().await;
     }
 
