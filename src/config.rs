@@ -212,6 +212,20 @@ pub struct PolicyConfig {
     /// How often each node compares its loaded bundles with the store and repairs any
     /// missed version change (anti-entropy).
     pub sync_seconds: u64,
+    /// Wall-clock limit of one policy evaluation; beyond it the evaluation denies.
+    pub eval_timeout_ms: u64,
+    /// Decisions kept per cacheable bundle version (0 turns the cache off).
+    pub cache_entries: usize,
+}
+
+impl PolicyConfig {
+    /// The engine settings these values describe.
+    pub fn settings(&self) -> sark_actors::policy::PolicySettings {
+        sark_actors::policy::PolicySettings {
+            eval_timeout: Duration::from_millis(self.eval_timeout_ms),
+            cache_entries: self.cache_entries,
+        }
+    }
 }
 
 /// Session lifetimes.
@@ -348,7 +362,11 @@ impl Default for Config {
                 absolute_seconds: 43_200,
                 actor_idle_seconds: 300,
             },
-            policy: PolicyConfig { sync_seconds: 10 },
+            policy: PolicyConfig {
+                sync_seconds: 10,
+                eval_timeout_ms: 100,
+                cache_entries: 10_000,
+            },
             cluster: ClusterConfig {
                 node_name: None,
                 bind: SocketAddr::from(([127, 0, 0, 1], 7400)),
@@ -596,6 +614,7 @@ impl Config {
             ("http.max_connections", self.http.max_connections as u64),
             ("cluster.lease_seconds", self.cluster.lease_seconds),
             ("policy.sync_seconds", self.policy.sync_seconds),
+            ("policy.eval_timeout_ms", self.policy.eval_timeout_ms),
             ("auth.sync_seconds", self.auth.sync_seconds),
             (
                 "session.actor_idle_seconds",

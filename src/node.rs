@@ -222,6 +222,7 @@ impl Node {
             actors: policy_actors.clone(),
             slot: slots.policies.clone(),
             policy: restart.clone(),
+            settings: config.policy.settings(),
             metrics: actor_metrics.clone(),
         });
         let children: Vec<Arc<dyn ChildSpec>> = vec![
@@ -774,7 +775,7 @@ impl Bootstrap {
         let now = self.audit.now();
         for (name, source) in BUILTIN_POLICIES {
             let sha256 = hex::encode(Sha256::digest(source.as_bytes()));
-            policy::compile(name, 1, &sha256, source).map_err(|e| {
+            policy::compile(name, 1, &sha256, source, &self.config.policy.settings()).map_err(|e| {
                 BootstrapError::Policy(format!("built-in policy {name} does not compile: {e}"))
             })?;
             let new = NewPolicyVersion {

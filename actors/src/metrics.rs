@@ -27,6 +27,10 @@ pub struct ActorMetrics {
     pub policy_load_failures: IntCounterVec,
     /// Policy evaluations that failed (and therefore denied).
     pub policy_evaluation_errors: IntCounterVec,
+    /// Policy evaluations stopped at the time limit.
+    pub policy_limit_exceeded: IntCounterVec,
+    /// Decision-cache lookups, by bundle and `hit` / `miss`.
+    pub policy_cache: IntCounterVec,
     /// Sessions that were logged into.
     pub sessions_created: IntCounter,
     /// Refresh tokens presented a second time (each revoked a session).
@@ -95,6 +99,20 @@ impl ActorMetrics {
                 ),
                 &["bundle"],
             )?,
+            policy_limit_exceeded: IntCounterVec::new(
+                Opts::new(
+                    "sark_policy_evaluation_limit_exceeded_total",
+                    "Policy evaluations stopped at the time limit (a denial, or a 400 for tests)",
+                ),
+                &["bundle"],
+            )?,
+            policy_cache: IntCounterVec::new(
+                Opts::new(
+                    "sark_policy_decision_cache_total",
+                    "Decision-cache lookups of cacheable bundles",
+                ),
+                &["bundle", "result"],
+            )?,
             sessions_created: IntCounter::new(
                 "sark_sessions_created_total",
                 "Sessions created by a login",
@@ -114,6 +132,8 @@ impl ActorMetrics {
         registry.register(Box::new(metrics.policy_version.clone()))?;
         registry.register(Box::new(metrics.policy_load_failures.clone()))?;
         registry.register(Box::new(metrics.policy_evaluation_errors.clone()))?;
+        registry.register(Box::new(metrics.policy_limit_exceeded.clone()))?;
+        registry.register(Box::new(metrics.policy_cache.clone()))?;
         registry.register(Box::new(metrics.sessions_created.clone()))?;
         registry.register(Box::new(metrics.refresh_reuse.clone()))?;
         Ok(metrics)

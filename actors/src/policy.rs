@@ -7,11 +7,18 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::num::NonZeroU32;
 use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, Message, RpcReplyPort, SpawnErr};
 use tracing::{info, warn};
+
+use regorus::utils::limits::{ExecutionTimerConfig, LimitError};
+
+pub use analysis::{BundleTraits, FORBIDDEN_BUILTINS, VOLATILE_CONTEXT};
+pub use cache::DecisionCache;
 
 use crate::metrics::ActorMetrics;
 use crate::store::{PolicyStore, StoreError};
@@ -30,15 +37,39 @@ pub enum RegoSyntax {
     V0,
 }
 
+mod analysis;
+mod cache;
+
 /// Why a policy could not be compiled or evaluated.
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PolicyError {
-    /// The source does not compile; the message names the line.
+    /// The source does not compile, or calls a forbidden builtin; the message names the line.
     #[error("{0}")]
     Invalid(String),
     /// Evaluation failed.
     #[error("evaluation failed: {0}")]
     Evaluation(String),
+    /// Evaluation ran past the time limit.
+    #[error("evaluation stopped after the {0:?} limit")]
+    LimitExceeded(Duration),
+}
+
+/// How bundles are compiled and evaluated on this node.
+#[derive(Clone, Copy, Debug)]
+pub struct PolicySettings {
+    /// Wall-clock limit of one evaluation.
+    pub eval_timeout: Duration,
+    /// Answers kept per cacheable bundle version (0: no cache).
+    pub cache_entries: usize,
+}
+
+impl Default for PolicySettings {
+    fn default() -> Self {
+        Self {
+            eval_timeout: Duration::from_millis(100),
+            cache_entries: 10_000,
+        }
+    }
 }
 
 /// A compiled, immutable version of a bundle.
@@ -53,7 +84,12 @@ pub struct CompiledBundle {
     pub package: String,
     /// Syntax the source was accepted in.
     pub syntax: RegoSyntax,
+    /// What the source reads and calls.
+    pub traits: BundleTraits,
     engine: regorus::Engine,
+    eval_timeout: Duration,
+    /// Present for cacheable bundles.
+    cache: Option<DecisionCache>,
 }
 
 impl fmt::Debug for CompiledBundle {
@@ -63,66 +99,205 @@ impl fmt::Debug for CompiledBundle {
             .field("version", &self.version)
             .field("package", &self.package)
             .field("syntax", &self.syntax)
+            .field("traits", &self.traits)
             .finish_non_exhaustive()
     }
 }
 
-fn load(source: &str, syntax: RegoSyntax) -> Result<(regorus::Engine, String), String> {
+fn load(
+    source: &str,
+    syntax: RegoSyntax,
+    timeout: Duration,
+) -> Result<(regorus::Engine, String), String> {
     let mut engine = regorus::Engine::new();
     engine.set_rego_v0(syntax == RegoSyntax::V0);
+    engine.set_execution_timer_config(ExecutionTimerConfig {
+        limit: timeout,
+        check_interval: NonZeroU32::MIN.saturating_add(63),
+    });
     let package = engine
         .add_policy("policy.rego".to_owned(), source.to_owned())
         .map_err(|e| e.to_string())?;
     Ok((engine, package))
 }
 
-/// Parses and compiles a Rego source, accepting either syntax.
+/// Parses and compiles a Rego source, accepting either syntax, and refuses sources that
+/// call a builtin reaching outside the process.
 pub fn compile(
     bundle: &str,
     version: i64,
     sha256: &str,
     source: &str,
+    settings: &PolicySettings,
 ) -> Result<CompiledBundle, PolicyError> {
-    let (engine, package, syntax) = match load(source, RegoSyntax::V1) {
+    let timeout = settings.eval_timeout;
+    let (engine, package, syntax) = match load(source, RegoSyntax::V1, timeout) {
         Ok((engine, package)) => (engine, package, RegoSyntax::V1),
-        Err(v1_error) => match load(source, RegoSyntax::V0) {
+        Err(v1_error) => match load(source, RegoSyntax::V0, timeout) {
             Ok((engine, package)) => (engine, package, RegoSyntax::V0),
             Err(_) => return Err(PolicyError::Invalid(v1_error)),
         },
     };
+    let ast = engine
+        .get_ast_as_json()
+        .and_then(|json| Ok(serde_json::from_str(&json)?))
+        .map_err(|e| PolicyError::Invalid(format!("the syntax tree could not be read: {e}")))?;
+    let traits = analysis::analyze(&ast).map_err(PolicyError::Invalid)?;
+    let cache = (traits.cacheable() && settings.cache_entries > 0)
+        .then(|| DecisionCache::new(settings.cache_entries));
     Ok(CompiledBundle {
         bundle: bundle.to_owned(),
         version,
         sha256: sha256.to_owned(),
         package,
         syntax,
+        traits,
         engine,
+        eval_timeout: timeout,
+        cache,
     })
 }
 
+/// A rule's value and whether it came from the decision cache.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RuleValue {
+    /// The value; `None` when the rule is undefined for the input.
+    pub value: Option<serde_json::Value>,
+    /// Whether it was answered from the cache.
+    pub cached: bool,
+}
+
 impl CompiledBundle {
-    /// Evaluates `rule` of the bundle's package (e.g. `allow`) for `input`;
-    /// `None` when the rule is undefined for that input.
+    /// The same compiled source under the version number the store gave it.
+    pub fn with_version(mut self, version: i64) -> Self {
+        self.version = version;
+        // Answers computed before (a lock-out check) stay with the number they had.
+        self.cache = self.cache.map(|old| DecisionCache::new(old.capacity()));
+        self
+    }
+
+    /// Whether answers of this version are cached.
+    pub fn cached(&self) -> bool {
+        self.cache.is_some()
+    }
+
+    /// Evaluates `rule` of the bundle's package (e.g. `allow`) for `input`, from the
+    /// decision cache when the bundle is cacheable; counts cache lookups, time-limit stops
+    /// and failures in `metrics`.
+    pub fn eval(
+        &self,
+        rule: &str,
+        input: &serde_json::Value,
+        metrics: &ActorMetrics,
+    ) -> Result<RuleValue, PolicyError> {
+        let Some(cache) = &self.cache else {
+            let value = self.eval_counted(rule, input, metrics)?;
+            return Ok(RuleValue {
+                value,
+                cached: false,
+            });
+        };
+        let key = cache::key(rule, input);
+        let counter = |result: &str| {
+            metrics
+                .policy_cache
+                .with_label_values(&[self.bundle.as_str(), result])
+                .inc();
+        };
+        if let Some(value) = cache.get(&key) {
+            counter("hit");
+            return Ok(RuleValue {
+                value,
+                cached: true,
+            });
+        }
+        counter("miss");
+        let value = self.eval_counted(rule, input, metrics)?;
+        cache.insert(key, value.clone());
+        Ok(RuleValue {
+            value,
+            cached: false,
+        })
+    }
+
+    fn eval_counted(
+        &self,
+        rule: &str,
+        input: &serde_json::Value,
+        metrics: &ActorMetrics,
+    ) -> Result<Option<serde_json::Value>, PolicyError> {
+        let result = self.eval_rule(rule, input);
+        match &result {
+            Err(PolicyError::LimitExceeded(_)) => metrics
+                .policy_limit_exceeded
+                .with_label_values(&[&self.bundle])
+                .inc(),
+            Err(_) => metrics
+                .policy_evaluation_errors
+                .with_label_values(&[&self.bundle])
+                .inc(),
+            Ok(_) => {}
+        }
+        result
+    }
+
+    /// Evaluates `rule` without the cache or metrics; `None` when it is undefined.
     pub fn eval_rule(
         &self,
         rule: &str,
-        input: serde_json::Value,
+        input: &serde_json::Value,
     ) -> Result<Option<serde_json::Value>, PolicyError> {
         let mut engine = self.engine.clone();
-        engine.set_input(regorus::Value::from(input));
+        engine.set_input(regorus::Value::from(input.clone()));
         let value = engine
             .eval_rule(format!("{}.{rule}", self.package))
-            .map_err(|e| PolicyError::Evaluation(e.to_string()))?;
-        if value == regorus::Value::Undefined {
-            return Ok(None);
-        }
-        let json = value
-            .to_json_str()
-            .map_err(|e| PolicyError::Evaluation(e.to_string()))?;
-        serde_json::from_str(&json)
-            .map(Some)
-            .map_err(|e| PolicyError::Evaluation(e.to_string()))
+            .map_err(|e| self.evaluation_error(&e))?;
+        to_json(&value)
     }
+
+    /// Evaluates the whole package (every rule's value) without the cache.
+    pub fn eval_package(
+        &self,
+        input: &serde_json::Value,
+    ) -> Result<serde_json::Value, PolicyError> {
+        let mut engine = self.engine.clone();
+        engine.set_input(regorus::Value::from(input.clone()));
+        let results = engine
+            .eval_query(self.package.clone(), false)
+            .map_err(|e| self.evaluation_error(&e))?;
+        let value = results
+            .result
+            .first()
+            .and_then(|r| r.expressions.first())
+            .map(|e| e.value.clone())
+            .unwrap_or(regorus::Value::Undefined);
+        Ok(to_json(&value)?.unwrap_or_else(|| serde_json::json!({})))
+    }
+
+    fn evaluation_error(&self, err: &anyhow::Error) -> PolicyError {
+        if err.chain().any(|cause| {
+            matches!(
+                cause.downcast_ref::<LimitError>(),
+                Some(LimitError::TimeLimitExceeded { .. })
+            )
+        }) {
+            PolicyError::LimitExceeded(self.eval_timeout)
+        } else {
+            PolicyError::Evaluation(err.to_string())
+        }
+    }
+}
+
+fn to_json(value: &regorus::Value) -> Result<Option<serde_json::Value>, PolicyError> {
+    if *value == regorus::Value::Undefined {
+        return Ok(None);
+    }
+    let json = value
+        .to_json_str()
+        .map_err(|e| PolicyError::Evaluation(e.to_string()))?;
+    serde_json::from_str(&json)
+        .map(Some)
+        .map_err(|e| PolicyError::Evaluation(e.to_string()))
 }
 
 /// The compiled bundles of this node, shared by every request task.
@@ -186,6 +361,8 @@ pub struct PolicyArguments {
     pub store: Arc<dyn PolicyStore>,
     /// Where compiled versions are published.
     pub registry: Arc<PolicyRegistry>,
+    /// Evaluation limits and cache size.
+    pub settings: PolicySettings,
     /// Metrics.
     pub metrics: ActorMetrics,
 }
@@ -211,7 +388,7 @@ impl PolicyActor {
         {
             return Ok(active.version);
         }
-        let compiled = compile(&active.bundle, active.version, &active.sha256, &active.source).inspect_err(|err| {
+        let compiled = compile(&active.bundle, active.version, &active.sha256, &active.source, &args.settings).inspect_err(|err| {
             // Only compiled versions are ever stored, so this means the engine changed.
             args.metrics.policy_load_failures.with_label_values(&[&args.bundle]).inc();
             warn!(bundle = args.bundle, version = active.version, error = %err, "stored policy does not compile");
@@ -302,6 +479,7 @@ pub struct PolicyChild {
     store: Arc<dyn PolicyStore>,
     registry: Arc<PolicyRegistry>,
     slot: Slot<PolicyMessage>,
+    settings: PolicySettings,
     metrics: ActorMetrics,
 }
 
@@ -320,6 +498,7 @@ impl ChildSpec for PolicyChild {
             bundle: self.bundle.clone(),
             store: self.store.clone(),
             registry: self.registry.clone(),
+            settings: self.settings,
             metrics: self.metrics.clone(),
         };
         spawn_into(PolicyActor, args, supervisor, &self.slot).await
@@ -338,6 +517,8 @@ pub struct PolicySupervisorSpec {
     pub slot: Slot<SupervisorMessage>,
     /// Restart behaviour of the PolicyActors.
     pub policy: RestartPolicy,
+    /// Evaluation limits and cache size.
+    pub settings: PolicySettings,
     /// Metrics.
     pub metrics: ActorMetrics,
 }
@@ -350,6 +531,7 @@ impl PolicySupervisorSpec {
             store: self.store.clone(),
             registry: self.registry.clone(),
             slot: self.actors.slot(bundle),
+            settings: self.settings,
             metrics: self.metrics.clone(),
         })
     }
@@ -394,39 +576,162 @@ mod tests {
 
     #[test]
     fn both_rego_syntaxes_compile_and_evaluate() {
-        let v0 = compile("authorization", 1, "x", HANDOFF_V0).unwrap();
+        let v0 = compile(
+            "authorization",
+            1,
+            "x",
+            HANDOFF_V0,
+            &PolicySettings::default(),
+        )
+        .unwrap();
         assert_eq!(v0.syntax, RegoSyntax::V0);
         assert_eq!(v0.package, "data.sark.authz");
         let admin = json!({"user": {"role": "admin"}, "action": "delete"});
         let viewer = json!({"user": {"role": "viewer"}, "action": "delete"});
-        assert_eq!(v0.eval_rule("allow", admin).unwrap(), Some(json!(true)));
-        assert_eq!(v0.eval_rule("allow", viewer).unwrap(), None);
+        assert_eq!(v0.eval_rule("allow", &admin).unwrap(), Some(json!(true)));
+        assert_eq!(v0.eval_rule("allow", &viewer).unwrap(), None);
 
-        let v1 = compile("b", 1, "x", "package p\nallow if input.x == 1\n").unwrap();
+        let v1 = compile(
+            "b",
+            1,
+            "x",
+            "package p\nallow if input.x == 1\n",
+            &PolicySettings::default(),
+        )
+        .unwrap();
         assert_eq!(v1.syntax, RegoSyntax::V1);
         assert_eq!(
-            v1.eval_rule("allow", json!({"x": 1})).unwrap(),
+            v1.eval_rule("allow", &json!({"x": 1})).unwrap(),
             Some(json!(true))
         );
     }
 
     #[test]
     fn an_invalid_policy_reports_the_line() {
-        let err = compile("b", 1, "x", "package p\n\nallow if {\n  input.x ==\n").unwrap_err();
+        let err = compile(
+            "b",
+            1,
+            "x",
+            "package p\n\nallow if {\n  input.x ==\n",
+            &PolicySettings::default(),
+        )
+        .unwrap_err();
         let PolicyError::Invalid(message) = err else {
             panic!("expected invalid")
         };
         assert!(message.contains(':'), "{message}");
     }
 
+    fn metrics() -> ActorMetrics {
+        ActorMetrics::register(&prometheus::Registry::new()).unwrap()
+    }
+
+    #[test]
+    fn a_runaway_evaluation_stops_at_the_time_limit_and_is_counted() {
+        let settings = PolicySettings {
+            eval_timeout: Duration::from_millis(20),
+            ..PolicySettings::default()
+        };
+        // Many cheap iterations, so the timer is checked between them.
+        let source = "package p\nallow if count([1 | some x in numbers.range(1, 5000); some y in numbers.range(1, 5000)]) > 0\n";
+        let compiled = compile("slow", 1, "x", source, &settings).unwrap();
+        let metrics = metrics();
+        let started = std::time::Instant::now();
+        let err = compiled.eval("allow", &json!({}), &metrics).unwrap_err();
+        assert_eq!(err, PolicyError::LimitExceeded(Duration::from_millis(20)));
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            metrics
+                .policy_limit_exceeded
+                .with_label_values(&["slow"])
+                .get(),
+            1
+        );
+        let err = compiled.eval_package(&json!({})).unwrap_err();
+        assert!(matches!(err, PolicyError::LimitExceeded(_)), "{err:?}");
+    }
+
+    #[test]
+    fn input_only_bundles_are_cached_and_clock_readers_never() {
+        let metrics = metrics();
+        let settings = PolicySettings::default();
+        let pure = compile(
+            "pure",
+            1,
+            "x",
+            "package p\nallow if input.user.role == \"admin\"\n",
+            &settings,
+        )
+        .unwrap();
+        let input = |time: &str| json!({"user": {"role": "admin"}, "context": {"time": time}});
+        let first = pure.eval("allow", &input("t1"), &metrics).unwrap();
+        let second = pure.eval("allow", &input("t2"), &metrics).unwrap();
+        assert_eq!((first.cached, second.cached), (false, true));
+        assert_eq!(second.value, Some(json!(true)));
+        let hits = metrics
+            .policy_cache
+            .with_label_values(&["pure", "hit"])
+            .get();
+        assert_eq!(hits, 1);
+
+        let timed =
+            "package p\nallow if time.parse_rfc3339_ns(input.context.time) < 2000000000000000000\n";
+        let timed = compile("timed", 1, "x", timed, &settings).unwrap();
+        assert!(!timed.cached());
+        let early = "2020-01-01T00:00:00Z";
+        let late = "2040-01-01T00:00:00Z";
+        assert_eq!(
+            timed.eval("allow", &input(early), &metrics).unwrap().value,
+            Some(json!(true))
+        );
+        let after = timed.eval("allow", &input(late), &metrics).unwrap();
+        assert_eq!((after.value, after.cached), (None, false));
+
+        let renumbered = pure.with_version(2);
+        assert_eq!(renumbered.version, 2);
+        assert!(
+            !renumbered
+                .eval("allow", &input("t3"), &metrics)
+                .unwrap()
+                .cached
+        );
+    }
+
+    #[test]
+    fn the_whole_package_can_be_evaluated() {
+        let compiled = compile("b", 1, "x", HANDOFF_V0, &PolicySettings::default()).unwrap();
+        let value = compiled
+            .eval_package(&json!({"user": {"role": "viewer"}, "action": "read"}))
+            .unwrap();
+        assert_eq!(value, json!({"allow": true}));
+    }
+
     #[test]
     fn the_registry_never_goes_back_to_an_older_version() {
         let registry = PolicyRegistry::default();
         registry.publish(Arc::new(
-            compile("b", 2, "x", "package p\nallow := true\n").unwrap(),
+            compile(
+                "b",
+                2,
+                "x",
+                "package p\nallow := true\n",
+                &PolicySettings::default(),
+            )
+            .unwrap(),
         ));
         registry.publish(Arc::new(
-            compile("b", 1, "x", "package p\nallow := false\n").unwrap(),
+            compile(
+                "b",
+                1,
+                "x",
+                "package p\nallow := false\n",
+                &PolicySettings::default(),
+            )
+            .unwrap(),
         ));
         assert_eq!(registry.get("b").unwrap().version, 2);
         assert_eq!(registry.versions().get("b"), Some(&2));

@@ -10,6 +10,8 @@ use axum::http::StatusCode;
 use serde_json::{Value, json};
 use tracing::warn;
 
+use sark_actors::policy::{PolicyError, RuleValue};
+
 use super::principal::Principal;
 use crate::http::errors::ApiError;
 use crate::node::Node;
@@ -47,6 +49,63 @@ pub fn policy_input(
     })
 }
 
+/// An answer of the `authorization` bundle.
+#[derive(Debug)]
+pub struct Decision {
+    /// Only `allow == true` allows; undefined, false or an error deny.
+    pub allowed: bool,
+    /// The policy's `reason`, or why it could not decide.
+    pub reason: Option<String>,
+    /// The bundle version that answered.
+    pub version: i64,
+    /// Whether the answer came from the decision cache.
+    pub cached: bool,
+    /// The evaluation failure, if it failed (the decision is then a denial).
+    pub error: Option<PolicyError>,
+}
+
+/// Asks the active `authorization` bundle about `input`; 503 while it is not loaded.
+pub fn decide(node: &Node, input: &Value) -> Result<Decision, ApiError> {
+    let Some(bundle) = node.policies.get(AUTHORIZATION_BUNDLE) else {
+        return Err(ApiError::unavailable(
+            "policy_unavailable",
+            "the authorization policy is not loaded yet",
+        ));
+    };
+    let metrics = &node.actor_metrics;
+    let decision = |allowed, reason, cached, error| Decision {
+        allowed,
+        reason,
+        version: bundle.version,
+        cached,
+        error,
+    };
+    Ok(match bundle.eval("allow", input, metrics) {
+        Ok(RuleValue {
+            value: Some(Value::Bool(true)),
+            cached,
+        }) => decision(true, None, cached, None),
+        Ok(allow) => match bundle.eval("reason", input, metrics) {
+            Ok(RuleValue {
+                value: Some(Value::String(reason)),
+                cached,
+            }) => decision(false, Some(reason), allow.cached && cached, None),
+            Ok(reason) => decision(false, None, allow.cached && reason.cached, None),
+            Err(err) => {
+                let reason = "the authorization policy failed to evaluate".to_owned();
+                decision(false, Some(reason), false, Some(err))
+            }
+        },
+        Err(err) => {
+            let reason = match err {
+                PolicyError::LimitExceeded(_) => "the authorization policy ran out of time",
+                _ => "the authorization policy failed to evaluate",
+            };
+            decision(false, Some(reason.to_owned()), false, Some(err))
+        }
+    })
+}
+
 /// Whether the policy allows it, without auditing a denial (for checks such as "may this
 /// user grant that scope").
 pub fn allowed(
@@ -56,17 +115,37 @@ pub fn allowed(
     resource: &str,
     ip: Option<IpAddr>,
 ) -> bool {
-    let Some(bundle) = node.policies.get(AUTHORIZATION_BUNDLE) else {
-        return false;
-    };
     let input = policy_input(node, principal, action, resource, ip);
-    matches!(
-        bundle.eval_rule("allow", input),
-        Ok(Some(Value::Bool(true)))
-    )
+    decide(node, &input).is_ok_and(|d| d.allowed)
 }
 
-/// Allows the request or answers 403 with the policy's reason.
+/// Writes the `authz_denied` event of a denial.
+pub async fn audit_denial(
+    node: &Node,
+    actor: &str,
+    ip: Option<IpAddr>,
+    action: &str,
+    resource: &str,
+    decision: &Decision,
+) {
+    if let Some(err) = &decision.error {
+        warn!(error = %err, action, resource, "authorization policy failed to evaluate; denying");
+    }
+    let mut event = node.audit.event("authz_denied", "denied");
+    event.actor = Some(actor.to_owned());
+    event.ip = ip.map(|ip| ip.to_string());
+    event.resource = Some(resource.to_owned());
+    event.details = json!({
+        "action": action,
+        "reason": decision.reason,
+        "policy": AUTHORIZATION_BUNDLE,
+        "policy_version": decision.version,
+        "error": decision.error.as_ref().map(ToString::to_string),
+    });
+    node.record_audit(event).await;
+}
+
+/// Allows the request or answers 403 with the policy's reason; every denial is audited.
 pub async fn authorize(
     node: &Node,
     principal: &Principal,
@@ -74,45 +153,14 @@ pub async fn authorize(
     resource: &str,
     ip: Option<IpAddr>,
 ) -> Result<(), ApiError> {
-    let Some(bundle) = node.policies.get(AUTHORIZATION_BUNDLE) else {
-        return Err(ApiError::unavailable(
-            "policy_unavailable",
-            "the authorization policy is not loaded yet",
-        ));
-    };
     let input = policy_input(node, principal, action, resource, ip);
-    let (reason, detail) = match bundle.eval_rule("allow", input.clone()) {
-        Ok(Some(Value::Bool(true))) => return Ok(()),
-        Ok(_) => {
-            let reason = match bundle.eval_rule("reason", input) {
-                Ok(Some(Value::String(reason))) => reason,
-                _ => "the authorization policy does not allow this".to_owned(),
-            };
-            (reason, None)
-        }
-        Err(err) => {
-            node.actor_metrics
-                .policy_evaluation_errors
-                .with_label_values(&[AUTHORIZATION_BUNDLE])
-                .inc();
-            warn!(error = %err, action, resource, "authorization policy failed to evaluate; denying");
-            (
-                "the authorization policy failed to evaluate".to_owned(),
-                Some(err.to_string()),
-            )
-        }
-    };
-    let mut event = node.audit.event("authz_denied", "denied");
-    event.actor = Some(principal.username.clone());
-    event.ip = ip.map(|ip| ip.to_string());
-    event.resource = Some(resource.to_owned());
-    event.details = json!({
-        "action": action,
-        "reason": reason,
-        "policy": AUTHORIZATION_BUNDLE,
-        "policy_version": bundle.version,
-        "error": detail,
-    });
-    node.record_audit(event).await;
+    let decision = decide(node, &input)?;
+    if decision.allowed {
+        return Ok(());
+    }
+    audit_denial(node, &principal.username, ip, action, resource, &decision).await;
+    let reason = decision
+        .reason
+        .unwrap_or_else(|| "the authorization policy does not allow this".to_owned());
     Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", reason))
 }
