@@ -266,9 +266,14 @@ async fn execute(
                 .ok_or_else(|| {
                     AdminError::new(format!("bundle {bundle} has no version {version}"))
                 })?;
-            policy::compile(&bundle, version, &old.sha256, &old.source, &config.policy.settings()).map_err(|e| {
-                AdminError::new(format!("version {version} no longer compiles: {e}"))
-            })?;
+            policy::compile(
+                &bundle,
+                version,
+                &old.sha256,
+                &old.source,
+                &config.policy.settings(),
+            )
+            .map_err(|e| AdminError::new(format!("version {version} no longer compiles: {e}")))?;
             let sha256 = hex::encode(Sha256::digest(old.source.as_bytes()));
             let description = format!("rollback to version {version} (sark admin)");
             let new = NewPolicyVersion {

@@ -143,7 +143,25 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/v1/api-keys/{id}",
             delete(routes::api_keys::delete_api_key),
-        );
+        )
+        .route(
+            "/api/v1/policies",
+            get(routes::policies::get_policies).post(routes::policies::post_policy),
+        )
+        .route(
+            "/api/v1/policies/test",
+            post(routes::policies::post_policy_test),
+        )
+        .route("/api/v1/policies/{name}", get(routes::policies::get_policy))
+        .route(
+            "/api/v1/policies/{name}/versions",
+            get(routes::policies::get_policy_versions),
+        )
+        .route(
+            "/api/v1/policies/{name}/rollback",
+            post(routes::policies::post_rollback),
+        )
+        .route("/api/v1/authz/evaluate", post(routes::authz::post_evaluate));
     with_middleware(routes, state)
 }
 

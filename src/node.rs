@@ -25,7 +25,7 @@ use sark_actors::clock::{SharedClock, SystemClock};
 use sark_actors::limiter::{LimiterMessage, LimiterSpec, RateTable};
 use sark_actors::metrics::ActorMetrics;
 use sark_actors::policy::{
-    self, PolicyActors, PolicyMessage, PolicyRegistry, PolicySupervisorSpec,
+    self, CompiledBundle, PolicyActors, PolicyMessage, PolicyRegistry, PolicySupervisorSpec,
 };
 use sark_actors::session::{
     SessionLimits, SessionSupervisorMessage, SessionSupervisorSpec, Sessions,
@@ -134,6 +134,7 @@ pub struct Node {
     supervisor: ActorRef<SupervisorMessage>,
     store_ready: Arc<AtomicBool>,
     policies_in_step: Arc<AtomicBool>,
+    policy_control: Arc<PolicyControl>,
     draining: AtomicBool,
 }
 
@@ -297,14 +298,17 @@ impl Node {
             chrono::Duration::seconds(seconds(config.auth.lockout_seconds)),
         )));
         let policies_in_step = Arc::new(AtomicBool::new(false));
+        let policy_control = Arc::new(PolicyControl {
+            actors: policy_actors.clone(),
+            supervisor: slots.policies.clone(),
+            spec: policy_supervisor,
+        });
         background.push(tokio::spawn(
             PolicySync {
                 in_step: policies_in_step.clone(),
                 store: store.clone(),
                 registry: policies.clone(),
-                actors: policy_actors.clone(),
-                supervisor: slots.policies.clone(),
-                spec: policy_supervisor,
+                control: policy_control.clone(),
                 store_ready: store_ready.clone(),
             }
             .run(Duration::from_secs(config.policy.sync_seconds)),
@@ -339,6 +343,7 @@ impl Node {
             supervisor,
             store_ready,
             policies_in_step,
+            policy_control,
             draining: AtomicBool::new(false),
             revocations,
             sessions: Sessions::new(slots_sessions, session_store),
@@ -355,6 +360,27 @@ impl Node {
             .background
             .push(tokio::spawn(credential_sync(Arc::downgrade(&node))));
         Ok((node, control))
+    }
+
+    /// Makes a version that was just stored active on this node before the caller
+    /// answers: the bundle's actor loads it from the store. If the actor cannot be reached,
+    /// the compiled version is published directly (the registry never goes back) and
+    /// anti-entropy brings the actor up later.
+    pub async fn activate_policy(&self, compiled: CompiledBundle) {
+        let (bundle, version) = (compiled.bundle.clone(), compiled.version);
+        let loaded = self.policy_control.bring_up(&bundle).await;
+        if !loaded
+            || self
+                .policies
+                .get(&bundle)
+                .is_none_or(|c| c.version < version)
+        {
+            warn!(
+                bundle,
+                version, "the policy actor did not load the new version; publishing it directly"
+            );
+            self.policies.publish(Arc::new(compiled));
+        }
     }
 
     /// Marks the node as shutting down: readiness fails from now on.
@@ -627,16 +653,43 @@ fn resolve_node_id(config: &Config, hostname: &str) -> Result<String, NodeError>
     Ok(id)
 }
 
-/// Anti-entropy for policies: brings this node's PolicyActors in line with the store,
-/// starting an actor for a bundle that has none and reloading one whose compiled version
-/// is behind the stored active version.
+/// Brings a bundle's PolicyActor in line with the store: reloads a running actor, or starts
+/// one for a bundle that has none (its start loads the active version).
+pub struct PolicyControl {
+    actors: PolicyActors,
+    supervisor: Slot<SupervisorMessage>,
+    spec: Arc<PolicySupervisorSpec>,
+}
+
+impl PolicyControl {
+    /// Returns whether the actor answered that it loaded the active version.
+    async fn bring_up(&self, bundle: &str) -> bool {
+        match self.actors.get(bundle) {
+            Some(actor) => matches!(
+                ractor::call_t!(actor, PolicyMessage::Reload, 5_000),
+                Ok(Ok(_))
+            ),
+            None => {
+                let Some(supervisor) = self.supervisor.get() else {
+                    return false;
+                };
+                let child = self.spec.child(bundle);
+                matches!(
+                    ractor::call_t!(supervisor, SupervisorMessage::AddChild, 5_000, child),
+                    Ok(Ok(()))
+                )
+            }
+        }
+    }
+}
+
+/// Anti-entropy for policies: repairs any bundle whose compiled version on this node is
+/// behind the stored active version.
 struct PolicySync {
     in_step: Arc<AtomicBool>,
     store: Arc<dyn Store>,
     registry: Arc<PolicyRegistry>,
-    actors: PolicyActors,
-    supervisor: Slot<SupervisorMessage>,
-    spec: Arc<PolicySupervisorSpec>,
+    control: Arc<PolicyControl>,
     store_ready: Arc<AtomicBool>,
 }
 
@@ -667,31 +720,11 @@ impl PolicySync {
                 continue;
             }
             in_step = false;
-            match self.actors.get(&bundle.bundle) {
-                Some(actor) => {
-                    let reloaded = ractor::call_t!(actor, PolicyMessage::Reload, 5_000);
-                    if !matches!(reloaded, Ok(Ok(_))) {
-                        warn!(
-                            bundle = bundle.bundle,
-                            "policy reload failed; retrying at the next sync"
-                        );
-                    }
-                }
-                None => {
-                    let Some(supervisor) = self.supervisor.get() else {
-                        continue;
-                    };
-                    let child = self.spec.child(&bundle.bundle);
-                    if !matches!(
-                        ractor::call_t!(supervisor, SupervisorMessage::AddChild, 5_000, child),
-                        Ok(Ok(()))
-                    ) {
-                        warn!(
-                            bundle = bundle.bundle,
-                            "could not start the policy actor; retrying at the next sync"
-                        );
-                    }
-                }
+            if !self.control.bring_up(&bundle.bundle).await {
+                warn!(
+                    bundle = bundle.bundle,
+                    "could not load the policy version; retrying at the next sync"
+                );
             }
         }
         in_step
@@ -775,9 +808,9 @@ impl Bootstrap {
         let now = self.audit.now();
         for (name, source) in BUILTIN_POLICIES {
             let sha256 = hex::encode(Sha256::digest(source.as_bytes()));
-            policy::compile(name, 1, &sha256, source, &self.config.policy.settings()).map_err(|e| {
-                BootstrapError::Policy(format!("built-in policy {name} does not compile: {e}"))
-            })?;
+            policy::compile(name, 1, &sha256, source, &self.config.policy.settings()).map_err(
+                |e| BootstrapError::Policy(format!("built-in policy {name} does not compile: {e}")),
+            )?;
             let new = NewPolicyVersion {
                 bundle: name,
                 source,

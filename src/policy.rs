@@ -2,6 +2,8 @@
 //! of their bundle on first start. Compilation and evaluation live in
 //! `sark_actors::policy`, next to the PolicyActors that hold the compiled bundles.
 
+pub mod safety;
+
 /// The built-in bundles: `(bundle name, Rego source)`.
 pub const BUILTIN_POLICIES: &[(&str, &str)] = &[
     (

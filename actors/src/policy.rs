@@ -135,7 +135,7 @@ pub fn compile(
         Ok((engine, package)) => (engine, package, RegoSyntax::V1),
         Err(v1_error) => match load(source, RegoSyntax::V0, timeout) {
             Ok((engine, package)) => (engine, package, RegoSyntax::V0),
-            Err(_) => return Err(PolicyError::Invalid(v1_error)),
+            Err(_) => return Err(PolicyError::Invalid(one_line(&v1_error))),
         },
     };
     let ast = engine
@@ -156,6 +156,26 @@ pub fn compile(
         eval_timeout: timeout,
         cache,
     })
+}
+
+/// regorus' multi-line diagnostic (`--> policy.rego:L:C`, the source line, `error: …`) as
+/// one line that starts with the line and column.
+fn one_line(diagnostic: &str) -> String {
+    let position = diagnostic
+        .split("policy.rego:")
+        .nth(1)
+        .and_then(|rest| {
+            let mut parts = rest.split(|c: char| !c.is_ascii_digit());
+            let line: u32 = parts.next()?.parse().ok()?;
+            let column: u32 = parts.next()?.parse().ok()?;
+            Some(format!("line {line}, column {column}: "))
+        })
+        .unwrap_or_default();
+    let message = diagnostic
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("error: "))
+        .unwrap_or_else(|| diagnostic.trim());
+    format!("{position}{message}")
 }
 
 /// A rule's value and whether it came from the decision cache.
@@ -619,7 +639,8 @@ mod tests {
         let PolicyError::Invalid(message) = err else {
             panic!("expected invalid")
         };
-        assert!(message.contains(':'), "{message}");
+        assert!(message.starts_with("line 5, column 1: "), "{message}");
+        assert!(!message.contains('\n'), "{message}");
     }
 
     fn metrics() -> ActorMetrics {

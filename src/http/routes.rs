@@ -2,6 +2,8 @@
 
 pub mod api_keys;
 pub mod auth;
+pub mod authz;
 pub mod health;
+pub mod policies;
 pub mod sessions;
 pub mod users;

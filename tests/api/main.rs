@@ -10,6 +10,7 @@ mod health;
 mod helpers;
 mod lifecycle;
 mod mfa;
+mod policies;
 mod secrets_in_logs;
 mod supervision;
 mod tls;
