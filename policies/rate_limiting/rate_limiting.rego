@@ -1,9 +1,11 @@
 # SARK's built-in rate-limiting policy: requests per minute for a principal on a route.
 #
 # Input: {"principal_type": "anonymous" | "session" | "api_key", "role": <role or null>,
-#         "route": <route template>, "method": <HTTP method>}
-# Where `limit` is undefined the configured defaults apply
-# (SARK_RATE_LIMIT__UNAUTHENTICATED_PER_MINUTE / _AUTHENTICATED_PER_MINUTE).
+#         "route": <route template>, "method": <HTTP method>,
+#         "defaults": {"unauthenticated_per_minute", "authenticated_per_minute"}}
+# The limits are shaped relative to the configured defaults
+# (SARK_RATE_LIMIT__UNAUTHENTICATED_PER_MINUTE / _AUTHENTICATED_PER_MINUTE), which also
+# apply wherever `limit` is undefined. Each distinct limit is counted in its own bucket.
 package sark.rate_limiting
 
 import rego.v1
@@ -17,19 +19,22 @@ credential_routes := {
 	"/api/v1/auth/refresh",
 }
 
-limit := 30 if {
+# A third of the unauthenticated default (33 a minute by default).
+limit := max([1, floor(input.defaults.unauthenticated_per_minute / 3)]) if {
 	input.principal_type == "anonymous"
 	input.route in credential_routes
 }
 
-# Policy decision clients evaluate on every request of their own: give machine clients room.
-limit := 6000 if {
+# Policy decision clients evaluate on every request of their own: give machine clients
+# six times the default (6000 a minute by default).
+limit := input.defaults.authenticated_per_minute * 6 if {
 	input.principal_type == "api_key"
 	input.route == "/api/v1/authz/evaluate"
 }
 
-# Viewers only read; a lower ceiling limits scraping by a stolen viewer session.
-limit := 300 if {
+# Viewers only read; a lower ceiling (300 a minute by default) limits scraping by a stolen
+# viewer session.
+limit := max([1, floor((input.defaults.authenticated_per_minute * 3) / 10)]) if {
 	input.principal_type == "session"
 	input.role == "viewer"
 }

@@ -267,25 +267,30 @@ pub async fn rate_limit(State(state): State<AppState>, req: Request, next: Next)
     let principal = req
         .extensions()
         .get::<crate::auth::principal::Principal>()
-        .filter(|_| !credential_route)
-        .map(|p| format!("user:{}", p.user_id));
-    let (key, limit, scope) = match principal {
-        Some(key) => (
-            key,
-            state.node.config.rate_limit.authenticated_per_minute,
+        .filter(|_| !credential_route);
+    let defaults = &state.node.config.rate_limit;
+    let (key, default, scope) = match principal {
+        Some(p) => (
+            format!("user:{}", p.user_id),
+            defaults.authenticated_per_minute,
             "principal",
         ),
         None => {
             let Some(ClientIp(ip)) = req.extensions().get::<ClientIp>().copied() else {
                 return next.run(req).await;
             };
-            (
-                client_key(ip),
-                state.node.config.rate_limit.unauthenticated_per_minute,
-                "ip",
-            )
+            (client_key(ip), defaults.unauthenticated_per_minute, "ip")
         }
     };
+    let route = req
+        .extensions()
+        .get::<RouteTemplate>()
+        .map_or("unmatched", |r| r.0.as_str());
+    let limit =
+        policy_limit(&state.node, principal, route, req.method().as_str()).unwrap_or(default);
+    // Each distinct limit is its own bucket, so a tight limit on some routes does not eat
+    // the allowance of the others.
+    let key = format!("{key}|{limit}");
     let decision = state
         .node
         .rate_table
@@ -323,6 +328,47 @@ pub async fn rate_limit(State(state): State<AppState>, req: Request, next: Next)
     }
     response
 }
+
+/// The `rate_limiting` bundle's `limit` for this request, when it defines a usable one.
+fn policy_limit(
+    node: &crate::node::Node,
+    principal: Option<&crate::auth::principal::Principal>,
+    route: &str,
+    method: &str,
+) -> Option<u32> {
+    let bundle = node.policies.get(RATE_LIMITING_BUNDLE)?;
+    let defaults = &node.config.rate_limit;
+    let input = serde_json::json!({
+        "principal_type": principal.map_or("anonymous", |p| p.principal_type()),
+        "role": principal.map(|p| p.role),
+        "route": route,
+        "method": method,
+        "defaults": {
+            "unauthenticated_per_minute": defaults.unauthenticated_per_minute,
+            "authenticated_per_minute": defaults.authenticated_per_minute,
+        },
+    });
+    let value = bundle
+        .eval("limit", &input, &node.actor_metrics)
+        .ok()?
+        .value?;
+    let limit = value.as_u64().or_else(|| {
+        value
+            .as_f64()
+            .filter(|f| f.fract() == 0.0 && *f >= 0.0)
+            .map(|f| f as u64)
+    })?;
+    match u32::try_from(limit) {
+        Ok(limit) if limit > 0 => Some(limit),
+        _ => {
+            warn!(%value, "the rate_limiting policy decided an unusable limit; using the default");
+            None
+        }
+    }
+}
+
+/// The bundle whose `limit` shapes the rate limits.
+pub const RATE_LIMITING_BUNDLE: &str = "rate_limiting";
 
 /// Answers 503 `request_timeout` when a request takes longer than the configured deadline.
 pub async fn timeout(State(state): State<AppState>, req: Request, next: Next) -> Response {

@@ -612,3 +612,75 @@ async fn the_admin_cli_rolls_back_in_the_store_and_nodes_follow() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_rate_limiting_policy_shapes_the_limits_and_defaults_apply_elsewhere() {
+    let app = spawn_app_with(|c| {
+        c.rate_limit.unauthenticated_per_minute = 30;
+        c.rate_limit.authenticated_per_minute = 1000;
+    })
+    .await;
+    let admin = app.admin_token().await;
+    let limit_of = |response: &reqwest::Response| -> u32 {
+        response.headers()["ratelimit-limit"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let jwks = app
+        .client
+        .get(app.url("/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        limit_of(&jwks),
+        30,
+        "undefined in the policy: the configured default"
+    );
+    let login = app
+        .post(
+            "/api/v1/auth/login",
+            &json!({"username": "nobody", "password": "x"}),
+            None,
+        )
+        .await;
+    assert_eq!(
+        limit_of(&login),
+        10,
+        "credential routes: a third of the default"
+    );
+
+    // A new version changes the limits from the next request on.
+    let custom = "package sark.rate_limiting\nimport rego.v1\nlimit := 7 if input.route == \"/.well-known/jwks.json\"\n";
+    assert_eq!(
+        upload(&app, &admin, "rate_limiting", custom).await.status(),
+        201
+    );
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        let response = app
+            .client
+            .get(app.url("/.well-known/jwks.json"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(limit_of(&response), 7);
+        statuses.push(response.status().as_u16());
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        1,
+        "{statuses:?}"
+    );
+    let login = app
+        .post(
+            "/api/v1/auth/login",
+            &json!({"username": "nobody", "password": "x"}),
+            None,
+        )
+        .await;
+    assert_eq!(limit_of(&login), 30, "no longer shaped: the default again");
+    app.stop().await;
+}
