@@ -9,6 +9,7 @@
 //! the machines this runs on are shared and noisy. Run it with `scripts/bench`, which builds
 //! the release binaries first.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -314,6 +315,27 @@ impl Bench {
         Ok(response.json().await?)
     }
 
+    /// Proves the two evaluate scenarios measure what they say: a repeated input is a
+    /// cache hit, a new one a miss.
+    async fn check_cache(&self, admin: &str) -> anyhow::Result<()> {
+        let same = json!({"resource": "servers", "action": "read"});
+        self.post("/api/v1/authz/evaluate", &same, Some(admin), 200)
+            .await?;
+        let again = self
+            .post("/api/v1/authz/evaluate", &same, Some(admin), 200)
+            .await?;
+        ensure!(
+            again["cached"] == true,
+            "a repeated input was not a hit: {again}"
+        );
+        let new = json!({"resource": "servers", "action": "read", "context": {"request": "check"}});
+        let fresh = self
+            .post("/api/v1/authz/evaluate", &new, Some(admin), 200)
+            .await?;
+        ensure!(fresh["cached"] == false, "a new input was a hit: {fresh}");
+        Ok(())
+    }
+
     fn login_script(&self) -> String {
         let bodies: Vec<String> = self
             .users
@@ -397,6 +419,80 @@ fn token(body: &Value, key: &str) -> anyhow::Result<String> {
         .ok_or_else(|| anyhow!("no {key} in {body}"))
 }
 
+/// Raw evaluations per second of the built-in `authorization` bundle on one thread,
+/// rotating over an admin, a viewer reading, and a viewer writing.
+fn regorus_per_second(seconds: u64) -> anyhow::Result<Sample> {
+    let (name, source) = sark::policy::BUILTIN_POLICIES[0];
+    let settings = sark_actors::policy::PolicySettings::default();
+    let compiled = sark_actors::policy::compile(name, 1, "bench", source, &settings)
+        .map_err(|e| anyhow!("{e}"))?;
+    let input = |role: &str, action: &str| {
+        json!({"user": {"role": role, "mfa_enabled": false, "mfa_verified": false},
+               "principal_type": "session", "scopes": [], "action": action, "resource": "servers",
+               "context": {"time": "2026-11-26T12:00:00Z", "ip": "127.0.0.1", "node_id": "bench"}})
+    };
+    let inputs = [
+        input("admin", "write"),
+        input("viewer", "read"),
+        input("viewer", "write"),
+    ];
+    let expected = [Some(json!(true)), Some(json!(true)), Some(json!(false))];
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let mut n = 0usize;
+    while Instant::now() < deadline {
+        for (input, expected) in inputs.iter().zip(&expected) {
+            let value = compiled
+                .eval_rule("allow", input)
+                .map_err(|e| anyhow!("{e}"))?;
+            ensure!(value == *expected, "allow for {input} was {value:?}");
+            n += 1;
+        }
+    }
+    Ok(Sample {
+        per_second: n as f64 / started.elapsed().as_secs_f64(),
+        ..Sample::default()
+    })
+}
+
+/// wrk script: POSTs JSON to `/api/v1/authz/evaluate` with a bearer token; `vary` makes
+/// every request's input distinct (a cache miss).
+fn evaluate_script(token: &str, vary: bool) -> String {
+    let body = r#"{"resource": "servers", "action": "read"}"#;
+    let request = if vary {
+        r#"n = n + 1
+  return wrk.format(nil, nil, nil, string.format('{"resource": "servers", "action": "read", "context": {"request": "%d-%d"}}', id, n))"#
+            .to_owned()
+    } else {
+        format!("return wrk.format(nil, nil, nil, {})", lua_string(body))
+    };
+    format!(
+        r#"wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = {}
+local threads = 0
+setup = function(thread) thread:set("id", threads); threads = threads + 1 end
+n = 0
+request = function()
+  {request}
+end"#,
+        lua_string(&format!("Bearer {token}"))
+    )
+}
+
+/// What one round measures, in print order.
+const SCENARIOS: &[&str] = &[
+    "argon2_1",
+    "argon2_all",
+    "login",
+    "me",
+    "health",
+    "refresh",
+    "regorus",
+    "evaluate_hit",
+    "evaluate_miss",
+];
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse()?;
@@ -409,6 +505,8 @@ async fn main() -> anyhow::Result<()> {
         &bench.login(&bench.users[0], USER_PASSWORD).await?,
         "access_token",
     )?;
+    let admin = token(&bench.login("admin", ADMIN_PASSWORD).await?, "access_token")?;
+    bench.check_cache(&admin).await?;
     let wrk = |path: &str, connections: usize, script: String| Wrk {
         url: format!("{}{path}", bench.base),
         connections,
@@ -420,8 +518,7 @@ async fn main() -> anyhow::Result<()> {
         r#"wrk.headers["Authorization"] = {}"#,
         lua_string(&format!("Bearer {access}"))
     );
-    let (mut raw1, mut raw, mut logins, mut me, mut health, mut refresh) =
-        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let mut samples: BTreeMap<&str, Vec<Sample>> = BTreeMap::new();
     println!(
         "sark-bench: {} on {cores} cores, {} s per run, {} rounds interleaved; medians",
         bench.sandbox.nodes()[0].http,
@@ -430,29 +527,60 @@ async fn main() -> anyhow::Result<()> {
     );
     for round in 1..=args.rounds {
         println!("round {round}/{}", args.rounds);
-        raw1.push(argon2_per_second(&hash, 1, args.seconds));
-        raw.push(argon2_per_second(&hash, cores, args.seconds));
-        let login = wrk(
-            "/api/v1/auth/login",
-            args.login_connections,
-            bench.login_script(),
-        );
-        logins.push(login.run("login")?);
-        me.push(wrk("/api/v1/auth/me", args.connections, me_script.clone()).run("me")?);
-        health.push(wrk("/health", args.connections, String::new()).run("health")?);
-        refresh.push(
-            bench
-                .refreshes(args.login_connections, args.seconds)
-                .await?,
-        );
+        for scenario in SCENARIOS {
+            let sample = match *scenario {
+                "argon2_1" => argon2_per_second(&hash, 1, args.seconds),
+                "argon2_all" => argon2_per_second(&hash, cores, args.seconds),
+                "login" => wrk(
+                    "/api/v1/auth/login",
+                    args.login_connections,
+                    bench.login_script(),
+                )
+                .run("login")?,
+                "me" => wrk("/api/v1/auth/me", args.connections, me_script.clone()).run("me")?,
+                "health" => wrk("/health", args.connections, String::new()).run("health")?,
+                "refresh" => {
+                    bench
+                        .refreshes(args.login_connections, args.seconds)
+                        .await?
+                }
+                "regorus" => regorus_per_second(args.seconds)?,
+                "evaluate_hit" => wrk(
+                    "/api/v1/authz/evaluate",
+                    args.connections,
+                    evaluate_script(&admin, false),
+                )
+                .run("evaluate_hit")?,
+                "evaluate_miss" => wrk(
+                    "/api/v1/authz/evaluate",
+                    args.connections,
+                    evaluate_script(&admin, true),
+                )
+                .run("evaluate_miss")?,
+                other => bail!("no scenario {other}"),
+            };
+            samples.entry(scenario).or_default().push(sample);
+        }
     }
-    let (raw1, raw) = (Medians::of(&raw1), Medians::of(&raw));
-    let (logins, me, health, refresh) = (
-        Medians::of(&logins),
-        Medians::of(&me),
-        Medians::of(&health),
-        Medians::of(&refresh),
+    let m = |name: &str| Medians::of(samples.get(name).map_or(&[][..], Vec::as_slice));
+    let (raw1, raw, logins, me, health, refresh) = (
+        m("argon2_1"),
+        m("argon2_all"),
+        m("login"),
+        m("me"),
+        m("health"),
+        m("refresh"),
     );
+    let (regorus, hit, miss) = (m("regorus"), m("evaluate_hit"), m("evaluate_miss"));
+    let ratio = |a: Medians, b: Medians| {
+        format!(
+            "throughput {:.2}, p50 {:.2}, p99 {:.2}",
+            a.0.per_second / b.0.per_second,
+            a.0.p50_ms / b.0.p50_ms,
+            a.0.p99_ms / b.0.p99_ms
+        )
+    };
+    let conns = args.connections;
     println!();
     println!(
         "argon2id verify ({params}), 1 thread      {:>9.1} /s",
@@ -470,24 +598,21 @@ async fn main() -> anyhow::Result<()> {
         "  logins/s ÷ raw argon2id verifications/s ({cores} threads) = {:.2}",
         logins.0.per_second / raw.0.per_second
     );
-    println!(
-        "GET /api/v1/auth/me, {:>3} connections          {me}",
-        args.connections
-    );
-    println!(
-        "GET /health, {:>3} connections                  {health}",
-        args.connections
-    );
-    println!(
-        "  /auth/me ÷ /health: throughput {:.2}, p50 {:.2}, p99 {:.2}",
-        me.0.per_second / health.0.per_second,
-        me.0.p50_ms / health.0.p50_ms,
-        me.0.p99_ms / health.0.p99_ms
-    );
+    println!("GET /api/v1/auth/me, {conns:>3} connections          {me}");
+    println!("GET /health, {conns:>3} connections                  {health}");
+    println!("  /auth/me ÷ /health: {}", ratio(me, health));
     println!(
         "POST /api/v1/auth/refresh, {:>3} sessions        {refresh}",
         args.login_connections
     );
+    println!(
+        "regorus eval of `authorization`, 1 thread  {:>9.0} /s",
+        regorus.0.per_second
+    );
+    println!("POST /api/v1/authz/evaluate (cache hit)    {hit}");
+    println!("POST /api/v1/authz/evaluate (cache miss)   {miss}");
+    println!("  evaluate hit ÷ /health: {}", ratio(hit, health));
+    println!("  evaluate miss ÷ /health: {}", ratio(miss, health));
     let statuses = bench.sandbox.shutdown().await?;
     ensure!(
         statuses.iter().all(std::process::ExitStatus::success),
