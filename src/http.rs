@@ -161,7 +161,17 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/policies/{name}/rollback",
             post(routes::policies::post_rollback),
         )
-        .route("/api/v1/authz/evaluate", post(routes::authz::post_evaluate));
+        .route("/api/v1/authz/evaluate", post(routes::authz::post_evaluate))
+        .route(
+            "/api/v1/servers",
+            get(routes::servers::get_servers).post(routes::servers::post_server),
+        )
+        .route(
+            "/api/v1/servers/{name}",
+            get(routes::servers::get_server)
+                .patch(routes::servers::patch_server)
+                .delete(routes::servers::delete_server),
+        );
     with_middleware(routes, state)
 }
 

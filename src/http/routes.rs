@@ -5,5 +5,6 @@ pub mod auth;
 pub mod authz;
 pub mod health;
 pub mod policies;
+pub mod servers;
 pub mod sessions;
 pub mod users;

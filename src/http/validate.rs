@@ -127,6 +127,21 @@ pub fn decode_cursor(value: Option<&str>) -> Result<Option<String>, ApiError> {
     String::from_utf8(bytes).map(Some).map_err(|_| invalid())
 }
 
+/// One page of rows fetched with `limit + 1` from a keyset query: at most `limit` rows,
+/// and the cursor of the last one when more follow.
+pub fn keyset_page<T>(
+    mut rows: Vec<T>,
+    limit: u32,
+    key: impl Fn(&T) -> &str,
+) -> (Vec<T>, Option<String>) {
+    let more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    let next = more
+        .then(|| rows.last().map(|r| encode_cursor(key(r))))
+        .flatten();
+    (rows, next)
+}
+
 /// One page of an in-memory list (short lists such as one user's sessions or keys): the
 /// items after the one whose key is `after`, at most `limit`, and the next cursor.
 pub fn page<T>(
@@ -150,6 +165,14 @@ pub fn page<T>(
         .then(|| page.last().map(|i| encode_cursor(&key(i))))
         .flatten();
     (page, next)
+}
+
+/// For `#[serde(default, deserialize_with = "validate::nullable")]`: a field that may be
+/// absent (keep), `null` (clear) or a value.
+pub fn nullable<'de, D: serde::Deserializer<'de>, T: serde::Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    <Option<T> as serde::Deserialize>::deserialize(d).map(Some)
 }
 
 #[cfg(test)]

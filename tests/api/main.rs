@@ -12,6 +12,7 @@ mod lifecycle;
 mod mfa;
 mod policies;
 mod secrets_in_logs;
+mod servers;
 mod supervision;
 mod tls;
 mod users;

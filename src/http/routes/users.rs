@@ -4,7 +4,7 @@
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 use zeroize::Zeroizing;
@@ -40,13 +40,6 @@ fn role(field: &str, value: &str) -> Result<Role, ApiError> {
     value
         .parse()
         .map_err(|e: String| ApiError::invalid_field(field, e))
-}
-
-/// A field that may be absent (keep), `null` (clear) or a value.
-fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
-    d: D,
-) -> Result<Option<Option<T>>, D::Error> {
-    Option::<T>::deserialize(d).map(Some)
 }
 
 /// `POST /api/v1/users` body.
@@ -170,18 +163,14 @@ pub async fn get_users(
     authorize(node, &principal, "read", "users", ip).await?;
     let limit = validate::limit(query.limit)?;
     let after = validate::decode_cursor(query.cursor.as_deref())?;
-    let mut users = node
+    let users = node
         .store
         .list_users(&PageRequest {
             after,
             limit: limit + 1,
         })
         .await?;
-    let more = users.len() > limit as usize;
-    users.truncate(limit as usize);
-    let next_cursor = more
-        .then(|| users.last().map(|u| validate::encode_cursor(&u.username)))
-        .flatten();
+    let (users, next_cursor) = validate::keyset_page(users, limit, |u| &u.username);
     let items: Vec<Value> = users.iter().map(user_json).collect();
     Ok(Json(json!({ "items": items, "next_cursor": next_cursor })))
 }
@@ -209,7 +198,7 @@ pub async fn get_user(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserUpdate {
-    #[serde(default, deserialize_with = "nullable")]
+    #[serde(default, deserialize_with = "validate::nullable")]
     email: Option<Option<String>>,
     role: Option<String>,
     teams: Option<Vec<String>>,
