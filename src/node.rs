@@ -126,6 +126,8 @@ pub struct Node {
     pub sealer: SecretBox,
     /// Keys the hashes of MFA recovery codes.
     pub recovery_code_key: zeroize::Zeroizing<Vec<u8>>,
+    /// Keys the audit hash chains (to verify them).
+    pub audit_chain_key: ChainKey,
     tokens: Arc<std::sync::OnceLock<Arc<TokenKeys>>>,
     last_key_reload: tokio::sync::Mutex<Option<tokio::time::Instant>>,
     api_key_touches: std::sync::Mutex<std::collections::HashMap<Uuid, tokio::time::Instant>>,
@@ -226,6 +228,7 @@ impl Node {
             settings: config.policy.settings(),
             metrics: actor_metrics.clone(),
         });
+        let audit_chain_key = ChainKey::derive(&key.derive("audit chain"));
         let children: Vec<Arc<dyn ChildSpec>> = vec![
             Arc::new(SessionSupervisorSpec {
                 store: store.clone(),
@@ -247,7 +250,7 @@ impl Node {
             Arc::new(AuditWriterSpec {
                 store: store.clone(),
                 chain: node_id.clone(),
-                key: ChainKey::derive(&key.derive("audit chain")),
+                key: audit_chain_key.clone(),
                 sinks: Vec::new(),
                 slot: slots.audit.clone(),
                 metrics: actor_metrics.clone(),
@@ -350,6 +353,7 @@ impl Node {
             passwords: PasswordHasherPool::default(),
             sealer,
             recovery_code_key: key.derive("mfa recovery codes"),
+            audit_chain_key,
             tokens,
             last_key_reload: tokio::sync::Mutex::new(None),
             api_key_touches: std::sync::Mutex::new(std::collections::HashMap::new()),

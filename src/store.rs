@@ -116,6 +116,11 @@ const SQLITE_MIGRATIONS: &[EmbeddedMigration] = &[
         description: "identity",
         sql: include_str!("../migrations/sqlite/20261126000002_identity.sql"),
     },
+    EmbeddedMigration {
+        version: 20261126000003,
+        description: "audit_retention",
+        sql: include_str!("../migrations/sqlite/20261126000003_audit_retention.sql"),
+    },
 ];
 
 const POSTGRES_MIGRATIONS: &[EmbeddedMigration] = &[
@@ -128,6 +133,11 @@ const POSTGRES_MIGRATIONS: &[EmbeddedMigration] = &[
         version: 20261126000002,
         description: "identity",
         sql: include_str!("../migrations/postgres/20261126000002_identity.sql"),
+    },
+    EmbeddedMigration {
+        version: 20261126000003,
+        description: "audit_retention",
+        sql: include_str!("../migrations/postgres/20261126000003_audit_retention.sql"),
     },
 ];
 

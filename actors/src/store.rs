@@ -475,6 +475,9 @@ pub trait AuditStore: Send + Sync {
     async fn list_audit(&self, query: &AuditQuery) -> StoreResult<Vec<ChainedEvent>>;
     /// Every chain name.
     async fn audit_chains(&self) -> StoreResult<Vec<String>>;
+    /// Where verification of a chain starts: the `(seq, hash)` of the last event retention
+    /// removed, or `None` when nothing was removed.
+    async fn audit_checkpoint(&self, chain: &str) -> StoreResult<Option<(i64, String)>>;
     /// Events of one chain with `seq > after_seq`, in order.
     async fn chain_segment(
         &self,

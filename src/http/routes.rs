@@ -1,6 +1,7 @@
 //! Route handlers, one module per resource.
 
 pub mod api_keys;
+pub mod audit;
 pub mod auth;
 pub mod authz;
 pub mod health;

@@ -132,12 +132,12 @@ pub fn decode_cursor(value: Option<&str>) -> Result<Option<String>, ApiError> {
 pub fn keyset_page<T>(
     mut rows: Vec<T>,
     limit: u32,
-    key: impl Fn(&T) -> &str,
+    key: impl Fn(&T) -> String,
 ) -> (Vec<T>, Option<String>) {
     let more = rows.len() > limit as usize;
     rows.truncate(limit as usize);
     let next = more
-        .then(|| rows.last().map(|r| encode_cursor(key(r))))
+        .then(|| rows.last().map(|r| encode_cursor(&key(r))))
         .flatten();
     (rows, next)
 }

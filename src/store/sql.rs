@@ -160,6 +160,22 @@ macro_rules! impl_portable_store {
             ) -> $crate::store::StoreResult<Vec<T>> {
                 rows.iter().map(|r| map(r).map_err($crate::store::db_error)).collect()
             }
+
+            /// The `(seq, hash)` row of a chain in `audit_chain_heads` or `audit_checkpoints`.
+            async fn chain_position(
+                &self,
+                sql: &'static str,
+                chain: &str,
+            ) -> $crate::store::StoreResult<Option<(i64, String)>> {
+                let row = ::sqlx::query(sql)
+                    .bind(chain)
+                    .fetch_optional(self.pool()?)
+                    .await
+                    .map_err($crate::store::db_error)?;
+                row.map(|r| Ok((::sqlx::Row::try_get(&r, "seq")?, ::sqlx::Row::try_get(&r, "hash")?)))
+                    .transpose()
+                    .map_err($crate::store::db_error)
+            }
         }
 
         #[::async_trait::async_trait]
@@ -794,14 +810,11 @@ macro_rules! impl_portable_store {
             }
 
             async fn chain_head(&self, chain: &str) -> $crate::store::StoreResult<Option<(i64, String)>> {
-                let row = ::sqlx::query("SELECT seq, hash FROM audit_chain_heads WHERE chain = $1")
-                    .bind(chain)
-                    .fetch_optional(self.pool()?)
-                    .await
-                    .map_err($crate::store::db_error)?;
-                row.map(|r| Ok((::sqlx::Row::try_get(&r, "seq")?, ::sqlx::Row::try_get(&r, "hash")?)))
-                    .transpose()
-                    .map_err($crate::store::db_error)
+                self.chain_position("SELECT seq, hash FROM audit_chain_heads WHERE chain = $1", chain).await
+            }
+
+            async fn audit_checkpoint(&self, chain: &str) -> $crate::store::StoreResult<Option<(i64, String)>> {
+                self.chain_position("SELECT seq, hash FROM audit_checkpoints WHERE chain = $1", chain).await
             }
 
             async fn list_audit(&self, q: &$crate::store::AuditQuery) -> $crate::store::StoreResult<Vec<$crate::store::ChainedEvent>> {

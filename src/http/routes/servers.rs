@@ -263,7 +263,7 @@ pub async fn get_servers(
     authorize(node, &principal, "read", "servers", ip).await?;
     let (query, limit) = list_query(raw.as_deref())?;
     let servers = node.store.list_servers(&query).await?;
-    let (servers, next_cursor) = validate::keyset_page(servers, limit, |s| &s.name);
+    let (servers, next_cursor) = validate::keyset_page(servers, limit, |s| s.name.clone());
     let items: Vec<Value> = servers.iter().map(server_json).collect();
     Ok(Json(json!({ "items": items, "next_cursor": next_cursor })))
 }

@@ -170,7 +170,7 @@ pub async fn get_users(
             limit: limit + 1,
         })
         .await?;
-    let (users, next_cursor) = validate::keyset_page(users, limit, |u| &u.username);
+    let (users, next_cursor) = validate::keyset_page(users, limit, |u| u.username.clone());
     let items: Vec<Value> = users.iter().map(user_json).collect();
     Ok(Json(json!({ "items": items, "next_cursor": next_cursor })))
 }
