@@ -228,6 +228,15 @@ impl PolicyConfig {
     }
 }
 
+/// Audit log and request log.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Audit events and API request rows older than this many days are removed (whole
+    /// partitions on PostgreSQL); each chain keeps a checkpoint so it still verifies.
+    pub retention_days: u64,
+}
+
 /// Session lifetimes.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -310,6 +319,8 @@ pub struct Config {
     pub session: SessionConfig,
     /// Policy engine.
     pub policy: PolicyConfig,
+    /// Audit log and request log.
+    pub audit: AuditConfig,
     /// Cluster.
     pub cluster: ClusterConfig,
     /// Logging.
@@ -362,6 +373,7 @@ impl Default for Config {
                 absolute_seconds: 43_200,
                 actor_idle_seconds: 300,
             },
+            audit: AuditConfig { retention_days: 90 },
             policy: PolicyConfig {
                 sync_seconds: 10,
                 eval_timeout_ms: 100,
@@ -614,6 +626,7 @@ impl Config {
             ("http.max_connections", self.http.max_connections as u64),
             ("cluster.lease_seconds", self.cluster.lease_seconds),
             ("policy.sync_seconds", self.policy.sync_seconds),
+            ("audit.retention_days", self.audit.retention_days),
             ("policy.eval_timeout_ms", self.policy.eval_timeout_ms),
             ("auth.sync_seconds", self.auth.sync_seconds),
             (

@@ -298,7 +298,10 @@ impl Node {
             store.clone(),
             clock.clone(),
             store_ready.clone(),
-            chrono::Duration::seconds(seconds(config.auth.lockout_seconds)),
+            Retention {
+                lockout_window: chrono::Duration::seconds(seconds(config.auth.lockout_seconds)),
+                time_series: chrono::Duration::days(seconds(config.audit.retention_days)),
+            },
         )));
         let policies_in_step = Arc::new(AtomicBool::new(false));
         let policy_control = Arc::new(PolicyControl {
@@ -533,13 +536,20 @@ async fn credential_sync(node: std::sync::Weak<Node>) {
     }
 }
 
-/// Hourly removal of expired lockout counters, challenges and sessions, so the tables
-/// hold what is live plus a day of history for investigations.
+/// How long housekeeping keeps what.
+struct Retention {
+    lockout_window: chrono::Duration,
+    time_series: chrono::Duration,
+}
+
+/// Hourly removal of expired lockout counters, challenges and sessions (so the tables hold
+/// what is live plus a day of history), and of audit events and request rows past the
+/// retention period.
 async fn housekeeping(
     store: Arc<dyn Store>,
     clock: SharedClock,
     store_ready: Arc<AtomicBool>,
-    lockout_window: chrono::Duration,
+    keep: Retention,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(3600));
     loop {
@@ -549,11 +559,23 @@ async fn housekeeping(
         }
         let now = clock.now();
         match store
-            .prune_expired(now, now - lockout_window, now - chrono::Duration::days(1))
+            .prune_expired(
+                now,
+                now - keep.lockout_window,
+                now - chrono::Duration::days(1),
+            )
             .await
         {
             Ok(removed) => debug!(removed, "housekeeping pruned expired rows"),
             Err(err) => warn!(error = %err, "housekeeping could not prune expired rows"),
+        }
+        match store.prune_time_series(now - keep.time_series, now).await {
+            Ok(pruned) => debug!(
+                audit_events = pruned.audit_events,
+                api_requests = pruned.api_requests,
+                "retention removed old rows"
+            ),
+            Err(err) => warn!(error = %err, "retention could not remove old rows"),
         }
     }
 }

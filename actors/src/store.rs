@@ -773,6 +773,28 @@ pub trait HousekeepingStore: Send + Sync {
     ) -> StoreResult<u64>;
 }
 
+/// What one retention run removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Audit events removed (their chains keep a checkpoint).
+    pub audit_events: u64,
+    /// API request rows removed.
+    pub api_requests: u64,
+}
+
+/// Retention of the time series.
+#[async_trait]
+pub trait RetentionStore: Send + Sync {
+    /// Removes audit events and API request rows older than `before`: whole daily
+    /// partitions or chunks where the backend has them, rows otherwise. Before a chain loses
+    /// events, its checkpoint moves to the last removed one, so verification starts there.
+    async fn prune_time_series(
+        &self,
+        before: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Pruned>;
+}
+
 /// Which time-series layout the audit and request tables use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -810,6 +832,7 @@ pub trait Store:
     + LockoutStore
     + MfaStore
     + HousekeepingStore
+    + RetentionStore
     + StoreHealth
 {
 }
@@ -827,6 +850,7 @@ impl<T> Store for T where
         + LockoutStore
         + MfaStore
         + HousekeepingStore
+        + RetentionStore
         + StoreHealth
 {
 }

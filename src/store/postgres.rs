@@ -247,6 +247,135 @@ fn redact_url_error(err: &sqlx::Error) -> &'static str {
 impl_portable_store!(PgStore, Postgres);
 impl_identity_store!(PgStore, Postgres);
 
+impl PgStore {
+    /// The daily partitions of `table` whose whole day ends at or before `before`.
+    async fn old_partitions(
+        &self,
+        table: &str,
+        before: DateTime<Utc>,
+    ) -> Result<Vec<String>, sqlx::Error> {
+        let children: Vec<String> = sqlx::query_scalar(
+            "SELECT c.relname::text FROM pg_inherits i \
+             JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent \
+             WHERE p.relname = $1",
+        )
+        .bind(table)
+        .fetch_all(&self.pool)
+        .await?;
+        let prefix = format!("{table}_p");
+        Ok(children
+            .into_iter()
+            .filter(|name| {
+                name.strip_prefix(&prefix)
+                    .filter(|day| day.len() == 8)
+                    .and_then(|day| NaiveDate::parse_from_str(day, "%Y%m%d").ok())
+                    .and_then(|day| day.checked_add_days(Days::new(1)))
+                    .and_then(|end| end.and_hms_opt(0, 0, 0))
+                    .is_some_and(|end| end.and_utc() <= before)
+            })
+            .collect())
+    }
+
+    /// Drops one old daily partition; for `audit_logs`, first moves the checkpoint of every
+    /// chain it holds to its last event there. Returns the rows dropped.
+    async fn drop_partition(
+        &self,
+        table: &str,
+        partition: &str,
+        now: DateTime<Utc>,
+    ) -> Result<u64, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('sark.partitions'))")
+            .execute(&mut *tx)
+            .await?;
+        // `partition` is a name read from pg_class that matched `<table>_pYYYYMMDD`.
+        if table == "audit_logs" {
+            let ends: Vec<(String, i64)> = sqlx::query_as(AssertSqlSafe(format!(
+                "SELECT chain, MAX(seq) FROM {partition} GROUP BY chain"
+            )))
+            .fetch_all(&mut *tx)
+            .await?;
+            for (chain, seq) in ends {
+                Self::checkpoint(&mut tx, &chain, seq, now).await?;
+            }
+        }
+        let rows: i64 =
+            sqlx::query_scalar(AssertSqlSafe(format!("SELECT COUNT(*) FROM {partition}")))
+                .fetch_one(&mut *tx)
+                .await?;
+        sqlx::query(AssertSqlSafe(format!("DROP TABLE {partition}")))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        info!(partition, rows, "retention dropped a partition");
+        Ok(u64::try_from(rows).unwrap_or(0))
+    }
+
+    /// TimescaleDB: checkpoints for the events about to go, then whole chunks dropped.
+    async fn drop_chunks(
+        &self,
+        before: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let ends: Vec<(String, i64)> = sqlx::query_as(
+            r#"SELECT chain, MAX(seq) FROM audit_logs WHERE "timestamp" < $1 GROUP BY chain"#,
+        )
+        .bind(before)
+        .fetch_all(&mut *tx)
+        .await?;
+        for (chain, seq) in ends {
+            Self::checkpoint(&mut tx, &chain, seq, now).await?;
+        }
+        for table in ["audit_logs", "api_requests"] {
+            sqlx::query("SELECT drop_chunks($1, older_than => $2)")
+                .bind(table)
+                .bind(before)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await
+    }
+}
+
+#[async_trait::async_trait]
+impl super::RetentionStore for PgStore {
+    async fn prune_time_series(
+        &self,
+        before: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<super::Pruned> {
+        let pool = self.pool()?;
+        let mut pruned = super::Pruned::default();
+        if self.layout.get() == Some(&TimeSeriesLayout::Timescaledb) {
+            self.drop_chunks(before, now).await.map_err(db_error)?;
+            return Ok(pruned);
+        }
+        for table in ["audit_logs", "api_requests"] {
+            for partition in self.old_partitions(table, before).await.map_err(db_error)? {
+                let rows = self
+                    .drop_partition(table, &partition, now)
+                    .await
+                    .map_err(db_error)?;
+                if table == "audit_logs" {
+                    pruned.audit_events += rows;
+                } else {
+                    pruned.api_requests += rows;
+                }
+            }
+        }
+        // Rows outside the daily partitions (the default partition) go row by row.
+        let mut tx = pool.begin().await.map_err(db_error)?;
+        let (events, requests) = Self::prune_rows_before(&mut tx, before, now)
+            .await
+            .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        pruned.audit_events += events;
+        pruned.api_requests += requests;
+        Ok(pruned)
+    }
+}
+
 #[async_trait::async_trait]
 impl super::StoreHealth for PgStore {
     async fn ping(&self) -> StoreResult<()> {

@@ -161,6 +161,64 @@ macro_rules! impl_portable_store {
                 rows.iter().map(|r| map(r).map_err($crate::store::db_error)).collect()
             }
 
+            /// Moves each chain's checkpoint to its last event older than `before` and deletes
+            /// the chain's events up to there; deletes API request rows older than `before`.
+            /// Returns `(audit events, request rows)` removed.
+            async fn prune_rows_before(
+                tx: &mut ::sqlx::Transaction<'_, $db>,
+                before: ::chrono::DateTime<::chrono::Utc>,
+                now: ::chrono::DateTime<::chrono::Utc>,
+            ) -> ::sqlx::Result<(u64, u64)> {
+                let ends: Vec<(String, i64)> = ::sqlx::query_as(
+                    r#"SELECT chain, MAX(seq) FROM audit_logs WHERE "timestamp" < $1 GROUP BY chain"#,
+                )
+                .bind(before)
+                .fetch_all(&mut **tx)
+                .await?;
+                let mut events = 0;
+                for (chain, seq) in ends {
+                    Self::checkpoint(tx, &chain, seq, now).await?;
+                    events += ::sqlx::query("DELETE FROM audit_logs WHERE chain = $1 AND seq <= $2")
+                        .bind(&chain)
+                        .bind(seq)
+                        .execute(&mut **tx)
+                        .await?
+                        .rows_affected();
+                }
+                let requests = ::sqlx::query(r#"DELETE FROM api_requests WHERE "timestamp" < $1"#)
+                    .bind(before)
+                    .execute(&mut **tx)
+                    .await?
+                    .rows_affected();
+                Ok((events, requests))
+            }
+
+            /// Moves a chain's checkpoint forward to the stored event at `seq`.
+            async fn checkpoint(
+                tx: &mut ::sqlx::Transaction<'_, $db>,
+                chain: &str,
+                seq: i64,
+                now: ::chrono::DateTime<::chrono::Utc>,
+            ) -> ::sqlx::Result<()> {
+                let hash: String = ::sqlx::query_scalar("SELECT hash FROM audit_logs WHERE chain = $1 AND seq = $2")
+                    .bind(chain)
+                    .bind(seq)
+                    .fetch_one(&mut **tx)
+                    .await?;
+                ::sqlx::query(
+                    "INSERT INTO audit_checkpoints (chain, seq, hash, updated_at) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (chain) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, \
+                     updated_at = excluded.updated_at WHERE excluded.seq > audit_checkpoints.seq",
+                )
+                .bind(chain)
+                .bind(seq)
+                .bind(hash)
+                .bind(now)
+                .execute(&mut **tx)
+                .await?;
+                Ok(())
+            }
+
             /// The `(seq, hash)` row of a chain in `audit_chain_heads` or `audit_checkpoints`.
             async fn chain_position(
                 &self,

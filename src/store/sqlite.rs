@@ -7,6 +7,7 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Sqlite, SqlitePool, Transaction};
 use uuid::Uuid;
@@ -166,6 +167,27 @@ impl SqliteStore {
 
 impl_portable_store!(SqliteStore, Sqlite);
 impl_identity_store!(SqliteStore, Sqlite);
+
+#[async_trait::async_trait]
+impl super::RetentionStore for SqliteStore {
+    async fn prune_time_series(
+        &self,
+        before: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<super::Pruned> {
+        let mut tx = Self::begin_write(&self.writer)
+            .await
+            .map_err(super::db_error)?;
+        let (audit_events, api_requests) = Self::prune_rows_before(&mut tx, before, now)
+            .await
+            .map_err(super::db_error)?;
+        tx.commit().await.map_err(super::db_error)?;
+        Ok(super::Pruned {
+            audit_events,
+            api_requests,
+        })
+    }
+}
 
 #[async_trait::async_trait]
 impl super::StoreHealth for SqliteStore {

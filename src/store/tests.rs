@@ -139,6 +139,7 @@ contract_tests!(
     a_totp_step_is_accepted_once_and_recovery_codes_once,
     challenges_are_consumed_once_and_expire,
     housekeeping_removes_only_what_has_expired,
+    retention_moves_checkpoints_and_keeps_chains_verifiable,
 );
 
 fn user(name: &str) -> User {
@@ -1309,4 +1310,136 @@ async fn housekeeping_removes_only_what_has_expired(store: Arc<dyn Store>) {
         RotateOutcome::Reused,
         "live history kept"
     );
+}
+
+/// A chain of `times.len()` properly keyed events, starting after `(prev_seq, prev_hash)`.
+fn signed_chain(
+    key: &sark_actors::audit::ChainKey,
+    chain: &str,
+    (prev_seq, prev_hash): (i64, String),
+    times: &[DateTime<Utc>],
+) -> Vec<ChainedEvent> {
+    let mut prev = prev_hash;
+    times
+        .iter()
+        .enumerate()
+        .map(|(i, at)| {
+            let seq = prev_seq + 1 + i64::try_from(i).unwrap();
+            let mut event = chained(chain, seq, "login_succeeded", "a", *at);
+            event.prev_hash = prev.clone();
+            event.hash = key.hash(chain, seq, &event.prev_hash, &event.event);
+            prev = event.hash.clone();
+            event
+        })
+        .collect()
+}
+
+/// Five events 100 days old, then three recent ones, on chain `n1`.
+async fn old_and_new_events(
+    store: &dyn Store,
+    key: &sark_actors::audit::ChainKey,
+    t: DateTime<Utc>,
+) -> Vec<ChainedEvent> {
+    let old: Vec<DateTime<Utc>> = (0..5)
+        .map(|i| t - Duration::days(100) + Duration::minutes(i))
+        .collect();
+    let first = signed_chain(
+        key,
+        "n1",
+        (0, sark_actors::audit::GENESIS_HASH.into()),
+        &old,
+    );
+    store.append_audit("n1", 0, &first, &[]).await.unwrap();
+    let head = (5, first[4].hash.clone());
+    let second = signed_chain(key, "n1", head, &[t, t, t]);
+    store.append_audit("n1", 5, &second, &[]).await.unwrap();
+    first.into_iter().chain(second).collect()
+}
+
+async fn retention_moves_checkpoints_and_keeps_chains_verifiable(store: Arc<dyn Store>) {
+    let key = sark_actors::audit::ChainKey::derive(b"retention test key");
+    let t = now();
+    let events = old_and_new_events(store.as_ref(), &key, t).await;
+    let before = sark_actors::audit::verify_chains(store.as_ref(), &key)
+        .await
+        .unwrap();
+    assert_eq!((before.ok, before.checked), (true, 8), "{before:?}");
+
+    let pruned = store
+        .prune_time_series(t - Duration::days(90), t)
+        .await
+        .unwrap();
+    assert_eq!(pruned.audit_events, 5);
+    assert_eq!(
+        store.audit_checkpoint("n1").await.unwrap(),
+        Some((5, events[4].hash.clone()))
+    );
+    assert_eq!(store.chain_segment("n1", 0, 100).await.unwrap().len(), 3);
+    let after = sark_actors::audit::verify_chains(store.as_ref(), &key)
+        .await
+        .unwrap();
+    assert_eq!((after.ok, after.checked), (true, 3), "{after:?}");
+
+    let again = store
+        .prune_time_series(t - Duration::days(90), t)
+        .await
+        .unwrap();
+    assert_eq!(again, Pruned::default(), "nothing more to remove");
+    assert_eq!(
+        store.audit_checkpoint("n1").await.unwrap(),
+        Some((5, events[4].hash.clone()))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_retention_drops_old_daily_partitions_whole() {
+    let (url, admin_url, name) = fresh_postgres_database().await;
+    let _guard = Guard::Postgres { admin_url, name };
+    let store = postgres::PgStore::new(&db_config(Some(url.clone()))).unwrap();
+    assert!(store.initialize(Utc::now()).await.unwrap());
+    let t = now();
+    let old_day = (t - Duration::days(100)).date_naive();
+    let partition = format!("audit_logs_p{}", old_day.format("%Y%m%d"));
+    let raw = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE TABLE {partition} PARTITION OF audit_logs FOR VALUES FROM ('{old_day}') TO ('{}')",
+        old_day.succ_opt().unwrap()
+    )))
+    .execute(&raw)
+    .await
+    .unwrap();
+    let key = sark_actors::audit::ChainKey::derive(b"retention test key");
+    let events = old_and_new_events(&store, &key, t).await;
+    let in_partition: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT COUNT(*) FROM {partition}"
+    )))
+    .fetch_one(&raw)
+    .await
+    .unwrap();
+    assert_eq!(
+        in_partition, 5,
+        "the old events live in their day's partition"
+    );
+
+    let pruned = store
+        .prune_time_series(t - Duration::days(90), t)
+        .await
+        .unwrap();
+    assert_eq!(pruned.audit_events, 5);
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_class WHERE relname = $1)")
+            .bind(&partition)
+            .fetch_one(&raw)
+            .await
+            .unwrap();
+    assert!(!exists, "the whole partition was dropped");
+    assert_eq!(
+        store.audit_checkpoint("n1").await.unwrap(),
+        Some((5, events[4].hash.clone()))
+    );
+    let verified = sark_actors::audit::verify_chains(&store, &key)
+        .await
+        .unwrap();
+    assert_eq!((verified.ok, verified.checked), (true, 3), "{verified:?}");
+    raw.close().await;
 }

@@ -179,7 +179,12 @@ async fn the_audit_log_lists_newest_first_with_filters_and_pages() {
     sorted.sort_by(|a, b| b.cmp(a));
     assert_eq!(times, sorted, "newest first");
 
-    let (_, created) = get(&app, &admin, "/api/v1/audit?event_type=user_created&actor=admin").await;
+    let (_, created) = get(
+        &app,
+        &admin,
+        "/api/v1/audit?event_type=user_created&actor=admin",
+    )
+    .await;
     let created = created["items"].as_array().unwrap();
     assert_eq!(created.len(), 4);
     assert!(
@@ -203,7 +208,9 @@ async fn the_audit_log_lists_newest_first_with_filters_and_pages() {
         );
         match page["next_cursor"].as_str() {
             Some(cursor) => {
-                path = format!("/api/v1/audit?event_type=user_created&actor=admin&limit=2&cursor={cursor}")
+                path = format!(
+                    "/api/v1/audit?event_type=user_created&actor=admin&limit=2&cursor={cursor}"
+                )
             }
             None => break,
         }
