@@ -31,6 +31,7 @@ pub mod http;
 pub mod idp;
 pub mod node;
 pub mod policy;
+pub mod request_log;
 pub mod secrets;
 pub mod store;
 pub mod telemetry;

@@ -131,6 +131,8 @@ pub struct Node {
     tokens: Arc<std::sync::OnceLock<Arc<TokenKeys>>>,
     last_key_reload: tokio::sync::Mutex<Option<tokio::time::Instant>>,
     api_key_touches: std::sync::Mutex<std::collections::HashMap<Uuid, tokio::time::Instant>>,
+    /// One row per API request, written in batches.
+    pub request_log: crate::request_log::RequestLog,
     /// Serializes credential checks per lockout key.
     pub(crate) attempt_locks: crate::auth::service::AttemptLocks,
     supervisor: ActorRef<SupervisorMessage>,
@@ -322,6 +324,10 @@ impl Node {
         info!(node_id, backend = store.backend(), "node started");
         let slots_sessions = slots.sessions.clone();
         let session_store: Arc<dyn sark_actors::store::SessionStore> = store.clone();
+        let (request_log, request_log_task) =
+            crate::request_log::RequestLog::start(store.clone(), &registry)
+                .map_err(|e| NodeError::Startup(e.to_string()))?;
+        background.push(request_log_task);
         let mut control = NodeControl {
             node_id: node_id.clone(),
             supervisor: supervisor.clone(),
@@ -360,6 +366,7 @@ impl Node {
             tokens,
             last_key_reload: tokio::sync::Mutex::new(None),
             api_key_touches: std::sync::Mutex::new(std::collections::HashMap::new()),
+            request_log,
             attempt_locks: Default::default(),
         };
         let node = Arc::new(node);

@@ -773,6 +773,34 @@ pub trait HousekeepingStore: Send + Sync {
     ) -> StoreResult<u64>;
 }
 
+/// One API request, as kept in the request log.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ApiRequestRow {
+    /// When it was answered.
+    pub timestamp: DateTime<Utc>,
+    /// HTTP method (bounded: unknown methods are `OTHER`).
+    pub method: String,
+    /// Route template, never the raw path.
+    pub route: String,
+    /// HTTP status.
+    pub status: u16,
+    /// Handling time.
+    pub duration_us: i64,
+    /// Who made it (a username), if authenticated.
+    pub principal: Option<String>,
+    /// The node that answered.
+    pub node_id: String,
+}
+
+/// The API request log.
+#[async_trait]
+pub trait RequestLogStore: Send + Sync {
+    /// Appends a batch of rows.
+    async fn record_requests(&self, rows: &[ApiRequestRow]) -> StoreResult<()>;
+    /// Rows of the last `since`, for tests and diagnostics: how many there are.
+    async fn count_requests(&self, since: DateTime<Utc>) -> StoreResult<u64>;
+}
+
 /// What one retention run removed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Pruned {
@@ -833,6 +861,7 @@ pub trait Store:
     + MfaStore
     + HousekeepingStore
     + RetentionStore
+    + RequestLogStore
     + StoreHealth
 {
 }
@@ -851,6 +880,7 @@ impl<T> Store for T where
         + MfaStore
         + HousekeepingStore
         + RetentionStore
+        + RequestLogStore
         + StoreHealth
 {
 }

@@ -177,8 +177,10 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
         Some(Ok(Credential::Bearer(token))) => Some(from_access_token(&state.node, token).await),
         Some(Ok(Credential::ApiKey(key))) => Some(from_api_key(&state.node, key).await),
     };
+    let mut who = None;
     match outcome {
         Some(Ok(principal)) => {
+            who = Some(RequestPrincipal(principal.username.clone()));
             req.extensions_mut().insert(principal);
         }
         Some(Err(failure)) => {
@@ -186,8 +188,16 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
         }
         None => {}
     }
-    next.run(req).await
+    let mut response = next.run(req).await;
+    if let Some(who) = who {
+        response.extensions_mut().insert(who);
+    }
+    response
 }
+
+/// Who made a request (a username), on its response, for the request log.
+#[derive(Clone, Debug)]
+pub struct RequestPrincipal(pub String);
 
 async fn from_access_token(node: &Arc<Node>, token: &str) -> Result<Principal, AuthFailure> {
     let invalid =

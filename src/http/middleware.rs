@@ -13,6 +13,7 @@ use tracing::{error, info, warn};
 
 use super::AppState;
 use super::errors::{ApiError, InternalDetail, REQUEST_ID};
+use crate::store::ApiRequestRow;
 
 /// The client's address, after trusted-proxy resolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -133,6 +134,20 @@ pub async fn request_context(
         .duration
         .with_label_values(&[method, &route])
         .observe(elapsed.as_secs_f64());
+    if !UNLIMITED_ROUTES.contains(&route.as_str()) {
+        state.node.request_log.record(ApiRequestRow {
+            timestamp: state.node.clock.now(),
+            method: method.to_owned(),
+            route: route.clone(),
+            status: status.as_u16(),
+            duration_us: i64::try_from(elapsed.as_micros()).unwrap_or(i64::MAX),
+            principal: response
+                .extensions()
+                .get::<crate::auth::principal::RequestPrincipal>()
+                .map(|p| p.0.clone()),
+            node_id: state.node.node_id.clone(),
+        });
+    }
     let client = client.map(|c| c.to_string()).unwrap_or_default();
     let duration_ms = elapsed.as_secs_f64() * 1000.0;
     if let Some(InternalDetail(detail)) = response.extensions().get::<InternalDetail>() {

@@ -1023,6 +1023,38 @@ macro_rules! impl_portable_store {
         }
 
         #[::async_trait::async_trait]
+        impl $crate::store::RequestLogStore for $store {
+            async fn record_requests(&self, rows: &[$crate::store::ApiRequestRow]) -> $crate::store::StoreResult<()> {
+                if rows.is_empty() {
+                    return Ok(());
+                }
+                let mut qb = ::sqlx::QueryBuilder::<$db>::new(
+                    r#"INSERT INTO api_requests ("timestamp", method, route, status, duration_us, principal, node_id) "#,
+                );
+                qb.push_values(rows, |mut b, row| {
+                    b.push_bind(row.timestamp)
+                        .push_bind(row.method.clone())
+                        .push_bind(row.route.clone())
+                        .push_bind(i32::from(row.status))
+                        .push_bind(row.duration_us)
+                        .push_bind(row.principal.clone())
+                        .push_bind(row.node_id.clone());
+                });
+                qb.build().execute(self.writer()?).await.map_err($crate::store::db_error)?;
+                Ok(())
+            }
+
+            async fn count_requests(&self, since: ::chrono::DateTime<::chrono::Utc>) -> $crate::store::StoreResult<u64> {
+                let n: i64 = ::sqlx::query_scalar(r#"SELECT COUNT(*) FROM api_requests WHERE "timestamp" >= $1"#)
+                    .bind(since)
+                    .fetch_one(self.pool()?)
+                    .await
+                    .map_err($crate::store::db_error)?;
+                Ok(u64::try_from(n).unwrap_or(0))
+            }
+        }
+
+        #[::async_trait::async_trait]
         impl $crate::store::MetaStore for $store {
             async fn meta(&self, key: &str) -> $crate::store::StoreResult<Option<String>> {
                 ::sqlx::query_scalar("SELECT value FROM meta WHERE key = $1")

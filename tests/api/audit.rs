@@ -253,3 +253,54 @@ async fn the_audit_log_lists_newest_first_with_filters_and_pages() {
     assert_eq!(get(&app, &viewer, "/api/v1/audit/verify").await.0, 403);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn every_api_request_gets_a_row_but_probes_do_not() {
+    let app = spawn_app().await;
+    let start = chrono::Utc::now() - chrono::Duration::seconds(5);
+    let admin = app.admin_token().await;
+    for _ in 0..5 {
+        assert_eq!(app.get_as("/api/v1/auth/me", &admin).await.0, 200);
+        let health = app.client.get(app.url("/health")).send().await.unwrap();
+        assert_eq!(health.status(), 200);
+    }
+    let store = app.node().store.clone();
+    let rows = crate::helpers::poll(
+        "the request log rows",
+        std::time::Duration::from_secs(10),
+        || async {
+            let n = store.count_requests(start).await.unwrap();
+            (n >= 6).then_some(n)
+        },
+    )
+    .await;
+    assert_eq!(
+        rows, 6,
+        "one login and five /auth/me; /health is not logged"
+    );
+    let url = format!(
+        "sqlite://{}",
+        app.node().config.data_dir.join("sark.db").display()
+    );
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    let logged: Vec<(String, String, i64, Option<String>)> = sqlx::query_as(
+        "SELECT method, route, status, principal FROM api_requests ORDER BY timestamp",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        logged[0],
+        ("POST".into(), "/api/v1/auth/login".into(), 200, None)
+    );
+    assert_eq!(
+        logged[1],
+        (
+            "GET".into(),
+            "/api/v1/auth/me".into(),
+            200,
+            Some("admin".into())
+        )
+    );
+    app.stop().await;
+}
