@@ -257,7 +257,7 @@ async fn the_audit_log_lists_newest_first_with_filters_and_pages() {
 #[tokio::test]
 async fn every_api_request_gets_a_row_but_probes_do_not() {
     let app = spawn_app().await;
-    let start = chrono::Utc::now() - chrono::Duration::seconds(5);
+    let start = app.node().clock.now() - chrono::Duration::seconds(5);
     let admin = app.admin_token().await;
     for _ in 0..5 {
         assert_eq!(app.get_as("/api/v1/auth/me", &admin).await.0, 200);
