@@ -96,8 +96,34 @@ impl PgStore {
         };
         info!(layout = ?layout, "audit_logs and api_requests time-series layout");
         let _ = self.layout.set(layout);
+        if layout == TimeSeriesLayout::Timescaledb {
+            self.compression_policies().await;
+        }
         self.maintain(now).await;
         Ok(true)
+    }
+
+    /// TimescaleDB: compresses chunks older than a week (idempotent). Retention is SARK's
+    /// own job (`prune_time_series`), which moves the chains' checkpoints before it drops
+    /// chunks, so no TimescaleDB retention policy is added.
+    async fn compression_policies(&self) {
+        for (table, segment_by) in [("audit_logs", "chain"), ("api_requests", "route")] {
+            let steps = [
+                format!(
+                    "ALTER TABLE {table} SET (timescaledb.compress, timescaledb.compress_segmentby = '{segment_by}')"
+                ),
+                format!(
+                    "SELECT add_compression_policy('{table}', INTERVAL '7 days', if_not_exists => true)"
+                ),
+            ];
+            for sql in steps {
+                // Table and column names come from the fixed list above.
+                if let Err(err) = sqlx::query(AssertSqlSafe(sql)).execute(&self.pool).await {
+                    warn!(table, error = %err, "could not set the TimescaleDB compression policy");
+                    break;
+                }
+            }
+        }
     }
 
     /// Creates the daily partitions from today to a few days ahead (native layout only).
