@@ -1,7 +1,7 @@
 //! The API request log: one row per API request, written in batches off the request path.
 //!
 //! Handlers' responses are never held up by it: rows go into a bounded queue and a
-//! background task writes them every second or every [`BATCH`] rows. When the queue is
+//! background task writes them every second or every `BATCH` rows. When the queue is
 //! full (the database is slow or down for long), rows are dropped and counted; this log is
 //! for analysis, unlike the audit log, which never drops an acknowledged event.
 
