@@ -237,6 +237,107 @@ pub struct AuditConfig {
     pub retention_days: u64,
 }
 
+/// SIEM forwarding: at most one Splunk HEC and one Datadog sink.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiemConfig {
+    /// Splunk HTTP Event Collector.
+    pub splunk: Option<SplunkConfig>,
+    /// Datadog logs intake.
+    pub datadog: Option<DatadogConfig>,
+    /// Events per delivery at most (the sinks' own limits apply too).
+    pub batch_size: usize,
+    /// One delivery request may take this long.
+    pub timeout_seconds: u64,
+    /// How long a forwarder's claim on a batch lasts before another node may retry it.
+    pub lease_seconds: u64,
+    /// Longest pause between retries of an event.
+    pub backoff_max_seconds: u64,
+    /// Consecutive failed attempts that open a sink's circuit breaker.
+    pub breaker_failures: u32,
+    /// How long an open breaker waits before letting one attempt through.
+    pub breaker_open_seconds: u64,
+}
+
+impl Default for SiemConfig {
+    fn default() -> Self {
+        Self {
+            splunk: None,
+            datadog: None,
+            batch_size: 500,
+            timeout_seconds: 10,
+            lease_seconds: 60,
+            backoff_max_seconds: 60,
+            breaker_failures: 5,
+            breaker_open_seconds: 30,
+        }
+    }
+}
+
+/// A Splunk HTTP Event Collector.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplunkConfig {
+    /// Base URL, e.g. `https://splunk.example.org:8088` (`/services/collector/event` is added).
+    pub url: String,
+    /// The HEC token.
+    pub token: Secret,
+    /// Target index; the token's default when unset.
+    #[serde(default)]
+    pub index: Option<String>,
+    /// Event `source`.
+    #[serde(default = "default_source")]
+    pub source: String,
+    /// Event `sourcetype`.
+    #[serde(default = "default_sourcetype")]
+    pub sourcetype: String,
+    /// Verify the collector's TLS certificate (only ever turn off for a lab).
+    #[serde(default = "default_true")]
+    pub tls_verify: bool,
+    /// Extra CA certificate (PEM) to trust for the collector.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Datadog's logs intake (v2).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatadogConfig {
+    /// Intake base URL for the site, e.g. `https://http-intake.logs.datadoghq.eu`
+    /// (`/api/v2/logs` is added).
+    pub url: String,
+    /// The API key.
+    pub api_key: Secret,
+    /// `service` of the log entries.
+    #[serde(default = "default_service")]
+    pub service: String,
+    /// Extra `ddtags` (comma-separated `key:value`).
+    #[serde(default)]
+    pub tags: Option<String>,
+    /// Verify the intake's TLS certificate.
+    #[serde(default = "default_true")]
+    pub tls_verify: bool,
+    /// Extra CA certificate (PEM) to trust for the intake.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_source() -> String {
+    "sark".into()
+}
+
+fn default_sourcetype() -> String {
+    "sark:audit".into()
+}
+
+fn default_service() -> String {
+    "sark".into()
+}
+
 /// Session lifetimes.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -321,6 +422,8 @@ pub struct Config {
     pub policy: PolicyConfig,
     /// Audit log and request log.
     pub audit: AuditConfig,
+    /// SIEM forwarding.
+    pub siem: SiemConfig,
     /// Cluster.
     pub cluster: ClusterConfig,
     /// Logging.
@@ -374,6 +477,7 @@ impl Default for Config {
                 actor_idle_seconds: 300,
             },
             audit: AuditConfig { retention_days: 90 },
+            siem: SiemConfig::default(),
             policy: PolicyConfig {
                 sync_seconds: 10,
                 eval_timeout_ms: 100,
@@ -404,7 +508,7 @@ impl Default for Config {
 pub struct ConfigError(String);
 
 impl ConfigError {
-    fn key(key: &str, problem: impl fmt::Display) -> Self {
+    pub(crate) fn key(key: &str, problem: impl fmt::Display) -> Self {
         Self(format!("`{key}`: {problem}"))
     }
 
@@ -430,6 +534,8 @@ const SECRET_KEYS: &[&str] = &[
     "redis.url",
     "secrets.key",
     "cluster.cookie",
+    "siem.splunk.token",
+    "siem.datadog.api_key",
 ];
 
 impl Config {
@@ -514,6 +620,27 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        let sinks = [
+            self.siem
+                .splunk
+                .as_ref()
+                .map(|s| ("siem.splunk", &s.url, &s.ca_file)),
+            self.siem
+                .datadog
+                .as_ref()
+                .map(|d| ("siem.datadog", &d.url, &d.ca_file)),
+        ];
+        for (key, url, ca_file) in sinks.into_iter().flatten() {
+            check_sink_url(&format!("{key}.url"), url)?;
+            if let Some(ca) = ca_file
+                && !ca.is_file()
+            {
+                return Err(ConfigError::key(
+                    &format!("{key}.ca_file"),
+                    format!("{} is not a readable file", ca.display()),
+                ));
+            }
+        }
         match (&self.http.tls_cert_file, &self.http.tls_key_file) {
             (Some(_), None) => {
                 return Err(ConfigError::key(
@@ -627,6 +754,15 @@ impl Config {
             ("cluster.lease_seconds", self.cluster.lease_seconds),
             ("policy.sync_seconds", self.policy.sync_seconds),
             ("audit.retention_days", self.audit.retention_days),
+            ("siem.batch_size", self.siem.batch_size as u64),
+            ("siem.timeout_seconds", self.siem.timeout_seconds),
+            ("siem.lease_seconds", self.siem.lease_seconds),
+            ("siem.backoff_max_seconds", self.siem.backoff_max_seconds),
+            (
+                "siem.breaker_failures",
+                u64::from(self.siem.breaker_failures),
+            ),
+            ("siem.breaker_open_seconds", self.siem.breaker_open_seconds),
             ("policy.eval_timeout_ms", self.policy.eval_timeout_ms),
             ("auth.sync_seconds", self.auth.sync_seconds),
             (
@@ -765,6 +901,28 @@ fn is_service_link(name: &str) -> bool {
         || words
             .windows(3)
             .any(|w| w[0] == "PORT" && is_port(w[1]) && is_proto(w[2]))
+}
+
+/// A SIEM URL: absolute http(s), and https unless it is a loopback address (the token
+/// travels with every request).
+fn check_sink_url(key: &str, value: &str) -> Result<(), ConfigError> {
+    let url = url::Url::parse(value)
+        .map_err(|e| ConfigError::key(key, format!("is not an absolute URL ({e})")))?;
+    let loopback = match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(name)) => name == "localhost",
+        None => false,
+    };
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        "http" => Err(ConfigError::key(
+            key,
+            "must be https (plain http only to a loopback address)",
+        )),
+        _ => Err(ConfigError::key(key, "must be an http(s) URL")),
+    }
 }
 
 /// Separates `…_FILE` variables of secret keys from the rest; returns the rest and the

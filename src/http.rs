@@ -164,6 +164,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/authz/evaluate", post(routes::authz::post_evaluate))
         .route("/api/v1/audit", get(routes::audit::get_audit))
         .route("/api/v1/audit/verify", get(routes::audit::get_audit_verify))
+        .route("/api/v1/siem/status", get(routes::audit::get_siem_status))
         .route(
             "/api/v1/servers",
             get(routes::servers::get_servers).post(routes::servers::post_server),

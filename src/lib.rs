@@ -33,6 +33,7 @@ pub mod node;
 pub mod policy;
 pub mod request_log;
 pub mod secrets;
+pub mod siem;
 pub mod store;
 pub mod telemetry;
 

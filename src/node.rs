@@ -30,6 +30,7 @@ use sark_actors::policy::{
 use sark_actors::session::{
     SessionLimits, SessionSupervisorMessage, SessionSupervisorSpec, Sessions,
 };
+use sark_actors::siem::{ForwarderSettings, SiemForwarderSpec, SiemMetrics, SiemRegistry};
 use sark_actors::supervisor::{
     ChildInfo, ChildSpec, RestartPolicy, Slot, Supervisor, SupervisorArguments, SupervisorMessage,
     SupervisorSpec,
@@ -131,6 +132,8 @@ pub struct Node {
     tokens: Arc<std::sync::OnceLock<Arc<TokenKeys>>>,
     last_key_reload: tokio::sync::Mutex<Option<tokio::time::Instant>>,
     api_key_touches: std::sync::Mutex<std::collections::HashMap<Uuid, tokio::time::Instant>>,
+    /// The SIEM forwarders' state, for `/api/v1/siem/status`.
+    pub siem: Arc<SiemRegistry>,
     /// One row per API request, written in batches.
     pub request_log: crate::request_log::RequestLog,
     /// Serializes credential checks per lockout key.
@@ -231,6 +234,11 @@ impl Node {
             metrics: actor_metrics.clone(),
         });
         let audit_chain_key = ChainKey::derive(&key.derive("audit chain"));
+        let sinks = crate::siem::sinks(&config, &node_id)
+            .map_err(|e| NodeError::Config(crate::config::ConfigError::key(&e.key, e.message)))?;
+        let siem = Arc::new(SiemRegistry::default());
+        let siem_metrics =
+            SiemMetrics::register(&registry).map_err(|e| NodeError::Startup(e.to_string()))?;
         let children: Vec<Arc<dyn ChildSpec>> = vec![
             Arc::new(SessionSupervisorSpec {
                 store: store.clone(),
@@ -245,6 +253,21 @@ impl Node {
             policy_supervisor.clone(),
             Arc::new(SupervisorSpec {
                 kind: "siem_supervisor",
+                children: sinks
+                    .iter()
+                    .map(|sink| {
+                        Arc::new(SiemForwarderSpec {
+                            sink: sink.clone(),
+                            store: store.clone(),
+                            clock: clock.clone(),
+                            node_id: node_id.clone(),
+                            settings: forwarder_settings(&config),
+                            registry: siem.clone(),
+                            metrics: siem_metrics.clone(),
+                            slot: Slot::default(),
+                        }) as Arc<dyn ChildSpec>
+                    })
+                    .collect(),
                 policy: RestartPolicy::default(),
                 slot: slots.siem.clone(),
                 metrics: actor_metrics.clone(),
@@ -253,7 +276,7 @@ impl Node {
                 store: store.clone(),
                 chain: node_id.clone(),
                 key: audit_chain_key.clone(),
-                sinks: Vec::new(),
+                sinks: sinks.iter().map(|s| s.name().to_owned()).collect(),
                 slot: slots.audit.clone(),
                 metrics: actor_metrics.clone(),
             }),
@@ -367,6 +390,7 @@ impl Node {
             last_key_reload: tokio::sync::Mutex::new(None),
             api_key_touches: std::sync::Mutex::new(std::collections::HashMap::new()),
             request_log,
+            siem,
             attempt_locks: Default::default(),
         };
         let node = Arc::new(node);
@@ -550,8 +574,8 @@ struct Retention {
 }
 
 /// Hourly removal of expired lockout counters, challenges and sessions (so the tables hold
-/// what is live plus a day of history), and of audit events and request rows past the
-/// retention period.
+/// what is live plus a day of history), of SIEM outbox rows delivered a day ago, and of
+/// audit events, request rows and set-aside outbox rows past the retention period.
 async fn housekeeping(
     store: Arc<dyn Store>,
     clock: SharedClock,
@@ -584,6 +608,25 @@ async fn housekeeping(
             ),
             Err(err) => warn!(error = %err, "retention could not remove old rows"),
         }
+        match store
+            .prune_outbox(now - chrono::Duration::days(1), now - keep.time_series)
+            .await
+        {
+            Ok(removed) => debug!(removed, "housekeeping pruned delivered SIEM outbox rows"),
+            Err(err) => warn!(error = %err, "housekeeping could not prune the SIEM outbox"),
+        }
+    }
+}
+
+fn forwarder_settings(config: &Config) -> ForwarderSettings {
+    let siem = &config.siem;
+    ForwarderSettings {
+        batch: siem.batch_size,
+        lease: Duration::from_secs(siem.lease_seconds),
+        backoff_max: Duration::from_secs(siem.backoff_max_seconds),
+        breaker_failures: siem.breaker_failures,
+        breaker_open: Duration::from_secs(siem.breaker_open_seconds),
+        ..ForwarderSettings::default()
     }
 }
 

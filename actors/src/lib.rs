@@ -25,5 +25,6 @@ pub mod limiter;
 pub mod metrics;
 pub mod policy;
 pub mod session;
+pub mod siem;
 pub mod store;
 pub mod supervisor;

@@ -522,7 +522,7 @@ pub trait SiemOutbox: Send + Sync {
         lease_until: DateTime<Utc>,
         limit: u32,
     ) -> StoreResult<Vec<OutboxEntry>>;
-    /// Marks entries delivered (only those still leased by `owner`).
+    /// Marks entries delivered (only those still leased by `owner`) and clears their error.
     async fn complete_outbox(
         &self,
         owner: &str,
@@ -537,8 +537,24 @@ pub trait SiemOutbox: Send + Sync {
         error: &str,
         retry_at: DateTime<Utc>,
     ) -> StoreResult<()>;
+    /// Sets aside an entry the sink refuses on its own: it is no longer sent, and it keeps
+    /// `error` as the reason (the audit row itself is untouched).
+    async fn set_aside_outbox(
+        &self,
+        owner: &str,
+        id: i64,
+        error: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()>;
     /// Queue depth of a sink.
     async fn outbox_stats(&self, sink: &str) -> StoreResult<OutboxStats>;
+    /// Deletes delivered entries delivered before `delivered_before` and set-aside entries
+    /// set aside before `set_aside_before`; returns how many went.
+    async fn prune_outbox(
+        &self,
+        delivered_before: DateTime<Utc>,
+        set_aside_before: DateTime<Utc>,
+    ) -> StoreResult<u64>;
 }
 
 /// Small node-wide settings shared through the store (key fingerprints, signing keys).

@@ -484,6 +484,8 @@ impl Actor for Supervisor {
 pub struct SupervisorSpec {
     /// The supervisor's kind.
     pub kind: &'static str,
+    /// Its children, started in order.
+    pub children: Vec<Arc<dyn ChildSpec>>,
     /// Restart behaviour of its children.
     pub policy: RestartPolicy,
     /// Where the running instance is published.
@@ -505,7 +507,7 @@ impl ChildSpec for SupervisorSpec {
     async fn spawn(&self, supervisor: ActorCell) -> Result<ActorCell, SpawnErr> {
         let args = SupervisorArguments {
             kind: self.kind,
-            children: Vec::new(),
+            children: self.children.clone(),
             policy: self.policy.clone(),
             metrics: self.metrics.clone(),
         };

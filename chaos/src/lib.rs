@@ -4,10 +4,12 @@
 //! - [`sandbox`]: [`sandbox::ClusterSandbox`] starts N nodes, waits until they are ready,
 //!   restarts and stops them, and returns their exit statuses.
 //! - [`faults`]: the faults: `kill -9`, pause (`SIGSTOP`) and resume (`SIGCONT`).
+//! - [`receivers`]: a Splunk HEC and a Datadog logs intake to forward SIEM events to.
 //!
 //! The `sark` binary is taken from `CHAOS_SARK_BIN`, or from the workspace's target directory.
 
 #![warn(missing_docs)]
 
 pub mod faults;
+pub mod receivers;
 pub mod sandbox;

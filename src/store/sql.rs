@@ -971,7 +971,7 @@ macro_rules! impl_portable_store {
                     return Ok(());
                 }
                 let mut qb = ::sqlx::QueryBuilder::<$db>::new("UPDATE siem_outbox SET delivered_at = ");
-                qb.push_bind(now).push(", lease_owner = NULL, lease_until = NULL WHERE lease_owner = ");
+                qb.push_bind(now).push(", last_error = NULL, lease_owner = NULL, lease_until = NULL WHERE lease_owner = ");
                 qb.push_bind(owner.to_owned()).push(" AND id IN (");
                 let mut list = qb.separated(", ");
                 for id in ids {
@@ -1004,6 +1004,44 @@ macro_rules! impl_portable_store {
                 qb.push(")");
                 qb.build().execute(self.writer()?).await.map_err($crate::store::db_error)?;
                 Ok(())
+            }
+
+            async fn set_aside_outbox(
+                &self,
+                owner: &str,
+                id: i64,
+                error: &str,
+                now: ::chrono::DateTime<::chrono::Utc>,
+            ) -> $crate::store::StoreResult<()> {
+                ::sqlx::query(
+                    "UPDATE siem_outbox SET delivered_at = $1, last_error = $2, lease_owner = NULL, \
+                     lease_until = NULL WHERE id = $3 AND lease_owner = $4",
+                )
+                .bind(now)
+                .bind(error)
+                .bind(id)
+                .bind(owner)
+                .execute(self.writer()?)
+                .await
+                .map_err($crate::store::db_error)?;
+                Ok(())
+            }
+
+            async fn prune_outbox(
+                &self,
+                delivered_before: ::chrono::DateTime<::chrono::Utc>,
+                set_aside_before: ::chrono::DateTime<::chrono::Utc>,
+            ) -> $crate::store::StoreResult<u64> {
+                let done = ::sqlx::query(
+                    "DELETE FROM siem_outbox WHERE delivered_at IS NOT NULL AND \
+                     ((last_error IS NULL AND delivered_at < $1) OR delivered_at < $2)",
+                )
+                .bind(delivered_before)
+                .bind(set_aside_before)
+                .execute(self.writer()?)
+                .await
+                .map_err($crate::store::db_error)?;
+                Ok(done.rows_affected())
             }
 
             async fn outbox_stats(&self, sink: &str) -> $crate::store::StoreResult<$crate::store::OutboxStats> {

@@ -902,6 +902,41 @@ async fn outbox_leases_are_exclusive_and_complete(store: Arc<dyn Store>) {
         .collect();
     assert_eq!(retried.len(), 2);
     assert!(retried.iter().all(|e| e.attempts == 1));
+
+    // w8 holds every undelivered row: one is refused by the sink, the rest delivered.
+    let later = retry_at + Duration::seconds(250);
+    let (refused, rest) = after.split_first().unwrap();
+    store
+        .set_aside_outbox("w8", refused.id, "400: bad event", later)
+        .await
+        .unwrap();
+    let rest: Vec<i64> = rest.iter().map(|e| e.id).collect();
+    store.complete_outbox("w8", &rest, later).await.unwrap();
+    assert_eq!(store.outbox_stats("hec").await.unwrap().queued, 0);
+    assert!(
+        store
+            .claim_outbox("hec", "w9", later, later + Duration::seconds(60), 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "delivered and set-aside rows are never sent again"
+    );
+    let day = Duration::days(1);
+    assert_eq!(
+        store.prune_outbox(later - day, later - day).await.unwrap(),
+        0,
+        "nothing is old enough"
+    );
+    assert_eq!(
+        store.prune_outbox(later + day, later - day).await.unwrap(),
+        9,
+        "delivered rows go after a day; the set-aside one stays"
+    );
+    assert_eq!(
+        store.prune_outbox(later + day, later + day).await.unwrap(),
+        1,
+        "the set-aside row goes with the audit retention"
+    );
 }
 
 async fn meta_put_if_absent_keeps_the_first_value(store: Arc<dyn Store>) {

@@ -211,6 +211,38 @@ async fn invalid_configuration_exits_nonzero_naming_the_key() {
             vec![("SARK_CLUSTER__SEEDS", "127.0.0.2:7400".into())],
             "cluster.cookie",
         ),
+        (
+            vec![
+                (
+                    "SARK_SIEM__SPLUNK__URL",
+                    "http://splunk.example.org:8088".into(),
+                ),
+                ("SARK_SIEM__SPLUNK__TOKEN", "hec-token".into()),
+            ],
+            "siem.splunk.url",
+        ),
+        (
+            vec![(
+                "SARK_SIEM__SPLUNK__URL",
+                "https://splunk.example.org:8088".into(),
+            )],
+            "token",
+        ),
+        (
+            vec![
+                (
+                    "SARK_SIEM__DATADOG__URL",
+                    "https://http-intake.logs.datadoghq.eu".into(),
+                ),
+                ("SARK_SIEM__DATADOG__API_KEY", "dd-key".into()),
+                ("SARK_SIEM__DATADOG__CA_FILE", "/nonexistent/ca.pem".into()),
+            ],
+            "siem.datadog.ca_file",
+        ),
+        (
+            vec![("SARK_SIEM__BATCH_SIZE", "0".into())],
+            "siem.batch_size",
+        ),
     ];
     for (env, key) in cases {
         let (code, stderr) = run_to_exit(cwd.path(), &env);

@@ -14,6 +14,7 @@ mod mfa;
 mod policies;
 mod secrets_in_logs;
 mod servers;
+mod siem;
 mod supervision;
 mod tls;
 mod users;

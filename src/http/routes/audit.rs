@@ -117,3 +117,35 @@ pub async fn get_audit_verify(
     let verification = verify_chains(node.store.as_ref(), &node.audit_chain_key).await?;
     Ok(Json(json!(verification)))
 }
+
+/// `GET /api/v1/siem/status`: each configured sink's forwarder state and queue depth.
+/// `queued` is null while the database cannot be asked.
+pub async fn get_siem_status(
+    State(state): State<AppState>,
+    ClientAddr(ip): ClientAddr,
+    principal: Principal,
+) -> Result<Json<Value>, ApiError> {
+    let node = &state.node;
+    authorize(node, &principal, "read", "audit", ip).await?;
+    let mut sinks = Vec::new();
+    for status in node.siem.statuses() {
+        let queued = node
+            .store
+            .outbox_stats(&status.name)
+            .await
+            .ok()
+            .map(|stats| stats.queued);
+        sinks.push(json!({
+            "name": status.name,
+            "kind": status.kind,
+            "state": status.state,
+            "queued": queued,
+            "delivered_total": status.delivered_total,
+            "failed_attempts_total": status.failed_attempts_total,
+            "dead_lettered_total": status.dead_lettered_total,
+            "last_error": status.last_error,
+            "last_delivery_at": status.last_delivery_at,
+        }));
+    }
+    Ok(Json(json!({ "sinks": sinks })))
+}

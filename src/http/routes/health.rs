@@ -100,13 +100,27 @@ async fn detailed(state: &AppState) -> Value {
     let opa = node.policies_loaded();
     let cluster = lease_fresh(state);
     let mut services = BTreeMap::new();
-    services.insert("database", if database { "UP" } else { "DOWN" });
-    services.insert("redis", redis);
-    services.insert("opa", if opa { "UP" } else { "DOWN" });
-    services.insert("cluster", if cluster { "UP" } else { "DEGRADED" });
+    services.insert("database".to_owned(), if database { "UP" } else { "DOWN" });
+    services.insert("redis".to_owned(), redis);
+    services.insert("opa".to_owned(), if opa { "UP" } else { "DOWN" });
+    services.insert(
+        "cluster".to_owned(),
+        if cluster { "UP" } else { "DEGRADED" },
+    );
+    // A sink that fails only delays forwarding (the outbox keeps every event).
+    let mut sinks_up = true;
+    for sink in node.siem.statuses() {
+        let up = match sink.state.as_str() {
+            "healthy" => "UP",
+            "retrying" => "DEGRADED",
+            _ => "DOWN",
+        };
+        sinks_up &= up == "UP";
+        services.insert(format!("siem_{}", sink.name), up);
+    }
     let status = if !database {
         "unhealthy"
-    } else if redis == "DOWN" || !opa || !cluster {
+    } else if redis == "DOWN" || !opa || !cluster || !sinks_up {
         "degraded"
     } else {
         "healthy"
