@@ -3,7 +3,10 @@
 //!
 //! - password logins/s next to raw argon2id verifications/s (same parameters, all cores);
 //! - token-verified `GET /api/v1/auth/me` next to `GET /health` at the same concurrency;
-//! - refresh-token rotations/s.
+//! - refresh-token rotations/s;
+//! - policy evaluations/s (raw regorus, and the API with and without a cache hit);
+//! - audit events committed/s and SIEM delivery events/s on SQLite and, with
+//!   `--database-url`, PostgreSQL ([`audit`]).
 //!
 //! Each scenario runs `--rounds` times, interleaved, and the medians are reported, because
 //! the machines this runs on are shared and noisy. Run it with `scripts/bench`, which builds
@@ -19,10 +22,13 @@ use anyhow::{Context, anyhow, bail, ensure};
 use serde_json::{Value, json};
 
 use sark::idp::password;
+
+mod audit;
 use sark_chaos::sandbox::{ClusterSandbox, SandboxOptions};
 
 const USAGE: &str = "usage: sark-bench [--seconds N] [--rounds N] [--connections N] \
-                     [--login-connections N] [--sark PATH]";
+                     [--login-connections N] [--audit-callers N] [--siem-events N] \
+                     [--database-url URL] [--sark PATH]";
 
 const ADMIN_PASSWORD: &str = "bench root passphrase, long enough";
 const USER_PASSWORD: &str = "bench user passphrase, long enough";
@@ -34,6 +40,9 @@ struct Args {
     rounds: usize,
     connections: usize,
     login_connections: usize,
+    audit_callers: usize,
+    siem_events: usize,
+    database_url: Option<String>,
     binary: Option<PathBuf>,
 }
 
@@ -44,6 +53,9 @@ impl Args {
             rounds: 3,
             connections: 64,
             login_connections: 8,
+            audit_callers: 64,
+            siem_events: 20_000,
+            database_url: None,
             binary: None,
         };
         let mut it = std::env::args().skip(1);
@@ -59,6 +71,11 @@ impl Args {
                 "--login-connections" => {
                     args.login_connections = value()?.parse().context("--login-connections")?;
                 }
+                "--audit-callers" => {
+                    args.audit_callers = value()?.parse().context("--audit-callers")?;
+                }
+                "--siem-events" => args.siem_events = value()?.parse().context("--siem-events")?,
+                "--database-url" => args.database_url = Some(value()?),
                 "--sark" => args.binary = Some(PathBuf::from(value()?)),
                 "-h" | "--help" => {
                     println!("{USAGE}");
@@ -72,9 +89,10 @@ impl Args {
             "--seconds and --rounds must be positive"
         );
         ensure!(
-            args.connections > 0 && args.login_connections > 0,
-            "connection counts must be positive"
+            args.connections > 0 && args.login_connections > 0 && args.audit_callers > 0,
+            "connection and caller counts must be positive"
         );
+        ensure!(args.siem_events > 0, "--siem-events must be positive");
         Ok(args)
     }
 
@@ -491,7 +509,14 @@ const SCENARIOS: &[&str] = &[
     "regorus",
     "evaluate_hit",
     "evaluate_miss",
+    "siem_direct",
 ];
+
+/// How the SIEM baseline sends.
+const SIEM_BATCH_NOTE: &str = "500 per request";
+
+/// Scenarios run once per store (`<name>_sqlite`, `<name>_postgres`).
+const STORE_SCENARIOS: &[&str] = &["audit_group", "audit_single", "siem_outbox"];
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -518,7 +543,20 @@ async fn main() -> anyhow::Result<()> {
         r#"wrk.headers["Authorization"] = {}"#,
         lua_string(&format!("Bearer {access}"))
     );
-    let mut samples: BTreeMap<&str, Vec<Sample>> = BTreeMap::new();
+    let mut stores = vec![audit::BenchStore::sqlite().await?];
+    match &args.database_url {
+        Some(url) => stores.push(audit::BenchStore::postgres(url).await?),
+        None => println!("PostgreSQL not measured: no --database-url"),
+    }
+    let mut scenarios: Vec<String> = SCENARIOS.iter().map(|s| (*s).to_owned()).collect();
+    for store in &stores {
+        scenarios.extend(
+            STORE_SCENARIOS
+                .iter()
+                .map(|s| format!("{s}_{}", store.label)),
+        );
+    }
+    let mut samples: BTreeMap<String, Vec<Sample>> = BTreeMap::new();
     println!(
         "sark-bench: {} on {cores} cores, {} s per run, {} rounds interleaved; medians",
         bench.sandbox.nodes()[0].http,
@@ -527,8 +565,8 @@ async fn main() -> anyhow::Result<()> {
     );
     for round in 1..=args.rounds {
         println!("round {round}/{}", args.rounds);
-        for scenario in SCENARIOS {
-            let sample = match *scenario {
+        for scenario in &scenarios {
+            let sample = match scenario.as_str() {
                 "argon2_1" => argon2_per_second(&hash, 1, args.seconds),
                 "argon2_all" => argon2_per_second(&hash, cores, args.seconds),
                 "login" => wrk(
@@ -557,9 +595,26 @@ async fn main() -> anyhow::Result<()> {
                     evaluate_script(&admin, true),
                 )
                 .run("evaluate_miss")?,
-                other => bail!("no scenario {other}"),
+                "siem_direct" => audit::direct_delivery(args.siem_events).await?,
+                other => {
+                    let (kind, label) = other
+                        .rsplit_once('_')
+                        .ok_or_else(|| anyhow!("no scenario {other}"))?;
+                    let store = stores
+                        .iter()
+                        .find(|s| s.label == label)
+                        .ok_or_else(|| anyhow!("no store for {other}"))?;
+                    match kind {
+                        "audit_group" => {
+                            audit::group_commits(store, args.audit_callers, args.seconds).await?
+                        }
+                        "audit_single" => audit::single_commits(store, args.seconds).await?,
+                        "siem_outbox" => audit::outbox_delivery(store, args.siem_events).await?,
+                        _ => bail!("no scenario {other}"),
+                    }
+                }
             };
-            samples.entry(scenario).or_default().push(sample);
+            samples.entry(scenario.clone()).or_default().push(sample);
         }
     }
     let m = |name: &str| Medians::of(samples.get(name).map_or(&[][..], Vec::as_slice));
@@ -613,6 +668,36 @@ async fn main() -> anyhow::Result<()> {
     println!("POST /api/v1/authz/evaluate (cache miss)   {miss}");
     println!("  evaluate hit ÷ /health: {}", ratio(hit, health));
     println!("  evaluate miss ÷ /health: {}", ratio(miss, health));
+    let direct = m("siem_direct");
+    for store in &stores {
+        let label = store.label;
+        let (group, single, outbox) = (
+            m(&format!("audit_group_{label}")),
+            m(&format!("audit_single_{label}")),
+            m(&format!("siem_outbox_{label}")),
+        );
+        println!(
+            "audit events committed ({label}), {:>3} callers {group}",
+            args.audit_callers
+        );
+        println!("audit events one per transaction ({label})   {single}");
+        println!(
+            "  group commit ÷ one per transaction: {:.2}",
+            group.0.per_second / single.0.per_second
+        );
+        println!(
+            "SIEM delivery outbox → HEC ({label})      {:>9.0} events/s",
+            outbox.0.per_second
+        );
+        println!(
+            "  outbox ÷ direct posts of the same batches: {:.2}",
+            outbox.0.per_second / direct.0.per_second
+        );
+    }
+    println!(
+        "SIEM direct posts to HEC, {SIEM_BATCH_NOTE}    {:>9.0} events/s",
+        direct.0.per_second
+    );
     let statuses = bench.sandbox.shutdown().await?;
     ensure!(
         statuses.iter().all(std::process::ExitStatus::success),

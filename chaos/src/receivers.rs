@@ -219,8 +219,18 @@ struct HecState {
     received: Arc<Received>,
 }
 
-fn hec_error(status: StatusCode, code: u32, text: &str) -> Response {
-    (status, axum::Json(json!({ "text": text, "code": code }))).into_response()
+/// A refusal in Splunk's shape: `{"text", "code"}`.
+struct HecRefusal(StatusCode, u32, &'static str);
+
+impl IntoResponse for HecRefusal {
+    fn into_response(self) -> Response {
+        let HecRefusal(status, code, text) = self;
+        (status, axum::Json(json!({ "text": text, "code": code }))).into_response()
+    }
+}
+
+fn hec_error(status: StatusCode, code: u32, text: &'static str) -> Response {
+    HecRefusal(status, code, text).into_response()
 }
 
 /// A Splunk HTTP Event Collector.
@@ -312,35 +322,35 @@ impl HecReceiver {
 }
 
 /// Checks `Authorization: Splunk <token>` as the collector does.
-fn hec_authorized(state: &HecState, headers: &HeaderMap) -> Result<(), Response> {
+fn hec_authorized(state: &HecState, headers: &HeaderMap) -> Result<(), HecRefusal> {
     let Some(value) = headers.get("authorization").and_then(|v| v.to_str().ok()) else {
-        return Err(hec_error(StatusCode::UNAUTHORIZED, 2, "Token is required"));
+        return Err(HecRefusal(StatusCode::UNAUTHORIZED, 2, "Token is required"));
     };
     let Some(token) = value.strip_prefix("Splunk ") else {
-        return Err(hec_error(
+        return Err(HecRefusal(
             StatusCode::UNAUTHORIZED,
             3,
             "Invalid authorization",
         ));
     };
     if *state.token.lock().unwrap_or_else(PoisonError::into_inner) != token {
-        return Err(hec_error(StatusCode::FORBIDDEN, 4, "Invalid token"));
+        return Err(HecRefusal(StatusCode::FORBIDDEN, 4, "Invalid token"));
     }
     Ok(())
 }
 
-fn hec_channel(state: &HecState, headers: &HeaderMap) -> Result<Option<String>, Response> {
+fn hec_channel(state: &HecState, headers: &HeaderMap) -> Result<Option<String>, HecRefusal> {
     let channel = headers
         .get("x-splunk-request-channel")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     match channel {
-        None if state.ack => Err(hec_error(
+        None if state.ack => Err(HecRefusal(
             StatusCode::BAD_REQUEST,
             10,
             "Data channel is missing",
         )),
-        Some(channel) if uuid_like(&channel).is_none() => Err(hec_error(
+        Some(channel) if uuid_like(&channel).is_none() => Err(HecRefusal(
             StatusCode::BAD_REQUEST,
             11,
             "Invalid data channel",
@@ -378,11 +388,11 @@ fn hec_accept(state: &HecState, headers: &HeaderMap, bytes: &Bytes) -> Response 
         return hec_error(StatusCode::SERVICE_UNAVAILABLE, 9, "Server is busy");
     }
     if let Err(refusal) = hec_authorized(state, headers) {
-        return refusal;
+        return refusal.into_response();
     }
     let channel = match hec_channel(state, headers) {
         Ok(channel) => channel,
-        Err(refusal) => return refusal,
+        Err(refusal) => return refusal.into_response(),
     };
     let raw = match body(headers, bytes, &state.received) {
         Ok(raw) => raw,
@@ -458,14 +468,14 @@ fn hec_accept(state: &HecState, headers: &HeaderMap, bytes: &Bytes) -> Response 
 
 async fn hec_ack(State(state): State<Arc<HecState>>, headers: HeaderMap, bytes: Bytes) -> Response {
     if let Err(refusal) = hec_authorized(&state, &headers) {
-        return refusal;
+        return refusal.into_response();
     }
     if !state.ack {
         return hec_error(StatusCode::BAD_REQUEST, 14, "ACK is disabled");
     }
     let channel = match hec_channel(&state, &headers) {
         Ok(channel) => channel.unwrap_or_default(),
-        Err(refusal) => return refusal,
+        Err(refusal) => return refusal.into_response(),
     };
     let Ok(raw) = body(&headers, &bytes, &state.received) else {
         return hec_error(StatusCode::BAD_REQUEST, 6, "Invalid data format");

@@ -1369,15 +1369,18 @@ fn signed_chain(
         .collect()
 }
 
-/// Five events 100 days old, then three recent ones, on chain `n1`.
+/// Five events from the first minutes of the day 100 days ago (one daily partition, whatever
+/// the time of day), then three recent ones, on chain `n1`.
 async fn old_and_new_events(
     store: &dyn Store,
     key: &sark_actors::audit::ChainKey,
     t: DateTime<Utc>,
 ) -> Vec<ChainedEvent> {
-    let old: Vec<DateTime<Utc>> = (0..5)
-        .map(|i| t - Duration::days(100) + Duration::minutes(i))
-        .collect();
+    let day_start = (t - Duration::days(100))
+        .date_naive()
+        .and_time(chrono::NaiveTime::MIN)
+        .and_utc();
+    let old: Vec<DateTime<Utc>> = (0..5).map(|i| day_start + Duration::minutes(i)).collect();
     let first = signed_chain(
         key,
         "n1",

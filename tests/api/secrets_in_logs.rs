@@ -5,17 +5,37 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{SarkProcess, oathtool};
+use sark_chaos::receivers::{DatadogReceiver, HecOptions, HecReceiver};
+
+use crate::helpers::{SarkProcess, oathtool, poll};
 
 #[tokio::test]
 async fn no_password_token_key_or_secret_reaches_the_logs() {
     let cwd = tempfile::tempdir().unwrap();
     let admin_password = "Logs-Never-See-This-Root-Pw";
+    // SIEM credentials: one accepted (deliveries are logged), one refused (retries are).
+    let hec_token = "Logs-Never-See-This-HEC-Token";
+    let dd_key = "Logs-Never-See-This-Datadog-Key";
+    let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let hec = HecReceiver::start(
+        any,
+        HecOptions {
+            token: hec_token.into(),
+            ack: true,
+        },
+    )
+    .await
+    .unwrap();
+    let intake = DatadogReceiver::start(any, "another-key").await.unwrap();
     let env = vec![
         ("SARK_HTTP__BIND", "127.0.0.1:0".to_string()),
         ("SARK_CLUSTER__BIND", "127.0.0.1:0".to_string()),
         ("SARK_BOOTSTRAP_ADMIN_PASSWORD", admin_password.to_string()),
         ("SARK_LOG__LEVEL", "debug".to_string()),
+        ("SARK_SIEM__SPLUNK__URL", hec.url()),
+        ("SARK_SIEM__SPLUNK__TOKEN", hec_token.to_string()),
+        ("SARK_SIEM__DATADOG__URL", intake.url()),
+        ("SARK_SIEM__DATADOG__API_KEY", dd_key.to_string()),
     ];
     let mut node = SarkProcess::spawn(cwd.path(), &env, &[]);
     let addr = node.wait_listening().await;
@@ -28,7 +48,7 @@ async fn no_password_token_key_or_secret_reaches_the_logs() {
         }
         async move { request.send().await.unwrap().json::<Value>().await.unwrap() }
     };
-    let mut secrets: Vec<String> = vec![admin_password.into()];
+    let mut secrets: Vec<String> = vec![admin_password.into(), hec_token.into(), dd_key.into()];
 
     let login = post(
         "/api/v1/auth/login",
@@ -123,6 +143,18 @@ async fn no_password_token_key_or_secret_reaches_the_logs() {
     )
     .await;
     secrets.push("a wrong guess for the logs".into());
+    poll(
+        "events at the collector",
+        Duration::from_secs(30),
+        || async { (hec.received().len() > 10).then_some(()) },
+    )
+    .await;
+    poll(
+        "a refused Datadog attempt",
+        Duration::from_secs(30),
+        || async { (intake.received().refused() > 0).then_some(()) },
+    )
+    .await;
 
     node.signal("TERM");
     assert_eq!(node.wait_exit(Duration::from_secs(30)).await, 0);
