@@ -165,6 +165,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/audit", get(routes::audit::get_audit))
         .route("/api/v1/audit/verify", get(routes::audit::get_audit_verify))
         .route("/api/v1/siem/status", get(routes::audit::get_siem_status))
+        .route("/api/v1/cluster", get(routes::cluster::get_cluster))
+        .route("/api/v1/cluster/actors", get(routes::cluster::get_actors))
         .route(
             "/api/v1/servers",
             get(routes::servers::get_servers).post(routes::servers::post_server),

@@ -156,6 +156,7 @@ async fn serve(
     };
     // Readiness fails first, so load balancers stop sending before the port closes.
     node.start_draining();
+    node.leave_cluster().await;
     if !delay.is_zero() {
         info!(
             delay_s = delay.as_secs(),

@@ -35,9 +35,12 @@ use sark_actors::supervisor::{
     ChildInfo, ChildSpec, RestartPolicy, Slot, Supervisor, SupervisorArguments, SupervisorMessage,
     SupervisorSpec,
 };
+use sark_cluster::broadcast::{Propagation, broadcast};
 use sark_cluster::membership::{
-    MembershipConfig, MembershipMessage, MembershipSpec, MembershipView,
+    ClusterMetrics, MembershipConfig, MembershipEvent, MembershipMessage, MembershipSpec,
+    MembershipView, NoticeHandler, SummarySource,
 };
+use sark_cluster::wire::{NodeSummary, Notice};
 
 use crate::auth::revocation::RevocationList;
 use crate::config::Config;
@@ -192,6 +195,8 @@ impl Node {
         let policies = Arc::new(PolicyRegistry::default());
         let policy_actors = PolicyActors::default();
         let membership = Arc::new(MembershipView::new(node_id.clone()));
+        let (membership_events, membership_changes) = tokio::sync::mpsc::unbounded_channel();
+        let control_cell: Arc<std::sync::OnceLock<Arc<PolicyControl>>> = Arc::default();
 
         let store_ready = Arc::new(AtomicBool::new(false));
         let (fatal_tx, fatal) = watch::channel(None);
@@ -285,7 +290,16 @@ impl Node {
                 slot: slots.limiter.clone(),
             }),
             Arc::new(MembershipSpec {
-                config: membership_config(&config, &node_id),
+                config: membership_config(
+                    &config,
+                    &node_id,
+                    node_summary(&policies, &actor_metrics),
+                    membership_events,
+                    notice_handler(&revocations, &policies, &control_cell),
+                    ClusterMetrics::register(&registry).map_err(|e| {
+                        NodeError::Startup(format!("metrics registration failed: {e}"))
+                    })?,
+                ),
                 view: membership.clone(),
                 slot: slots.membership.clone(),
             }),
@@ -319,6 +333,10 @@ impl Node {
                 }
             }));
         }
+        background.push(tokio::spawn(record_membership(
+            audit.clone(),
+            membership_changes,
+        )));
         background.push(tokio::spawn(housekeeping(
             store.clone(),
             clock.clone(),
@@ -334,6 +352,7 @@ impl Node {
             supervisor: slots.policies.clone(),
             spec: policy_supervisor,
         });
+        let _ = control_cell.set(policy_control.clone());
         background.push(tokio::spawn(
             PolicySync {
                 in_step: policies_in_step.clone(),
@@ -419,6 +438,66 @@ impl Node {
             );
             self.policies.publish(Arc::new(compiled));
         }
+        self.broadcast(Notice::PolicyActivated { bundle, version })
+            .await;
+    }
+
+    /// Tells every member of the cluster about a write already committed to the store, and
+    /// returns once each applied it or had its lease waited out (a leave is not fenced).
+    pub async fn broadcast(&self, notice: Notice) -> Propagation {
+        let fence = (notice != Notice::Leaving)
+            .then(|| Duration::from_secs(self.config.cluster.lease_seconds));
+        let within = Duration::from_millis(self.config.cluster.heartbeat_ms.saturating_mul(2))
+            .max(Duration::from_millis(500));
+        let propagation = broadcast(&self.membership, notice, within, fence).await;
+        self.actor_metrics
+            .broadcast_propagation
+            .observe(propagation.elapsed.as_secs_f64());
+        propagation
+    }
+
+    /// Whether this node may answer token and policy checks from memory: its cluster lease
+    /// is fresh, so no broadcast can have missed it unnoticed.
+    pub fn lease_fresh(&self) -> bool {
+        self.membership.lease_fresh(tokio::time::Instant::now())
+    }
+
+    /// Brings `bundle` up to the version active in the store; `Ok(false)` when that version
+    /// could not be loaded here.
+    pub async fn catch_up_policy(&self, bundle: &str) -> Result<bool, StoreError> {
+        let active = self.store.active_policies().await?;
+        let Some(stored) = active.iter().find(|p| p.bundle == bundle) else {
+            return Ok(true);
+        };
+        let current = || {
+            self.policies
+                .get(bundle)
+                .is_some_and(|c| c.version >= stored.version)
+        };
+        Ok(current() || (self.policy_control.bring_up(bundle).await && current()))
+    }
+
+    /// Broadcasts revoked sessions and API keys (none of either: nothing to do).
+    pub async fn broadcast_revoked(&self, sessions: &[Uuid], api_keys: &[Uuid]) -> Propagation {
+        if sessions.is_empty() && api_keys.is_empty() {
+            return Propagation::default();
+        }
+        let ids = |ids: &[Uuid]| ids.iter().map(Uuid::to_string).collect();
+        self.broadcast(Notice::Revoked {
+            sessions: ids(sessions),
+            api_keys: ids(api_keys),
+        })
+        .await
+    }
+
+    /// Tells the other members this node is leaving, so they drop it at once instead of
+    /// after its lease (a rolling restart is then not a string of failures).
+    pub async fn leave_cluster(&self) {
+        let propagation = self.broadcast(Notice::Leaving).await;
+        info!(
+            elapsed_ms = propagation.elapsed.as_millis(),
+            "announced this node's leave to the cluster"
+        );
     }
 
     /// Marks the node as shutting down: readiness fails from now on.
@@ -645,7 +724,82 @@ pub(crate) async fn wait_until_true(flag: &mut watch::Receiver<bool>) {
     }
 }
 
-fn membership_config(config: &Config, node_id: &str) -> MembershipConfig {
+/// What this node reports about itself in heartbeats.
+fn node_summary(policies: &Arc<PolicyRegistry>, metrics: &ActorMetrics) -> SummarySource {
+    let (policies, metrics) = (policies.clone(), metrics.clone());
+    Arc::new(move || NodeSummary {
+        sessions: u64::try_from(metrics.running.with_label_values(&["session"]).get()).unwrap_or(0),
+        policy_versions: policies.versions(),
+        ..NodeSummary::default()
+    })
+}
+
+/// Records members coming up and going down as `node_joined` / `node_left` audit events.
+async fn record_membership(
+    audit: AuditHandle,
+    mut changes: tokio::sync::mpsc::UnboundedReceiver<MembershipEvent>,
+) {
+    while let Some(change) = changes.recv().await {
+        let (event_type, node_id, addr) = match change {
+            MembershipEvent::Joined { node_id, addr } => ("node_joined", node_id, addr),
+            MembershipEvent::Left { node_id, addr } => ("node_left", node_id, addr),
+        };
+        let mut event = audit.event(event_type, "success");
+        event.actor = Some("system".into());
+        event.resource = Some(format!("node:{node_id}"));
+        event.details = serde_json::json!({ "addr": addr });
+        if let Err(err) = audit.record(event).await {
+            warn!(error = %err, node = node_id, "could not record a membership change");
+        }
+    }
+}
+
+/// Applies what other nodes broadcast: revocations go into this node's list; a policy
+/// activation is loaded from the store before the answer.
+fn notice_handler(
+    revocations: &Arc<RevocationList>,
+    policies: &Arc<PolicyRegistry>,
+    control: &Arc<std::sync::OnceLock<Arc<PolicyControl>>>,
+) -> NoticeHandler {
+    let (revocations, policies, control) = (revocations.clone(), policies.clone(), control.clone());
+    Arc::new(move |notice| {
+        let (revocations, policies, control) =
+            (revocations.clone(), policies.clone(), control.clone());
+        Box::pin(async move {
+            match notice {
+                Notice::Revoked { sessions, api_keys } => {
+                    let ids = |ids: Vec<String>| -> Vec<Uuid> {
+                        ids.iter().filter_map(|id| id.parse().ok()).collect()
+                    };
+                    revocations.revoke_sessions(&ids(sessions));
+                    revocations.revoke_api_keys(&ids(api_keys));
+                    true
+                }
+                Notice::PolicyActivated { bundle, version } => {
+                    let current = || policies.get(&bundle).is_some_and(|c| c.version >= version);
+                    if current() {
+                        return true;
+                    }
+                    let Some(control) = control.get() else {
+                        return false;
+                    };
+                    control.bring_up(&bundle).await && current()
+                }
+                // The Peer actor handles leaves itself.
+                Notice::Leaving => true,
+            }
+        })
+    })
+}
+
+fn membership_config(
+    config: &Config,
+    node_id: &str,
+    summary: SummarySource,
+    events: tokio::sync::mpsc::UnboundedSender<MembershipEvent>,
+    notices: NoticeHandler,
+    metrics: ClusterMetrics,
+) -> MembershipConfig {
     let cookie = config
         .cluster
         .cookie
@@ -661,8 +815,18 @@ fn membership_config(config: &Config, node_id: &str) -> MembershipConfig {
         node_id: node_id.to_owned(),
         bind: config.cluster.bind,
         cookie,
+        seeds: config
+            .cluster
+            .seeds
+            .iter()
+            .map(|seed| seed.strip_prefix("dns:").unwrap_or(seed).to_owned())
+            .collect(),
         lease: Duration::from_secs(config.cluster.lease_seconds),
         heartbeat: Duration::from_millis(config.cluster.heartbeat_ms),
+        summary,
+        events: Some(events),
+        notices: Some(notices),
+        metrics: Some(metrics),
     }
 }
 

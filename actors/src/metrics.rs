@@ -35,6 +35,8 @@ pub struct ActorMetrics {
     pub sessions_created: IntCounter,
     /// Refresh tokens presented a second time (each revoked a session).
     pub refresh_reuse: IntCounter,
+    /// Time for a broadcast to be acknowledged by, or fenced from, every member.
+    pub broadcast_propagation: Histogram,
 }
 
 impl ActorMetrics {
@@ -121,6 +123,17 @@ impl ActorMetrics {
                 "sark_refresh_token_reuse_total",
                 "Refresh tokens presented again after use; each revoked its session",
             )?,
+            broadcast_propagation: Histogram::with_opts(
+                HistogramOpts::new(
+                    "sark_broadcast_propagation_seconds",
+                    "Time until every cluster member acknowledged a revocation or policy \
+                     activation, or had its lease waited out",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0, 30.0,
+                ]),
+            )?,
         };
         registry.register(Box::new(metrics.restarts.clone()))?;
         registry.register(Box::new(metrics.running.clone()))?;
@@ -136,6 +149,7 @@ impl ActorMetrics {
         registry.register(Box::new(metrics.policy_cache.clone()))?;
         registry.register(Box::new(metrics.sessions_created.clone()))?;
         registry.register(Box::new(metrics.refresh_reuse.clone()))?;
+        registry.register(Box::new(metrics.broadcast_propagation.clone()))?;
         Ok(metrics)
     }
 }

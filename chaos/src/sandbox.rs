@@ -75,6 +75,29 @@ pub struct SandboxOptions {
     pub binary: Option<PathBuf>,
 }
 
+impl SandboxOptions {
+    /// Options with these extra `SARK_*` variables.
+    pub fn with_env(env: &[(&str, String)]) -> Self {
+        Self {
+            env: env
+                .iter()
+                .map(|(key, value)| ((*key).to_owned(), value.clone()))
+                .collect(),
+            ..Self::default()
+        }
+    }
+}
+
+/// Sends a request and reads the answer's status and JSON body (`null` when it has none).
+pub async fn send_json(
+    request: reqwest::RequestBuilder,
+) -> anyhow::Result<(u16, serde_json::Value)> {
+    let response = request.send().await?;
+    let status = response.status().as_u16();
+    let body = response.json().await.unwrap_or(serde_json::Value::Null);
+    Ok((status, body))
+}
+
 /// Real `sark` processes on 127.0.0.2, 127.0.0.3, …
 pub struct ClusterSandbox {
     binary: PathBuf,
@@ -143,6 +166,15 @@ impl ClusterSandbox {
     }
 
     fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
+        // Every node knows every other as a seed; one cookie for the sandbox.
+        let seeds: Vec<String> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, n)| n.cluster.to_string())
+            .collect();
+        let cookie = format!("sandbox-{}", self.root.path().display());
         let node = self
             .nodes
             .get_mut(i)
@@ -159,6 +191,11 @@ impl ClusterSandbox {
             .envs(self.options.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        if !seeds.is_empty() {
+            command
+                .env("SARK_CLUSTER__SEEDS", seeds.join(","))
+                .env("SARK_CLUSTER__COOKIE", cookie);
+        }
         let mut child = command
             .spawn()
             .with_context(|| format!("starting {}", self.binary.display()))?;
@@ -265,13 +302,33 @@ impl ClusterSandbox {
 
     /// GETs a path on node `i` and returns the status and JSON body.
     pub async fn get_json(&self, i: usize, path: &str) -> anyhow::Result<(u16, serde_json::Value)> {
-        let response = self
-            .client
-            .get(format!("http://{}{path}", self.nodes[i].http))
-            .send()
-            .await?;
-        let status = response.status().as_u16();
-        Ok((status, response.json().await?))
+        send_json(
+            self.client
+                .get(format!("http://{}{path}", self.nodes[i].http)),
+        )
+        .await
+    }
+
+    /// The bootstrap admin password node `i` generated on its first start.
+    pub fn bootstrap_password(&self, i: usize) -> anyhow::Result<String> {
+        let file = self.nodes[i].data_dir.join("bootstrap-admin-password");
+        let password = std::fs::read_to_string(&file)
+            .with_context(|| format!("reading {}", file.display()))?;
+        Ok(password.trim().to_owned())
+    }
+
+    /// Logs in on node `i` and returns the access token.
+    pub async fn login(&self, i: usize, username: &str, password: &str) -> anyhow::Result<String> {
+        let (status, body) = send_json(
+            self.client
+                .post(format!("http://{}/api/v1/auth/login", self.nodes[i].http))
+                .json(&serde_json::json!({"username": username, "password": password})),
+        )
+        .await?;
+        body["access_token"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow!("login of {username} on node {i}: {status} {body}"))
     }
 
     /// Stops every running node with SIGTERM and returns their exit statuses.

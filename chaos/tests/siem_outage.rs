@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use sark_chaos::receivers::{HecOptions, HecReceiver};
-use sark_chaos::sandbox::{ClusterSandbox, SandboxOptions};
+use sark_chaos::sandbox::{ClusterSandbox, SandboxOptions, send_json};
 
 const EVENTS: usize = 10_000;
 const WORKERS: usize = 16;
@@ -62,10 +62,6 @@ async fn wait_count(count: &AtomicUsize, n: usize) {
     }
 }
 
-async fn json_of(request: reqwest::RequestBuilder) -> Value {
-    request.send().await.unwrap().json().await.unwrap()
-}
-
 /// Every audit event of the node, by id, through the API.
 async fn audit_events(client: &reqwest::Client, base: &str, token: &str) -> HashMap<String, Value> {
     let mut all = HashMap::new();
@@ -75,7 +71,7 @@ async fn audit_events(client: &reqwest::Client, base: &str, token: &str) -> Hash
         if let Some(c) = &cursor {
             url.push_str(&format!("&cursor={c}"));
         }
-        let page = json_of(client.get(url).bearer_auth(token)).await;
+        let (_, page) = send_json(client.get(url).bearer_auth(token)).await.unwrap();
         for item in page["items"].as_array().unwrap() {
             all.insert(item["id"].as_str().unwrap().to_owned(), item.clone());
         }
@@ -98,7 +94,7 @@ async fn every_event_reaches_the_sink_after_an_outage_and_a_kill() {
     .await
     .unwrap();
     hec.stop().await;
-    let env = [
+    let options = SandboxOptions::with_env(&[
         ("SARK_SIEM__SPLUNK__URL", hec.url()),
         ("SARK_SIEM__SPLUNK__TOKEN", TOKEN.into()),
         ("SARK_SIEM__BACKOFF_MAX_SECONDS", "2".into()),
@@ -107,29 +103,17 @@ async fn every_event_reaches_the_sink_after_an_outage_and_a_kill() {
             "SARK_RATE_LIMIT__AUTHENTICATED_PER_MINUTE",
             "1000000".into(),
         ),
-    ];
-    let options = SandboxOptions {
-        env: env
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), v.clone()))
-            .collect(),
-        ..SandboxOptions::default()
-    };
+    ]);
     let mut sandbox = ClusterSandbox::start(1, options).await.unwrap();
-    let node = &sandbox.nodes()[0];
-    let base = format!("http://{}", node.http);
-    let password = std::fs::read_to_string(node.data_dir.join("bootstrap-admin-password")).unwrap();
+    let base = format!("http://{}", sandbox.nodes()[0].http);
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
-    let login = json_of(
-        client
-            .post(format!("{base}/api/v1/auth/login"))
-            .json(&json!({"username": "admin", "password": password.trim()})),
-    )
-    .await;
-    let token = login["access_token"].as_str().unwrap().to_owned();
+    let token = sandbox
+        .login(0, "admin", &sandbox.bootstrap_password(0).unwrap())
+        .await
+        .unwrap();
 
     let done = Arc::new(std::sync::Mutex::new(HashSet::new()));
     let count = Arc::new(AtomicUsize::new(0));

@@ -1,18 +1,26 @@
 //! The Membership actor and the member view it maintains.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, Message, SpawnErr};
-use ractor_cluster::NodeServer;
+use prometheus::{IntCounter, IntGauge, IntGaugeVec, Opts, Registry};
+use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, Message, SpawnErr};
+use ractor_cluster::{NetworkStream, NodeServer, NodeServerMessage};
 use serde::Serialize;
 use tokio::time::Instant;
-use tracing::info;
+use tracing::{debug, info, warn};
 
 use sark_actors::supervisor::{ChildSpec, Slot, spawn_into};
+
+use crate::wire::{
+    Ack, Frame, Hello, MAX_FRAME_BYTES, NodeSummary, Notice, PEER_GROUP, PROTOCOL_VERSION,
+    PeerMessage, compatible,
+};
 
 /// How a member is seen from this node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -26,6 +34,17 @@ pub enum MemberStatus {
     Down,
 }
 
+impl MemberStatus {
+    /// The status as the API and metrics spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberStatus::Up => "up",
+            MemberStatus::Suspect => "suspect",
+            MemberStatus::Down => "down",
+        }
+    }
+}
+
 /// One member of the cluster.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Member {
@@ -35,12 +54,50 @@ pub struct Member {
     pub addr: String,
     /// Its status.
     pub status: MemberStatus,
+    /// Session actors running on it, as it last reported.
+    pub sessions: u64,
+    /// Policy versions loaded on it, as it last reported.
+    pub policy_versions: BTreeMap<String, i64>,
+}
+
+/// What this node knows of a remote member.
+#[derive(Clone, Debug)]
+struct Remote {
+    summary: NodeSummary,
+    status: MemberStatus,
+    /// Last time anything arrived from it (its heartbeat or its answer to ours).
+    heard_at: Instant,
+    /// Send time of our last heartbeat it answered: what this node's lease counts.
+    acked_at: Option<Instant>,
+    /// Its Peer actor as reached through ractor_cluster, once it answered us; when that
+    /// proxy disappears (the connection closed: the peer died or stopped) it is down at once.
+    cell: Option<ActorId>,
 }
 
 #[derive(Debug)]
 struct ViewState {
-    members: BTreeMap<String, Member>,
+    me: NodeSummary,
+    remotes: BTreeMap<String, Remote>,
     lease_expires_at: Option<Instant>,
+}
+
+/// A change of a member's status that the node records (`node_joined`, `node_left`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MembershipEvent {
+    /// A member became up: it joined, came back, or recovered from a pause.
+    Joined {
+        /// The member.
+        node_id: String,
+        /// Its cluster address.
+        addr: String,
+    },
+    /// A member went down: it died, left, or was cut off for longer than the lease.
+    Left {
+        /// The member.
+        node_id: String,
+        /// Its cluster address.
+        addr: String,
+    },
 }
 
 /// The member list and this node's lease, shared with request tasks.
@@ -53,12 +110,17 @@ pub struct MembershipView {
 impl MembershipView {
     /// A view of a cluster not yet joined: no members, no lease.
     pub fn new(node_id: impl Into<String>) -> Self {
+        let node_id = node_id.into();
         Self {
-            node_id: node_id.into(),
             state: RwLock::new(ViewState {
-                members: BTreeMap::new(),
+                me: NodeSummary {
+                    node_id: node_id.clone(),
+                    ..NodeSummary::default()
+                },
+                remotes: BTreeMap::new(),
                 lease_expires_at: None,
             }),
+            node_id,
         }
     }
 
@@ -73,18 +135,169 @@ impl MembershipView {
         self.read().lease_expires_at.is_some_and(|at| at > now)
     }
 
-    /// The members, this node included.
+    /// The members, this node first, then the others by id.
     pub fn members(&self) -> Vec<Member> {
-        self.read().members.values().cloned().collect()
+        let state = self.read();
+        let me = Member {
+            node_id: state.me.node_id.clone(),
+            addr: state.me.addr.clone(),
+            status: MemberStatus::Up,
+            sessions: state.me.sessions,
+            policy_versions: state.me.policy_versions.clone(),
+        };
+        std::iter::once(me)
+            .chain(state.remotes.values().map(|r| Member {
+                node_id: r.summary.node_id.clone(),
+                addr: r.summary.addr.clone(),
+                status: r.status,
+                sessions: r.summary.sessions,
+                policy_versions: r.summary.policy_versions.clone(),
+            }))
+            .collect()
     }
 
-    /// Number of members that are up.
+    /// Number of members that are up, this node included.
     pub fn members_up(&self) -> usize {
-        self.read()
-            .members
+        1 + self
+            .read()
+            .remotes
             .values()
-            .filter(|m| m.status == MemberStatus::Up)
+            .filter(|r| r.status == MemberStatus::Up)
             .count()
+    }
+
+    /// Records a hello from a peer; `acked_at` is the send time of our heartbeat it
+    /// answers, if it is an answer.
+    fn heard(
+        &self,
+        peer: NodeSummary,
+        now: Instant,
+        acked_at: Option<Instant>,
+        cell: Option<ActorId>,
+    ) {
+        if peer.node_id == self.node_id {
+            return;
+        }
+        let mut state = self.write();
+        let remote = state
+            .remotes
+            .entry(peer.node_id.clone())
+            .or_insert_with(|| Remote {
+                summary: peer.clone(),
+                status: MemberStatus::Down,
+                heard_at: now,
+                acked_at: None,
+                cell: None,
+            });
+        remote.summary = peer;
+        remote.heard_at = now;
+        if cell.is_some() {
+            remote.cell = cell;
+        }
+        if acked_at.is_some() {
+            remote.acked_at = acked_at.max(remote.acked_at);
+        }
+    }
+
+    /// Recomputes every member's status and this node's lease at `now`; returns the changes.
+    ///
+    /// A member is up while it was heard within `suspect_after`, suspect until `lease`, down
+    /// after. This node's lease runs `lease` from the oldest heartbeat that a majority of the
+    /// known members (this node counts as one) answered: a node cut off from most of the
+    /// cluster loses its lease within `lease`, whichever side of the cut it is on.
+    fn update(
+        &self,
+        now: Instant,
+        suspect_after: Duration,
+        lease: Duration,
+        connected: Option<&HashSet<ActorId>>,
+    ) -> Vec<MembershipEvent> {
+        let mut state = self.write();
+        let mut events = Vec::new();
+        for remote in state.remotes.values_mut() {
+            if let (Some(cell), Some(connected)) = (&remote.cell, connected)
+                && !connected.contains(cell)
+            {
+                // Its connection closed: as silent as a member can be.
+                remote.cell = None;
+                remote.acked_at = None;
+                remote.heard_at = now.checked_sub(lease).unwrap_or(remote.heard_at);
+            }
+            let silent = now.saturating_duration_since(remote.heard_at);
+            let status = if silent < suspect_after {
+                MemberStatus::Up
+            } else if silent < lease {
+                MemberStatus::Suspect
+            } else {
+                MemberStatus::Down
+            };
+            let (node_id, addr) = (remote.summary.node_id.clone(), remote.summary.addr.clone());
+            match (remote.status, status) {
+                (MemberStatus::Down, MemberStatus::Up) => {
+                    events.push(MembershipEvent::Joined { node_id, addr });
+                }
+                (MemberStatus::Up | MemberStatus::Suspect, MemberStatus::Down) => {
+                    events.push(MembershipEvent::Left { node_id, addr });
+                }
+                _ => {}
+            }
+            remote.status = status;
+        }
+        let mut acks: Vec<Instant> = state.remotes.values().filter_map(|r| r.acked_at).collect();
+        // This node answers its own heartbeat at once.
+        acks.push(now);
+        acks.sort_unstable_by(|a, b| b.cmp(a));
+        let members = state.remotes.len() + 1;
+        let majority = members / 2 + 1;
+        state.lease_expires_at = acks.get(majority - 1).map(|oldest| *oldest + lease);
+        events
+    }
+
+    /// Members not yet known to be down that are missing from `answered`, each with the
+    /// instant its lease has certainly expired if it hears from nobody (last heard + `lease`).
+    pub(crate) fn fence_deadlines(
+        &self,
+        answered: &std::collections::HashSet<String>,
+        lease: Duration,
+    ) -> Vec<(String, Instant)> {
+        self.read()
+            .remotes
+            .values()
+            .filter(|r| r.status != MemberStatus::Down && !answered.contains(&r.summary.node_id))
+            .map(|r| (r.summary.node_id.clone(), r.heard_at + lease))
+            .collect()
+    }
+
+    /// Forgets a member that announced it is leaving; returns the change.
+    fn leave(&self, node_id: &str) -> Option<MembershipEvent> {
+        let remote = self.write().remotes.remove(node_id)?;
+        Some(MembershipEvent::Left {
+            node_id: remote.summary.node_id,
+            addr: remote.summary.addr,
+        })
+    }
+
+    /// Sets what this node reports about itself.
+    fn set_me(&self, me: NodeSummary) {
+        self.write().me = me;
+    }
+
+    /// Addresses of members that are down (to dial again).
+    fn down_addrs(&self) -> Vec<String> {
+        self.read()
+            .remotes
+            .values()
+            .filter(|r| r.status == MemberStatus::Down)
+            .map(|r| r.summary.addr.clone())
+            .collect()
+    }
+
+    /// Whether a member at `addr` is up or suspect (connected, or recently so).
+    fn reachable(&self, addr: &str) -> bool {
+        self.read()
+            .remotes
+            .values()
+            .any(|r| r.summary.addr == addr && r.status != MemberStatus::Down)
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, ViewState> {
@@ -96,24 +309,106 @@ impl MembershipView {
     }
 }
 
-/// Cluster settings of this node.
+/// Prometheus series of the membership.
 #[derive(Clone, Debug)]
+pub struct ClusterMetrics {
+    /// Members by status, this node included.
+    pub members: IntGaugeVec,
+    /// Times this node's lease lapsed.
+    pub lease_expired: IntCounter,
+    /// Session actors running on this node.
+    pub sessions_active: IntGauge,
+}
+
+impl ClusterMetrics {
+    /// Creates the series and registers them.
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let metrics = Self {
+            members: IntGaugeVec::new(
+                Opts::new(
+                    "sark_cluster_members",
+                    "Cluster members by status, as this node sees them",
+                ),
+                &["status"],
+            )?,
+            lease_expired: IntCounter::new(
+                "sark_cluster_lease_expired_total",
+                "Times this node's cluster lease lapsed (it then checks the store for every token and policy)",
+            )?,
+            sessions_active: IntGauge::new(
+                "sark_sessions_active",
+                "Session actors running on this node",
+            )?,
+        };
+        registry.register(Box::new(metrics.members.clone()))?;
+        registry.register(Box::new(metrics.lease_expired.clone()))?;
+        registry.register(Box::new(metrics.sessions_active.clone()))?;
+        Ok(metrics)
+    }
+
+    fn observe(&self, view: &MembershipView, lease_lapsed: bool) {
+        let members = view.members();
+        for status in [MemberStatus::Up, MemberStatus::Suspect, MemberStatus::Down] {
+            let count = members.iter().filter(|m| m.status == status).count();
+            self.members
+                .with_label_values(&[status.as_str()])
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+        if let Some(me) = members.first() {
+            self.sessions_active
+                .set(i64::try_from(me.sessions).unwrap_or(i64::MAX));
+        }
+        if lease_lapsed {
+            self.lease_expired.inc();
+        }
+    }
+}
+
+/// What a node reports about itself in heartbeats (sessions, policy versions).
+pub type SummarySource = Arc<dyn Fn() -> NodeSummary + Send + Sync>;
+
+/// Cluster settings of this node.
+#[derive(Clone)]
 pub struct MembershipConfig {
     /// This node's id (its cluster node name).
     pub node_id: String,
-    /// Where the cluster node server listens.
+    /// Where the cluster node server listens; outgoing connections leave from its IP too.
     pub bind: SocketAddr,
     /// Shared secret of the cookie handshake.
     pub cookie: String,
-    /// How long an acknowledged heartbeat keeps this node's lease fresh.
+    /// Peers to dial: `host:port` (a DNS name may stand for several nodes, e.g. a
+    /// Kubernetes headless service).
+    pub seeds: Vec<String>,
+    /// How long an acknowledged heartbeat keeps this node's lease fresh; a member silent for
+    /// this long is down.
     pub lease: Duration,
-    /// How often heartbeats are sent.
+    /// How often heartbeats are sent; a member silent for three of them is suspect.
     pub heartbeat: Duration,
+    /// What this node reports about itself.
+    pub summary: SummarySource,
+    /// Where member status changes go.
+    pub events: Option<tokio::sync::mpsc::UnboundedSender<MembershipEvent>>,
+    /// Applies notices other nodes broadcast.
+    pub notices: Option<NoticeHandler>,
+    /// Where membership is reported.
+    pub metrics: Option<ClusterMetrics>,
+}
+
+impl std::fmt::Debug for MembershipConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MembershipConfig")
+            .field("node_id", &self.node_id)
+            .field("bind", &self.bind)
+            .field("seeds", &self.seeds)
+            .field("lease", &self.lease)
+            .field("heartbeat", &self.heartbeat)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Messages of the [`Membership`] actor.
 pub enum MembershipMessage {
-    /// Sends heartbeats and renews the lease (sent by the actor's own timer).
+    /// Dials missing peers, sends heartbeats and renews the lease (the actor's own timer).
     Heartbeat,
 }
 
@@ -135,7 +430,129 @@ pub struct MembershipArguments {
 pub struct MembershipState {
     config: MembershipConfig,
     view: Arc<MembershipView>,
+    server: ActorRef<NodeServerMessage>,
     timer: ractor::concurrency::JoinHandle<()>,
+    dialed: BTreeMap<SocketAddr, Instant>,
+}
+
+/// Pause between two dials of the same address.
+const REDIAL: Duration = Duration::from_secs(2);
+
+impl MembershipState {
+    fn hello(&self) -> Hello {
+        let mut me = (self.config.summary)();
+        me.node_id = self.config.node_id.clone();
+        me.addr = self.config.bind.to_string();
+        self.view.set_me(me.clone());
+        Hello {
+            version: PROTOCOL_VERSION,
+            node: me,
+        }
+    }
+
+    /// Dials seeds and down members that no live member answers for, from this node's IP.
+    async fn dial(&mut self) {
+        let mut targets: Vec<String> = self.config.seeds.clone();
+        targets.extend(self.view.down_addrs());
+        let now = Instant::now();
+        for target in targets {
+            let Ok(addrs) = tokio::net::lookup_host(target.as_str()).await else {
+                debug!(seed = target, "cluster seed does not resolve yet");
+                continue;
+            };
+            for addr in addrs {
+                if addr == self.config.bind
+                    || self.view.reachable(&addr.to_string())
+                    || self
+                        .dialed
+                        .get(&addr)
+                        .is_some_and(|at| now.saturating_duration_since(*at) < REDIAL)
+                {
+                    continue;
+                }
+                self.dialed.insert(addr, now);
+                if let Err(err) = connect_from(&self.server, self.config.bind, addr).await {
+                    debug!(peer = %addr, error = %err, "cluster peer not reachable");
+                }
+            }
+        }
+    }
+
+    /// Sends a heartbeat to every remote Peer actor; answers are recorded as they come.
+    fn heartbeat(&self) {
+        let hello = self.hello();
+        let timeout_ms = u64::try_from(self.config.heartbeat.as_millis())
+            .unwrap_or(1000)
+            .saturating_mul(2)
+            .max(200);
+        for cell in ractor::pg::get_members(&PEER_GROUP.to_owned()) {
+            if cell.get_id().is_local() {
+                continue;
+            }
+            let id = cell.get_id();
+            let peer: ActorRef<PeerMessage> = ActorRef::from(cell);
+            let frame = Frame::Ok(hello.clone());
+            let view = self.view.clone();
+            tokio::spawn(async move {
+                let sent = Instant::now();
+                match ractor::call_t!(peer, PeerMessage::Heartbeat, timeout_ms, frame) {
+                    Ok(Frame::Ok(answer)) if compatible(answer.version) => {
+                        view.heard(answer.node, Instant::now(), Some(sent), Some(id));
+                    }
+                    Ok(Frame::Ok(answer)) => refuse(&answer.node.node_id, answer.version),
+                    Ok(Frame::Malformed(reason)) => {
+                        warn!(
+                            reason,
+                            "malformed heartbeat answer from a cluster peer; ignored"
+                        );
+                    }
+                    // A hung or departing peer: its silence is what marks it suspect.
+                    Err(_) => {}
+                }
+            });
+        }
+    }
+}
+
+/// Logs a peer refused for its protocol version.
+pub(crate) fn refuse(peer: &str, peer_version: u32) {
+    warn!(
+        peer,
+        peer_version,
+        version = PROTOCOL_VERSION,
+        "refusing a cluster peer: its protocol version is not supported by this node"
+    );
+}
+
+/// Opens a cluster connection to `peer` from this node's own address, so that rules on
+/// node addresses (a partition test's iptables rules) apply to it.
+async fn connect_from(
+    server: &ActorRef<NodeServerMessage>,
+    bind: SocketAddr,
+    peer: SocketAddr,
+) -> std::io::Result<()> {
+    let socket = match peer {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    if !bind.ip().is_unspecified() {
+        socket.bind(SocketAddr::new(bind.ip(), 0))?;
+    }
+    let stream = tokio::time::timeout(Duration::from_secs(2), socket.connect(peer))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    stream.set_nodelay(true)?;
+    let local_addr = stream.local_addr()?;
+    server
+        .cast(NodeServerMessage::ConnectionOpened {
+            stream: Box::new(NetworkStream::Raw {
+                peer_addr: peer,
+                local_addr,
+                stream,
+            }),
+            is_server: false,
+        })
+        .map_err(|e| std::io::Error::other(e.to_string()))
 }
 
 impl Actor for Membership {
@@ -149,9 +566,9 @@ impl Actor for Membership {
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         let config = args.config;
-        // The node server is linked to us: if it dies we die and are restarted together,
-        // and if we die it is stopped, freeing the port for the next instance.
-        let server = NodeServer::new(
+        // The node server and the Peer actor are linked to us: if one dies we die and are
+        // restarted together, and if we die they stop, freeing the port for the next instance.
+        let node = NodeServer::new(
             config.bind.port(),
             config.cookie.clone(),
             config.node_id.clone(),
@@ -159,26 +576,29 @@ impl Actor for Membership {
             None,
             Some(ractor_cluster::node::NodeConnectionMode::Transitive),
         )
-        .with_listen_addr(config.bind.ip());
-        Actor::spawn_linked(None, server, (), myself.get_cell()).await?;
-        {
-            let mut view = args.view.write();
-            view.members.insert(
-                config.node_id.clone(),
-                Member {
-                    node_id: config.node_id.clone(),
-                    addr: config.bind.to_string(),
-                    status: MemberStatus::Up,
-                },
-            );
-        }
+        .with_listen_addr(config.bind.ip())
+        .with_max_inbound_frame_size(MAX_FRAME_BYTES);
+        let (server, _) = Actor::spawn_linked(None, node, (), myself.get_cell()).await?;
+        Actor::spawn_linked(
+            None,
+            Peer,
+            PeerArguments {
+                view: args.view.clone(),
+                notices: config.notices.clone(),
+                events: config.events.clone(),
+            },
+            myself.get_cell(),
+        )
+        .await?;
         let timer = myself.send_interval(config.heartbeat, || MembershipMessage::Heartbeat);
         myself.cast(MembershipMessage::Heartbeat)?;
-        info!(node_id = config.node_id, bind = %config.bind, "cluster membership started");
+        info!(node_id = config.node_id, bind = %config.bind, seeds = ?config.seeds, "cluster membership started");
         Ok(MembershipState {
             config,
             view: args.view,
+            server,
             timer,
+            dialed: BTreeMap::new(),
         })
     }
 
@@ -199,10 +619,134 @@ impl Actor for Membership {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             MembershipMessage::Heartbeat => {
-                // Alone, this node acknowledges its own heartbeat; the lease lapses if this
-                // loop stalls for longer than the lease.
-                let mut view = state.view.write();
-                view.lease_expires_at = Some(Instant::now() + state.config.lease);
+                state.dial().await;
+                state.heartbeat();
+                let now = Instant::now();
+                let was_fresh = state.view.lease_fresh(now);
+                let connected: HashSet<ActorId> = ractor::pg::get_members(&PEER_GROUP.to_owned())
+                    .iter()
+                    .map(|cell| cell.get_id())
+                    .collect();
+                let events = state.view.update(
+                    now,
+                    state.config.heartbeat * 3,
+                    state.config.lease,
+                    Some(&connected),
+                );
+                let lapsed = was_fresh && !state.view.lease_fresh(now);
+                if lapsed {
+                    warn!(
+                        "this node's cluster lease lapsed: tokens and policies are checked against the store"
+                    );
+                }
+                if let Some(metrics) = &state.config.metrics {
+                    metrics.observe(&state.view, lapsed);
+                }
+                for event in events {
+                    match &event {
+                        MembershipEvent::Joined { node_id, addr } => {
+                            info!(peer = node_id, addr, "cluster member up");
+                        }
+                        MembershipEvent::Left { node_id, addr } => {
+                            warn!(peer = node_id, addr, "cluster member down");
+                        }
+                    }
+                    if let Some(events) = &state.config.events {
+                        let _ = events.send(event);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Applies a notice from another node; `true` once it is applied here.
+pub type NoticeHandler =
+    Arc<dyn Fn(Notice) -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
+
+/// The actor other nodes' heartbeats and notices reach (process group [`PEER_GROUP`]).
+#[derive(Debug, Default)]
+pub struct Peer;
+
+/// What the Peer actor starts with.
+pub struct PeerArguments {
+    /// The view it records callers in, and answers from.
+    pub view: Arc<MembershipView>,
+    /// Applies notices; without one, notices are answered as not applied.
+    pub notices: Option<NoticeHandler>,
+    /// Where member status changes go (a member announcing its leave).
+    pub events: Option<tokio::sync::mpsc::UnboundedSender<MembershipEvent>>,
+}
+
+impl Actor for Peer {
+    type Msg = PeerMessage;
+    type State = PeerArguments;
+    type Arguments = PeerArguments;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        ractor::pg::join(PEER_GROUP.to_owned(), vec![myself.get_cell()]);
+        Ok(args)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let view = &state.view;
+        match message {
+            PeerMessage::Heartbeat(frame, reply) => {
+                match frame {
+                    Frame::Ok(hello) if compatible(hello.version) => {
+                        view.heard(hello.node, Instant::now(), None, None);
+                    }
+                    Frame::Ok(hello) => refuse(&hello.node.node_id, hello.version),
+                    Frame::Malformed(reason) => {
+                        warn!(reason, "malformed heartbeat from a cluster peer; ignored");
+                    }
+                }
+                let me = view.read().me.clone();
+                let _ = reply.send(Frame::Ok(Hello {
+                    version: PROTOCOL_VERSION,
+                    node: me,
+                }));
+            }
+            PeerMessage::Announce(frame, reply) => {
+                let applied = match (frame, &state.notices) {
+                    (Frame::Ok(announcement), _)
+                        if compatible(announcement.version)
+                            && announcement.notice == Notice::Leaving =>
+                    {
+                        if let Some(event) = view.leave(&announcement.from) {
+                            info!(peer = announcement.from, "cluster member left");
+                            if let Some(events) = &state.events {
+                                let _ = events.send(event);
+                            }
+                        }
+                        true
+                    }
+                    (Frame::Ok(announcement), Some(apply)) if compatible(announcement.version) => {
+                        apply(announcement.notice).await
+                    }
+                    (Frame::Ok(announcement), _) => {
+                        refuse(&announcement.from, announcement.version);
+                        false
+                    }
+                    (Frame::Malformed(reason), _) => {
+                        warn!(reason, "malformed notice from a cluster peer; not applied");
+                        false
+                    }
+                };
+                let _ = reply.send(Frame::Ok(Ack {
+                    node_id: view.node_id.clone(),
+                    applied,
+                }));
             }
         }
         Ok(())
@@ -245,8 +789,13 @@ mod tests {
             node_id: "n1".into(),
             bind: "127.0.0.1:0".parse().unwrap(),
             cookie: "cookie".into(),
+            seeds: Vec::new(),
             lease: Duration::from_secs(5),
             heartbeat: Duration::from_millis(50),
+            summary: Arc::new(NodeSummary::default),
+            events: None,
+            notices: None,
+            metrics: None,
         };
         let (actor, handle) = Actor::spawn(
             None,
@@ -267,5 +816,59 @@ mod tests {
         assert_eq!(view.members()[0].node_id, "n1");
         actor.stop(None);
         handle.await.unwrap();
+    }
+
+    fn peer(id: &str) -> NodeSummary {
+        NodeSummary {
+            node_id: id.into(),
+            addr: format!("{id}:7400"),
+            ..NodeSummary::default()
+        }
+    }
+
+    #[test]
+    fn statuses_follow_silence_and_changes_are_reported_once() {
+        let view = MembershipView::new("me");
+        let beat = Duration::from_millis(100);
+        let lease = Duration::from_secs(1);
+        let t0 = Instant::now();
+        view.heard(peer("a"), t0, Some(t0), None);
+        let joined = view.update(t0, beat * 3, lease, None);
+        assert_eq!(
+            joined,
+            [MembershipEvent::Joined {
+                node_id: "a".into(),
+                addr: "a:7400".into()
+            }]
+        );
+        assert!(view.update(t0 + beat, beat * 3, lease, None).is_empty());
+        view.update(t0 + beat * 4, beat * 3, lease, None);
+        assert_eq!(view.members()[1].status, MemberStatus::Suspect);
+        let left = view.update(t0 + lease, beat * 3, lease, None);
+        assert!(matches!(&left[..], [MembershipEvent::Left { node_id, .. }] if node_id == "a"));
+        assert_eq!(view.down_addrs(), ["a:7400"]);
+        view.heard(peer("a"), t0 + lease * 2, None, None);
+        assert_eq!(view.update(t0 + lease * 2, beat * 3, lease, None).len(), 1);
+        assert_eq!(view.members_up(), 2);
+    }
+
+    #[test]
+    fn the_lease_needs_answers_from_a_majority() {
+        let view = MembershipView::new("me");
+        let lease = Duration::from_secs(1);
+        let t0 = Instant::now();
+        view.update(t0, lease, lease, None);
+        assert!(view.lease_fresh(t0), "alone, a node is its own majority");
+        view.heard(peer("a"), t0, None, None);
+        view.heard(peer("b"), t0, None, None);
+        view.update(t0, lease, lease, None);
+        assert!(!view.lease_fresh(t0), "no peer has answered: 1 of 3");
+        view.heard(peer("a"), t0, Some(t0), None);
+        view.update(t0, lease, lease, None);
+        assert!(view.lease_fresh(t0), "2 of 3 answered");
+        assert!(
+            !view.lease_fresh(t0 + lease),
+            "the lease runs from the answered heartbeat"
+        );
     }
 }

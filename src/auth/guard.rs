@@ -145,6 +145,21 @@ pub async fn audit_denial(
     node.record_audit(event).await;
 }
 
+/// A node cut off from the cluster (its lease lapsed) may have missed a policy activation:
+/// it brings `bundle` up to the stored version before deciding, or answers 503.
+pub async fn fenced_policy_check(node: &Node, bundle: &str) -> Result<(), ApiError> {
+    if node.lease_fresh() {
+        return Ok(());
+    }
+    match node.catch_up_policy(bundle).await {
+        Ok(true) => Ok(()),
+        _ => Err(ApiError::unavailable(
+            "policy_unavailable",
+            "this node is cut off from the cluster and cannot confirm the current policy version; retry",
+        )),
+    }
+}
+
 /// Allows the request or answers 403 with the policy's reason; every denial is audited.
 pub async fn authorize(
     node: &Node,
@@ -153,6 +168,7 @@ pub async fn authorize(
     resource: &str,
     ip: Option<IpAddr>,
 ) -> Result<(), ApiError> {
+    fenced_policy_check(node, AUTHORIZATION_BUNDLE).await?;
     let input = policy_input(node, principal, action, resource, ip);
     let decision = decide(node, &input)?;
     if decision.allowed {

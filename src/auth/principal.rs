@@ -219,11 +219,24 @@ async fn from_access_token(node: &Arc<Node>, token: &str) -> Result<Principal, A
     };
     let session_id = Uuid::parse_str(&claims.sid).map_err(|_| invalid())?;
     let user_id = Uuid::parse_str(&claims.sub).map_err(|_| invalid())?;
+    let revoked = || AuthFailure::invalid("token_revoked", "the session of this token was revoked");
     if node.revocations.session_revoked(session_id) {
-        return Err(AuthFailure::invalid(
-            "token_revoked",
-            "the session of this token was revoked",
-        ));
+        return Err(revoked());
+    }
+    if !node.lease_fresh() {
+        // Cut off from the cluster, this node may have missed a revocation broadcast: the
+        // store decides.
+        match node.store.session(session_id).await {
+            Ok(Some(session)) if session.revoked_at.is_none() => {}
+            Ok(_) => return Err(revoked()),
+            Err(_) => {
+                return Err(AuthFailure {
+                    code: "database_unavailable",
+                    message: "this node is cut off from the cluster and cannot check the session; retry",
+                    unavailable: true,
+                });
+            }
+        }
     }
     Ok(Principal {
         user_id,

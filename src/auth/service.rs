@@ -101,6 +101,8 @@ pub struct Revoked {
     pub revoked: bool,
     /// Time from the store write until every check on every node refuses the credential.
     pub propagation_ms: u64,
+    /// Cluster members that did not acknowledge and whose lease was waited out.
+    pub waited_out: Vec<String>,
 }
 
 /// The configured lockout rule.
@@ -624,6 +626,7 @@ pub async fn refresh(
         }
         RefreshOutcome::Reused(session) => {
             node.revocations.revoke_sessions(&[session_id]);
+            node.broadcast_revoked(&[session_id], &[]).await;
             node.actor_metrics.refresh_reuse.inc();
             let actor = node
                 .store
@@ -674,6 +677,7 @@ pub async fn revoke_session(
         }
     };
     node.revocations.revoke_sessions(&[session_id]);
+    let propagation = node.broadcast_revoked(&[session_id], &[]).await;
     let propagation_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     if revoked {
         audit(
@@ -690,6 +694,7 @@ pub async fn revoke_session(
     Ok(Revoked {
         revoked,
         propagation_ms,
+        waited_out: propagation.waited_out,
     })
 }
 
@@ -716,9 +721,11 @@ pub async fn revoke_user_credentials(
             .await?;
         node.revocations.revoke_api_keys(&revoked_keys);
     }
+    let propagation = node.broadcast_revoked(&sessions, &revoked_keys).await;
     Ok(Revoked {
         revoked: !sessions.is_empty() || !revoked_keys.is_empty(),
         propagation_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        waited_out: propagation.waited_out,
     })
 }
 

@@ -201,6 +201,7 @@ pub async fn delete_api_key(
         .revoke_api_key(id, "revoked", node.clock.now())
         .await?;
     node.revocations.revoke_api_keys(&[id]);
+    let propagation = node.broadcast_revoked(&[], &[id]).await;
     let propagation_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     if revoked {
         let mut event = node.audit.event("api_key_revoked", "success");
@@ -213,5 +214,6 @@ pub async fn delete_api_key(
     Ok(Json(Revoked {
         revoked,
         propagation_ms,
+        waited_out: propagation.waited_out,
     }))
 }

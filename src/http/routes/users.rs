@@ -327,6 +327,8 @@ pub async fn delete_user(
         .ok_or_else(|| ApiError::not_found(format!("no user {}", user.username)))?;
     node.revocations.revoke_sessions(&deleted.revoked_sessions);
     node.revocations.revoke_api_keys(&deleted.revoked_api_keys);
+    node.broadcast_revoked(&deleted.revoked_sessions, &deleted.revoked_api_keys)
+        .await;
     audit(
         node,
         "user_deleted",

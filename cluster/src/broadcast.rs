@@ -1,0 +1,86 @@
+//! Fenced, acknowledged broadcasts: a notice reaches every member before the write that
+//! caused it is acknowledged to its caller.
+//!
+//! The sender calls every remote Peer actor with the notice at once. A member that applies
+//! it answers; for a member that does not answer in time (hung, cut off, restarting) the
+//! broadcast waits until that member's lease has certainly expired: a member without a
+//! fresh lease checks the store instead of its memory, so from then on it cannot serve what
+//! the notice revoked. The wait assumes a member that cannot be reached by the sender hears
+//! from no other member either (a node hung, or cut off from the whole cluster).
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use ractor::ActorRef;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tracing::warn;
+
+use crate::membership::MembershipView;
+use crate::wire::{Announcement, Frame, Notice, PEER_GROUP, PROTOCOL_VERSION, PeerMessage};
+
+/// How a broadcast went.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Propagation {
+    /// From the first send to the last answer, or to the end of the last wait.
+    pub elapsed: Duration,
+    /// Members that did not answer and whose lease was waited out.
+    pub waited_out: Vec<String>,
+}
+
+/// Sends `notice` to every member and returns once each applied it or was fenced.
+///
+/// `answer_within` bounds the wait for answers; `fence_lease` is the members' lease, to wait
+/// out for those that did not answer (`None`: an announcement that needs no fencing).
+pub async fn broadcast(
+    view: &MembershipView,
+    notice: Notice,
+    answer_within: Duration,
+    fence_lease: Option<Duration>,
+) -> Propagation {
+    let started = Instant::now();
+    let announcement = Announcement {
+        version: PROTOCOL_VERSION,
+        from: view.node_id().to_owned(),
+        notice,
+    };
+    let timeout_ms = u64::try_from(answer_within.as_millis()).unwrap_or(u64::MAX);
+    let mut calls = JoinSet::new();
+    for cell in ractor::pg::get_members(&PEER_GROUP.to_owned()) {
+        if cell.get_id().is_local() {
+            continue;
+        }
+        let peer: ActorRef<PeerMessage> = ActorRef::from(cell);
+        let frame = Frame::Ok(announcement.clone());
+        calls.spawn(async move { ractor::call_t!(peer, PeerMessage::Announce, timeout_ms, frame) });
+    }
+    let mut answered = HashSet::new();
+    while let Some(result) = calls.join_next().await {
+        if let Ok(Ok(Frame::Ok(ack))) = result
+            && ack.applied
+        {
+            answered.insert(ack.node_id);
+        }
+    }
+    let mut waited_out = Vec::new();
+    let mut until = Instant::now();
+    let Some(lease) = fence_lease else {
+        return Propagation {
+            elapsed: started.elapsed(),
+            waited_out,
+        };
+    };
+    for (member, expired_at) in view.fence_deadlines(&answered, lease) {
+        warn!(
+            peer = member,
+            "a member did not acknowledge a broadcast; waiting out its lease"
+        );
+        until = until.max(expired_at);
+        waited_out.push(member);
+    }
+    tokio::time::sleep_until(until).await;
+    Propagation {
+        elapsed: started.elapsed(),
+        waited_out,
+    }
+}

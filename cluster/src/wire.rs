@@ -1,0 +1,204 @@
+//! Every message SARK nodes exchange, in one place, with the protocol version.
+//!
+//! A node speaks [`PROTOCOL_VERSION`] and accepts peers one version older or newer, so a
+//! rolling upgrade can run old and new nodes side by side. Payloads are JSON inside
+//! ractor_cluster frames. Decoding never panics: a payload that is oversized or does not
+//! parse becomes [`Frame::Malformed`], which the receiver logs and ignores. Fields added in
+//! a later version must be optional (`#[serde(default)]`), and unknown fields are ignored,
+//! which is what lets adjacent versions read each other.
+
+use std::collections::BTreeMap;
+
+use ractor::BytesConvertable;
+use ractor::RpcReplyPort;
+use ractor_cluster::RactorClusterMessage;
+use serde::{Deserialize, Serialize};
+
+/// The version of the protocol this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest payload accepted in one of our messages.
+pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;
+
+/// Largest ractor_cluster frame accepted on the cluster port (process-group syncs included).
+pub const MAX_FRAME_BYTES: u64 = 1024 * 1024;
+
+/// The process group every node's Peer actor joins.
+pub const PEER_GROUP: &str = "sark.cluster.peers";
+
+/// Whether a peer speaking `version` can be talked to: the same version or an adjacent one.
+pub fn compatible(version: u32) -> bool {
+    version.abs_diff(PROTOCOL_VERSION) <= 1
+}
+
+/// What a node tells its peers about itself with every heartbeat.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeSummary {
+    /// The node's id.
+    pub node_id: String,
+    /// Its cluster address (where peers dial it).
+    pub addr: String,
+    /// Session actors running on it.
+    #[serde(default)]
+    pub sessions: u64,
+    /// The policy version each bundle has loaded on it.
+    #[serde(default)]
+    pub policy_versions: BTreeMap<String, i64>,
+}
+
+/// A heartbeat or its answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The sender's protocol version.
+    pub version: u32,
+    /// The sender.
+    pub node: NodeSummary,
+}
+
+/// Something every member must apply before a write is acknowledged to its caller.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Notice {
+    /// Sessions and API keys revoked in the store: refuse them from now on.
+    Revoked {
+        /// Session ids.
+        #[serde(default)]
+        sessions: Vec<String>,
+        /// API key ids.
+        #[serde(default)]
+        api_keys: Vec<String>,
+    },
+    /// A policy version was activated in the store: load it before answering.
+    PolicyActivated {
+        /// The bundle.
+        bundle: String,
+        /// Its new active version.
+        version: i64,
+    },
+    /// The sender is shutting down: drop it from the membership (and from lease majorities)
+    /// now rather than after its lease.
+    Leaving,
+}
+
+/// A notice with its sender.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Announcement {
+    /// The sender's protocol version.
+    pub version: u32,
+    /// The sender's node id.
+    pub from: String,
+    /// What to apply.
+    pub notice: Notice,
+}
+
+/// The answer to an [`Announcement`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    /// The member answering.
+    pub node_id: String,
+    /// Whether it applied the notice (if not, the sender waits its lease out).
+    pub applied: bool,
+}
+
+/// A payload as received: the message, or why it could not be read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Frame<T> {
+    /// A readable message.
+    Ok(T),
+    /// A payload that was oversized or did not parse.
+    Malformed(String),
+}
+
+impl<T: Serialize + serde::de::DeserializeOwned> BytesConvertable for Frame<T> {
+    fn into_bytes(self) -> Vec<u8> {
+        match self {
+            Frame::Ok(message) => serde_json::to_vec(&message).unwrap_or_default(),
+            Frame::Malformed(_) => Vec::new(),
+        }
+    }
+
+    fn from_bytes(bytes: Vec<u8>) -> Self {
+        if bytes.len() > MAX_PAYLOAD_BYTES {
+            return Frame::Malformed(format!(
+                "{} bytes, over the {MAX_PAYLOAD_BYTES}-byte limit",
+                bytes.len()
+            ));
+        }
+        serde_json::from_slice(&bytes)
+            .map(Frame::Ok)
+            .unwrap_or_else(|e| Frame::Malformed(e.to_string()))
+    }
+}
+
+/// Messages between the Peer actors of different nodes.
+///
+/// Variants are tagged by name on the wire: never rename one; add new ones for new needs.
+#[derive(RactorClusterMessage)]
+pub enum PeerMessage {
+    /// A heartbeat carrying the sender's hello; the answer is the receiver's.
+    #[rpc]
+    Heartbeat(Frame<Hello>, RpcReplyPort<Frame<Hello>>),
+    /// A notice to apply; answered once it is applied.
+    #[rpc]
+    Announce(Frame<Announcement>, RpcReplyPort<Frame<Ack>>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello(version: u32) -> Hello {
+        Hello {
+            version,
+            node: NodeSummary {
+                node_id: "a".into(),
+                addr: "127.0.0.2:7400".into(),
+                sessions: 3,
+                policy_versions: BTreeMap::from([("authorization".into(), 2)]),
+            },
+        }
+    }
+
+    #[test]
+    fn frames_round_trip() {
+        let frame = Frame::Ok(hello(PROTOCOL_VERSION));
+        assert_eq!(Frame::from_bytes(frame.clone().into_bytes()), frame);
+        let notice = Frame::Ok(Announcement {
+            version: PROTOCOL_VERSION,
+            from: "a".into(),
+            notice: Notice::PolicyActivated {
+                bundle: "authorization".into(),
+                version: 3,
+            },
+        });
+        assert_eq!(Frame::from_bytes(notice.clone().into_bytes()), notice);
+    }
+
+    #[test]
+    fn garbage_and_oversized_payloads_are_malformed_not_panics() {
+        for bytes in [
+            b"\xff\x00garbage".to_vec(),
+            b"{\"version\":\"one\"}".to_vec(),
+            Vec::new(),
+            vec![b' '; MAX_PAYLOAD_BYTES + 1],
+        ] {
+            assert!(matches!(
+                Frame::<Hello>::from_bytes(bytes),
+                Frame::Malformed(_)
+            ));
+        }
+    }
+
+    #[test]
+    fn a_newer_peer_with_extra_fields_is_read_and_adjacent_versions_are_compatible() {
+        let newer =
+            br#"{"version":2,"node":{"node_id":"b","addr":"127.0.0.3:7400","zone":"x"},"epoch":7}"#;
+        let Frame::Ok(read) = Frame::<Hello>::from_bytes(newer.to_vec()) else {
+            panic!("a newer hello must be readable");
+        };
+        assert_eq!(read.node.node_id, "b");
+        assert!(compatible(read.version));
+        assert!(compatible(PROTOCOL_VERSION.saturating_sub(1)));
+        assert!(!compatible(PROTOCOL_VERSION + 2));
+    }
+}
