@@ -29,6 +29,7 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod idp;
+pub mod limits;
 pub mod node;
 pub mod policy;
 pub mod request_log;

@@ -106,8 +106,8 @@ pub struct Node {
     pub actor_metrics: ActorMetrics,
     /// Records audit events.
     pub audit: AuditHandle,
-    /// Rate-limit buckets.
-    pub rate_table: Arc<RateTable>,
+    /// Counts requests against rate-limit buckets, cluster-wide.
+    pub rate_limiter: crate::limits::RateLimiter,
     /// Compiled policy bundles.
     pub policies: Arc<PolicyRegistry>,
     /// The PolicyActors.
@@ -296,6 +296,7 @@ impl Node {
                     node_summary(&policies, &actor_metrics),
                     membership_events,
                     notice_handler(&revocations, &policies, &control_cell),
+                    rate_table.clone(),
                     ClusterMetrics::register(&registry).map_err(|e| {
                         NodeError::Startup(format!("metrics registration failed: {e}"))
                     })?,
@@ -378,6 +379,13 @@ impl Node {
             fatal,
             background,
         };
+        let rate_limiter = crate::limits::RateLimiter::new(
+            redis.clone(),
+            rate_table,
+            membership.clone(),
+            &registry,
+        )
+        .map_err(|e| NodeError::Startup(format!("metrics registration failed: {e}")))?;
         let node = Self {
             config,
             node_id,
@@ -387,7 +395,7 @@ impl Node {
             registry,
             actor_metrics,
             audit,
-            rate_table,
+            rate_limiter,
             policies,
             policy_actors,
             membership,
@@ -798,6 +806,7 @@ fn membership_config(
     summary: SummarySource,
     events: tokio::sync::mpsc::UnboundedSender<MembershipEvent>,
     notices: NoticeHandler,
+    rate_table: Arc<RateTable>,
     metrics: ClusterMetrics,
 ) -> MembershipConfig {
     let cookie = config
@@ -827,6 +836,7 @@ fn membership_config(
         events: Some(events),
         notices: Some(notices),
         metrics: Some(metrics),
+        rate_table: Some(rate_table),
     }
 }
 

@@ -21,7 +21,7 @@ const SHARDS: usize = 64;
 const WINDOW: Duration = Duration::from_secs(60);
 
 /// The outcome of one rate-limit check, with what the `RateLimit-*` headers report.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RateDecision {
     /// Whether the request may proceed.
     pub allowed: bool,
@@ -33,6 +33,43 @@ pub struct RateDecision {
     pub reset_secs: u64,
     /// When refused, seconds until one more request is allowed.
     pub retry_after_secs: u64,
+}
+
+/// The spacing of requests and the burst window of a bucket allowed `limit` per minute.
+pub fn gcra_params(limit: u32) -> (Duration, Duration) {
+    (WINDOW / limit.max(1), WINDOW)
+}
+
+/// GCRA on one bucket whose theoretical arrival time lies `ahead` of now (zero: a full
+/// bucket). Returns the decision and, when the request is allowed, how far ahead of now the
+/// bucket's arrival time moves.
+pub fn gcra(ahead: Duration, limit: u32) -> (RateDecision, Option<Duration>) {
+    let limit = limit.max(1);
+    let (interval, window) = gcra_params(limit);
+    // A full bucket lets `limit` requests through at once.
+    let tolerance = window.saturating_sub(interval);
+    let used = ahead + interval;
+    if used > window {
+        let retry_after = used - window;
+        let decision = RateDecision {
+            allowed: false,
+            limit,
+            remaining: 0,
+            reset_secs: ceil_secs(ahead),
+            retry_after_secs: ceil_secs(retry_after).max(1),
+        };
+        return (decision, None);
+    }
+    let headroom = tolerance.saturating_sub(used.saturating_sub(interval));
+    let remaining = (headroom.as_nanos() / interval.as_nanos().max(1)) as u32;
+    let decision = RateDecision {
+        allowed: true,
+        limit,
+        remaining: remaining.min(limit - 1),
+        reset_secs: ceil_secs(used),
+        retry_after_secs: 0,
+    };
+    (decision, Some(used))
 }
 
 /// Rate-limit buckets shared by every request task of the node.
@@ -59,38 +96,16 @@ impl RateTable {
 
     /// Counts one request against `key`, allowed `limit` requests per minute.
     pub fn check(&self, key: &str, limit: u32, now: Instant) -> RateDecision {
-        let limit = limit.max(1);
-        let interval = WINDOW / limit;
-        // A full bucket lets `limit` requests through at once.
-        let tolerance = WINDOW.saturating_sub(interval);
         let mut shard = self
             .shard(key)
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let tat = shard.get(key).copied().unwrap_or(now).max(now);
-        let new_tat = tat + interval;
-        let allow_at = new_tat.checked_sub(WINDOW).unwrap_or(now);
-        if allow_at > now {
-            let retry_after = allow_at.duration_since(now);
-            return RateDecision {
-                allowed: false,
-                limit,
-                remaining: 0,
-                reset_secs: ceil_secs(tat.duration_since(now)),
-                retry_after_secs: ceil_secs(retry_after).max(1),
-            };
+        let (decision, ahead) = gcra(tat.duration_since(now), limit);
+        if let Some(ahead) = ahead {
+            shard.insert(key.to_owned(), now + ahead);
         }
-        shard.insert(key.to_owned(), new_tat);
-        let used = new_tat.duration_since(now);
-        let headroom = tolerance.saturating_sub(used.saturating_sub(interval));
-        let remaining = (headroom.as_nanos() / interval.as_nanos().max(1)) as u32;
-        RateDecision {
-            allowed: true,
-            limit,
-            remaining: remaining.min(limit - 1),
-            reset_secs: ceil_secs(used),
-            retry_after_secs: 0,
-        }
+        decision
     }
 
     /// Drops buckets that are full again; returns how many were dropped.

@@ -1,7 +1,8 @@
 //! `broadcast` scenario: three nodes on one PostgreSQL database. A session revoked on one
 //! node is refused by the others on the very next request; a policy uploaded on one node
-//! answers every evaluation on the others at once; and a node cut off by iptables rules
-//! refuses a token revoked while it was cut off (its lease lapsed, so it asks the store).
+//! answers every evaluation on the others at once; failed logins spread over the nodes lock
+//! the account everywhere; and a node cut off by iptables rules refuses a token revoked
+//! while it was cut off (its lease lapsed, so it asks the store).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -201,6 +202,29 @@ async fn revocations_and_policies_reach_every_node_and_a_cut_off_node_asks_the_s
             200,
             "tokens of one node work on all"
         );
+    }
+
+    // Failed logins of one name spread over the three nodes lock it everywhere.
+    for attempt in 0..5 {
+        let (status, _) = send_json(
+            api.client
+                .post(format!("{}/api/v1/auth/login", api.bases[attempt % 3]))
+                .json(&json!({"username": "carol", "password": "not her password at all"})),
+        )
+        .await
+        .unwrap();
+        let expected = if attempt < 4 { 401 } else { 423 };
+        assert_eq!(status, expected, "attempt {attempt}: the fifth failure locks");
+    }
+    for node in 0..3 {
+        let (status, body) = send_json(
+            api.client
+                .post(format!("{}/api/v1/auth/login", api.bases[node]))
+                .json(&json!({"username": "carol", "password": "not her password at all"})),
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, 423, "node {node}: {body}");
     }
 
     // Revoke on the third node; the very next request on the others is refused.

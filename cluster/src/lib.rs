@@ -13,4 +13,5 @@
 
 pub mod broadcast;
 pub mod membership;
+pub mod placement;
 pub mod wire;

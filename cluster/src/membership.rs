@@ -15,6 +15,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use sark_actors::limiter::RateTable;
 use sark_actors::supervisor::{ChildSpec, Slot, spawn_into};
 
 use crate::wire::{
@@ -268,6 +269,29 @@ impl MembershipView {
             .collect()
     }
 
+    /// The members that are up, this node included: what placement hashes over.
+    pub fn live_members(&self) -> Vec<String> {
+        let state = self.read();
+        std::iter::once(self.node_id.clone())
+            .chain(
+                state
+                    .remotes
+                    .values()
+                    .filter(|r| r.status == MemberStatus::Up)
+                    .map(|r| r.summary.node_id.clone()),
+            )
+            .collect()
+    }
+
+    /// The Peer actor of member `node_id`, while it is connected.
+    pub fn peer(&self, node_id: &str) -> Option<ActorRef<PeerMessage>> {
+        let cell = self.read().remotes.get(node_id)?.cell?;
+        ractor::pg::get_members(&PEER_GROUP.to_owned())
+            .into_iter()
+            .find(|member| member.get_id() == cell)
+            .map(ActorRef::from)
+    }
+
     /// Forgets a member that announced it is leaving; returns the change.
     fn leave(&self, node_id: &str) -> Option<MembershipEvent> {
         let remote = self.write().remotes.remove(node_id)?;
@@ -392,6 +416,8 @@ pub struct MembershipConfig {
     pub notices: Option<NoticeHandler>,
     /// Where membership is reported.
     pub metrics: Option<ClusterMetrics>,
+    /// The rate-limit buckets of keys this node owns.
+    pub rate_table: Option<Arc<RateTable>>,
 }
 
 impl std::fmt::Debug for MembershipConfig {
@@ -586,6 +612,7 @@ impl Actor for Membership {
                 view: args.view.clone(),
                 notices: config.notices.clone(),
                 events: config.events.clone(),
+                rate_table: config.rate_table.clone(),
             },
             myself.get_cell(),
         )
@@ -677,6 +704,8 @@ pub struct PeerArguments {
     pub notices: Option<NoticeHandler>,
     /// Where member status changes go (a member announcing its leave).
     pub events: Option<tokio::sync::mpsc::UnboundedSender<MembershipEvent>>,
+    /// The buckets this node counts for keys it owns.
+    pub rate_table: Option<Arc<RateTable>>,
 }
 
 impl Actor for Peer {
@@ -748,6 +777,20 @@ impl Actor for Peer {
                     applied,
                 }));
             }
+            PeerMessage::RateCheck(frame, reply) => {
+                let answer = match (frame, &state.rate_table) {
+                    (Frame::Ok(query), Some(table)) if compatible(query.version) => {
+                        Frame::Ok(table.check(&query.key, query.limit, Instant::now()))
+                    }
+                    (Frame::Ok(_), Some(_)) => Frame::Malformed("unsupported version".into()),
+                    (Frame::Ok(_), None) => Frame::Malformed("this node counts no buckets".into()),
+                    (Frame::Malformed(reason), _) => {
+                        warn!(reason, "malformed rate check from a cluster peer");
+                        Frame::Malformed(reason)
+                    }
+                };
+                let _ = reply.send(answer);
+            }
         }
         Ok(())
     }
@@ -796,6 +839,7 @@ mod tests {
             events: None,
             notices: None,
             metrics: None,
+            rate_table: None,
         };
         let (actor, handle) = Actor::spawn(
             None,

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use ractor::BytesConvertable;
 use ractor::RpcReplyPort;
 use ractor_cluster::RactorClusterMessage;
+use sark_actors::limiter::RateDecision;
 use serde::{Deserialize, Serialize};
 
 /// The version of the protocol this build speaks.
@@ -100,6 +101,17 @@ pub struct Ack {
     pub applied: bool,
 }
 
+/// A rate-limit check forwarded to the key's owner node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateQuery {
+    /// The sender's protocol version.
+    pub version: u32,
+    /// The bucket.
+    pub key: String,
+    /// Requests per minute allowed.
+    pub limit: u32,
+}
+
 /// A payload as received: the message, or why it could not be read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Frame<T> {
@@ -141,6 +153,9 @@ pub enum PeerMessage {
     /// A notice to apply; answered once it is applied.
     #[rpc]
     Announce(Frame<Announcement>, RpcReplyPort<Frame<Ack>>),
+    /// Counts a request against a bucket this node owns.
+    #[rpc]
+    RateCheck(Frame<RateQuery>, RpcReplyPort<Frame<RateDecision>>),
 }
 
 #[cfg(test)]

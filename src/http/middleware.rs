@@ -306,10 +306,7 @@ pub async fn rate_limit(State(state): State<AppState>, req: Request, next: Next)
     // Each distinct limit is its own bucket, so a tight limit on some routes does not eat
     // the allowance of the others.
     let key = format!("{key}|{limit}");
-    let decision = state
-        .node
-        .rate_table
-        .check(&key, limit, tokio::time::Instant::now());
+    let decision = state.node.rate_limiter.check(&key, limit).await;
     let headers = [
         ("ratelimit-limit", decision.limit.to_string()),
         ("ratelimit-remaining", decision.remaining.to_string()),

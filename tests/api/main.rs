@@ -10,6 +10,7 @@ mod front_door;
 mod health;
 mod helpers;
 mod lifecycle;
+mod limits;
 mod mfa;
 mod policies;
 mod secrets_in_logs;

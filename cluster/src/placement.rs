@@ -1,0 +1,81 @@
+//! Rendezvous (highest random weight) hashing: which live member owns a key.
+//!
+//! Every node computes the same owner from the same member list, and when a member joins or
+//! leaves only the keys it wins or held move.
+
+use std::time::Duration;
+
+use sark_actors::limiter::{RateDecision, RateTable};
+use sha2::{Digest, Sha256};
+
+use crate::membership::MembershipView;
+use crate::wire::{Frame, PROTOCOL_VERSION, PeerMessage, RateQuery};
+
+/// The member that owns `key` among `members` (node ids), or `None` when there are none.
+pub fn owner<'a>(key: &str, members: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    members.into_iter().max_by_key(|member| weight(member, key))
+}
+
+fn weight(member: &str, key: &str) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(member.as_bytes());
+    hasher.update([0]);
+    hasher.update(key.as_bytes());
+    hasher.finalize().into()
+}
+
+/// Counts a request against `key` on the key's owner: in `table` when this node owns it,
+/// otherwise over the cluster. When the owner does not answer within `timeout` (it is going
+/// down), the request is counted here.
+pub async fn owner_rate_check(
+    view: &MembershipView,
+    table: &RateTable,
+    key: &str,
+    limit: u32,
+    timeout: Duration,
+) -> RateDecision {
+    let members = view.live_members();
+    let owner = owner(key, members.iter().map(String::as_str)).unwrap_or(view.node_id());
+    if owner != view.node_id()
+        && let Some(peer) = view.peer(owner)
+    {
+        let query = Frame::Ok(RateQuery {
+            version: PROTOCOL_VERSION,
+            key: key.to_owned(),
+            limit,
+        });
+        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        if let Ok(Frame::Ok(decision)) =
+            ractor::call_t!(peer, PeerMessage::RateCheck, timeout_ms, query)
+        {
+            return decision;
+        }
+    }
+    table.check(key, limit, tokio::time::Instant::now())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owners_spread_and_only_the_leavers_keys_move() {
+        let three = ["a", "b", "c"];
+        let keys: Vec<String> = (0..3000).map(|i| format!("user:{i}")).collect();
+        let before: Vec<&str> = keys.iter().map(|k| owner(k, three).unwrap()).collect();
+        for member in three {
+            let share = before.iter().filter(|o| **o == member).count();
+            assert!(
+                (800..1200).contains(&share),
+                "{member} owns {share} of 3000"
+            );
+        }
+        let after: Vec<&str> = keys.iter().map(|k| owner(k, ["a", "c"]).unwrap()).collect();
+        for (was, is) in before.iter().zip(&after) {
+            if *was != "b" {
+                assert_eq!(was, is, "a key not held by the leaver moved");
+            }
+        }
+        assert_eq!(owner("k", std::iter::empty::<&str>()), None);
+    }
+}

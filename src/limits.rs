@@ -1,0 +1,166 @@
+//! Rate limits that hold across the cluster.
+//!
+//! With Redis configured, every bucket is one Redis key updated by an atomic GCRA script
+//! (the same rule as the in-process table), so all nodes count together. Redis sits behind
+//! a circuit breaker: after a failure the node counts on each key's owner node for
+//! [`BREAKER_OPEN`], then tries Redis again. Without Redis, or while it is out, each key is
+//! counted by its owner (rendezvous hashing over the live members), asked over the cluster:
+//! never no limit, and never a limit per node that N nodes multiply. Checks of keys this
+//! node owns also update its own table while Redis answers, so a Redis outage does not hand
+//! out a fresh allowance for them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::{IntCounterVec, Opts, Registry};
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+use tracing::warn;
+
+use sark_actors::limiter::{RateDecision, RateTable, gcra, gcra_params};
+use sark_cluster::membership::MembershipView;
+use sark_cluster::placement::{owner, owner_rate_check};
+
+use crate::store::redis::Redis;
+
+/// How long counting stays on the owner nodes after Redis failed.
+const BREAKER_OPEN: Duration = Duration::from_secs(5);
+/// How long a check waits for Redis or for an owner node.
+const CHECK_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// GCRA on one Redis key, on Redis' clock. ARGV: interval and window in ms. Returns
+/// `{allowed, ahead_ms}`, where `ahead_ms` is how far the bucket's arrival time was ahead of
+/// now before this request (the caller derives the headers from it, as the local table does).
+const GCRA_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local interval = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local ahead = tat - now
+if ahead + interval > window then
+  return {0, ahead}
+end
+redis.call('SET', KEYS[1], tat + interval, 'PX', ahead + interval)
+return {1, ahead}
+";
+
+/// Counts requests against rate-limit buckets, cluster-wide.
+pub struct RateLimiter {
+    redis: Option<Arc<Redis>>,
+    open_until: Mutex<Option<Instant>>,
+    table: Arc<RateTable>,
+    membership: Arc<MembershipView>,
+    checks: IntCounterVec,
+}
+
+impl std::fmt::Debug for RateLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimiter")
+            .field("redis", &self.redis.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RateLimiter {
+    /// A limiter on `redis` when given, on the owner nodes otherwise.
+    pub fn new(
+        redis: Option<Arc<Redis>>,
+        table: Arc<RateTable>,
+        membership: Arc<MembershipView>,
+        registry: &Registry,
+    ) -> prometheus::Result<Self> {
+        let checks = IntCounterVec::new(
+            Opts::new(
+                "sark_rate_limit_checks_total",
+                "Rate-limit checks by where they were counted (redis, owner_node) and \
+                 Redis failures (redis_error)",
+            ),
+            &["backend"],
+        )?;
+        registry.register(Box::new(checks.clone()))?;
+        Ok(Self {
+            redis,
+            open_until: Mutex::new(None),
+            table,
+            membership,
+            checks,
+        })
+    }
+
+    /// Counts one request against `key`, allowed `limit` requests per minute.
+    pub async fn check(&self, key: &str, limit: u32) -> RateDecision {
+        if let Some(redis) = &self.redis
+            && self.redis_closed().await
+        {
+            match self.redis_check(redis, key, limit).await {
+                Ok(decision) => {
+                    self.checks.with_label_values(&["redis"]).inc();
+                    return decision;
+                }
+                Err(err) => {
+                    self.checks.with_label_values(&["redis_error"]).inc();
+                    warn!(error = %err, "Redis rate limiting failed; counting on the owner nodes");
+                    redis.reset().await;
+                    *self.open_until.lock().await = Some(Instant::now() + BREAKER_OPEN);
+                }
+            }
+        }
+        self.checks.with_label_values(&["owner_node"]).inc();
+        owner_rate_check(&self.membership, &self.table, key, limit, CHECK_TIMEOUT).await
+    }
+
+    async fn redis_closed(&self) -> bool {
+        let mut open_until = self.open_until.lock().await;
+        match *open_until {
+            Some(until) if Instant::now() < until => false,
+            Some(_) => {
+                *open_until = None;
+                true
+            }
+            None => true,
+        }
+    }
+
+    async fn redis_check(
+        &self,
+        redis: &Redis,
+        key: &str,
+        limit: u32,
+    ) -> Result<RateDecision, String> {
+        let (interval, window) = gcra_params(limit);
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let call = async {
+            let mut conn = redis.connection().await?;
+            // Redis keeps EVAL'd scripts in its script cache: the text is compiled once.
+            redis::cmd("EVAL")
+                .arg(GCRA_SCRIPT)
+                .arg(1)
+                .arg(format!("sark:rate:{key}"))
+                .arg(millis(interval))
+                .arg(millis(window))
+                .query_async::<(i64, u64)>(&mut conn)
+                .await
+        };
+        let (allowed, ahead_ms) = tokio::time::timeout(CHECK_TIMEOUT, call)
+            .await
+            .map_err(|_| "timed out".to_owned())?
+            .map_err(|e| e.to_string())?;
+        // Redis decided; the same arithmetic here only derives the headers.
+        let (mut decision, _) = gcra(Duration::from_millis(ahead_ms), limit);
+        if allowed != 1 {
+            decision.allowed = false;
+            decision.remaining = 0;
+            decision.retry_after_secs = decision.retry_after_secs.max(1);
+            return Ok(decision);
+        }
+        decision.allowed = true;
+        decision.retry_after_secs = 0;
+        let members = self.membership.live_members();
+        if owner(key, members.iter().map(String::as_str)) == Some(self.membership.node_id()) {
+            self.table.check(key, limit, Instant::now());
+        }
+        Ok(decision)
+    }
+}
