@@ -26,7 +26,7 @@ use crate::store::redis::Redis;
 /// How long counting stays on the owner nodes after Redis failed.
 const BREAKER_OPEN: Duration = Duration::from_secs(5);
 /// How long a check waits for Redis or for an owner node.
-const CHECK_TIMEOUT: Duration = Duration::from_millis(250);
+const CHECK_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// GCRA on one Redis key, on Redis' clock. ARGV: interval and window in ms. Returns
 /// `{allowed, ahead_ms}`, where `ahead_ms` is how far the bucket's arrival time was ahead of

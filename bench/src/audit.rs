@@ -24,7 +24,7 @@ use sark_actors::metrics::ActorMetrics;
 use sark_actors::siem::{
     ForwarderArguments, ForwarderSettings, SiemForwarder, SiemMetrics, SiemRegistry, SiemSink,
 };
-use sark_chaos::receivers::{HecOptions, HecReceiver};
+use sark_chaos::receivers::HecReceiver;
 
 use crate::Sample;
 
@@ -226,14 +226,7 @@ pub async fn single_commits(store: &BenchStore, seconds: u64) -> anyhow::Result<
 
 /// A Splunk HEC receiver and a sink that posts to it.
 async fn hec() -> anyhow::Result<(HecReceiver, Arc<SplunkSink>)> {
-    let receiver = HecReceiver::start(
-        std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-        HecOptions {
-            token: HEC_TOKEN.into(),
-            ack: false,
-        },
-    )
-    .await?;
+    let receiver = HecReceiver::local(HEC_TOKEN).await?;
     let config = SplunkConfig {
         url: receiver.url(),
         token: Secret::new(HEC_TOKEN),

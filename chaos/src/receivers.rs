@@ -43,6 +43,7 @@ pub struct Received {
     requests: AtomicU64,
     gzip_requests: AtomicU64,
     refused: AtomicU64,
+    held: AtomicU64,
     largest_request: AtomicUsize,
 }
 
@@ -81,6 +82,11 @@ impl Received {
     /// Requests that came gzipped.
     pub fn gzip_requests(&self) -> u64 {
         self.gzip_requests.load(Ordering::Relaxed)
+    }
+
+    /// Requests held while the receiver was stalled.
+    pub fn held(&self) -> u64 {
+        self.held.load(Ordering::Relaxed)
     }
 
     /// Requests answered with an error status.
@@ -213,6 +219,7 @@ struct HecState {
     token: Mutex<String>,
     ack: bool,
     busy: AtomicBool,
+    stalled: tokio::sync::watch::Sender<bool>,
     reject_resource: Mutex<Option<String>>,
     next_ack: AtomicU64,
     acked: Mutex<HashMap<String, Vec<u64>>>,
@@ -246,6 +253,7 @@ impl HecReceiver {
             token: Mutex::new(options.token),
             ack: options.ack,
             busy: AtomicBool::new(false),
+            stalled: tokio::sync::watch::Sender::new(false),
             reject_resource: Mutex::new(None),
             next_ack: AtomicU64::new(0),
             acked: Mutex::new(HashMap::new()),
@@ -253,6 +261,19 @@ impl HecReceiver {
         });
         let server = Server::start(addr, Self::app(state.clone())).await?;
         Ok(Self { state, server })
+    }
+
+    /// A collector on a free loopback port, accepting `token`, without indexer
+    /// acknowledgement.
+    pub async fn local(token: &str) -> anyhow::Result<Self> {
+        Self::start(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            HecOptions {
+                token: token.to_owned(),
+                ack: false,
+            },
+        )
+        .await
     }
 
     fn app(state: Arc<HecState>) -> Router {
@@ -288,6 +309,12 @@ impl HecReceiver {
     /// Answers every event request with 503 "Server is busy" while `busy`.
     pub fn set_busy(&self, busy: bool) {
         self.state.busy.store(busy, Ordering::Relaxed);
+    }
+
+    /// While `stalled`, event requests are held without an answer (a hung indexer); they
+    /// are answered once it is released, unless the client gave up.
+    pub fn set_stalled(&self, stalled: bool) {
+        self.state.stalled.send_replace(stalled);
     }
 
     /// Changes the token it accepts.
@@ -376,6 +403,11 @@ async fn hec_event(
 ) -> Response {
     let received = state.received.clone();
     received.requests.fetch_add(1, Ordering::Relaxed);
+    let mut stalled = state.stalled.subscribe();
+    if *stalled.borrow_and_update() {
+        received.held.fetch_add(1, Ordering::Relaxed);
+        let _ = stalled.wait_for(|stalled| !*stalled).await;
+    }
     let answer = hec_accept(&state, &headers, &bytes);
     if answer.status() != StatusCode::OK {
         received.refused.fetch_add(1, Ordering::Relaxed);

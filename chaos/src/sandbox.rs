@@ -88,6 +88,66 @@ impl SandboxOptions {
     }
 }
 
+/// A fresh database on the suite's PostgreSQL server (`TEST_DATABASE_URL`, set by
+/// `scripts/test`), for nodes that share one.
+pub fn fresh_postgres_database() -> anyhow::Result<String> {
+    use std::hash::{BuildHasher, Hasher};
+    let admin = std::env::var("TEST_DATABASE_URL")
+        .context("TEST_DATABASE_URL is not set: run the suite with scripts/test")?;
+    let name = format!(
+        "chaos_{:x}",
+        std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish()
+    );
+    let status = Command::new("psql")
+        .args([
+            admin.as_str(),
+            "-q",
+            "-c",
+            &format!("CREATE DATABASE {name}"),
+        ])
+        .status()
+        .context("running psql")?;
+    if !status.success() {
+        bail!("psql could not create {name}");
+    }
+    let (base, _) = admin
+        .rsplit_once('/')
+        .ok_or_else(|| anyhow!("TEST_DATABASE_URL has no database name"))?;
+    Ok(format!("{base}/{name}"))
+}
+
+/// Every audit event of the node at `base` (`http://host:port`), by id, read page by page
+/// through `GET /api/v1/audit` with an admin `token`.
+pub async fn audit_events(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+) -> anyhow::Result<std::collections::HashMap<String, serde_json::Value>> {
+    let mut all = std::collections::HashMap::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut url = format!("{base}/api/v1/audit?limit=500");
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        let (status, page) = send_json(client.get(url).bearer_auth(token)).await?;
+        if status != 200 {
+            bail!("audit listing: {status} {page}");
+        }
+        for item in page["items"].as_array().into_iter().flatten() {
+            if let Some(id) = item["id"].as_str() {
+                all.insert(id.to_owned(), item.clone());
+            }
+        }
+        cursor = page["next_cursor"].as_str().map(str::to_owned);
+        if cursor.is_none() {
+            return Ok(all);
+        }
+    }
+}
+
 /// Sends a request and reads the answer's status and JSON body (`null` when it has none).
 pub async fn send_json(
     request: reqwest::RequestBuilder,

@@ -6,7 +6,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::hash::Hasher as _;
 use std::net::Ipv4Addr;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -14,35 +13,12 @@ use std::time::{Duration, Instant};
 use reqwest::multipart::{Form, Part};
 use serde_json::{Value, json};
 
-use sark_chaos::sandbox::{ClusterSandbox, SandboxOptions, send_json};
+use sark_chaos::sandbox::{ClusterSandbox, SandboxOptions, fresh_postgres_database, send_json};
 
 const HEARTBEAT_MS: u64 = 200;
 const LEASE_SECONDS: u64 = 2;
 const ADMIN_PASSWORD: &str = "chaos root passphrase, long enough";
 const USER_PASSWORD: &str = "chaos user passphrase, long enough";
-
-/// A fresh database on the suite's PostgreSQL server.
-fn fresh_database() -> String {
-    let admin = std::env::var("TEST_DATABASE_URL")
-        .expect("TEST_DATABASE_URL is set by scripts/test, which starts PostgreSQL");
-    let name = format!(
-        "chaos_broadcast_{:x}",
-        std::hash::BuildHasher::build_hasher(&std::collections::hash_map::RandomState::new())
-            .finish()
-    );
-    let status = Command::new("psql")
-        .args([
-            admin.as_str(),
-            "-q",
-            "-c",
-            &format!("CREATE DATABASE {name}"),
-        ])
-        .status()
-        .unwrap();
-    assert!(status.success(), "creating {name}");
-    let (base, _) = admin.rsplit_once('/').unwrap();
-    format!("{base}/{name}")
-}
 
 /// Drops every packet between `cut` and `others` while alive; always removes its rules.
 struct Partition {
@@ -159,7 +135,7 @@ fn session(login: &Value) -> (String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revocations_and_policies_reach_every_node_and_a_cut_off_node_asks_the_store() {
     let options = SandboxOptions::with_env(&[
-        ("SARK_DATABASE__URL", fresh_database()),
+        ("SARK_DATABASE__URL", fresh_postgres_database().unwrap()),
         ("SARK_SECRETS__KEY", "5a".repeat(32)),
         ("SARK_BOOTSTRAP_ADMIN_PASSWORD", ADMIN_PASSWORD.to_owned()),
         ("SARK_CLUSTER__HEARTBEAT_MS", HEARTBEAT_MS.to_string()),
@@ -214,7 +190,10 @@ async fn revocations_and_policies_reach_every_node_and_a_cut_off_node_asks_the_s
         .await
         .unwrap();
         let expected = if attempt < 4 { 401 } else { 423 };
-        assert_eq!(status, expected, "attempt {attempt}: the fifth failure locks");
+        assert_eq!(
+            status, expected,
+            "attempt {attempt}: the fifth failure locks"
+        );
     }
     for node in 0..3 {
         let (status, body) = send_json(

@@ -5,16 +5,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use sark_chaos::receivers::{HecOptions, HecReceiver};
-use sark_chaos::sandbox::{ClusterSandbox, SandboxOptions, send_json};
+use sark_chaos::receivers::HecReceiver;
+use sark_chaos::sandbox::{ClusterSandbox, SandboxOptions, audit_events};
 
 const EVENTS: usize = 10_000;
 const WORKERS: usize = 16;
@@ -62,37 +61,9 @@ async fn wait_count(count: &AtomicUsize, n: usize) {
     }
 }
 
-/// Every audit event of the node, by id, through the API.
-async fn audit_events(client: &reqwest::Client, base: &str, token: &str) -> HashMap<String, Value> {
-    let mut all = HashMap::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let mut url = format!("{base}/api/v1/audit?limit=500");
-        if let Some(c) = &cursor {
-            url.push_str(&format!("&cursor={c}"));
-        }
-        let (_, page) = send_json(client.get(url).bearer_auth(token)).await.unwrap();
-        for item in page["items"].as_array().unwrap() {
-            all.insert(item["id"].as_str().unwrap().to_owned(), item.clone());
-        }
-        cursor = page["next_cursor"].as_str().map(str::to_owned);
-        if cursor.is_none() {
-            return all;
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_event_reaches_the_sink_after_an_outage_and_a_kill() {
-    let mut hec = HecReceiver::start(
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-        HecOptions {
-            token: TOKEN.into(),
-            ack: false,
-        },
-    )
-    .await
-    .unwrap();
+    let mut hec = HecReceiver::local(TOKEN).await.unwrap();
     hec.stop().await;
     let options = SandboxOptions::with_env(&[
         ("SARK_SIEM__SPLUNK__URL", hec.url()),
@@ -153,7 +124,7 @@ async fn every_event_reaches_the_sink_after_an_outage_and_a_kill() {
 
     hec.resume().await.unwrap();
     let resumed = Instant::now();
-    let audit = audit_events(&client, &base, &token).await;
+    let audit = audit_events(&client, &base, &token).await.unwrap();
     let received = hec.received();
     let deadline = Instant::now() + Duration::from_secs(300);
     let counts = loop {

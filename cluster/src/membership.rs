@@ -269,7 +269,8 @@ impl MembershipView {
             .collect()
     }
 
-    /// The members that are up, this node included: what placement hashes over.
+    /// The members not known to be down, this node included: what placement hashes over.
+    /// A suspect member keeps its keys, so a late heartbeat does not move them.
     pub fn live_members(&self) -> Vec<String> {
         let state = self.read();
         std::iter::once(self.node_id.clone())
@@ -277,7 +278,7 @@ impl MembershipView {
                 state
                     .remotes
                     .values()
-                    .filter(|r| r.status == MemberStatus::Up)
+                    .filter(|r| r.status != MemberStatus::Down)
                     .map(|r| r.summary.node_id.clone()),
             )
             .collect()

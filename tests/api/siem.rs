@@ -125,15 +125,7 @@ async fn all_delivered(app: &TestApp, token: &str, received: &Received) -> HashM
 
 #[tokio::test]
 async fn audit_events_reach_splunk_and_datadog_with_their_chain() {
-    let hec = HecReceiver::start(
-        any_port(),
-        HecOptions {
-            token: HEC_TOKEN.into(),
-            ack: false,
-        },
-    )
-    .await
-    .unwrap();
+    let hec = HecReceiver::local(HEC_TOKEN).await.unwrap();
     let intake = DatadogReceiver::start(any_port(), DD_KEY).await.unwrap();
     let app = spawn_app_with(|c| {
         c.siem.splunk = Some(splunk(hec.url()));
@@ -256,15 +248,7 @@ async fn failing_sink_is_retried_until_it_accepts(app: &TestApp, hec: &HecReceiv
 
 #[tokio::test]
 async fn a_failing_sink_is_retried_until_it_accepts_and_nothing_is_lost() {
-    let hec = HecReceiver::start(
-        any_port(),
-        HecOptions {
-            token: HEC_TOKEN.into(),
-            ack: false,
-        },
-    )
-    .await
-    .unwrap();
+    let hec = HecReceiver::local(HEC_TOKEN).await.unwrap();
     hec.set_busy(true);
     let app = spawn_app_with(|c| {
         c.siem.splunk = Some(splunk(hec.url()));
@@ -277,15 +261,7 @@ async fn a_failing_sink_is_retried_until_it_accepts_and_nothing_is_lost() {
 
 #[tokio::test]
 async fn a_failing_sink_is_retried_until_it_accepts_on_postgres() {
-    let hec = HecReceiver::start(
-        any_port(),
-        HecOptions {
-            token: HEC_TOKEN.into(),
-            ack: false,
-        },
-    )
-    .await
-    .unwrap();
+    let hec = HecReceiver::local(HEC_TOKEN).await.unwrap();
     hec.set_busy(true);
     let app = spawn_pg_app_with(|c| {
         c.siem.splunk = Some(splunk(hec.url()));
@@ -298,15 +274,7 @@ async fn a_failing_sink_is_retried_until_it_accepts_on_postgres() {
 
 #[tokio::test]
 async fn an_event_the_sink_refuses_is_set_aside_and_the_rest_delivered() {
-    let hec = HecReceiver::start(
-        any_port(),
-        HecOptions {
-            token: HEC_TOKEN.into(),
-            ack: false,
-        },
-    )
-    .await
-    .unwrap();
+    let hec = HecReceiver::local(HEC_TOKEN).await.unwrap();
     hec.reject_resource("server:poison");
     let app = spawn_app_with(|c| c.siem.splunk = Some(splunk(hec.url()))).await;
     let admin = app.admin_token().await;
