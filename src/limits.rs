@@ -3,7 +3,7 @@
 //! With Redis configured, every bucket is one Redis key updated by an atomic GCRA script
 //! (the same rule as the in-process table), so all nodes count together. Redis sits behind
 //! a circuit breaker: after a failure the node counts on each key's owner node for
-//! [`BREAKER_OPEN`], then tries Redis again. Without Redis, or while it is out, each key is
+//! `BREAKER_OPEN` (5 s), then tries Redis again. Without Redis, or while it is out, each key is
 //! counted by its owner (rendezvous hashing over the live members), asked over the cluster:
 //! never no limit, and never a limit per node that N nodes multiply. Checks of keys this
 //! node owns also update its own table while Redis answers, so a Redis outage does not hand
@@ -19,7 +19,7 @@ use tracing::warn;
 
 use sark_actors::limiter::{RateDecision, RateTable, gcra, gcra_params};
 use sark_cluster::membership::MembershipView;
-use sark_cluster::placement::{owner, owner_rate_check};
+use sark_cluster::placement::{Counted, owner, owner_rate_check};
 
 use crate::store::redis::Redis;
 
@@ -74,8 +74,9 @@ impl RateLimiter {
         let checks = IntCounterVec::new(
             Opts::new(
                 "sark_rate_limit_checks_total",
-                "Rate-limit checks by where they were counted (redis, owner_node) and \
-                 Redis failures (redis_error)",
+                "Rate-limit checks by where they were counted (redis, owner_node, or here \
+                 because the owner did not answer: owner_unreachable) and Redis failures \
+                 (redis_error)",
             ),
             &["backend"],
         )?;
@@ -107,8 +108,14 @@ impl RateLimiter {
                 }
             }
         }
-        self.checks.with_label_values(&["owner_node"]).inc();
-        owner_rate_check(&self.membership, &self.table, key, limit, CHECK_TIMEOUT).await
+        let (decision, counted) =
+            owner_rate_check(&self.membership, &self.table, key, limit, CHECK_TIMEOUT).await;
+        let backend = match counted {
+            Counted::Here | Counted::Owner => "owner_node",
+            Counted::OwnerUnreachable => "owner_unreachable",
+        };
+        self.checks.with_label_values(&[backend]).inc();
+        decision
     }
 
     async fn redis_closed(&self) -> bool {

@@ -156,8 +156,13 @@ async fn revocations_and_policies_reach_every_node_and_a_cut_off_node_asks_the_s
             .collect(),
     };
     let admin = sandbox.login(0, "admin", ADMIN_PASSWORD).await.unwrap();
-    for name in &names[1..] {
-        api.wait_member(0, &admin, name, "up").await;
+    // The cluster is formed once every node sees every other up.
+    for node in 0..3 {
+        for (other, name) in names.iter().enumerate() {
+            if other != node {
+                api.wait_member(node, &admin, name, "up").await;
+            }
+        }
     }
     let (status, _) = api
         .call(

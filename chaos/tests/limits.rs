@@ -40,11 +40,33 @@ async fn a_limit_holds_across_three_nodes_without_redis() {
             .unwrap();
         assert_eq!(status, 401, "request {i} is within the limit: {body}");
     }
+    let mut counted = Vec::new();
+    for node in 0..3 {
+        let metrics = reqwest::get(format!("http://{}/metrics", sandbox.nodes()[node].http))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        counted.extend(
+            sandbox.nodes()[node]
+                .log()
+                .into_iter()
+                .filter(|l| l.contains("rate check") || l.contains("panic") || l.contains("ERROR"))
+                .map(|l| format!("node {node}: {l}")),
+        );
+        counted.extend(
+            metrics
+                .lines()
+                .filter(|l| l.starts_with("sark_rate_limit_checks_total"))
+                .map(|l| format!("node {node}: {l}")),
+        );
+    }
     for node in 0..3 {
         let (status, body) = sandbox.get_json(node, "/api/v1/servers").await.unwrap();
         assert_eq!(
             status, 429,
-            "node {node} refuses past the cluster-wide limit: {body}"
+            "node {node} refuses past the cluster-wide limit: {body}; {counted:?}"
         );
     }
     let statuses = sandbox.shutdown().await.unwrap();

@@ -5,10 +5,11 @@
 //! it answers; for a member that does not answer in time (hung, cut off, restarting) the
 //! broadcast waits until that member's lease has certainly expired: a member without a
 //! fresh lease checks the store instead of its memory, so from then on it cannot serve what
-//! the notice revoked. The wait assumes a member that cannot be reached by the sender hears
-//! from no other member either (a node hung, or cut off from the whole cluster).
+//! the notice revoked. The wait runs from the last time the sender, or any member that
+//! answered, heard from it; it assumes a member the sender cannot reach keeps no fresh lease
+//! through members that did not answer either (a node hung, or cut off from the cluster).
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use ractor::ActorRef;
@@ -55,10 +56,21 @@ pub async fn broadcast(
         calls.spawn(async move { ractor::call_t!(peer, PeerMessage::Announce, timeout_ms, frame) });
     }
     let mut answered = HashSet::new();
+    let mut heard_elsewhere: BTreeMap<String, Instant> = BTreeMap::new();
     while let Some(result) = calls.join_next().await {
-        if let Ok(Ok(Frame::Ok(ack))) = result
-            && ack.applied
-        {
+        let Ok(Ok(Frame::Ok(ack))) = result else {
+            continue;
+        };
+        // Measured by the member before it answered, so this errs towards later.
+        let received = Instant::now();
+        for (member, ago) in ack.heard_ms_ago {
+            let heard = received
+                .checked_sub(Duration::from_millis(ago))
+                .unwrap_or(received);
+            let latest = heard_elsewhere.entry(member).or_insert(heard);
+            *latest = (*latest).max(heard);
+        }
+        if ack.applied {
             answered.insert(ack.node_id);
         }
     }
@@ -70,7 +82,9 @@ pub async fn broadcast(
             waited_out,
         };
     };
-    for (member, expired_at) in view.fence_deadlines(&answered, lease) {
+    for (member, expired_at) in
+        view.fence_deadlines(&answered, &heard_elsewhere, lease, Instant::now())
+    {
         warn!(
             peer = member,
             "a member did not acknowledge a broadcast; waiting out its lease"

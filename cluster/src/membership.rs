@@ -70,15 +70,25 @@ struct Remote {
     heard_at: Instant,
     /// Send time of our last heartbeat it answered: what this node's lease counts.
     acked_at: Option<Instant>,
-    /// Its Peer actor as reached through ractor_cluster, once it answered us; when that
-    /// proxy disappears (the connection closed: the peer died or stopped) it is down at once.
-    cell: Option<ActorId>,
+    /// Its Peer actor as reached through ractor_cluster (one proxy per connection; two
+    /// nodes dialing each other at once have two), once it answered us. When none is left
+    /// (the connections closed: the peer died or stopped) it is down at once.
+    cells: HashSet<ActorId>,
+    /// The connection its last answer to our heartbeat came through.
+    last_cell: Option<ActorId>,
+    /// Whether its joining was reported (and its leaving not yet).
+    announced: bool,
+    /// Its connections closed since it last answered us: down, whatever its silence. Its
+    /// lease may still run (others may hear it), so broadcasts still fence it by time.
+    gone: bool,
 }
 
 #[derive(Debug)]
 struct ViewState {
     me: NodeSummary,
     remotes: BTreeMap<String, Remote>,
+    /// Members that announced their leave, until when their late heartbeats are ignored.
+    departed: BTreeMap<String, Instant>,
     lease_expires_at: Option<Instant>,
 }
 
@@ -119,6 +129,7 @@ impl MembershipView {
                     ..NodeSummary::default()
                 },
                 remotes: BTreeMap::new(),
+                departed: BTreeMap::new(),
                 lease_expires_at: None,
             }),
             node_id,
@@ -180,6 +191,10 @@ impl MembershipView {
             return;
         }
         let mut state = self.write();
+        state.departed.retain(|_, until| *until > now);
+        if state.departed.contains_key(&peer.node_id) {
+            return;
+        }
         let remote = state
             .remotes
             .entry(peer.node_id.clone())
@@ -188,12 +203,17 @@ impl MembershipView {
                 status: MemberStatus::Down,
                 heard_at: now,
                 acked_at: None,
-                cell: None,
+                cells: HashSet::new(),
+                last_cell: None,
+                announced: false,
+                gone: false,
             });
         remote.summary = peer;
         remote.heard_at = now;
-        if cell.is_some() {
-            remote.cell = cell;
+        if let Some(cell) = cell {
+            remote.cells.insert(cell);
+            remote.last_cell = Some(cell);
+            remote.gone = false;
         }
         if acked_at.is_some() {
             remote.acked_at = acked_at.max(remote.acked_at);
@@ -202,8 +222,8 @@ impl MembershipView {
 
     /// Recomputes every member's status and this node's lease at `now`; returns the changes.
     ///
-    /// A member is up while it was heard within `suspect_after`, suspect until `lease`, down
-    /// after. This node's lease runs `lease` from the oldest heartbeat that a majority of the
+    /// A member is up while it was heard within `suspect_after` and answers our heartbeats,
+    /// suspect until `lease`, down after. This node's lease runs `lease` from the oldest heartbeat that a majority of the
     /// known members (this node counts as one) answered: a node cut off from most of the
     /// cluster loses its lease within `lease`, whichever side of the cut it is on.
     fn update(
@@ -216,16 +236,20 @@ impl MembershipView {
         let mut state = self.write();
         let mut events = Vec::new();
         for remote in state.remotes.values_mut() {
-            if let (Some(cell), Some(connected)) = (&remote.cell, connected)
-                && !connected.contains(cell)
+            if let Some(connected) = connected
+                && !remote.cells.is_empty()
             {
-                // Its connection closed: as silent as a member can be.
-                remote.cell = None;
-                remote.acked_at = None;
-                remote.heard_at = now.checked_sub(lease).unwrap_or(remote.heard_at);
+                remote.cells.retain(|cell| connected.contains(cell));
+                if remote.cells.is_empty() {
+                    remote.acked_at = None;
+                    remote.gone = true;
+                }
             }
             let silent = now.saturating_duration_since(remote.heard_at);
-            let status = if silent < suspect_after {
+            // Up means reachable: it answered one of our heartbeats over a live connection.
+            let status = if remote.gone {
+                MemberStatus::Down
+            } else if silent < suspect_after && !remote.cells.is_empty() {
                 MemberStatus::Up
             } else if silent < lease {
                 MemberStatus::Suspect
@@ -233,11 +257,13 @@ impl MembershipView {
                 MemberStatus::Down
             };
             let (node_id, addr) = (remote.summary.node_id.clone(), remote.summary.addr.clone());
-            match (remote.status, status) {
-                (MemberStatus::Down, MemberStatus::Up) => {
+            match status {
+                MemberStatus::Up if !remote.announced => {
+                    remote.announced = true;
                     events.push(MembershipEvent::Joined { node_id, addr });
                 }
-                (MemberStatus::Up | MemberStatus::Suspect, MemberStatus::Down) => {
+                MemberStatus::Down if remote.announced => {
+                    remote.announced = false;
                     events.push(MembershipEvent::Left { node_id, addr });
                 }
                 _ => {}
@@ -254,18 +280,42 @@ impl MembershipView {
         events
     }
 
-    /// Members not yet known to be down that are missing from `answered`, each with the
-    /// instant its lease has certainly expired if it hears from nobody (last heard + `lease`).
+    /// For each remote member, how long ago it was last heard.
+    fn silences(&self, now: Instant) -> BTreeMap<String, u64> {
+        self.read()
+            .remotes
+            .values()
+            .map(|r| {
+                let ago = now.saturating_duration_since(r.heard_at).as_millis();
+                (
+                    r.summary.node_id.clone(),
+                    u64::try_from(ago).unwrap_or(u64::MAX),
+                )
+            })
+            .collect()
+    }
+
+    /// Members missing from `answered` whose lease may still run at `now`, each with the
+    /// instant its lease has certainly expired if it hears from nobody: `lease` after the
+    /// last time this node, or any member that answered (`heard_elsewhere`), heard from it.
     pub(crate) fn fence_deadlines(
         &self,
         answered: &std::collections::HashSet<String>,
+        heard_elsewhere: &BTreeMap<String, Instant>,
         lease: Duration,
+        now: Instant,
     ) -> Vec<(String, Instant)> {
         self.read()
             .remotes
             .values()
-            .filter(|r| r.status != MemberStatus::Down && !answered.contains(&r.summary.node_id))
-            .map(|r| (r.summary.node_id.clone(), r.heard_at + lease))
+            .filter(|r| !answered.contains(&r.summary.node_id))
+            .map(|r| {
+                let heard = heard_elsewhere
+                    .get(&r.summary.node_id)
+                    .map_or(r.heard_at, |elsewhere| r.heard_at.max(*elsewhere));
+                (r.summary.node_id.clone(), heard + lease)
+            })
+            .filter(|(_, expired_at)| *expired_at > now)
             .collect()
     }
 
@@ -284,18 +334,31 @@ impl MembershipView {
             .collect()
     }
 
-    /// The Peer actor of member `node_id`, while it is connected.
-    pub fn peer(&self, node_id: &str) -> Option<ActorRef<PeerMessage>> {
-        let cell = self.read().remotes.get(node_id)?.cell?;
-        ractor::pg::get_members(&PEER_GROUP.to_owned())
+    /// The Peer actor of member `node_id` through each connection that reached it, the one
+    /// its last heartbeat answer came through first.
+    pub fn peers(&self, node_id: &str) -> Vec<ActorRef<PeerMessage>> {
+        let Some((cells, last)) = self
+            .read()
+            .remotes
+            .get(node_id)
+            .map(|r| (r.cells.clone(), r.last_cell))
+        else {
+            return Vec::new();
+        };
+        let mut peers: Vec<ActorCell> = ractor::pg::get_members(&PEER_GROUP.to_owned())
             .into_iter()
-            .find(|member| member.get_id() == cell)
-            .map(ActorRef::from)
+            .filter(|member| cells.contains(&member.get_id()))
+            .collect();
+        peers.sort_by_key(|cell| Some(cell.get_id()) != last);
+        peers.into_iter().map(ActorRef::from).collect()
     }
 
-    /// Forgets a member that announced it is leaving; returns the change.
-    fn leave(&self, node_id: &str) -> Option<MembershipEvent> {
-        let remote = self.write().remotes.remove(node_id)?;
+    /// Forgets a member that announced it is leaving, ignoring its heartbeats for `quiet`
+    /// (it keeps sending them while it drains); returns the change.
+    fn leave(&self, node_id: &str, now: Instant, quiet: Duration) -> Option<MembershipEvent> {
+        let mut state = self.write();
+        state.departed.insert(node_id.to_owned(), now + quiet);
+        let remote = state.remotes.remove(node_id)?;
         Some(MembershipEvent::Left {
             node_id: remote.summary.node_id,
             addr: remote.summary.addr,
@@ -307,12 +370,32 @@ impl MembershipView {
         self.write().me = me;
     }
 
-    /// Addresses of members that are down (to dial again).
-    fn down_addrs(&self) -> Vec<String> {
-        self.read()
+    /// Addresses to dial besides the seeds: members that are down, and members other
+    /// members know.
+    fn dial_addrs(&self) -> Vec<String> {
+        let state = self.read();
+        let mut addrs: Vec<String> = state
             .remotes
             .values()
             .filter(|r| r.status == MemberStatus::Down)
+            .map(|r| r.summary.addr.clone())
+            .collect();
+        addrs.extend(
+            state
+                .remotes
+                .values()
+                .flat_map(|r| r.summary.members.iter().cloned()),
+        );
+        addrs.sort();
+        addrs.dedup();
+        addrs
+    }
+
+    /// Cluster addresses of the remote members this node knows.
+    fn member_addrs(&self) -> Vec<String> {
+        self.read()
+            .remotes
+            .values()
             .map(|r| r.summary.addr.clone())
             .collect()
     }
@@ -460,6 +543,7 @@ pub struct MembershipState {
     server: ActorRef<NodeServerMessage>,
     timer: ractor::concurrency::JoinHandle<()>,
     dialed: BTreeMap<SocketAddr, Instant>,
+    unreached: BTreeMap<SocketAddr, Instant>,
 }
 
 /// Pause between two dials of the same address.
@@ -470,6 +554,7 @@ impl MembershipState {
         let mut me = (self.config.summary)();
         me.node_id = self.config.node_id.clone();
         me.addr = self.config.bind.to_string();
+        me.members = self.view.member_addrs();
         self.view.set_me(me.clone());
         Hello {
             version: PROTOCOL_VERSION,
@@ -480,7 +565,7 @@ impl MembershipState {
     /// Dials seeds and down members that no live member answers for, from this node's IP.
     async fn dial(&mut self) {
         let mut targets: Vec<String> = self.config.seeds.clone();
-        targets.extend(self.view.down_addrs());
+        targets.extend(self.view.dial_addrs());
         let now = Instant::now();
         for target in targets {
             let Ok(addrs) = tokio::net::lookup_host(target.as_str()).await else {
@@ -488,8 +573,17 @@ impl MembershipState {
                 continue;
             };
             for addr in addrs {
-                if addr == self.config.bind
-                    || self.view.reachable(&addr.to_string())
+                if addr == self.config.bind || self.view.reachable(&addr.to_string()) {
+                    self.unreached.remove(&addr);
+                    continue;
+                }
+                // Of two nodes that know each other, the one with the lower address dials;
+                // the other waits for it a while first. Two nodes dialing each other at once
+                // make two connections, and messages sent over the one being closed are lost.
+                let unreached_since = *self.unreached.entry(addr).or_insert(now);
+                let their_turn = addr < self.config.bind
+                    && now.saturating_duration_since(unreached_since) < REDIAL * 2;
+                if their_turn
                     || self
                         .dialed
                         .get(&addr)
@@ -601,7 +695,10 @@ impl Actor for Membership {
             config.node_id.clone(),
             config.bind.ip().to_string(),
             None,
-            Some(ractor_cluster::node::NodeConnectionMode::Transitive),
+            // We dial every member ourselves, from this node's address (learned addresses
+            // come with heartbeats): ractor_cluster's own transitive dials would leave from
+            // any address and slip past rules on node addresses.
+            Some(ractor_cluster::node::NodeConnectionMode::Isolated),
         )
         .with_listen_addr(config.bind.ip())
         .with_max_inbound_frame_size(MAX_FRAME_BYTES);
@@ -614,6 +711,7 @@ impl Actor for Membership {
                 notices: config.notices.clone(),
                 events: config.events.clone(),
                 rate_table: config.rate_table.clone(),
+                quiet: config.lease,
             },
             myself.get_cell(),
         )
@@ -627,6 +725,7 @@ impl Actor for Membership {
             server,
             timer,
             dialed: BTreeMap::new(),
+            unreached: BTreeMap::new(),
         })
     }
 
@@ -707,6 +806,8 @@ pub struct PeerArguments {
     pub events: Option<tokio::sync::mpsc::UnboundedSender<MembershipEvent>>,
     /// The buckets this node counts for keys it owns.
     pub rate_table: Option<Arc<RateTable>>,
+    /// How long a departed member's heartbeats are ignored (the lease).
+    pub quiet: Duration,
 }
 
 impl Actor for Peer {
@@ -753,7 +854,9 @@ impl Actor for Peer {
                         if compatible(announcement.version)
                             && announcement.notice == Notice::Leaving =>
                     {
-                        if let Some(event) = view.leave(&announcement.from) {
+                        if let Some(event) =
+                            view.leave(&announcement.from, Instant::now(), state.quiet)
+                        {
                             info!(peer = announcement.from, "cluster member left");
                             if let Some(events) = &state.events {
                                 let _ = events.send(event);
@@ -776,6 +879,7 @@ impl Actor for Peer {
                 let _ = reply.send(Frame::Ok(Ack {
                     node_id: view.node_id.clone(),
                     applied,
+                    heard_ms_ago: view.silences(Instant::now()),
                 }));
             }
             PeerMessage::RateCheck(frame, reply) => {
@@ -873,11 +977,12 @@ mod tests {
 
     #[test]
     fn statuses_follow_silence_and_changes_are_reported_once() {
+        // A member is up only once it answered a heartbeat (here, through actor 7).
         let view = MembershipView::new("me");
         let beat = Duration::from_millis(100);
         let lease = Duration::from_secs(1);
         let t0 = Instant::now();
-        view.heard(peer("a"), t0, Some(t0), None);
+        view.heard(peer("a"), t0, Some(t0), Some(ActorId::Local(7)));
         let joined = view.update(t0, beat * 3, lease, None);
         assert_eq!(
             joined,
@@ -891,10 +996,34 @@ mod tests {
         assert_eq!(view.members()[1].status, MemberStatus::Suspect);
         let left = view.update(t0 + lease, beat * 3, lease, None);
         assert!(matches!(&left[..], [MembershipEvent::Left { node_id, .. }] if node_id == "a"));
-        assert_eq!(view.down_addrs(), ["a:7400"]);
+        assert_eq!(view.dial_addrs(), ["a:7400"]);
         view.heard(peer("a"), t0 + lease * 2, None, None);
         assert_eq!(view.update(t0 + lease * 2, beat * 3, lease, None).len(), 1);
         assert_eq!(view.members_up(), 2);
+    }
+
+    #[test]
+    fn a_departed_member_is_dropped_and_its_late_heartbeats_ignored() {
+        let view = MembershipView::new("me");
+        let quiet = Duration::from_secs(1);
+        let t0 = Instant::now();
+        view.heard(peer("a"), t0, Some(t0), Some(ActorId::Local(7)));
+        assert!(matches!(
+            view.leave("a", t0, quiet),
+            Some(MembershipEvent::Left { .. })
+        ));
+        view.heard(peer("a"), t0 + quiet / 2, Some(t0), Some(ActorId::Local(7)));
+        assert_eq!(
+            view.members().len(),
+            1,
+            "a draining member's heartbeat is ignored"
+        );
+        view.heard(peer("a"), t0 + quiet * 2, None, None);
+        assert_eq!(
+            view.members().len(),
+            2,
+            "after the quiet period it may rejoin"
+        );
     }
 
     #[test]

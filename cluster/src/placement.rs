@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use sark_actors::limiter::{RateDecision, RateTable};
 use sha2::{Digest, Sha256};
+use tracing::warn;
 
 use crate::membership::MembershipView;
 use crate::wire::{Frame, PROTOCOL_VERSION, PeerMessage, RateQuery};
@@ -24,6 +25,17 @@ fn weight(member: &str, key: &str) -> [u8; 32] {
     hasher.finalize().into()
 }
 
+/// Where an owner-node rate check was counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counted {
+    /// Here: this node owns the key.
+    Here,
+    /// On the owner, over the cluster.
+    Owner,
+    /// Here, because the owner did not answer in time (it is hung or going down).
+    OwnerUnreachable,
+}
+
 /// Counts a request against `key` on the key's owner: in `table` when this node owns it,
 /// otherwise over the cluster. When the owner does not answer within `timeout` (it is going
 /// down), the request is counted here.
@@ -33,25 +45,34 @@ pub async fn owner_rate_check(
     key: &str,
     limit: u32,
     timeout: Duration,
-) -> RateDecision {
+) -> (RateDecision, Counted) {
     let members = view.live_members();
     let owner = owner(key, members.iter().map(String::as_str)).unwrap_or(view.node_id());
-    if owner != view.node_id()
-        && let Some(peer) = view.peer(owner)
-    {
+    let here = |counted| {
+        (
+            table.check(key, limit, tokio::time::Instant::now()),
+            counted,
+        )
+    };
+    if owner == view.node_id() {
+        return here(Counted::Here);
+    }
+    let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+    for peer in view.peers(owner) {
         let query = Frame::Ok(RateQuery {
             version: PROTOCOL_VERSION,
             key: key.to_owned(),
             limit,
         });
-        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
-        if let Ok(Frame::Ok(decision)) =
-            ractor::call_t!(peer, PeerMessage::RateCheck, timeout_ms, query)
-        {
-            return decision;
+        match ractor::call_t!(peer, PeerMessage::RateCheck, timeout_ms, query) {
+            Ok(Frame::Ok(decision)) => return (decision, Counted::Owner),
+            Ok(Frame::Malformed(reason)) => {
+                warn!(owner, reason, "the owner node refused a rate check");
+            }
+            Err(err) => warn!(owner, error = %err, "the owner node did not answer a rate check"),
         }
     }
-    table.check(key, limit, tokio::time::Instant::now())
+    here(Counted::OwnerUnreachable)
 }
 
 #[cfg(test)]

@@ -45,6 +45,10 @@ pub struct NodeSummary {
     /// The policy version each bundle has loaded on it.
     #[serde(default)]
     pub policy_versions: BTreeMap<String, i64>,
+    /// Cluster addresses of the members it knows, so every node learns every member and
+    /// dials it from its own address.
+    #[serde(default)]
+    pub members: Vec<String>,
 }
 
 /// A heartbeat or its answer.
@@ -99,6 +103,10 @@ pub struct Ack {
     pub node_id: String,
     /// Whether it applied the notice (if not, the sender waits its lease out).
     pub applied: bool,
+    /// For each member it knows, milliseconds since it last heard from it: a member that did
+    /// not answer the sender may still have been heard (and its lease renewed) by others.
+    #[serde(default)]
+    pub heard_ms_ago: BTreeMap<String, u64>,
 }
 
 /// A rate-limit check forwarded to the key's owner node.
@@ -170,6 +178,7 @@ mod tests {
                 addr: "127.0.0.2:7400".into(),
                 sessions: 3,
                 policy_versions: BTreeMap::from([("authorization".into(), 2)]),
+                members: vec!["127.0.0.3:7400".into()],
             },
         }
     }

@@ -53,6 +53,18 @@ impl SqliteStore {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(fail(e.to_string())),
         }
+        // Processes opening one file together take turns until it is in WAL mode and
+        // migrated: switching the journal mode is refused, not waited for, while another
+        // connection holds the file.
+        let lock_path = path.with_extension("migrate.lock");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| fail(format!("cannot open {}: {e}", lock_path.display())))?;
+        lock.lock()
+            .map_err(|e| fail(format!("cannot lock {}: {e}", lock_path.display())))?;
         let options = SqliteConnectOptions::from_str("sqlite://")
             .map_err(|e| fail(e.to_string()))?
             .filename(path)
@@ -81,15 +93,6 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(|e| fail(e.to_string()))?;
-        let lock_path = path.with_extension("migrate.lock");
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| fail(format!("cannot open {}: {e}", lock_path.display())))?;
-        lock.lock()
-            .map_err(|e| fail(format!("cannot lock {}: {e}", lock_path.display())))?;
         let migrated = super::migrator(super::SQLITE_MIGRATIONS).run(&pool).await;
         drop(lock);
         migrated.map_err(|e| OpenError::Migration(e.to_string()))?;
