@@ -807,6 +807,18 @@ impl Config {
                 "must be 1-64 characters of letters, digits, `.`, `_` or `-`",
             ));
         }
+        let cluster_tls = [
+            ("cluster.tls_cert_file", &self.cluster.tls_cert_file),
+            ("cluster.tls_key_file", &self.cluster.tls_key_file),
+            ("cluster.tls_ca_file", &self.cluster.tls_ca_file),
+        ];
+        if let Some((key, _)) = cluster_tls.iter().find(|(_, file)| file.is_some()) {
+            return Err(ConfigError::key(
+                key,
+                "mutual TLS between nodes is not available yet; unset it (cluster traffic is \
+                 authenticated by cluster.cookie and should stay on a private network)",
+            ));
+        }
         if !self.cluster.seeds.is_empty() && self.cluster.cookie.is_none() {
             return Err(ConfigError::key(
                 "cluster.cookie",

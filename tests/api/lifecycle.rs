@@ -243,6 +243,10 @@ async fn invalid_configuration_exits_nonzero_naming_the_key() {
             vec![("SARK_SIEM__BATCH_SIZE", "0".into())],
             "siem.batch_size",
         ),
+        (
+            vec![("SARK_CLUSTER__TLS_CERT_FILE", "/etc/sark/node.pem".into())],
+            "cluster.tls_cert_file",
+        ),
     ];
     for (env, key) in cases {
         let (code, stderr) = run_to_exit(cwd.path(), &env);
