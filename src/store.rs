@@ -1,7 +1,7 @@
 //! Storage: the ports declared in `sark_actors::store`, implemented for SQLite (the
 //! embedded default) and PostgreSQL.
 //!
-//! Most SQL is portable between the two (`$n` placeholders, `ON CONFLICT`, `RETURNING`),
+//! Most SQL is portable between the two (`$n` parameters, `ON CONFLICT`, `RETURNING`),
 //! so one implementation is generated for both by `sql::impl_portable_store`; each
 //! backend module adds what differs (tag filtering, outbox claiming, partitions).
 //!

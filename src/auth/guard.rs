@@ -147,7 +147,7 @@ pub async fn audit_denial(
 
 /// A node cut off from the cluster (its lease lapsed) may have missed a policy activation:
 /// it brings `bundle` up to the stored version before deciding, or answers 503.
-pub async fn fenced_policy_check(node: &Node, bundle: &str) -> Result<(), ApiError> {
+async fn fenced_policy_check(node: &Node, bundle: &str) -> Result<(), ApiError> {
     if node.lease_fresh() {
         return Ok(());
     }

@@ -81,18 +81,7 @@ async fn api_keys_authenticate_as_bearer_and_x_api_key_and_revoke_instantly() {
         401,
         "refused from the next request"
     );
-    let kinds: Vec<String> = app
-        .node()
-        .store
-        .list_audit(&sark::store::AuditQuery {
-            limit: 50,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.event.event_type)
-        .collect();
+    let kinds: Vec<String> = app.audit_types().await;
     assert!(
         kinds.iter().any(|k| k == "api_key_created")
             && kinds.iter().any(|k| k == "api_key_revoked")

@@ -261,7 +261,7 @@ async fn every_api_request_gets_a_row_but_probes_do_not() {
     let admin = app.admin_token().await;
     for _ in 0..5 {
         assert_eq!(app.get_as("/api/v1/auth/me", &admin).await.0, 200);
-        let health = app.client.get(app.url("/health")).send().await.unwrap();
+        let health = app.get("/health").await;
         assert_eq!(health.status(), 200);
     }
     let store = app.node().store.clone();

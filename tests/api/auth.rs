@@ -82,15 +82,7 @@ async fn login_and_refresh_flow(app: &TestApp) {
 async fn login_refresh_and_refresh_token_reuse_on_sqlite() {
     let app = spawn_app().await;
     login_and_refresh_flow(&app).await;
-    let events = app
-        .node()
-        .store
-        .list_audit(&sark::store::AuditQuery {
-            limit: 100,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let events = app.audit_events(100).await;
     let kinds: Vec<&str> = events.iter().map(|e| e.event.event_type.as_str()).collect();
     for kind in [
         "user_created",
@@ -287,12 +279,7 @@ async fn forged_and_invalid_access_tokens_are_all_refused_with_401() {
         assert_eq!(status, 401, "{what} was accepted: {body}");
         assert_eq!(body["error"]["code"], "invalid_token", "{what}: {body}");
     }
-    let response = app
-        .client
-        .get(app.url("/api/v1/auth/me"))
-        .send()
-        .await
-        .unwrap();
+    let response = app.get("/api/v1/auth/me").await;
     assert_eq!(response.status(), 401);
     assert_eq!(response.headers()["www-authenticate"], "Bearer");
     let response = app
@@ -584,7 +571,7 @@ async fn authenticated_callers_are_rate_limited_per_principal() {
     assert_eq!(response.status(), 429);
     assert!(response.headers().contains_key("retry-after"));
     assert_eq!(response.headers()["ratelimit-limit"], "3");
-    let metrics = app.get("/metrics").await.text().await.unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains(r#"sark_rate_limited_total{scope="principal"} 1"#),
         "{metrics}"

@@ -410,7 +410,7 @@ async fn unauthenticated_clients_are_rate_limited_per_ip_except_on_health_and_me
         assert_eq!(app.get("/health/ready").await.status(), 200);
         assert_eq!(app.get("/metrics").await.status(), 200);
     }
-    let metrics = app.get("/metrics").await.text().await.unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains(r#"sark_rate_limited_total{scope="ip"} 1"#),
         "{metrics}"

@@ -99,6 +99,32 @@ impl TestApp {
         (status, response.json().await.expect("JSON body"))
     }
 
+    /// The node's newest `limit` audit events, read from its store.
+    pub async fn audit_events(&self, limit: u32) -> Vec<sark::store::ChainedEvent> {
+        self.node()
+            .store
+            .list_audit(&sark::store::AuditQuery {
+                limit,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+    }
+
+    /// The types of the node's newest 100 audit events.
+    pub async fn audit_types(&self) -> Vec<String> {
+        self.audit_events(100)
+            .await
+            .into_iter()
+            .map(|e| e.event.event_type)
+            .collect()
+    }
+
+    /// The node's Prometheus text.
+    pub async fn metrics(&self) -> String {
+        self.get("/metrics").await.text().await.unwrap()
+    }
+
     /// The bootstrap admin's password in test nodes.
     pub const ADMIN_PASSWORD: &'static str = "bootstrap-admin-password-for-tests";
 

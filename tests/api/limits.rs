@@ -74,7 +74,7 @@ async fn knock(app: &TestApp) -> u16 {
 }
 
 async fn checks(app: &TestApp, backend: &str) -> u64 {
-    let metrics = app.get("/metrics").await.text().await.unwrap();
+    let metrics = app.metrics().await;
     let series = format!("sark_rate_limit_checks_total{{backend=\"{backend}\"}} ");
     metrics
         .lines()

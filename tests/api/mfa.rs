@@ -134,18 +134,7 @@ async fn totp_enrolment_challenge_replay_and_recovery_codes() {
     let (status, _) = verify(&app, &id3, &recovery[4].to_uppercase()).await;
     assert_eq!(status, 200, "recovery codes ignore case");
 
-    let kinds: Vec<String> = app
-        .node()
-        .store
-        .list_audit(&sark::store::AuditQuery {
-            limit: 100,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.event.event_type)
-        .collect();
+    let kinds: Vec<String> = app.audit_types().await;
     for kind in ["mfa_enrolled", "mfa_verified", "mfa_failed"] {
         assert!(kinds.iter().any(|k| k == kind), "{kind}: {kinds:?}");
     }

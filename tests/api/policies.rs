@@ -348,15 +348,7 @@ async fn versions_rollback_and_tests_of_stored_and_draft_policies() {
     let (status, result) = json_of(test(json!({"source": slow, "input": {}})).await).await;
     assert_eq!(status, 400, "{result}");
     assert_eq!(result["error"]["code"], "policy_timeout");
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("sark_policy_evaluation_limit_exceeded_total{bundle=\"draft\"} 1"),
         "the stop is counted"
@@ -436,15 +428,7 @@ async fn the_decision_cache_hits_never_serves_an_old_version_and_skips_clock_rea
         );
         assert_eq!(answer["policy_version"], 3);
     }
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics
             .contains("sark_policy_decision_cache_total{bundle=\"authorization\",result=\"hit\"}"),
@@ -482,15 +466,7 @@ async fn an_evaluation_that_fails_denies_is_audited_and_counted() {
         "the denial's audit event",
         Duration::from_secs(10),
         || async {
-            let events = app
-                .node()
-                .store
-                .list_audit(&sark::store::AuditQuery {
-                    limit: 50,
-                    ..Default::default()
-                })
-                .await
-                .unwrap();
+            let events = app.audit_events(50).await;
             let denial = events.into_iter().find(|e| {
                 e.event.event_type == "authz_denied" && e.event.actor.as_deref() == Some("olga")
             })?;
@@ -506,15 +482,7 @@ async fn an_evaluation_that_fails_denies_is_audited_and_counted() {
         "{:?}",
         denials.event.details
     );
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("sark_policy_evaluation_limit_exceeded_total{bundle=\"authorization\"}"),
         "counted"
@@ -628,12 +596,7 @@ async fn the_rate_limiting_policy_shapes_the_limits_and_defaults_apply_elsewhere
             .parse()
             .unwrap()
     };
-    let jwks = app
-        .client
-        .get(app.url("/.well-known/jwks.json"))
-        .send()
-        .await
-        .unwrap();
+    let jwks = app.get("/.well-known/jwks.json").await;
     assert_eq!(
         limit_of(&jwks),
         30,
@@ -660,12 +623,7 @@ async fn the_rate_limiting_policy_shapes_the_limits_and_defaults_apply_elsewhere
     );
     let mut statuses = Vec::new();
     for _ in 0..8 {
-        let response = app
-            .client
-            .get(app.url("/.well-known/jwks.json"))
-            .send()
-            .await
-            .unwrap();
+        let response = app.get("/.well-known/jwks.json").await;
         assert_eq!(limit_of(&response), 7);
         statuses.push(response.status().as_u16());
     }

@@ -178,7 +178,7 @@ async fn audit_events_reach_splunk_and_datadog_with_their_chain() {
     let (_, detailed) = app.get_json("/health/detailed").await;
     assert_eq!(detailed["services"]["siem_splunk"], "UP", "{detailed}");
     assert_eq!(detailed["services"]["siem_datadog"], "UP", "{detailed}");
-    let metrics = app.get("/metrics").await.text().await.unwrap();
+    let metrics = app.metrics().await;
     assert!(metrics.contains("sark_siem_delivered_total{sink=\"splunk\"}"));
     assert!(metrics.contains("sark_siem_queued{sink=\"datadog\"}"));
 
@@ -246,30 +246,32 @@ async fn failing_sink_is_retried_until_it_accepts(app: &TestApp, hec: &HecReceiv
     assert!(status["last_delivery_at"].is_string());
 }
 
-#[tokio::test]
-async fn a_failing_sink_is_retried_until_it_accepts_and_nothing_is_lost() {
+/// A node on SQLite or PostgreSQL forwarding to a collector that is busy from the start.
+async fn retried_until_accepted(postgres: bool) {
     let hec = HecReceiver::local(HEC_TOKEN).await.unwrap();
     hec.set_busy(true);
-    let app = spawn_app_with(|c| {
-        c.siem.splunk = Some(splunk(hec.url()));
+    let url = hec.url();
+    let adjust = move |c: &mut Config| {
+        c.siem.splunk = Some(splunk(url));
         quick_retries(c);
-    })
-    .await;
+    };
+    let app = if postgres {
+        spawn_pg_app_with(adjust).await
+    } else {
+        spawn_app_with(adjust).await
+    };
     failing_sink_is_retried_until_it_accepts(&app, &hec).await;
     app.stop().await;
 }
 
 #[tokio::test]
+async fn a_failing_sink_is_retried_until_it_accepts_and_nothing_is_lost() {
+    retried_until_accepted(false).await;
+}
+
+#[tokio::test]
 async fn a_failing_sink_is_retried_until_it_accepts_on_postgres() {
-    let hec = HecReceiver::local(HEC_TOKEN).await.unwrap();
-    hec.set_busy(true);
-    let app = spawn_pg_app_with(|c| {
-        c.siem.splunk = Some(splunk(hec.url()));
-        quick_retries(c);
-    })
-    .await;
-    failing_sink_is_retried_until_it_accepts(&app, &hec).await;
-    app.stop().await;
+    retried_until_accepted(true).await;
 }
 
 #[tokio::test]
@@ -300,7 +302,7 @@ async fn an_event_the_sink_refuses_is_set_aside_and_the_rest_delivered() {
             .then_some(())
     })
     .await;
-    let metrics = app.get("/metrics").await.text().await.unwrap();
+    let metrics = app.metrics().await;
     assert!(metrics.contains("sark_siem_dead_lettered_total{sink=\"splunk\"} 1"));
     app.stop().await;
 }

@@ -38,7 +38,7 @@ async fn a_panicking_child_is_restarted_counted_and_shown_in_the_tree() {
     let bundles: Vec<&str> = policies.children.iter().map(|c| c.id.as_str()).collect();
     assert_eq!(bundles, ["authorization", "rate_limiting"]);
 
-    let metrics = app.get("/metrics").await.text().await.unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains(r#"sark_actor_restarts_total{kind="limiter"} 1"#),
         "{metrics}"

@@ -244,18 +244,7 @@ async fn disabling_or_deleting_a_user_revokes_sessions_and_api_keys_before_answe
     );
     assert_eq!(app.get_as("/api/v1/auth/me", &again).await.0, 401);
     assert_eq!(app.get_as("/api/v1/users/jay", &admin).await.0, 404);
-    let kinds: Vec<String> = app
-        .node()
-        .store
-        .list_audit(&sark::store::AuditQuery {
-            limit: 100,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.event.event_type)
-        .collect();
+    let kinds: Vec<String> = app.audit_types().await;
     for kind in ["user_disabled", "user_deleted", "api_key_created"] {
         assert!(kinds.iter().any(|k| k == kind), "{kind}: {kinds:?}");
     }
@@ -316,18 +305,7 @@ async fn five_failures_lock_existing_and_unknown_names_alike_until_an_admin_unlo
         423,
         "unlocking one name leaves the others"
     );
-    let kinds: Vec<String> = app
-        .node()
-        .store
-        .list_audit(&sark::store::AuditQuery {
-            limit: 100,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.event.event_type)
-        .collect();
+    let kinds: Vec<String> = app.audit_types().await;
     for kind in ["login_failed", "account_locked", "account_unlocked"] {
         assert!(kinds.iter().any(|k| k == kind), "{kind}: {kinds:?}");
     }

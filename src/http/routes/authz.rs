@@ -6,9 +6,7 @@ use axum::extract::State;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use crate::auth::guard::{
-    AUTHORIZATION_BUNDLE, audit_denial, authorize, decide, fenced_policy_check, policy_input,
-};
+use crate::auth::guard::{AUTHORIZATION_BUNDLE, audit_denial, authorize, decide, policy_input};
 use crate::auth::principal::Principal;
 use crate::http::AppState;
 use crate::http::errors::ApiError;
@@ -102,7 +100,6 @@ pub async fn post_evaluate(
             defaults.extend(context);
         }
     }
-    fenced_policy_check(node, AUTHORIZATION_BUNDLE).await?;
     let decision = decide(node, &input)?;
     if decision.error.is_some() {
         audit_denial(node, &principal.username, ip, &action, &resource, &decision).await;
