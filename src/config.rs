@@ -17,6 +17,10 @@ use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize};
 use zeroize::Zeroizing;
 
+mod providers;
+
+pub use providers::{LdapConfig, OidcConfig, RoleMapping};
+
 /// A secret string: never printed by `Debug`, wiped from memory when dropped.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(Zeroizing<String>);
@@ -424,6 +428,12 @@ pub struct Config {
     pub audit: AuditConfig,
     /// SIEM forwarding.
     pub siem: SiemConfig,
+    /// LDAP login; off when absent.
+    #[serde(default)]
+    pub ldap: Option<LdapConfig>,
+    /// OpenID Connect login; off when absent.
+    #[serde(default)]
+    pub oidc: Option<OidcConfig>,
     /// Cluster.
     pub cluster: ClusterConfig,
     /// Logging.
@@ -478,6 +488,8 @@ impl Default for Config {
             },
             audit: AuditConfig { retention_days: 90 },
             siem: SiemConfig::default(),
+            ldap: None,
+            oidc: None,
             policy: PolicyConfig {
                 sync_seconds: 10,
                 eval_timeout_ms: 100,
@@ -536,6 +548,8 @@ const SECRET_KEYS: &[&str] = &[
     "cluster.cookie",
     "siem.splunk.token",
     "siem.datadog.api_key",
+    "ldap.bind_password",
+    "oidc.client_secret",
 ];
 
 impl Config {
@@ -832,6 +846,12 @@ impl Config {
                     format!("`{redirect}` must be an absolute http(s) URL prefix"),
                 ));
             }
+        }
+        if let Some(ldap) = &self.ldap {
+            ldap.validate()?;
+        }
+        if let Some(oidc) = &self.oidc {
+            oidc.validate()?;
         }
         if self
             .log

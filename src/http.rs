@@ -95,6 +95,23 @@ pub fn router(state: AppState) -> Router {
         .route("/.well-known/jwks.json", get(routes::auth::get_jwks))
         .route("/api/v1/auth/login", post(routes::auth::post_login))
         .route(
+            "/api/v1/auth/login/ldap",
+            post(routes::federation::post_login_ldap),
+        )
+        .route(
+            "/api/v1/auth/providers",
+            get(routes::federation::get_providers),
+        )
+        .route(
+            "/api/v1/auth/oidc/login",
+            get(routes::federation::get_oidc_login),
+        )
+        .route(
+            "/api/v1/auth/oidc/callback",
+            get(routes::federation::get_oidc_callback),
+        )
+        .route("/api/v1/auth/exchange", post(routes::federation::post_exchange))
+        .route(
             "/api/v1/auth/mfa/verify",
             post(routes::auth::post_mfa_verify),
         )

@@ -7,7 +7,8 @@
 //! - [`node`]: a running node: store, keys, bootstrap and the NodeSupervisor.
 //! - [`http`]: the front door (router, middleware, listeners, handlers in `http::routes`).
 //! - [`store`]: the storage ports' SQLite and PostgreSQL implementations, and Redis.
-//! - [`idp`]: identity protocols (passwords, and later LDAP, OIDC, SAML, TOTP, JWT).
+//! - [`idp`]: local identity: passwords, TOTP, JWT access tokens.
+//! - [`federation`]: logins at external identity providers (LDAP, OpenID Connect).
 //! - [`secrets`]: the secrets key and private files.
 //! - [`policy`]: the built-in Rego bundles.
 //! - [`telemetry`]: JSON logs.
@@ -27,6 +28,7 @@ pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod federation;
 pub mod http;
 pub mod idp;
 pub mod limits;

@@ -141,6 +141,8 @@ pub struct Node {
     pub request_log: crate::request_log::RequestLog,
     /// Serializes credential checks per lockout key.
     pub(crate) attempt_locks: crate::auth::service::AttemptLocks,
+    /// The external identity providers.
+    pub providers: crate::federation::Providers,
     supervisor: ActorRef<SupervisorMessage>,
     store_ready: Arc<AtomicBool>,
     policies_in_step: Arc<AtomicBool>,
@@ -163,6 +165,7 @@ impl Node {
     pub async fn start(config: Arc<Config>) -> Result<(Arc<Self>, NodeControl), NodeError> {
         let hostname = gethostname::gethostname().to_string_lossy().into_owned();
         let clock: SharedClock = Arc::new(SystemClock);
+        let providers = crate::federation::Providers::new(&config)?;
         prepare_data_dir(&config)?;
         let node_id = resolve_node_id(&config, &hostname)?;
         let (key, generated) = SecretsKey::load_or_generate(
@@ -419,6 +422,7 @@ impl Node {
             request_log,
             siem,
             attempt_locks: Default::default(),
+            providers,
         };
         let node = Arc::new(node);
         control

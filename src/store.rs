@@ -121,6 +121,11 @@ const SQLITE_MIGRATIONS: &[EmbeddedMigration] = &[
         description: "audit_retention",
         sql: include_str!("../migrations/sqlite/20261126000003_audit_retention.sql"),
     },
+    EmbeddedMigration {
+        version: 20261127000001,
+        description: "federation",
+        sql: include_str!("../migrations/sqlite/20261127000001_federation.sql"),
+    },
 ];
 
 const POSTGRES_MIGRATIONS: &[EmbeddedMigration] = &[
@@ -138,6 +143,11 @@ const POSTGRES_MIGRATIONS: &[EmbeddedMigration] = &[
         version: 20261126000003,
         description: "audit_retention",
         sql: include_str!("../migrations/postgres/20261126000003_audit_retention.sql"),
+    },
+    EmbeddedMigration {
+        version: 20261127000001,
+        description: "federation",
+        sql: include_str!("../migrations/postgres/20261127000001_federation.sql"),
     },
 ];
 

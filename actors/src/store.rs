@@ -775,12 +775,74 @@ pub trait MfaStore: Send + Sync {
     async fn consume_challenge(&self, id: Uuid, now: DateTime<Utc>) -> StoreResult<bool>;
 }
 
+/// A login sent to an external provider that has not come back yet.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AuthRequestRecord {
+    /// SHA-256 (hex) of the value the provider echoes back (the OIDC `state`).
+    pub id: String,
+    /// Provider id (`oidc`, `saml`).
+    pub provider: String,
+    /// SHA-256 (hex) of the browser-binding cookie set when the login started.
+    pub browser_hash: String,
+    /// Provider data (PKCE verifier, nonce), sealed with a key derived from the secrets key.
+    pub data: String,
+    /// The allow-listed URL to hand a login code to, if the login asked for one.
+    pub redirect_uri: Option<String>,
+    /// When the login started.
+    pub created_at: DateTime<Utc>,
+    /// When it stops being accepted.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A one-time login code: what an external login that was delivered to a redirect left
+/// for `POST /api/v1/auth/exchange`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoginCodeRecord {
+    /// SHA-256 (hex) of the code.
+    pub code_hash: String,
+    /// The user who logged in.
+    pub user_id: Uuid,
+    /// How (`oidc`, `saml`).
+    pub auth_method: String,
+    /// Client address at login.
+    pub ip: Option<String>,
+    /// When it was issued.
+    pub created_at: DateTime<Utc>,
+    /// When it stops being accepted.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// External identities and the state of logins at external providers.
+#[async_trait]
+pub trait FederationStore: Send + Sync {
+    /// The account provisioned for `subject` at `provider`.
+    async fn user_by_subject(&self, provider: &str, subject: &str) -> StoreResult<Option<User>>;
+    /// Stores a pending external login.
+    async fn put_auth_request(&self, request: &AuthRequestRecord) -> StoreResult<()>;
+    /// Removes and returns a pending login that has not expired at `now`: it is usable once,
+    /// on any node.
+    async fn take_auth_request(
+        &self,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<AuthRequestRecord>>;
+    /// Stores a login code.
+    async fn put_login_code(&self, code: &LoginCodeRecord) -> StoreResult<()>;
+    /// Removes and returns a login code that has not expired at `now`.
+    async fn take_login_code(
+        &self,
+        code_hash: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<LoginCodeRecord>>;
+}
+
 /// Removal of rows nothing needs any more.
 #[async_trait]
 pub trait HousekeepingStore: Send + Sync {
     /// Deletes lockout counters whose window ended before `failures_before` and that are
-    /// not locked at `now`, challenges expired an hour ago, and sessions (with their used
-    /// refresh tokens) that expired before `sessions_before`. Returns the rows removed.
+    /// not locked at `now`, challenges expired an hour ago, expired external-login state and
+    /// login codes, and sessions (with their used refresh tokens) that expired before
+    /// `sessions_before`. Returns the rows removed.
     async fn prune_expired(
         &self,
         now: DateTime<Utc>,
@@ -875,6 +937,7 @@ pub trait Store:
     + ApiKeyStore
     + LockoutStore
     + MfaStore
+    + FederationStore
     + HousekeepingStore
     + RetentionStore
     + RequestLogStore
@@ -894,6 +957,7 @@ impl<T> Store for T where
         + ApiKeyStore
         + LockoutStore
         + MfaStore
+        + FederationStore
         + HousekeepingStore
         + RetentionStore
         + RequestLogStore

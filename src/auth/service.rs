@@ -130,7 +130,7 @@ fn locked(until: DateTime<Utc>, now: DateTime<Utc>) -> ApiError {
     .with_header(header::RETRY_AFTER, HeaderValue::from(retry))
 }
 
-fn invalid_credentials() -> ApiError {
+pub(crate) fn invalid_credentials() -> ApiError {
     ApiError::new(
         StatusCode::UNAUTHORIZED,
         "invalid_credentials",
@@ -243,7 +243,8 @@ impl Attempt {
     }
 }
 
-async fn audit(
+/// Records an audit event about `actor`.
+pub(crate) async fn audit(
     node: &Node,
     event_type: &str,
     outcome: &str,
@@ -268,7 +269,6 @@ pub async fn password_login(
     ip: Option<IpAddr>,
 ) -> Result<LoginOutcome, ApiError> {
     let key = lockout_key(username);
-    let now = node.clock.now();
     let attempt = Attempt::begin(node, &key).await?;
     let user = node.store.user_by_username(&key).await?;
     // Only active local accounts with a password can succeed; every other case still
@@ -294,13 +294,26 @@ pub async fn password_login(
             return Err(attempt.failed(node, ip, invalid_credentials()).await);
         }
     };
+    complete_login(node, attempt, &user, "password", ip).await
+}
+
+/// Finishes a login whose first factor (`method`) proved `user`: a second-factor challenge
+/// when the user has MFA on, otherwise the lockout counter is cleared and a session starts.
+pub async fn complete_login(
+    node: &Node,
+    attempt: Attempt,
+    user: &User,
+    method: &str,
+    ip: Option<IpAddr>,
+) -> Result<LoginOutcome, ApiError> {
     if user.mfa_enabled {
+        let now = node.clock.now();
         let expires_in = seconds(node.config.auth.mfa_challenge_seconds);
         let challenge = ChallengeRecord {
             id: Uuid::new_v4(),
             user_id: user.id,
-            username: key,
-            auth_method: "password".into(),
+            username: attempt.key.clone(),
+            auth_method: method.to_owned(),
             ip: ip.map(|ip| ip.to_string()),
             created_at: now,
             expires_at: now + Duration::seconds(expires_in),
@@ -313,7 +326,7 @@ pub async fn password_login(
         });
     }
     attempt.succeeded(node).await?;
-    let response = start_session(node, &user, "password", false, ip).await?;
+    let response = start_session(node, user, method, false, ip).await?;
     audit(
         node,
         "login_succeeded",
@@ -321,7 +334,7 @@ pub async fn password_login(
         &user.username,
         ip,
         Some(format!("session:{}", response.session_id)),
-        json!({"auth_method": "password", "mfa": false}),
+        json!({"auth_method": method, "mfa": false}),
     )
     .await;
     Ok(LoginOutcome::Tokens(Box::new(response)))

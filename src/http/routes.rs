@@ -4,6 +4,7 @@ pub mod api_keys;
 pub mod audit;
 pub mod auth;
 pub mod authz;
+pub mod federation;
 pub mod cluster;
 pub mod health;
 pub mod policies;

@@ -44,6 +44,27 @@ pub fn username(field: &str, value: &str) -> Result<String, ApiError> {
     }
 }
 
+/// The name of an existing account: a local username, or `<provider>:<name>` for an
+/// account provisioned from an external provider (which no one can create locally).
+pub fn account_name(field: &str, value: &str) -> Result<String, ApiError> {
+    let external = value.split_once(':').is_some_and(|(provider, name)| {
+        ["ldap", "oidc", "saml"].contains(&provider)
+            && (1..=80).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-@".contains(&b))
+    });
+    if external {
+        return Ok(value.to_owned());
+    }
+    username(field, value).map_err(|_| {
+        ApiError::invalid_field(
+            field,
+            "must match ^[a-z0-9][a-z0-9._-]{0,63}$, or be <provider>:<name> for an external account",
+        )
+    })
+}
+
 /// An email address: one `@`, a non-empty local part, a dotted domain, at most 254 bytes.
 pub fn email(field: &str, value: &str) -> Result<String, ApiError> {
     let bad = || ApiError::invalid_field(field, "must be an email address (local@domain.tld)");

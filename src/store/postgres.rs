@@ -20,7 +20,10 @@ use super::sql::{
     audit_columns, impl_portable_store, policy_columns, server_columns, session_columns,
     user_columns,
 };
-use super::sql_identity::{api_key_columns, challenge_columns, impl_identity_store};
+use super::sql_identity::{
+    api_key_columns, auth_request_columns, challenge_columns, impl_identity_store,
+    login_code_columns,
+};
 use super::{OpenError, StoreError, StoreResult, TimeSeriesLayout, db_error};
 use crate::config::{ConfigError, DatabaseConfig};
 

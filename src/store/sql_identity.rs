@@ -13,6 +13,18 @@ macro_rules! challenge_columns {
     };
 }
 
+macro_rules! auth_request_columns {
+    () => {
+        "id, provider, browser_hash, data, redirect_uri, created_at, expires_at"
+    };
+}
+
+macro_rules! login_code_columns {
+    () => {
+        "code_hash, user_id, auth_method, ip, created_at, expires_at"
+    };
+}
+
 macro_rules! impl_identity_store {
     ($store:ty, $db:ty) => {
         impl $store {
@@ -337,6 +349,115 @@ macro_rules! impl_identity_store {
         }
 
         #[::async_trait::async_trait]
+        impl $crate::store::FederationStore for $store {
+            async fn user_by_subject(
+                &self,
+                provider: &str,
+                subject: &str,
+            ) -> $crate::store::StoreResult<Option<$crate::store::User>> {
+                let row = ::sqlx::query(concat!(
+                    "SELECT ", user_columns!(), " FROM users WHERE provider = $1 AND subject = $2"
+                ))
+                .bind(provider)
+                .bind(subject)
+                .fetch_optional(self.pool()?)
+                .await
+                .map_err($crate::store::db_error)?;
+                row.as_ref().map(Self::user_row).transpose().map_err($crate::store::db_error)
+            }
+
+            async fn put_auth_request(&self, r: &$crate::store::AuthRequestRecord) -> $crate::store::StoreResult<()> {
+                ::sqlx::query(concat!(
+                    "INSERT INTO auth_requests (", auth_request_columns!(), ") VALUES ($1, $2, $3, $4, $5, $6, $7)"
+                ))
+                .bind(&r.id)
+                .bind(&r.provider)
+                .bind(&r.browser_hash)
+                .bind(&r.data)
+                .bind(&r.redirect_uri)
+                .bind(r.created_at)
+                .bind(r.expires_at)
+                .execute(self.writer()?)
+                .await
+                .map_err($crate::store::db_error)?;
+                Ok(())
+            }
+
+            async fn take_auth_request(
+                &self,
+                id: &str,
+                now: ::chrono::DateTime<::chrono::Utc>,
+            ) -> $crate::store::StoreResult<Option<$crate::store::AuthRequestRecord>> {
+                use ::sqlx::Row;
+                let row = ::sqlx::query(concat!(
+                    "DELETE FROM auth_requests WHERE id = $1 AND expires_at > $2 RETURNING ", auth_request_columns!()
+                ))
+                .bind(id)
+                .bind(now)
+                .fetch_optional(self.writer()?)
+                .await
+                .map_err($crate::store::db_error)?;
+                let Some(row) = row else { return Ok(None) };
+                let record = (|| -> ::sqlx::Result<_> {
+                    Ok($crate::store::AuthRequestRecord {
+                        id: row.try_get("id")?,
+                        provider: row.try_get("provider")?,
+                        browser_hash: row.try_get("browser_hash")?,
+                        data: row.try_get("data")?,
+                        redirect_uri: row.try_get("redirect_uri")?,
+                        created_at: row.try_get("created_at")?,
+                        expires_at: row.try_get("expires_at")?,
+                    })
+                })();
+                record.map(Some).map_err($crate::store::db_error)
+            }
+
+            async fn put_login_code(&self, c: &$crate::store::LoginCodeRecord) -> $crate::store::StoreResult<()> {
+                ::sqlx::query(concat!(
+                    "INSERT INTO login_codes (", login_code_columns!(), ") VALUES ($1, $2, $3, $4, $5, $6)"
+                ))
+                .bind(&c.code_hash)
+                .bind(c.user_id)
+                .bind(&c.auth_method)
+                .bind(&c.ip)
+                .bind(c.created_at)
+                .bind(c.expires_at)
+                .execute(self.writer()?)
+                .await
+                .map_err($crate::store::db_error)?;
+                Ok(())
+            }
+
+            async fn take_login_code(
+                &self,
+                code_hash: &str,
+                now: ::chrono::DateTime<::chrono::Utc>,
+            ) -> $crate::store::StoreResult<Option<$crate::store::LoginCodeRecord>> {
+                use ::sqlx::Row;
+                let row = ::sqlx::query(concat!(
+                    "DELETE FROM login_codes WHERE code_hash = $1 AND expires_at > $2 RETURNING ", login_code_columns!()
+                ))
+                .bind(code_hash)
+                .bind(now)
+                .fetch_optional(self.writer()?)
+                .await
+                .map_err($crate::store::db_error)?;
+                let Some(row) = row else { return Ok(None) };
+                let record = (|| -> ::sqlx::Result<_> {
+                    Ok($crate::store::LoginCodeRecord {
+                        code_hash: row.try_get("code_hash")?,
+                        user_id: row.try_get("user_id")?,
+                        auth_method: row.try_get("auth_method")?,
+                        ip: row.try_get("ip")?,
+                        created_at: row.try_get("created_at")?,
+                        expires_at: row.try_get("expires_at")?,
+                    })
+                })();
+                record.map(Some).map_err($crate::store::db_error)
+            }
+        }
+
+        #[::async_trait::async_trait]
         impl $crate::store::HousekeepingStore for $store {
             async fn prune_expired(
                 &self,
@@ -346,13 +467,15 @@ macro_rules! impl_identity_store {
             ) -> $crate::store::StoreResult<u64> {
                 let mut tx = Self::begin_write(self.writer()?).await.map_err($crate::store::db_error)?;
                 let mut removed = 0;
-                let statements: [(&'static str, ::chrono::DateTime<::chrono::Utc>, Option<::chrono::DateTime<::chrono::Utc>>); 4] = [
+                let statements: [(&'static str, ::chrono::DateTime<::chrono::Utc>, Option<::chrono::DateTime<::chrono::Utc>>); 6] = [
                     (
                         "DELETE FROM login_failures WHERE window_started_at < $1 AND (locked_until IS NULL OR locked_until < $2)",
                         failures_before,
                         Some(now),
                     ),
                     ("DELETE FROM mfa_challenges WHERE expires_at < $1", now - ::chrono::Duration::hours(1), None),
+                    ("DELETE FROM auth_requests WHERE expires_at < $1", now, None),
+                    ("DELETE FROM login_codes WHERE expires_at < $1", now, None),
                     (
                         "DELETE FROM refresh_tokens_used WHERE session_id IN (SELECT id FROM sessions WHERE expires_at < $1)",
                         sessions_before,
@@ -572,4 +695,7 @@ macro_rules! impl_identity_store {
     };
 }
 
-pub(crate) use {api_key_columns, challenge_columns, impl_identity_store};
+pub(crate) use {
+    api_key_columns, auth_request_columns, challenge_columns, impl_identity_store,
+    login_code_columns,
+};

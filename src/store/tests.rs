@@ -138,6 +138,7 @@ contract_tests!(
     lockout_counts_every_failure_exactly_and_windows_restart,
     a_totp_step_is_accepted_once_and_recovery_codes_once,
     challenges_are_consumed_once_and_expire,
+    external_identities_and_login_state_are_taken_once,
     housekeeping_removes_only_what_has_expired,
     retention_moves_checkpoints_and_keeps_chains_verifiable,
 );
@@ -1311,6 +1312,101 @@ async fn challenges_are_consumed_once_and_expire(store: Arc<dyn Store>) {
     }
     assert_eq!(consumed, 1);
     assert!(store.challenge(challenge.id, t).await.unwrap().is_none());
+}
+
+async fn external_identities_and_login_state_are_taken_once(store: Arc<dyn Store>) {
+    let t = now();
+    let local = user("sam");
+    store.create_user(&local).await.unwrap();
+    let external = User {
+        id: Uuid::now_v7(),
+        username: "ldap:sam".into(),
+        password_hash: None,
+        provider: "ldap".into(),
+        subject: Some("uid=sam,ou=people".into()),
+        ..user("ldap:sam")
+    };
+    store.create_user(&external).await.unwrap();
+    let found = store
+        .user_by_subject("ldap", "uid=sam,ou=people")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.id, external.id);
+    assert!(
+        store
+            .user_by_subject("oidc", "uid=sam,ou=people")
+            .await
+            .unwrap()
+            .is_none(),
+        "subjects are per provider"
+    );
+    let twin = User {
+        id: Uuid::now_v7(),
+        username: "ldap:sam2".into(),
+        ..external.clone()
+    };
+    assert!(
+        matches!(store.create_user(&twin).await, Err(StoreError::Conflict(_))),
+        "one account per (provider, subject)"
+    );
+
+    let request = AuthRequestRecord {
+        id: "state-hash".into(),
+        provider: "oidc".into(),
+        browser_hash: "browser-hash".into(),
+        data: "sealed".into(),
+        redirect_uri: Some("https://app.example.org/cb".into()),
+        created_at: t,
+        expires_at: t + Duration::seconds(600),
+    };
+    store.put_auth_request(&request).await.unwrap();
+    let racers: Vec<_> = (0..4)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.take_auth_request("state-hash", t).await.unwrap() })
+        })
+        .collect();
+    let mut taken = Vec::new();
+    for racer in racers {
+        taken.extend(racer.await.unwrap());
+    }
+    assert_eq!(taken, vec![request.clone()], "taken exactly once");
+    let late = AuthRequestRecord {
+        id: "late".into(),
+        ..request
+    };
+    store.put_auth_request(&late).await.unwrap();
+    assert!(
+        store
+            .take_auth_request("late", t + Duration::seconds(601))
+            .await
+            .unwrap()
+            .is_none(),
+        "expired"
+    );
+
+    let code = LoginCodeRecord {
+        code_hash: "code-hash".into(),
+        user_id: external.id,
+        auth_method: "oidc".into(),
+        ip: None,
+        created_at: t,
+        expires_at: t + Duration::seconds(60),
+    };
+    store.put_login_code(&code).await.unwrap();
+    assert!(
+        store
+            .take_login_code("code-hash", t + Duration::seconds(61))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        store.take_login_code("code-hash", t).await.unwrap(),
+        Some(code)
+    );
+    assert!(store.take_login_code("code-hash", t).await.unwrap().is_none());
 }
 
 async fn housekeeping_removes_only_what_has_expired(store: Arc<dyn Store>) {

@@ -9,6 +9,7 @@ mod auth;
 mod front_door;
 mod health;
 mod helpers;
+mod ldap;
 mod lifecycle;
 mod limits;
 mod mfa;

@@ -24,11 +24,12 @@ use crate::store::{StoreError, UserPatch};
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
-    username: String,
-    password: Zeroizing<String>,
+    pub(crate) username: String,
+    pub(crate) password: Zeroizing<String>,
 }
 
-fn check_credentials(username: &str, secret: &str) -> Result<(), ApiError> {
+/// Refuses an empty or oversized username or password.
+pub(crate) fn check_credentials(username: &str, secret: &str) -> Result<(), ApiError> {
     if username.is_empty() || username.chars().count() > MAX_USERNAME_INPUT {
         return Err(ApiError::invalid_field(
             "username",
@@ -51,17 +52,23 @@ pub async fn post_login(
     AppJson(body): AppJson<LoginRequest>,
 ) -> Result<Response, ApiError> {
     check_credentials(&body.username, &body.password)?;
-    match service::password_login(&state.node, &body.username, body.password, ip).await? {
-        LoginOutcome::Tokens(tokens) => Ok(Json(tokens).into_response()),
+    let outcome = service::password_login(&state.node, &body.username, body.password, ip).await?;
+    Ok(login_response(outcome))
+}
+
+/// The answer to a login: the token response, or the MFA challenge to answer.
+pub(crate) fn login_response(outcome: LoginOutcome) -> Response {
+    match outcome {
+        LoginOutcome::Tokens(tokens) => Json(tokens).into_response(),
         LoginOutcome::MfaRequired {
             challenge_id,
             expires_in,
-        } => Ok(Json(json!({
+        } => Json(json!({
             "mfa_required": true,
             "challenge_id": challenge_id,
             "expires_in": expires_in,
         }))
-        .into_response()),
+        .into_response(),
     }
 }
 

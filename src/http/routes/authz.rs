@@ -49,7 +49,7 @@ async fn subject(state: &AppState, user: &str) -> Result<User, ApiError> {
     let found = match uuid::Uuid::parse_str(user) {
         Ok(id) => node.store.user_by_id(id).await?,
         Err(_) => {
-            let name = validate::username("user_id", user)?;
+            let name = validate::account_name("user_id", user)?;
             node.store.user_by_username(&name).await?
         }
     };

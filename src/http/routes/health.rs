@@ -118,9 +118,23 @@ async fn detailed(state: &AppState) -> Value {
         sinks_up &= up == "UP";
         services.insert(format!("siem_{}", sink.name), up);
     }
+    // A provider that is down fails only its own logins.
+    let providers = tokio::time::timeout(CHECK_TIMEOUT, node.providers.health())
+        .await
+        .unwrap_or_else(|_| {
+            node.providers
+                .configured()
+                .into_iter()
+                .map(|p| (p, false))
+                .collect()
+        });
+    let providers_up = providers.iter().all(|(_, up)| *up);
+    for (provider, up) in providers {
+        services.insert(provider.to_owned(), if up { "UP" } else { "DOWN" });
+    }
     let status = if !database {
         "unhealthy"
-    } else if redis == "DOWN" || !opa || !cluster || !sinks_up {
+    } else if redis == "DOWN" || !opa || !cluster || !sinks_up || !providers_up {
         "degraded"
     } else {
         "healthy"

@@ -48,7 +48,7 @@ pub async fn get_sessions(
     let node = &state.node;
     let user_id = match query.user {
         Some(name) if name != principal.username => {
-            let name = validate::username("user", &name)?;
+            let name = validate::account_name("user", &name)?;
             authorize(node, &principal, "read", "users", ip).await?;
             node.store
                 .user_by_username(&name)

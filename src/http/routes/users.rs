@@ -176,7 +176,7 @@ pub async fn get_users(
 }
 
 async fn target(node: &Node, username: &str) -> Result<User, ApiError> {
-    let username = validate::username("username", username)?;
+    let username = validate::account_name("username", username)?;
     node.store
         .user_by_username(&username)
         .await?
@@ -375,7 +375,7 @@ pub async fn post_unlock(
     authorize(node, &principal, "write", "users", ip).await?;
     // Locks apply to names that have no account too, so any well-formed name can be
     // unlocked.
-    let username = validate::username("username", &username)?;
+    let username = validate::account_name("username", &username)?;
     let was_locked = node
         .store
         .clear_failures(&service::lockout_key(&username), node.clock.now())

@@ -1,0 +1,438 @@
+//! Logins at external identity providers: the accounts they vouch for and the browser
+//! delivery of a login's result.
+//!
+//! An external identity is keyed by (provider, subject) and becomes an account of its own
+//! on first login, named `<provider>:<name>`: it is never merged with a local account of
+//! the same name or email. The provider stays the source of the account's email and role,
+//! which follow it at every login. Lockout applies as to local logins.
+
+pub mod ldap;
+pub mod oidc;
+
+use std::net::IpAddr;
+
+use axum::http::StatusCode;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::Duration;
+use rand::RngCore;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::auth::service::{self, Attempt, LoginOutcome, lockout_key};
+use crate::config::{Config, ConfigError};
+use crate::http::errors::ApiError;
+use crate::node::Node;
+use crate::store::{LoginCodeRecord, Role, StoreError, User, UserPatch};
+
+/// How long a one-time login code handed to a redirect stays valid.
+const LOGIN_CODE_SECONDS: i64 = 60;
+
+/// The external providers this node is configured with.
+pub struct Providers {
+    /// LDAP, when `[ldap]` is configured.
+    pub ldap: Option<ldap::LdapProvider>,
+    /// OpenID Connect, when `[oidc]` is configured.
+    pub oidc: Option<oidc::OidcProvider>,
+}
+
+impl Providers {
+    /// Builds the configured providers; contacts none of them.
+    pub fn new(config: &Config) -> Result<Self, ConfigError> {
+        Ok(Self {
+            ldap: config
+                .ldap
+                .clone()
+                .map(ldap::LdapProvider::new)
+                .transpose()?,
+            oidc: config
+                .oidc
+                .clone()
+                .map(oidc::OidcProvider::new)
+                .transpose()?,
+        })
+    }
+
+    /// The ids of the configured providers.
+    pub fn configured(&self) -> Vec<&'static str> {
+        let mut ids = Vec::new();
+        if self.ldap.is_some() {
+            ids.push("ldap");
+        }
+        if self.oidc.is_some() {
+            ids.push("oidc");
+        }
+        ids
+    }
+
+    /// Whether each configured provider answers now, by provider id.
+    pub async fn health(&self) -> Vec<(&'static str, bool)> {
+        let ldap = async {
+            match &self.ldap {
+                Some(ldap) => Some(("ldap", ldap.probe().await.is_ok())),
+                None => None,
+            }
+        };
+        let oidc = async {
+            match &self.oidc {
+                Some(oidc) => Some(("oidc", oidc.probe().await.is_ok())),
+                None => None,
+            }
+        };
+        let (ldap, oidc) = tokio::join!(ldap, oidc);
+        ldap.into_iter().chain(oidc).collect()
+    }
+}
+
+/// What an external provider vouches for.
+#[derive(Clone, Debug)]
+pub struct ExternalIdentity {
+    /// Provider id (`ldap`, `oidc`); also the session's `auth_method`.
+    pub provider: &'static str,
+    /// The provider's stable identifier of the user.
+    pub subject: String,
+    /// The user's name at the provider; the account is named `<provider>:<name>`.
+    pub name: String,
+    /// Email, if the provider gives one.
+    pub email: Option<String>,
+    /// Role from the provider's role mapping.
+    pub role: Role,
+}
+
+/// A name safe to show and to put in a URL path: lowercase letters, digits and `.`, `_`,
+/// `-`, `@`; anything else becomes `_`.
+fn account_name(provider: &str, name: &str) -> String {
+    let clean: String = name
+        .trim()
+        .to_lowercase()
+        .chars()
+        .take(64)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-@".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{provider}:{clean}")
+}
+
+/// The account of `identity`: found by (provider, subject), or created on first login.
+/// Its email and role follow the provider; a role change signs its other sessions out.
+pub async fn provision(
+    node: &Node,
+    identity: &ExternalIdentity,
+    ip: Option<IpAddr>,
+) -> Result<User, ApiError> {
+    if let Some(user) = node
+        .store
+        .user_by_subject(identity.provider, &identity.subject)
+        .await?
+    {
+        return follow_provider(node, user, identity).await;
+    }
+    let now = node.clock.now();
+    let name = account_name(identity.provider, &identity.name);
+    // A second name when the first belongs to another subject (a user who was renamed or
+    // deleted at the provider and whose name was given to someone else).
+    let digest = hex::encode(Sha256::digest(identity.subject.as_bytes()));
+    let fallback = format!("{name}-{}", &digest[..8]);
+    for username in [name, fallback] {
+        let user = User {
+            id: Uuid::now_v7(),
+            username,
+            email: identity.email.clone(),
+            role: identity.role,
+            teams: Vec::new(),
+            password_hash: None,
+            is_active: true,
+            mfa_enabled: false,
+            provider: identity.provider.to_owned(),
+            subject: Some(identity.subject.clone()),
+            created_at: now,
+            updated_at: now,
+        };
+        match node.store.create_user(&user).await {
+            Ok(()) => {
+                service::audit(
+                    node,
+                    "user_provisioned",
+                    "success",
+                    &user.username,
+                    ip,
+                    Some(format!("user:{}", user.username)),
+                    json!({"provider": identity.provider, "role": user.role}),
+                )
+                .await;
+                return Ok(user);
+            }
+            Err(StoreError::Conflict(_)) => {
+                // Another node may have provisioned the same subject a moment ago.
+                if let Some(user) = node
+                    .store
+                    .user_by_subject(identity.provider, &identity.subject)
+                    .await?
+                {
+                    return Ok(user);
+                }
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Err(ApiError::new(
+        StatusCode::CONFLICT,
+        "identity_conflict",
+        "no free account name for this external identity; ask an administrator",
+    ))
+}
+
+async fn follow_provider(
+    node: &Node,
+    user: User,
+    identity: &ExternalIdentity,
+) -> Result<User, ApiError> {
+    let email_changed = user.email != identity.email;
+    let role_changed = user.role != identity.role;
+    if !email_changed && !role_changed {
+        return Ok(user);
+    }
+    let patch = UserPatch {
+        email: email_changed.then(|| identity.email.clone()),
+        role: role_changed.then_some(identity.role),
+        ..Default::default()
+    };
+    let updated = node
+        .store
+        .update_user(&user.username, &patch, node.clock.now())
+        .await?
+        .ok_or_else(service::invalid_credentials)?;
+    if role_changed {
+        service::revoke_user_credentials(node, user.id, None, false, "role_changed").await?;
+    }
+    service::audit(
+        node,
+        "user_updated",
+        "success",
+        identity.provider,
+        None,
+        Some(format!("user:{}", user.username)),
+        json!({"changed": [if role_changed { "role" } else { "email" }], "role": updated.role, "by": "provider"}),
+    )
+    .await;
+    Ok(updated)
+}
+
+/// Refuses a disabled account with the same answer as a wrong password.
+async fn refuse_disabled(
+    node: &Node,
+    attempt: Attempt,
+    user: &User,
+    ip: Option<IpAddr>,
+) -> Result<Attempt, ApiError> {
+    if user.is_active {
+        return Ok(attempt);
+    }
+    service::audit(
+        node,
+        "login_failed",
+        "failure",
+        &user.username,
+        ip,
+        None,
+        json!({"auth_method": user.provider, "reason": "disabled"}),
+    )
+    .await;
+    Err(attempt
+        .failed(node, ip, service::invalid_credentials())
+        .await)
+}
+
+/// Finishes a login the provider vouched for: lockout, then a session (or an MFA
+/// challenge) answered directly.
+pub async fn login(
+    node: &Node,
+    identity: &ExternalIdentity,
+    ip: Option<IpAddr>,
+) -> Result<LoginOutcome, ApiError> {
+    let user = provision(node, identity, ip).await?;
+    let attempt = Attempt::begin(node, &lockout_key(&user.username)).await?;
+    finish(node, attempt, &user, identity.provider, ip).await
+}
+
+/// As [`login`], for a provider that checked a password under `attempt` (LDAP).
+pub async fn login_with(
+    node: &Node,
+    attempt: Attempt,
+    identity: &ExternalIdentity,
+    ip: Option<IpAddr>,
+) -> Result<LoginOutcome, ApiError> {
+    let user = provision(node, identity, ip).await?;
+    finish(node, attempt, &user, identity.provider, ip).await
+}
+
+async fn finish(
+    node: &Node,
+    attempt: Attempt,
+    user: &User,
+    method: &str,
+    ip: Option<IpAddr>,
+) -> Result<LoginOutcome, ApiError> {
+    let attempt = refuse_disabled(node, attempt, user, ip).await?;
+    service::complete_login(node, attempt, user, method, ip).await
+}
+
+/// Finishes a login the provider vouched for by issuing a one-time login code for
+/// `POST /api/v1/auth/exchange`, and returns the redirect that carries it.
+pub async fn login_code(
+    node: &Node,
+    identity: &ExternalIdentity,
+    redirect: url::Url,
+    ip: Option<IpAddr>,
+) -> Result<url::Url, ApiError> {
+    let user = provision(node, identity, ip).await?;
+    let attempt = Attempt::begin(node, &lockout_key(&user.username)).await?;
+    refuse_disabled(node, attempt, &user, ip).await?;
+    let code = random_token();
+    let now = node.clock.now();
+    node.store
+        .put_login_code(&LoginCodeRecord {
+            code_hash: sha256_hex(&code),
+            user_id: user.id,
+            auth_method: identity.provider.to_owned(),
+            ip: ip.map(|ip| ip.to_string()),
+            created_at: now,
+            expires_at: now + Duration::seconds(LOGIN_CODE_SECONDS),
+        })
+        .await?;
+    service::audit(
+        node,
+        "login_code_issued",
+        "success",
+        &user.username,
+        ip,
+        None,
+        json!({"auth_method": identity.provider, "redirect": redirect.origin().ascii_serialization()}),
+    )
+    .await;
+    let mut redirect = redirect;
+    redirect.query_pairs_mut().append_pair("code", &code);
+    Ok(redirect)
+}
+
+/// `POST /api/v1/auth/exchange`: a login code, once, for the login it stands for.
+pub async fn exchange(
+    node: &Node,
+    code: &str,
+    ip: Option<IpAddr>,
+) -> Result<LoginOutcome, ApiError> {
+    let invalid = || {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_code",
+            "the login code is unknown, used or expired",
+        )
+    };
+    let record = node
+        .store
+        .take_login_code(&sha256_hex(code), node.clock.now())
+        .await?
+        .ok_or_else(invalid)?;
+    let user = node
+        .store
+        .user_by_id(record.user_id)
+        .await?
+        .ok_or_else(invalid)?;
+    let attempt = Attempt::begin(node, &lockout_key(&user.username)).await?;
+    finish(node, attempt, &user, &record.auth_method, ip).await
+}
+
+/// The allow-listed redirect `value` (field `field`) as a URL: its scheme, host and port
+/// must equal those of an `auth.allowed_redirects` entry and its path must start with the
+/// entry's path.
+pub fn allowed_redirect(config: &Config, field: &str, value: &str) -> Result<url::Url, ApiError> {
+    let refuse = |reason: &str| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "redirect_not_allowed",
+            format!("`{field}` {reason}"),
+        )
+    };
+    if value.len() > 2048 {
+        return Err(refuse("is longer than 2048 characters"));
+    }
+    let url = url::Url::parse(value).map_err(|_| refuse("is not an absolute URL"))?;
+    if !url.username().is_empty() || url.password().is_some() || url.fragment().is_some() {
+        return Err(refuse("must not carry credentials or a fragment"));
+    }
+    let listed = config.auth.allowed_redirects.iter().any(|entry| {
+        url::Url::parse(entry).is_ok_and(|allowed| {
+            allowed.scheme() == url.scheme()
+                && allowed.host() == url.host()
+                && allowed.port_or_known_default() == url.port_or_known_default()
+                && within(url.path(), allowed.path())
+        })
+    });
+    if listed {
+        Ok(url)
+    } else {
+        Err(refuse("is not on the allow-list (auth.allowed_redirects)"))
+    }
+}
+
+/// Whether `path` is `base` or below it (`/login` covers `/login/done`, not `/login-x`).
+fn within(path: &str, base: &str) -> bool {
+    let base = base.trim_end_matches('/');
+    path == base || path.starts_with(&format!("{base}/"))
+}
+
+/// 256 random bits, base64url.
+pub fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// SHA-256 of `value`, hex.
+pub fn sha256_hex(value: &str) -> String {
+    hex::encode(Sha256::digest(value.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn account_names_are_prefixed_and_cleaned() {
+        assert_eq!(account_name("ldap", " Test.User "), "ldap:test.user");
+        assert_eq!(account_name("oidc", "a b/c"), "oidc:a_b_c");
+    }
+
+    #[test]
+    fn redirects_must_match_an_allowed_origin_and_path() {
+        let mut config = Config::default();
+        config.auth.allowed_redirects = vec!["https://app.example.org/login".into()];
+        for good in [
+            "https://app.example.org/login",
+            "https://app.example.org/login/done?x=1",
+            "https://app.example.org:443/login",
+        ] {
+            assert!(allowed_redirect(&config, "redirect_uri", good).is_ok(), "{good}");
+        }
+        for bad in [
+            "https://app.example.org.evil.test/login",
+            "https://evil.test/login",
+            "http://app.example.org/login",
+            "https://app.example.org:8443/login",
+            "https://app.example.org/other",
+            "https://app.example.org/login-evil",
+            "https://user@app.example.org/login",
+            "https://app.example.org/login#x",
+            "/login",
+        ] {
+            let err = allowed_redirect(&config, "redirect_uri", bad).unwrap_err();
+            assert_eq!(err.code(), "redirect_not_allowed", "{bad}");
+        }
+    }
+}

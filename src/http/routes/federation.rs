@@ -1,0 +1,272 @@
+//! Logins at external identity providers: `/api/v1/auth/login/ldap`,
+//! `/api/v1/auth/oidc/*`, `/api/v1/auth/exchange` and `/api/v1/auth/providers`.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+use zeroize::Zeroizing;
+
+use super::auth::{LoginRequest, check_credentials, login_response};
+use crate::auth::service::{self, Attempt, invalid_credentials, lockout_key};
+use crate::federation::{self, ldap::Rejection};
+use crate::http::AppState;
+use crate::http::errors::ApiError;
+use crate::http::extract::AppJson;
+use crate::http::validate::ClientAddr;
+use crate::node::Node;
+
+/// The cookie that binds a started external login to the browser that started it.
+const BROWSER_COOKIE: &str = "sark_login";
+
+fn not_configured(provider: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "provider_not_configured",
+        format!("the {provider} provider is not configured on this server"),
+    )
+}
+
+/// `GET /api/v1/auth/providers`.
+pub async fn get_providers(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let providers = &state.node.providers;
+    let entry = |id: &str, enabled: bool, url: &str| {
+        json!({"id": id, "type": id, "enabled": enabled, "login_url": enabled.then_some(url)})
+    };
+    Json(json!({"providers": [
+        entry("local", true, "/api/v1/auth/login"),
+        entry("ldap", providers.ldap.is_some(), "/api/v1/auth/login/ldap"),
+        entry("oidc", providers.oidc.is_some(), "/api/v1/auth/oidc/login"),
+        entry("saml", false, "/api/v1/auth/saml/login"),
+    ]}))
+}
+
+/// `POST /api/v1/auth/login/ldap`.
+pub async fn post_login_ldap(
+    State(state): State<AppState>,
+    ClientAddr(ip): ClientAddr,
+    AppJson(body): AppJson<LoginRequest>,
+) -> Result<Response, ApiError> {
+    let node = &state.node;
+    let ldap = node
+        .providers
+        .ldap
+        .as_ref()
+        .ok_or_else(|| not_configured("LDAP"))?;
+    if body.password.is_empty() {
+        // Checked before anything else: an empty password makes a simple bind anonymous,
+        // which most directories accept.
+        return Err(ApiError::invalid_field(
+            "password",
+            "must not be empty (an empty password would be an anonymous bind)",
+        ));
+    }
+    check_credentials(&body.username, &body.password)?;
+    if body.username.chars().any(char::is_control) {
+        return Err(ApiError::invalid_field(
+            "username",
+            "must not hold control characters",
+        ));
+    }
+    let attempt = Attempt::begin(node, &lockout_key(&format!("ldap:{}", body.username))).await?;
+    let checked = ldap.authenticate(&body.username, &body.password).await;
+    let identity = match checked {
+        Ok(Ok(identity)) => identity,
+        Ok(Err(rejection)) => {
+            audit_ldap_failure(node, &body.username, ip, rejection).await;
+            return Err(attempt.failed(node, ip, invalid_credentials()).await);
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "the LDAP directory is unavailable");
+            return Err(ApiError::unavailable(
+                "ldap_unavailable",
+                "the LDAP directory cannot be reached; try again later",
+            ));
+        }
+    };
+    let outcome = federation::login_with(node, attempt, &identity, ip).await?;
+    Ok(login_response(outcome))
+}
+
+async fn audit_ldap_failure(node: &Node, username: &str, ip: Option<std::net::IpAddr>, why: Rejection) {
+    service::audit(
+        node,
+        "login_failed",
+        "failure",
+        &lockout_key(&format!("ldap:{username}")),
+        ip,
+        None,
+        json!({"auth_method": "ldap", "reason": why.as_str()}),
+    )
+    .await;
+}
+
+/// The query parameters of `raw`, refusing any not in `allowed` and any given twice.
+fn query(raw: Option<&str>, allowed: &[&str]) -> Result<HashMap<String, String>, ApiError> {
+    let mut params = HashMap::new();
+    for (key, value) in url::form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
+        if !allowed.contains(&key.as_ref()) {
+            return Err(ApiError::invalid_field(
+                &key,
+                format!("is not a parameter here (expected {})", allowed.join(", ")),
+            ));
+        }
+        if value.len() > 4096 {
+            return Err(ApiError::invalid_field(&key, "is longer than 4096 bytes"));
+        }
+        let key = key.into_owned();
+        if params.contains_key(&key) {
+            return Err(ApiError::invalid_field(&key, "is given more than once"));
+        }
+        params.insert(key, value.into_owned());
+    }
+    Ok(params)
+}
+
+/// The browser-binding cookie's value, if the request carries one.
+fn browser_cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, value)| *name == BROWSER_COOKIE && value.len() == 43)
+        .map(|(_, value)| value.to_owned())
+}
+
+fn set_cookie(node: &Node, value: &str, max_age: i64) -> Result<HeaderValue, ApiError> {
+    let secure = if node.config.http.tls_cert_file.is_some() {
+        "; Secure"
+    } else {
+        ""
+    };
+    HeaderValue::from_str(&format!(
+        "{BROWSER_COOKIE}={value}; Path=/api/v1/auth; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}"
+    ))
+    .map_err(|e| ApiError::internal(e.to_string()))
+}
+
+/// `GET /api/v1/auth/oidc/login?redirect_uri=`: 302 to the provider.
+pub async fn get_oidc_login(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let node = &state.node;
+    let oidc = node
+        .providers
+        .oidc
+        .as_ref()
+        .ok_or_else(|| not_configured("OpenID Connect"))?;
+    let params = query(raw.as_deref(), &["redirect_uri"])?;
+    let redirect = params
+        .get("redirect_uri")
+        .map(|uri| federation::allowed_redirect(&node.config, "redirect_uri", uri))
+        .transpose()?;
+    let started = oidc.start(node, browser_cookie(&headers), redirect).await?;
+    let location = HeaderValue::from_str(started.url.as_str())
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok((
+        StatusCode::FOUND,
+        [
+            (header::LOCATION, location),
+            (header::SET_COOKIE, set_cookie(node, &started.browser, 600)?),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        ],
+    )
+        .into_response())
+}
+
+/// `GET /api/v1/auth/oidc/callback?code&state`.
+pub async fn get_oidc_callback(
+    State(state): State<AppState>,
+    ClientAddr(ip): ClientAddr,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let node = &state.node;
+    let oidc = node
+        .providers
+        .oidc
+        .as_ref()
+        .ok_or_else(|| not_configured("OpenID Connect"))?;
+    let params = query(
+        raw.as_deref(),
+        &["code", "state", "iss", "error", "error_description", "session_state"],
+    )?;
+    let state_param = params
+        .get("state")
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| ApiError::invalid_field("state", "is required"))?;
+    if let Some(error) = params.get("error") {
+        // The provider refused the login (a wrong password there, say); the pending
+        // state is spent all the same.
+        let _ = node
+            .store
+            .take_auth_request(&federation::sha256_hex(state_param), node.clock.now())
+            .await;
+        service::audit(
+            node,
+            "login_failed",
+            "failure",
+            "oidc",
+            ip,
+            None,
+            json!({"auth_method": "oidc", "reason": "provider_error", "detail": error}),
+        )
+        .await;
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "oidc_login_failed",
+            format!("the provider refused the login: {error}"),
+        ));
+    }
+    let code = params
+        .get("code")
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| ApiError::invalid_field("code", "is required"))?;
+    let browser = browser_cookie(&headers);
+    let (identity, redirect) = oidc
+        .finish(node, code, state_param, browser.as_deref(), ip)
+        .await?;
+    let clear = (header::SET_COOKIE, set_cookie(node, "", 0)?);
+    match redirect {
+        Some(redirect) => {
+            let to = federation::login_code(node, &identity, redirect, ip).await?;
+            let location =
+                HeaderValue::from_str(to.as_str()).map_err(|e| ApiError::internal(e.to_string()))?;
+            Ok((StatusCode::FOUND, [(header::LOCATION, location), clear]).into_response())
+        }
+        None => {
+            let outcome = federation::login(node, &identity, ip).await?;
+            let mut response = login_response(outcome);
+            response.headers_mut().insert(clear.0, clear.1);
+            Ok(response)
+        }
+    }
+}
+
+/// `POST /api/v1/auth/exchange` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExchangeRequest {
+    code: Zeroizing<String>,
+}
+
+/// `POST /api/v1/auth/exchange`: a one-time login code → the token response.
+pub async fn post_exchange(
+    State(state): State<AppState>,
+    ClientAddr(ip): ClientAddr,
+    AppJson(body): AppJson<ExchangeRequest>,
+) -> Result<Response, ApiError> {
+    if body.code.is_empty() || body.code.len() > 128 {
+        return Err(ApiError::invalid_field("code", "is not a login code"));
+    }
+    let outcome = federation::exchange(&state.node, &body.code, ip).await?;
+    Ok(login_response(outcome))
+}
