@@ -418,7 +418,10 @@ mod tests {
             "https://app.example.org/login/done?x=1",
             "https://app.example.org:443/login",
         ] {
-            assert!(allowed_redirect(&config, "redirect_uri", good).is_ok(), "{good}");
+            assert!(
+                allowed_redirect(&config, "redirect_uri", good).is_ok(),
+                "{good}"
+            );
         }
         for bad in [
             "https://app.example.org.evil.test/login",

@@ -110,7 +110,10 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/auth/oidc/callback",
             get(routes::federation::get_oidc_callback),
         )
-        .route("/api/v1/auth/exchange", post(routes::federation::post_exchange))
+        .route(
+            "/api/v1/auth/exchange",
+            post(routes::federation::post_exchange),
+        )
         .route(
             "/api/v1/auth/mfa/verify",
             post(routes::auth::post_mfa_verify),

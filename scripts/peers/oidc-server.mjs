@@ -6,8 +6,9 @@
 // (groups sark-admins) and plain.user/plainpass (groups staff).
 //
 // One test hook, for the token-substitution attack: POST /test/substitute-id-token with
-// an ID token as the body makes the next token response carry that token instead of its
-// own (as a compromised network path would).
+// an ID token as the body makes the next token response whose own ID token has the same
+// nonce carry that token instead (as a compromised network path would). Keyed by nonce,
+// so concurrent logins of other tests are never touched.
 import http from 'node:http';
 import { generateKeyPairSync } from 'node:crypto';
 import Provider from 'oidc-provider';
@@ -30,19 +31,19 @@ const client = (id) => ({
 const provider = new Provider(ISSUER, {
   jwks: { keys: [jwk] },
   clients: [client('sark-web'), client('sark-other')],
-  claims: { openid: ['sub'], email: ['email'], groups: ['groups'] },
-  scopes: ['openid', 'email', 'groups'],
+  claims: { openid: ['sub'], email: ['email', 'email_verified'], profile: ['preferred_username'], groups: ['groups'] },
+  scopes: ['openid', 'email', 'profile', 'groups'],
   features: { devInteractions: { enabled: false } },
   pkce: { required: () => true },
   async findAccount(ctx, id) {
     if (!USERS[id]) return undefined;
-    return { accountId: id, async claims() { return { sub: id, email: USERS[id].email, groups: USERS[id].groups }; } };
+    return { accountId: id, async claims() { return { sub: id, preferred_username: id, email: USERS[id].email, email_verified: true, groups: USERS[id].groups }; } };
   },
   // First-party clients: everything requested is granted, so there is no consent screen.
   async loadExistingGrant(ctx) {
     const grant = new ctx.oidc.provider.Grant({ clientId: ctx.oidc.client.clientId, accountId: ctx.oidc.session.accountId });
     grant.addOIDCScope(ctx.oidc.params.scope || 'openid');
-    grant.addOIDCClaims(['email', 'groups']);
+    grant.addOIDCClaims(['email', 'email_verified', 'preferred_username', 'groups']);
     await grant.save();
     return grant;
   },
@@ -52,23 +53,29 @@ const provider = new Provider(ISSUER, {
   ttl: { AccessToken: 300, AuthorizationCode: 60, IdToken: 300, Interaction: 600, Session: 3600, Grant: 3600 },
 });
 
-let substitute = null;
+const substitutes = new Map();
+const nonceOf = (jwt) => JSON.parse(Buffer.from(jwt.split('.')[1], 'base64url').toString()).nonce;
 const callback = provider.callback();
 const server = http.createServer(async (req, res) => {
   if (req.method === 'POST' && req.url === '/test/substitute-id-token') {
     let body = ''; for await (const c of req) body += c;
-    substitute = body.trim();
+    substitutes.set(nonceOf(body.trim()), body.trim());
     res.writeHead(204); return res.end();
   }
-  if (substitute && req.method === 'POST' && req.url.startsWith('/token')) {
-    const token = substitute; substitute = null;
+  if (substitutes.size > 0 && req.method === 'POST' && req.url.startsWith('/token')) {
     const end = res.end.bind(res);
     res.end = (chunk, ...rest) => {
-      const json = JSON.parse(chunk.toString());
-      if (json.id_token) json.id_token = token;
-      const body = JSON.stringify(json);
-      if (!res.headersSent) res.setHeader('content-length', Buffer.byteLength(body));
-      return end(body, ...rest);
+      try {
+        const json = JSON.parse(chunk.toString());
+        const nonce = json.id_token && nonceOf(json.id_token);
+        if (substitutes.has(nonce)) {
+          json.id_token = substitutes.get(nonce);
+          substitutes.delete(nonce);
+          chunk = JSON.stringify(json);
+          if (!res.headersSent) res.setHeader('content-length', Buffer.byteLength(chunk));
+        }
+      } catch (e) { /* not a token response: pass it on */ }
+      return end(chunk, ...rest);
     };
   }
   const m = req.url.match(/^\/interaction\/([\w-]+)$/);

@@ -6,7 +6,9 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, Scope, SearchEntry, SearchOptions, ldap_escape};
+use ldap3::{
+    Ldap, LdapConnAsync, LdapConnSettings, Scope, SearchEntry, SearchOptions, ldap_escape,
+};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -193,7 +195,9 @@ impl LdapProvider {
             .search(base, Scope::Subtree, filter, attrs.to_vec())
             .await?;
         match result.rc {
-            0 => Ok(Some(entries.into_iter().map(SearchEntry::construct).collect())),
+            0 => Ok(Some(
+                entries.into_iter().map(SearchEntry::construct).collect(),
+            )),
             SIZE_LIMIT_EXCEEDED => Ok(None),
             _ => Err(Unavailable(format!("search under {base} failed: {result}"))),
         }

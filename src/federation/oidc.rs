@@ -16,9 +16,9 @@ use openidconnect::core::{
     CoreAuthenticationFlow, CoreClient, CoreJwsSigningAlgorithm, CoreProviderMetadata,
 };
 use openidconnect::{
-    AuthorizationCode, ClaimsVerificationError, ClientId, ClientSecret, CsrfToken, EndpointMaybeSet,
-    EndpointNotSet, EndpointSet, IssuerUrl, Nonce, PkceCodeChallenge, PkceCodeVerifier,
-    RedirectUrl, Scope, TokenResponse as _,
+    AuthorizationCode, ClaimsVerificationError, ClientId, ClientSecret, CsrfToken,
+    EndpointMaybeSet, EndpointNotSet, EndpointSet, IssuerUrl, Nonce, PkceCodeChallenge,
+    PkceCodeVerifier, RedirectUrl, Scope, TokenResponse as _,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -205,13 +205,29 @@ impl OidcProvider {
         let id = sha256_hex(state);
         let pending = node.store.take_auth_request(&id, node.clock.now()).await?;
         let Some(pending) = pending.filter(|p| p.provider == "oidc") else {
-            return Err(refuse(node, ip, "unknown_state", "the login state is unknown, used or expired").await);
+            return Err(refuse(
+                node,
+                ip,
+                "unknown_state",
+                "the login state is unknown, used or expired",
+            )
+            .await);
         };
         let same_browser = browser.is_some_and(|b| {
-            bool::from(sha256_hex(b).as_bytes().ct_eq(pending.browser_hash.as_bytes()))
+            bool::from(
+                sha256_hex(b)
+                    .as_bytes()
+                    .ct_eq(pending.browser_hash.as_bytes()),
+            )
         });
         if !same_browser {
-            return Err(refuse(node, ip, "browser_mismatch", "the login was started in another browser").await);
+            return Err(refuse(
+                node,
+                ip,
+                "browser_mismatch",
+                "the login was started in another browser",
+            )
+            .await);
         }
         let sealed = node
             .sealer
@@ -302,7 +318,11 @@ async fn refuse(node: &Node, ip: Option<IpAddr>, reason: &str, message: &str) ->
         json!({"auth_method": "oidc", "reason": reason, "detail": message}),
     )
     .await;
-    ApiError::new(StatusCode::UNAUTHORIZED, "oidc_login_failed", message.to_owned())
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "oidc_login_failed",
+        message.to_owned(),
+    )
 }
 
 /// A list-of-strings claim (or a single string) of a JWT whose signature was verified.

@@ -1406,7 +1406,13 @@ async fn external_identities_and_login_state_are_taken_once(store: Arc<dyn Store
         store.take_login_code("code-hash", t).await.unwrap(),
         Some(code)
     );
-    assert!(store.take_login_code("code-hash", t).await.unwrap().is_none());
+    assert!(
+        store
+            .take_login_code("code-hash", t)
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 async fn housekeeping_removes_only_what_has_expired(store: Arc<dyn Store>) {

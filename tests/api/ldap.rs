@@ -27,11 +27,7 @@ fn documented_config(url: &str, starttls: bool) -> LdapConfig {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("sark.toml");
     std::fs::write(&file, toml).unwrap();
-    std::fs::set_permissions(
-        &file,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     Config::load(Some(&file), [], json!({}))
         .expect("the documented configuration loads")
         .ldap
@@ -162,9 +158,15 @@ async fn bad_passwords_unknown_users_and_filter_injection_are_refused() {
     let (status, unknown) = ldap_login(&app, "nobody", "whatever").await;
     assert_eq!(status, 401);
     for part in ["code", "message"] {
-        assert_eq!(unknown["error"][part], body["error"][part], "one answer for both");
+        assert_eq!(
+            unknown["error"][part], body["error"][part],
+            "one answer for both"
+        );
     }
-    assert_eq!(last_event(&app, "login_failed").await.1["reason"], "unknown_user");
+    assert_eq!(
+        last_event(&app, "login_failed").await.1["reason"],
+        "unknown_user"
+    );
 
     // Escaped, these match no uid at all; unescaped they would match every entry (and
     // the second would turn the filter into an always-true one).
@@ -181,7 +183,12 @@ async fn bad_passwords_unknown_users_and_filter_injection_are_refused() {
     // An empty password is refused before any bind (and before the directory is asked).
     let (status, body) = ldap_login(&app, "test.user", "").await;
     assert_eq!(status, 400, "{body}");
-    assert!(body["error"]["message"].as_str().unwrap().contains("password"));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("password")
+    );
     for (body, field) in [
         (json!({"username": "", "password": "x"}), "username"),
         (json!({"username": "a\u{0}b", "password": "x"}), "username"),
@@ -210,7 +217,11 @@ async fn failed_ldap_logins_lock_the_account_until_an_admin_unlocks_it() {
     assert_eq!(status, 423, "even the right password waits");
     let admin = app.admin_token().await;
     let response = app
-        .post("/api/v1/users/ldap:plain.user/unlock", &json!({}), Some(&admin))
+        .post(
+            "/api/v1/users/ldap:plain.user/unlock",
+            &json!({}),
+            Some(&admin),
+        )
         .await;
     assert_eq!(response.status(), 204);
     let (status, body) = ldap_login(&app, "plain.user", "plainpass").await;
@@ -283,19 +294,25 @@ async fn a_stopped_directory_gives_503_and_degraded_health_then_recovers() {
     let (status, body) = ldap_login(&app, "test.user", "testpass").await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"]["code"], "ldap_unavailable");
-    let health = poll("health to report LDAP down", Duration::from_secs(10), || async {
-        let (_, health) = app.get_json("/health/detailed").await;
-        (health["services"]["ldap"] == "DOWN").then_some(health)
-    })
+    let health = poll(
+        "health to report LDAP down",
+        Duration::from_secs(10),
+        || async {
+            let (_, health) = app.get_json("/health/detailed").await;
+            (health["services"]["ldap"] == "DOWN").then_some(health)
+        },
+    )
     .await;
     assert_eq!(health["status"], "degraded");
     // Local logins do not depend on the directory.
     app.login("admin", TestApp::ADMIN_PASSWORD).await;
 
     slapd(&["start", &name]);
-    poll("LDAP logins to work again", Duration::from_secs(10), || async {
-        (ldap_login(&app, "test.user", "testpass").await.0 == 200).then_some(())
-    })
+    poll(
+        "LDAP logins to work again",
+        Duration::from_secs(10),
+        || async { (ldap_login(&app, "test.user", "testpass").await.0 == 200).then_some(()) },
+    )
     .await;
     drop(instance);
     app.stop().await;
@@ -309,9 +326,13 @@ fn incomplete_ldap_configuration_names_the_missing_key() {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
     };
-    let err = Config::load(None, env(&[("SARK_LDAP__URL", "ldap://127.0.0.1:1")]), json!({}))
-        .unwrap_err()
-        .to_string();
+    let err = Config::load(
+        None,
+        env(&[("SARK_LDAP__URL", "ldap://127.0.0.1:1")]),
+        json!({}),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("bind_dn"), "{err}");
     let complete = [
         ("SARK_LDAP__BIND_DN", "cn=svc"),
@@ -321,7 +342,11 @@ fn incomplete_ldap_configuration_names_the_missing_key() {
     for (bad_key, bad_value, named) in [
         ("SARK_LDAP__URL", "http://x", "ldap.url"),
         ("SARK_LDAP__USER_FILTER", "(uid=x)", "ldap.user_filter"),
-        ("SARK_LDAP__ROLE_MAPPING", "admins=>root", "ldap.role_mapping"),
+        (
+            "SARK_LDAP__ROLE_MAPPING",
+            "admins=>root",
+            "ldap.role_mapping",
+        ),
         ("SARK_LDAP__STARTTLS", "true", "ldap.starttls"),
     ] {
         let mut vars = env(&complete);
@@ -333,6 +358,9 @@ fn incomplete_ldap_configuration_names_the_missing_key() {
         vars.push(("SARK_LDAP__URL".into(), url.into()));
         vars.push((bad_key.into(), bad_value.into()));
         let err = Config::load(None, vars, json!({})).unwrap_err().to_string();
-        assert!(err.contains(named) || err.contains(bad_key), "{bad_key}: {err}");
+        assert!(
+            err.contains(named) || err.contains(bad_key),
+            "{bad_key}: {err}"
+        );
     }
 }

@@ -13,6 +13,7 @@ mod ldap;
 mod lifecycle;
 mod limits;
 mod mfa;
+mod oidc;
 mod policies;
 mod secrets_in_logs;
 mod servers;

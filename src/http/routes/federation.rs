@@ -34,9 +34,7 @@ fn not_configured(provider: &str) -> ApiError {
 /// `GET /api/v1/auth/providers`.
 pub async fn get_providers(State(state): State<AppState>) -> Json<serde_json::Value> {
     let providers = &state.node.providers;
-    let entry = |id: &str, enabled: bool, url: &str| {
-        json!({"id": id, "type": id, "enabled": enabled, "login_url": enabled.then_some(url)})
-    };
+    let entry = |id: &str, enabled: bool, url: &str| json!({"id": id, "type": id, "enabled": enabled, "login_url": enabled.then_some(url)});
     Json(json!({"providers": [
         entry("local", true, "/api/v1/auth/login"),
         entry("ldap", providers.ldap.is_some(), "/api/v1/auth/login/ldap"),
@@ -92,7 +90,12 @@ pub async fn post_login_ldap(
     Ok(login_response(outcome))
 }
 
-async fn audit_ldap_failure(node: &Node, username: &str, ip: Option<std::net::IpAddr>, why: Rejection) {
+async fn audit_ldap_failure(
+    node: &Node,
+    username: &str,
+    ip: Option<std::net::IpAddr>,
+    why: Rejection,
+) {
     service::audit(
         node,
         "login_failed",
@@ -197,7 +200,14 @@ pub async fn get_oidc_callback(
         .ok_or_else(|| not_configured("OpenID Connect"))?;
     let params = query(
         raw.as_deref(),
-        &["code", "state", "iss", "error", "error_description", "session_state"],
+        &[
+            "code",
+            "state",
+            "iss",
+            "error",
+            "error_description",
+            "session_state",
+        ],
     )?;
     let state_param = params
         .get("state")
@@ -238,8 +248,8 @@ pub async fn get_oidc_callback(
     match redirect {
         Some(redirect) => {
             let to = federation::login_code(node, &identity, redirect, ip).await?;
-            let location =
-                HeaderValue::from_str(to.as_str()).map_err(|e| ApiError::internal(e.to_string()))?;
+            let location = HeaderValue::from_str(to.as_str())
+                .map_err(|e| ApiError::internal(e.to_string()))?;
             Ok((StatusCode::FOUND, [(header::LOCATION, location), clear]).into_response())
         }
         None => {
