@@ -19,7 +19,7 @@ use zeroize::Zeroizing;
 
 mod providers;
 
-pub use providers::{LdapConfig, OidcConfig, RoleMapping};
+pub use providers::{LdapConfig, OidcConfig, RoleMapping, SamlConfig};
 
 /// A secret string: never printed by `Debug`, wiped from memory when dropped.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -434,6 +434,9 @@ pub struct Config {
     /// OpenID Connect login; off when absent.
     #[serde(default)]
     pub oidc: Option<OidcConfig>,
+    /// SAML 2.0 login; off when absent.
+    #[serde(default)]
+    pub saml: Option<SamlConfig>,
     /// Cluster.
     pub cluster: ClusterConfig,
     /// Logging.
@@ -490,6 +493,7 @@ impl Default for Config {
             siem: SiemConfig::default(),
             ldap: None,
             oidc: None,
+            saml: None,
             policy: PolicyConfig {
                 sync_seconds: 10,
                 eval_timeout_ms: 100,
@@ -852,6 +856,9 @@ impl Config {
         }
         if let Some(oidc) = &self.oidc {
             oidc.validate()?;
+        }
+        if let Some(saml) = &self.saml {
+            saml.validate()?;
         }
         if self
             .log

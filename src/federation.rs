@@ -8,6 +8,7 @@
 
 pub mod ldap;
 pub mod oidc;
+pub mod saml;
 
 use std::net::IpAddr;
 
@@ -35,6 +36,8 @@ pub struct Providers {
     pub ldap: Option<ldap::LdapProvider>,
     /// OpenID Connect, when `[oidc]` is configured.
     pub oidc: Option<oidc::OidcProvider>,
+    /// SAML 2.0, when `[saml]` is configured.
+    pub saml: Option<saml::SamlProvider>,
 }
 
 impl Providers {
@@ -51,6 +54,11 @@ impl Providers {
                 .clone()
                 .map(oidc::OidcProvider::new)
                 .transpose()?,
+            saml: config
+                .saml
+                .clone()
+                .map(saml::SamlProvider::new)
+                .transpose()?,
         })
     }
 
@@ -62,6 +70,9 @@ impl Providers {
         }
         if self.oidc.is_some() {
             ids.push("oidc");
+        }
+        if self.saml.is_some() {
+            ids.push("saml");
         }
         ids
     }
@@ -80,15 +91,21 @@ impl Providers {
                 None => None,
             }
         };
-        let (ldap, oidc) = tokio::join!(ldap, oidc);
-        ldap.into_iter().chain(oidc).collect()
+        let saml = async {
+            match &self.saml {
+                Some(saml) => Some(("saml", saml.probe().await.is_ok())),
+                None => None,
+            }
+        };
+        let (ldap, oidc, saml) = tokio::join!(ldap, oidc, saml);
+        ldap.into_iter().chain(oidc).chain(saml).collect()
     }
 }
 
 /// What an external provider vouches for.
 #[derive(Clone, Debug)]
 pub struct ExternalIdentity {
-    /// Provider id (`ldap`, `oidc`); also the session's `auth_method`.
+    /// Provider id (`ldap`, `oidc`, `saml`); also the session's `auth_method`.
     pub provider: &'static str,
     /// The provider's stable identifier of the user.
     pub subject: String,

@@ -115,6 +115,18 @@ pub fn router(state: AppState) -> Router {
             post(routes::federation::post_exchange),
         )
         .route(
+            "/api/v1/auth/saml/metadata",
+            get(routes::federation::get_saml_metadata),
+        )
+        .route(
+            "/api/v1/auth/saml/login",
+            get(routes::federation::get_saml_login),
+        )
+        .route(
+            "/api/v1/auth/saml/acs",
+            post(routes::federation::post_saml_acs),
+        )
+        .route(
             "/api/v1/auth/mfa/verify",
             post(routes::auth::post_mfa_verify),
         )

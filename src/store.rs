@@ -126,6 +126,11 @@ const SQLITE_MIGRATIONS: &[EmbeddedMigration] = &[
         description: "federation",
         sql: include_str!("../migrations/sqlite/20261127000001_federation.sql"),
     },
+    EmbeddedMigration {
+        version: 20261127000002,
+        description: "saml",
+        sql: include_str!("../migrations/sqlite/20261127000002_saml.sql"),
+    },
 ];
 
 const POSTGRES_MIGRATIONS: &[EmbeddedMigration] = &[
@@ -148,6 +153,11 @@ const POSTGRES_MIGRATIONS: &[EmbeddedMigration] = &[
         version: 20261127000001,
         description: "federation",
         sql: include_str!("../migrations/postgres/20261127000001_federation.sql"),
+    },
+    EmbeddedMigration {
+        version: 20261127000002,
+        description: "saml",
+        sql: include_str!("../migrations/postgres/20261127000002_saml.sql"),
     },
 ];
 

@@ -778,11 +778,13 @@ pub trait MfaStore: Send + Sync {
 /// A login sent to an external provider that has not come back yet.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AuthRequestRecord {
-    /// SHA-256 (hex) of the value the provider echoes back (the OIDC `state`).
+    /// SHA-256 (hex) of the value the provider echoes back (the OIDC `state`, the SAML
+    /// AuthnRequest ID).
     pub id: String,
     /// Provider id (`oidc`, `saml`).
     pub provider: String,
-    /// SHA-256 (hex) of the browser-binding cookie set when the login started.
+    /// SHA-256 (hex) of the browser-binding cookie set when the login started; empty for
+    /// SAML, whose response arrives as a cross-site POST that carries no such cookie.
     pub browser_hash: String,
     /// Provider data (PKCE verifier, nonce), sealed with a key derived from the secrets key.
     pub data: String,
@@ -834,6 +836,9 @@ pub trait FederationStore: Send + Sync {
         code_hash: &str,
         now: DateTime<Utc>,
     ) -> StoreResult<Option<LoginCodeRecord>>;
+    /// Records the use of SAML assertion `id` (kept until `expires_at`); returns whether it
+    /// was its first use.
+    async fn use_assertion_id(&self, id: &str, expires_at: DateTime<Utc>) -> StoreResult<bool>;
 }
 
 /// Removal of rows nothing needs any more.

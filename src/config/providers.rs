@@ -134,6 +134,63 @@ pub struct OidcConfig {
     pub timeout_seconds: u64,
 }
 
+/// A SAML 2.0 identity provider (SP-initiated, HTTP-Redirect AuthnRequest, HTTP-POST
+/// response).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SamlConfig {
+    /// Where the IdP's metadata is fetched from (https in production).
+    #[serde(default)]
+    pub idp_metadata_url: Option<String>,
+    /// Or a file holding it.
+    #[serde(default)]
+    pub idp_metadata_file: Option<PathBuf>,
+    /// SARK's entity ID (the audience assertions must name).
+    pub sp_entity_id: String,
+    /// SARK's assertion consumer service URL (`…/api/v1/auth/saml/acs`).
+    pub acs_url: String,
+    /// Private key (PEM) that signs AuthnRequests; requests are unsigned without it.
+    #[serde(default)]
+    pub sp_key_file: Option<PathBuf>,
+    /// Certificate (PEM) of that key, published in the SP metadata.
+    #[serde(default)]
+    pub sp_cert_file: Option<PathBuf>,
+    /// Group to role mapping, matched against the groups attribute.
+    #[serde(default)]
+    pub role_mapping: RoleMapping,
+    /// The attribute listing the user's groups.
+    #[serde(default = "default_groups_attribute")]
+    pub groups_attribute: String,
+    /// The attribute holding the user's name (the NameID otherwise).
+    #[serde(default = "default_name_attribute")]
+    pub name_attribute: String,
+    /// The attribute holding the user's email.
+    #[serde(default = "default_email_attribute")]
+    pub email_attribute: String,
+    /// Clock skew tolerated on NotBefore / NotOnOrAfter.
+    #[serde(default = "default_skew_seconds")]
+    pub clock_skew_seconds: u64,
+    /// Deadline of each metadata fetch.
+    #[serde(default = "default_timeout_seconds")]
+    pub timeout_seconds: u64,
+}
+
+fn default_groups_attribute() -> String {
+    "groups".into()
+}
+
+fn default_name_attribute() -> String {
+    "uid".into()
+}
+
+fn default_email_attribute() -> String {
+    "mail".into()
+}
+
+fn default_skew_seconds() -> u64 {
+    30
+}
+
 fn default_user_filter() -> String {
     "(uid={username})".into()
 }
@@ -246,6 +303,66 @@ impl OidcConfig {
         if self.timeout_seconds == 0 {
             return Err(ConfigError::key(
                 "oidc.timeout_seconds",
+                "must be greater than 0",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl SamlConfig {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        match (&self.idp_metadata_url, &self.idp_metadata_file) {
+            (Some(url), None) => {
+                absolute_http_url("saml.idp_metadata_url", url)?;
+            }
+            (None, Some(_)) => readable("saml.idp_metadata_file", &self.idp_metadata_file)?,
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::key(
+                    "saml.idp_metadata_file",
+                    "give saml.idp_metadata_url or saml.idp_metadata_file, not both",
+                ));
+            }
+            (None, None) => {
+                return Err(ConfigError::key(
+                    "saml.idp_metadata_url",
+                    "saml.idp_metadata_url or saml.idp_metadata_file is required",
+                ));
+            }
+        }
+        if self.sp_entity_id.trim().is_empty() || self.sp_entity_id.len() > 1024 {
+            return Err(ConfigError::key(
+                "saml.sp_entity_id",
+                "must be 1-1024 characters",
+            ));
+        }
+        absolute_http_url("saml.acs_url", &self.acs_url)?;
+        match (&self.sp_key_file, &self.sp_cert_file) {
+            (Some(_), None) => {
+                return Err(ConfigError::key(
+                    "saml.sp_cert_file",
+                    "is required when saml.sp_key_file is set",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::key(
+                    "saml.sp_key_file",
+                    "is required when saml.sp_cert_file is set",
+                ));
+            }
+            _ => {}
+        }
+        readable("saml.sp_key_file", &self.sp_key_file)?;
+        readable("saml.sp_cert_file", &self.sp_cert_file)?;
+        if self.clock_skew_seconds > 300 {
+            return Err(ConfigError::key(
+                "saml.clock_skew_seconds",
+                "must be at most 300",
+            ));
+        }
+        if self.timeout_seconds == 0 {
+            return Err(ConfigError::key(
+                "saml.timeout_seconds",
                 "must be greater than 0",
             ));
         }

@@ -247,6 +247,8 @@ const CREDENTIAL_ROUTES: &[&str] = &[
     "/api/v1/auth/mfa/verify",
     "/api/v1/auth/refresh",
     "/api/v1/auth/exchange",
+    "/api/v1/auth/oidc/callback",
+    "/api/v1/auth/saml/acs",
 ];
 
 fn parse_forwarded_item(item: &str) -> Option<IpAddr> {

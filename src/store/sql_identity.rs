@@ -455,6 +455,22 @@ macro_rules! impl_identity_store {
                 })();
                 record.map(Some).map_err($crate::store::db_error)
             }
+
+            async fn use_assertion_id(
+                &self,
+                id: &str,
+                expires_at: ::chrono::DateTime<::chrono::Utc>,
+            ) -> $crate::store::StoreResult<bool> {
+                let done = ::sqlx::query(
+                    "INSERT INTO saml_assertions (id, expires_at) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
+                )
+                .bind(id)
+                .bind(expires_at)
+                .execute(self.writer()?)
+                .await
+                .map_err($crate::store::db_error)?;
+                Ok(done.rows_affected() == 1)
+            }
         }
 
         #[::async_trait::async_trait]
@@ -467,7 +483,7 @@ macro_rules! impl_identity_store {
             ) -> $crate::store::StoreResult<u64> {
                 let mut tx = Self::begin_write(self.writer()?).await.map_err($crate::store::db_error)?;
                 let mut removed = 0;
-                let statements: [(&'static str, ::chrono::DateTime<::chrono::Utc>, Option<::chrono::DateTime<::chrono::Utc>>); 6] = [
+                let statements: [(&'static str, ::chrono::DateTime<::chrono::Utc>, Option<::chrono::DateTime<::chrono::Utc>>); 7] = [
                     (
                         "DELETE FROM login_failures WHERE window_started_at < $1 AND (locked_until IS NULL OR locked_until < $2)",
                         failures_before,
@@ -476,6 +492,7 @@ macro_rules! impl_identity_store {
                     ("DELETE FROM mfa_challenges WHERE expires_at < $1", now - ::chrono::Duration::hours(1), None),
                     ("DELETE FROM auth_requests WHERE expires_at < $1", now, None),
                     ("DELETE FROM login_codes WHERE expires_at < $1", now, None),
+                    ("DELETE FROM saml_assertions WHERE expires_at < $1", now, None),
                     (
                         "DELETE FROM refresh_tokens_used WHERE session_id IN (SELECT id FROM sessions WHERE expires_at < $1)",
                         sessions_before,

@@ -1413,6 +1413,22 @@ async fn external_identities_and_login_state_are_taken_once(store: Arc<dyn Store
             .unwrap()
             .is_none()
     );
+    let racers: Vec<_> = (0..4)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .use_assertion_id("_assertion-1", t + Duration::minutes(5))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut first_uses = 0;
+    for racer in racers {
+        first_uses += usize::from(racer.await.unwrap());
+    }
+    assert_eq!(first_uses, 1, "an assertion is used once");
 }
 
 async fn housekeeping_removes_only_what_has_expired(store: Arc<dyn Store>) {

@@ -15,6 +15,7 @@ mod limits;
 mod mfa;
 mod oidc;
 mod policies;
+mod saml;
 mod secrets_in_logs;
 mod servers;
 mod siem;

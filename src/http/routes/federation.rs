@@ -1,5 +1,6 @@
 //! Logins at external identity providers: `/api/v1/auth/login/ldap`,
-//! `/api/v1/auth/oidc/*`, `/api/v1/auth/exchange` and `/api/v1/auth/providers`.
+//! `/api/v1/auth/oidc/*`, `/api/v1/auth/saml/*`, `/api/v1/auth/exchange` and
+//! `/api/v1/auth/providers`.
 
 use std::collections::HashMap;
 
@@ -7,6 +8,7 @@ use axum::Json;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::json;
 use zeroize::Zeroizing;
@@ -39,7 +41,7 @@ pub async fn get_providers(State(state): State<AppState>) -> Json<serde_json::Va
         entry("local", true, "/api/v1/auth/login"),
         entry("ldap", providers.ldap.is_some(), "/api/v1/auth/login/ldap"),
         entry("oidc", providers.oidc.is_some(), "/api/v1/auth/oidc/login"),
-        entry("saml", false, "/api/v1/auth/saml/login"),
+        entry("saml", providers.saml.is_some(), "/api/v1/auth/saml/login"),
     ]}))
 }
 
@@ -245,20 +247,126 @@ pub async fn get_oidc_callback(
         .finish(node, code, state_param, browser.as_deref(), ip)
         .await?;
     let clear = (header::SET_COOKIE, set_cookie(node, "", 0)?);
+    let mut response = deliver(node, &identity, redirect, ip).await?;
+    response.headers_mut().insert(clear.0, clear.1);
+    Ok(response)
+}
+
+/// The answer to a login a provider vouched for: 302 with a login code to the
+/// allow-listed redirect the login asked for, or the token response.
+async fn deliver(
+    node: &Node,
+    identity: &federation::ExternalIdentity,
+    redirect: Option<url::Url>,
+    ip: Option<std::net::IpAddr>,
+) -> Result<Response, ApiError> {
     match redirect {
         Some(redirect) => {
-            let to = federation::login_code(node, &identity, redirect, ip).await?;
+            let to = federation::login_code(node, identity, redirect, ip).await?;
             let location = HeaderValue::from_str(to.as_str())
                 .map_err(|e| ApiError::internal(e.to_string()))?;
-            Ok((StatusCode::FOUND, [(header::LOCATION, location), clear]).into_response())
+            Ok((StatusCode::FOUND, [(header::LOCATION, location)]).into_response())
         }
-        None => {
-            let outcome = federation::login(node, &identity, ip).await?;
-            let mut response = login_response(outcome);
-            response.headers_mut().insert(clear.0, clear.1);
-            Ok(response)
+        None => Ok(login_response(federation::login(node, identity, ip).await?)),
+    }
+}
+
+fn saml_provider(node: &Node) -> Result<&federation::saml::SamlProvider, ApiError> {
+    node.providers
+        .saml
+        .as_ref()
+        .ok_or_else(|| not_configured("SAML"))
+}
+
+/// `GET /api/v1/auth/saml/metadata`: SARK's SP metadata.
+pub async fn get_saml_metadata(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let saml = saml_provider(&state.node)?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/samlmetadata+xml"),
+        )],
+        saml.sp_metadata(),
+    )
+        .into_response())
+}
+
+/// `GET /api/v1/auth/saml/login?relay_state=`: 302 to the IdP with an AuthnRequest.
+pub async fn get_saml_login(
+    State(state): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let node = &state.node;
+    let saml = saml_provider(node)?;
+    let params = query(raw.as_deref(), &["relay_state"])?;
+    let relay = params
+        .get("relay_state")
+        .map(|r| federation::allowed_redirect(&node.config, "relay_state", r))
+        .transpose()?;
+    let to = saml.start(node, relay).await?;
+    let location =
+        HeaderValue::from_str(to.as_str()).map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok((
+        StatusCode::FOUND,
+        [
+            (header::LOCATION, location),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        ],
+    )
+        .into_response())
+}
+
+/// `POST /api/v1/auth/saml/acs`: form `SAMLResponse`, `RelayState`.
+pub async fn post_saml_acs(
+    State(state): State<AppState>,
+    ClientAddr(ip): ClientAddr,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let node = &state.node;
+    let saml = saml_provider(node)?;
+    let mut response = None;
+    let mut relay_state = None;
+    for (key, value) in url::form_urlencoded::parse(&body) {
+        let slot = match key.as_ref() {
+            "SAMLResponse" => &mut response,
+            "RelayState" => &mut relay_state,
+            other => {
+                return Err(ApiError::invalid_field(
+                    other,
+                    "is not a field here (expected SAMLResponse, RelayState)",
+                ));
+            }
+        };
+        if slot.replace(value.into_owned()).is_some() {
+            return Err(ApiError::invalid_field(&key, "is given more than once"));
         }
     }
+    let encoded = response
+        .filter(|r| !r.is_empty())
+        .ok_or_else(|| ApiError::invalid_field("SAMLResponse", "is required"))?;
+    if encoded.len() > federation::saml::MAX_RESPONSE_BYTES * 4 / 3 + 4 {
+        return Err(ApiError::invalid_field("SAMLResponse", "is too large"));
+    }
+    let compact: String = encoded.chars().filter(|c| !c.is_whitespace()).collect();
+    let xml = base64::engine::general_purpose::STANDARD
+        .decode(compact)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .ok_or_else(|| ApiError::invalid_field("SAMLResponse", "is not base64 of UTF-8 XML"))?;
+    // Checked first: an unlisted RelayState is refused whatever the response holds.
+    let posted_relay = match relay_state.filter(|r| !r.is_empty()) {
+        Some(relay) => match federation::allowed_redirect(&node.config, "RelayState", &relay) {
+            Ok(url) => Some(url),
+            Err(err) => return Err(federation::saml::refuse_relay_state(node, ip, err).await),
+        },
+        None => None,
+    };
+    let (identity, relay) = saml.consume(node, xml, ip).await?;
+    if posted_relay.is_some() && posted_relay != relay {
+        let err = ApiError::invalid_field("RelayState", "is not the one the login started with");
+        return Err(federation::saml::refuse_relay_state(node, ip, err).await);
+    }
+    deliver(node, &identity, relay, ip).await
 }
 
 /// `POST /api/v1/auth/exchange` body.

@@ -1,0 +1,503 @@
+//! SAML 2.0 logins against the real IdP that `scripts/test` starts (pysaml2 with xmlsec1,
+//! `scripts/peers/saml.sh`), and the attacks on its responses: unsigned, foreign-key,
+//! expired and misaddressed assertions, replays, unlisted RelayStates and XML signature
+//! wrapping.
+
+use std::path::Path;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use reqwest::header::LOCATION;
+use sark::config::Config;
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, peer_env, spawn_app_with};
+
+/// The ACS URL the IdP knows; the test carries its auto-post form to the node under test.
+const ACS: &str = "http://127.0.0.1:59999/api/v1/auth/saml/acs";
+const APP: &str = "https://app.example.org/after-login";
+
+/// The `[saml]` example of docs/providers/saml.md, pointed at the test IdP, with a fresh SP
+/// key pair. The returned directory holds the key files.
+fn documented_config(metadata_url: &str) -> (Config, tempfile::TempDir) {
+    let doc = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/providers/saml.md"),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256)
+        .or_else(|_| rcgen::KeyPair::generate())
+        .unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["sark.example.org".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (key_file, cert_file) = (dir.path().join("sp.key"), dir.path().join("sp.crt"));
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    let toml = doc
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("a toml block in docs/providers/saml.md")
+        .replace("http://127.0.0.1:58080/idp/metadata", metadata_url)
+        .replace("/etc/sark/saml-sp.key", key_file.to_str().unwrap())
+        .replace("/etc/sark/saml-sp.crt", cert_file.to_str().unwrap());
+    let file = dir.path().join("sark.toml");
+    std::fs::write(&file, toml).unwrap();
+    for path in [&file, &key_file] {
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+    }
+    let config =
+        Config::load(Some(&file), [], json!({})).expect("the documented configuration loads");
+    (config, dir)
+}
+
+async fn saml_app_at(metadata_url: &str) -> (TestApp, tempfile::TempDir) {
+    let (documented, keys) = documented_config(metadata_url);
+    let app = spawn_app_with(|c| {
+        c.saml = documented.saml;
+        c.auth.allowed_redirects = documented.auth.allowed_redirects;
+    })
+    .await;
+    app.wait_ready().await;
+    (app, keys)
+}
+
+async fn saml_app() -> (TestApp, tempfile::TempDir) {
+    saml_app_at(&peer_env("TEST_SAML_METADATA_URL")).await
+}
+
+fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// The value of the hidden form field `name` in the IdP's auto-post page.
+fn form_field(html: &str, name: &str) -> Option<String> {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = html.find(&marker)? + marker.len();
+    let end = html[start..].find('"')? + start;
+    Some(
+        html[start..end]
+            .replace("&quot;", "\"")
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&#x3D;", "=")
+            .replace("&#61;", "=")
+            .replace("&amp;", "&"),
+    )
+}
+
+/// A login started at the node and answered by the IdP (`variant` selects a misbehaving
+/// answer): the SAMLResponse XML and the RelayState the IdP posts back.
+async fn idp_response(
+    app: &TestApp,
+    relay: Option<&str>,
+    variant: Option<&str>,
+) -> (String, Option<String>) {
+    let mut login = url::Url::parse(&app.url("/api/v1/auth/saml/login")).unwrap();
+    if let Some(relay) = relay {
+        login.query_pairs_mut().append_pair("relay_state", relay);
+    }
+    let response = no_redirects().get(login.as_str()).send().await.unwrap();
+    assert_eq!(response.status(), 302, "{}", response.text().await.unwrap());
+    let mut sso = url::Url::parse(response.headers()[LOCATION].to_str().unwrap()).unwrap();
+    assert!(
+        sso.query_pairs().any(|(k, _)| k == "Signature"),
+        "signed AuthnRequest"
+    );
+    if let Some(variant) = variant {
+        sso.query_pairs_mut().append_pair("variant", variant);
+    }
+    let page = no_redirects()
+        .get(sso.as_str())
+        .basic_auth("test.user", Some("testpass"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    let encoded = form_field(&html, "SAMLResponse").expect("a SAMLResponse in the form");
+    let xml = String::from_utf8(STANDARD.decode(encoded).unwrap()).unwrap();
+    (
+        xml,
+        form_field(&html, "RelayState").filter(|r| !r.is_empty()),
+    )
+}
+
+async fn post_acs(app: &TestApp, xml: &str, relay: Option<&str>) -> reqwest::Response {
+    let encoded = STANDARD.encode(xml);
+    let mut form = vec![("SAMLResponse", encoded.as_str())];
+    if let Some(relay) = relay {
+        form.push(("RelayState", relay));
+    }
+    no_redirects()
+        .post(app.url("/api/v1/auth/saml/acs"))
+        .form(&form)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The reason of the newest `login_failed` event.
+async fn last_reason(app: &TestApp) -> String {
+    app.audit_events(50)
+        .await
+        .into_iter()
+        .find(|e| e.event.event_type == "login_failed")
+        .and_then(|e| e.event.details["reason"].as_str().map(str::to_owned))
+        .expect("a login_failed event")
+}
+
+/// Posts `xml` (described by `what`) and expects 401 with an audit event for `reason`.
+async fn refused(app: &TestApp, what: &str, xml: &str, reason: &str) {
+    let response = post_acs(app, xml, None).await;
+    let status = response.status();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(status, 401, "{what}: {body}");
+    assert_eq!(body["error"]["code"], "saml_login_failed", "{what}");
+    assert_eq!(last_reason(app).await, reason, "{what}: {body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_response_logs_in_and_a_replay_is_refused() {
+    let (app, _keys) = saml_app().await;
+    let (xml, relay) = idp_response(&app, None, None).await;
+    assert_eq!(relay, None);
+    let response = post_acs(&app, &xml, None).await;
+    assert_eq!(response.status(), 200);
+    let tokens: Value = response.json().await.unwrap();
+    assert_eq!(tokens["user"]["username"], "saml:test.user");
+    assert_eq!(tokens["user"]["role"], "admin", "sark-admins maps to admin");
+    assert_eq!(tokens["user"]["email"], "test.user@example.org");
+    let (status, me) = app
+        .get_as("/api/v1/auth/me", tokens["access_token"].as_str().unwrap())
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(me["auth_method"], "saml");
+
+    refused(&app, "a replay", &xml, "assertion_replayed").await;
+
+    let (_, providers) = app.get_json("/api/v1/auth/providers").await;
+    assert!(
+        providers["providers"].as_array().unwrap().contains(
+            &json!({"id": "saml", "type": "saml", "enabled": true, "login_url": "/api/v1/auth/saml/login"})
+        ),
+        "{providers}"
+    );
+    let metadata = app
+        .get("/api/v1/auth/saml/metadata")
+        .await
+        .text()
+        .await
+        .unwrap();
+    for part in [
+        "entityID=\"urn:sark:sp\"",
+        &format!("Location=\"{ACS}\""),
+        "WantAssertionsSigned=\"true\"",
+        "AuthnRequestsSigned=\"true\"",
+        "<ds:X509Certificate>",
+    ] {
+        assert!(metadata.contains(part), "{part} in {metadata}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_signature_may_be_on_the_response_or_on_the_assertion() {
+    let (app, _keys) = saml_app().await;
+    for variant in ["assertion_only", "response_only"] {
+        let (xml, _) = idp_response(&app, None, Some(variant)).await;
+        let response = post_acs(&app, &xml, None).await;
+        assert_eq!(
+            response.status(),
+            200,
+            "{variant}: {}",
+            response.text().await.unwrap()
+        );
+    }
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_state_gets_a_login_code_and_an_unlisted_one_is_refused() {
+    let (app, _keys) = saml_app().await;
+    let (xml, relay) = idp_response(&app, Some(APP), None).await;
+    assert_eq!(relay.as_deref(), Some(APP));
+    let response = post_acs(&app, &xml, relay.as_deref()).await;
+    assert_eq!(response.status(), 302);
+    let to = response.headers()[LOCATION].to_str().unwrap().to_owned();
+    assert!(to.starts_with(APP), "{to}");
+    let code = url::Url::parse(&to)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .map(|(_, v)| v.into_owned())
+        .unwrap();
+    let exchanged = app
+        .post("/api/v1/auth/exchange", &json!({"code": code}), None)
+        .await;
+    assert_eq!(exchanged.status(), 200);
+
+    // A RelayState off the allow-list: refused before the response is even looked at.
+    let (xml, _) = idp_response(&app, Some(APP), None).await;
+    let response = post_acs(&app, &xml, Some("https://evil.example.net/steal")).await;
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "redirect_not_allowed");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("RelayState")
+    );
+    assert_eq!(last_reason(&app).await, "relay_state");
+    // ... and at the start of a login.
+    let response = no_redirects()
+        .get(app.url("/api/v1/auth/saml/login?relay_state=https%3A%2F%2Fevil.example.net%2F"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsigned_foreign_expired_and_misaddressed_assertions_are_refused() {
+    let (app, _keys) = saml_app().await;
+    for (variant, reason) in [
+        ("unsigned", "unsigned"),
+        ("foreign_key", "invalid_signature"),
+        ("expired", "expired"),
+        ("audience", "audience"),
+    ] {
+        let (xml, _) = idp_response(&app, None, Some(variant)).await;
+        refused(&app, variant, &xml, reason).await;
+    }
+    let users = app
+        .get_as("/api/v1/users", &app.admin_token().await)
+        .await
+        .1;
+    assert!(
+        !users.to_string().contains("saml:"),
+        "no account was provisioned: {users}"
+    );
+    app.stop().await;
+}
+
+/// The one `<prefix:Assertion …>…</prefix:Assertion>` of `xml`, and where it is.
+fn assertion_span(xml: &str) -> (usize, usize, String) {
+    let open = xml.find(":Assertion ").expect("an Assertion");
+    let start = xml[..open].rfind('<').unwrap();
+    let prefix = &xml[start + 1..open];
+    let close = format!("</{prefix}:Assertion>");
+    let end = xml.find(&close).unwrap() + close.len();
+    (start, end, prefix.to_owned())
+}
+
+/// A copy of the signed assertion with a new ID, another subject and no signature: what
+/// an attacker wants the SP to read.
+fn evil_copy(assertion: &str, new_id: Option<&str>) -> String {
+    let mut evil = assertion.replace("test.user", "evil.user");
+    if let Some(id) = new_id {
+        let at = evil.find(" ID=\"").unwrap() + 5;
+        let end = evil[at..].find('"').unwrap() + at;
+        evil.replace_range(at..end, id);
+    }
+    let sig = evil
+        .find(":Signature")
+        .map(|i| evil[..i].rfind('<').unwrap());
+    if let Some(sig_start) = sig {
+        let tag = &evil[sig_start + 1..evil[sig_start..].find(' ').unwrap() + sig_start];
+        let close = format!("</{tag}>");
+        let sig_end = evil.find(&close).unwrap() + close.len();
+        evil.replace_range(sig_start..sig_end, "");
+    }
+    evil
+}
+
+/// A description, a rewrite of a good response, and the audit reason of its refusal.
+type Attack = (&'static str, fn(&str) -> String, &'static str);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signature_wrapping_attacks_are_refused() {
+    let (app, _keys) = saml_app().await;
+    // Built on responses whose assertion alone is signed, so moving things around the
+    // envelope breaks no other signature.
+    let attacks: [Attack; 5] = [
+        (
+            "an unsigned assertion before the signed one",
+            |xml: &str| {
+                let (start, end, _) = assertion_span(xml);
+                let evil = evil_copy(&xml[start..end], Some("_evil1"));
+                format!("{}{evil}{}", &xml[..start], &xml[start..])
+            },
+            "multiple_assertions",
+        ),
+        (
+            "an unsigned assertion after the signed one",
+            |xml: &str| {
+                let (start, end, _) = assertion_span(xml);
+                let evil = evil_copy(&xml[start..end], Some("_evil2"));
+                format!("{}{evil}{}", &xml[..end], &xml[end..])
+            },
+            "multiple_assertions",
+        ),
+        (
+            "the signed assertion moved inside an unsigned one that takes its place",
+            |xml: &str| {
+                let (start, end, prefix) = assertion_span(xml);
+                let signed = &xml[start..end];
+                let evil = evil_copy(signed, Some("_evil3"));
+                let close = format!("</{prefix}:Assertion>");
+                let wrapped = format!(
+                    "{}<{prefix}:Advice>{signed}</{prefix}:Advice>{close}",
+                    &evil[..evil.len() - close.len()]
+                );
+                format!("{}{wrapped}{}", &xml[..start], &xml[end..])
+            },
+            "multiple_assertions",
+        ),
+        (
+            "an unsigned assertion with the signed one's ID, the signed one in Extensions",
+            |xml: &str| {
+                let (start, end, _) = assertion_span(xml);
+                let signed = &xml[start..end];
+                let evil = evil_copy(signed, None);
+                let response_open = xml[..xml.find(":Response ").unwrap()].rfind('<').unwrap();
+                let response_open_end = xml[response_open..].find('>').unwrap() + response_open + 1;
+                let head = &xml[..response_open_end];
+                let protocol_prefix = &xml
+                    [response_open + 1..response_open + xml[response_open..].find(':').unwrap()];
+                let extensions = format!(
+                    "<{protocol_prefix}:Extensions>{signed}</{protocol_prefix}:Extensions>"
+                );
+                format!(
+                    "{head}{extensions}{}{evil}{}",
+                    &xml[response_open_end..start],
+                    &xml[end..]
+                )
+            },
+            "multiple_assertions",
+        ),
+        (
+            "the signed assertion replaced by an unsigned one",
+            |xml: &str| {
+                let (start, end, _) = assertion_span(xml);
+                let evil = evil_copy(&xml[start..end], None);
+                format!("{}{evil}{}", &xml[..start], &xml[end..])
+            },
+            "unsigned",
+        ),
+    ];
+    for (what, attack, reason) in attacks {
+        let (xml, _) = idp_response(&app, None, Some("assertion_only")).await;
+        refused(&app, what, &attack(&xml), reason).await;
+    }
+    // On a fully signed response the envelope signature breaks as well.
+    let (xml, _) = idp_response(&app, None, None).await;
+    let (start, end, _) = assertion_span(&xml);
+    let evil = evil_copy(&xml[start..end], None);
+    refused(
+        &app,
+        "the assertion of a signed response replaced",
+        &format!("{}{evil}{}", &xml[..start], &xml[end..]),
+        "invalid_signature",
+    )
+    .await;
+    // A tampered signed assertion.
+    let (xml, _) = idp_response(&app, None, Some("assertion_only")).await;
+    let tampered = xml.replacen("test.user@example.org", "evil@example.org", 1);
+    refused(&app, "a tampered assertion", &tampered, "invalid_signature").await;
+
+    let users = app
+        .get_as("/api/v1/users", &app.admin_token().await)
+        .await
+        .1;
+    assert!(!users.to_string().contains("evil"), "{users}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_acs_input_is_a_400_naming_the_field() {
+    let (app, _keys) = saml_app().await;
+    let client = no_redirects();
+    for (form, field) in [
+        (vec![("RelayState", APP)], "SAMLResponse"),
+        (vec![("SAMLResponse", "%%%not-base64")], "SAMLResponse"),
+        (vec![("SAMLResponse", "PHg+"), ("Other", "1")], "Other"),
+    ] {
+        let response = client
+            .post(app.url("/api/v1/auth/saml/acs"))
+            .form(&form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{form:?}");
+        let body: Value = response.json().await.unwrap();
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains(field),
+            "{body}"
+        );
+    }
+    // Entity expansion and external entities are refused with the DTD.
+    let bomb = r#"<?xml version="1.0"?><!DOCTYPE r [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;">]><samlp:Response xmlns:samlp="urn:oasis:names:tc:SAML:2.0:protocol">&b;</samlp:Response>"#;
+    refused(&app, "entity expansion", bomb, "malformed").await;
+    refused(&app, "broken XML", "<unclosed>", "malformed").await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_idp_is_reported_and_answers_503() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (app, _keys) = saml_app_at(&format!("http://127.0.0.1:{port}/idp/metadata")).await;
+    let response = no_redirects()
+        .get(app.url("/api/v1/auth/saml/login"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "saml_unavailable");
+    let (_, health) = app.get_json("/health/detailed").await;
+    assert_eq!(health["services"]["saml"], "DOWN", "{health}");
+    assert_eq!(health["status"], "degraded");
+    app.stop().await;
+}
+
+#[test]
+fn incomplete_saml_configuration_names_the_missing_key() {
+    let vars = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let err = Config::load(
+        None,
+        vars(&[
+            ("SARK_SAML__SP_ENTITY_ID", "urn:sark:sp"),
+            ("SARK_SAML__ACS_URL", ACS),
+        ]),
+        json!({}),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("saml.idp_metadata_url"), "{err}");
+    let err = Config::load(
+        None,
+        vars(&[("SARK_SAML__IDP_METADATA_URL", "http://127.0.0.1:1/md")]),
+        json!({}),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("sp_entity_id"), "{err}");
+}
