@@ -307,7 +307,7 @@ impl OidcProvider {
 }
 
 /// Audits a refused callback and answers 401 `oidc_login_failed`.
-async fn refuse(node: &Node, ip: Option<IpAddr>, reason: &str, message: &str) -> ApiError {
+pub async fn refuse(node: &Node, ip: Option<IpAddr>, reason: &str, message: &str) -> ApiError {
     service::audit(
         node,
         "login_failed",

@@ -633,6 +633,25 @@ impl SamlProvider {
 
 /// Audits a refused response and answers 401 `saml_login_failed`.
 async fn refuse(node: &Node, ip: Option<IpAddr>, why: Refusal) -> ApiError {
+    audit_refusal(node, ip, &why).await;
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "saml_login_failed",
+        format!("the SAML response was refused: {}", why.detail),
+    )
+}
+
+/// Audits a refused RelayState; answers `err` (a 400 naming the field).
+pub async fn refuse_relay_state(node: &Node, ip: Option<IpAddr>, err: ApiError) -> ApiError {
+    let why = refusal(
+        "relay_state",
+        "RelayState is off the allow-list or not the one the login started with",
+    );
+    audit_refusal(node, ip, &why).await;
+    err
+}
+
+async fn audit_refusal(node: &Node, ip: Option<IpAddr>, why: &Refusal) {
     service::audit(
         node,
         "login_failed",
@@ -643,26 +662,6 @@ async fn refuse(node: &Node, ip: Option<IpAddr>, why: Refusal) -> ApiError {
         json!({"auth_method": "saml", "reason": why.reason, "detail": why.detail}),
     )
     .await;
-    ApiError::new(
-        StatusCode::UNAUTHORIZED,
-        "saml_login_failed",
-        format!("the SAML response was refused: {}", why.detail),
-    )
-}
-
-/// Audits a refused RelayState and answers 400 naming the field.
-pub async fn refuse_relay_state(node: &Node, ip: Option<IpAddr>, err: ApiError) -> ApiError {
-    service::audit(
-        node,
-        "login_failed",
-        "failure",
-        "saml",
-        ip,
-        None,
-        json!({"auth_method": "saml", "reason": "relay_state", "detail": "RelayState is not on the allow-list"}),
-    )
-    .await;
-    err
 }
 
 #[cfg(test)]

@@ -70,6 +70,31 @@ macro_rules! impl_identity_store {
                 })
             }
 
+            fn auth_request_row(row: &<$db as ::sqlx::Database>::Row) -> ::sqlx::Result<$crate::store::AuthRequestRecord> {
+                use ::sqlx::Row;
+                Ok($crate::store::AuthRequestRecord {
+                    id: row.try_get("id")?,
+                    provider: row.try_get("provider")?,
+                    browser_hash: row.try_get("browser_hash")?,
+                    data: row.try_get("data")?,
+                    redirect_uri: row.try_get("redirect_uri")?,
+                    created_at: row.try_get("created_at")?,
+                    expires_at: row.try_get("expires_at")?,
+                })
+            }
+
+            fn login_code_row(row: &<$db as ::sqlx::Database>::Row) -> ::sqlx::Result<$crate::store::LoginCodeRecord> {
+                use ::sqlx::Row;
+                Ok($crate::store::LoginCodeRecord {
+                    code_hash: row.try_get("code_hash")?,
+                    user_id: row.try_get("user_id")?,
+                    auth_method: row.try_get("auth_method")?,
+                    ip: row.try_get("ip")?,
+                    created_at: row.try_get("created_at")?,
+                    expires_at: row.try_get("expires_at")?,
+                })
+            }
+
             fn lock_state_row(row: &<$db as ::sqlx::Database>::Row) -> ::sqlx::Result<$crate::store::LockState> {
                 use ::sqlx::Row;
                 let failures: i32 = row.try_get("failures")?;
@@ -388,7 +413,6 @@ macro_rules! impl_identity_store {
                 id: &str,
                 now: ::chrono::DateTime<::chrono::Utc>,
             ) -> $crate::store::StoreResult<Option<$crate::store::AuthRequestRecord>> {
-                use ::sqlx::Row;
                 let row = ::sqlx::query(concat!(
                     "DELETE FROM auth_requests WHERE id = $1 AND expires_at > $2 RETURNING ", auth_request_columns!()
                 ))
@@ -397,19 +421,7 @@ macro_rules! impl_identity_store {
                 .fetch_optional(self.writer()?)
                 .await
                 .map_err($crate::store::db_error)?;
-                let Some(row) = row else { return Ok(None) };
-                let record = (|| -> ::sqlx::Result<_> {
-                    Ok($crate::store::AuthRequestRecord {
-                        id: row.try_get("id")?,
-                        provider: row.try_get("provider")?,
-                        browser_hash: row.try_get("browser_hash")?,
-                        data: row.try_get("data")?,
-                        redirect_uri: row.try_get("redirect_uri")?,
-                        created_at: row.try_get("created_at")?,
-                        expires_at: row.try_get("expires_at")?,
-                    })
-                })();
-                record.map(Some).map_err($crate::store::db_error)
+                row.as_ref().map(Self::auth_request_row).transpose().map_err($crate::store::db_error)
             }
 
             async fn put_login_code(&self, c: &$crate::store::LoginCodeRecord) -> $crate::store::StoreResult<()> {
@@ -433,7 +445,6 @@ macro_rules! impl_identity_store {
                 code_hash: &str,
                 now: ::chrono::DateTime<::chrono::Utc>,
             ) -> $crate::store::StoreResult<Option<$crate::store::LoginCodeRecord>> {
-                use ::sqlx::Row;
                 let row = ::sqlx::query(concat!(
                     "DELETE FROM login_codes WHERE code_hash = $1 AND expires_at > $2 RETURNING ", login_code_columns!()
                 ))
@@ -442,18 +453,7 @@ macro_rules! impl_identity_store {
                 .fetch_optional(self.writer()?)
                 .await
                 .map_err($crate::store::db_error)?;
-                let Some(row) = row else { return Ok(None) };
-                let record = (|| -> ::sqlx::Result<_> {
-                    Ok($crate::store::LoginCodeRecord {
-                        code_hash: row.try_get("code_hash")?,
-                        user_id: row.try_get("user_id")?,
-                        auth_method: row.try_get("auth_method")?,
-                        ip: row.try_get("ip")?,
-                        created_at: row.try_get("created_at")?,
-                        expires_at: row.try_get("expires_at")?,
-                    })
-                })();
-                record.map(Some).map_err($crate::store::db_error)
+                row.as_ref().map(Self::login_code_row).transpose().map_err($crate::store::db_error)
             }
 
             async fn use_assertion_id(

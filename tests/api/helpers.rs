@@ -19,6 +19,39 @@ pub fn peer_env(name: &str) -> String {
     })
 }
 
+/// A loopback port nothing listens on at the moment.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The configuration in the first TOML block of `docs/<doc>`, with each `(from, to)` of
+/// `replacements` applied, loaded from a 0600 file in `dir` as `sark serve --config`
+/// would load it: the docs' examples are the ones the tests run.
+pub fn documented_config(doc: &str, replacements: &[(&str, &str)], dir: &Path) -> Config {
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs").join(doc))
+            .unwrap();
+    let mut toml = text
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .unwrap_or_else(|| panic!("a toml block in docs/{doc}"))
+        .to_owned();
+    for (from, to) in replacements {
+        assert!(toml.contains(from), "docs/{doc} has no `{from}`");
+        toml = toml.replace(from, to);
+    }
+    let file = dir.join("sark.toml");
+    std::fs::write(&file, toml).unwrap();
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    Config::load(Some(&file), [], serde_json::json!({}))
+        .unwrap_or_else(|e| panic!("the configuration of docs/{doc} loads: {e}"))
+}
+
 /// Polls `check` until it returns `Some`, failing after `timeout`.
 pub async fn poll<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
 where

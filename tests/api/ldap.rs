@@ -1,37 +1,29 @@
 //! LDAP logins against the real slapd that `scripts/test` starts (`scripts/peers/ldap.sh`).
 
-use std::net::TcpListener;
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use sark::config::{Config, LdapConfig};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, peer_env, poll, spawn_app_with};
+use crate::helpers::{TestApp, documented_config, free_port, peer_env, poll, spawn_app_with};
 
 /// The `[ldap]` example of docs/providers/ldap.md, pointed at the test directory at `url`.
-fn documented_config(url: &str, starttls: bool) -> LdapConfig {
-    let doc = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/providers/ldap.md"),
-    )
-    .unwrap();
-    let toml = doc
-        .split("```toml\n")
-        .nth(1)
-        .and_then(|rest| rest.split("```").next())
-        .expect("a toml block in docs/providers/ldap.md")
-        .replace("ldap://127.0.0.1:50389", url)
-        .replace("starttls = true", &format!("starttls = {starttls}"))
-        .replace("/etc/sark/ldap-ca.pem", &peer_env("TEST_LDAP_CA"));
+fn documented_ldap(url: &str, starttls: bool) -> LdapConfig {
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("sark.toml");
-    std::fs::write(&file, toml).unwrap();
-    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    Config::load(Some(&file), [], json!({}))
-        .expect("the documented configuration loads")
-        .ldap
-        .expect("it configures LDAP")
+    let ca = peer_env("TEST_LDAP_CA");
+    let starttls = format!("starttls = {starttls}");
+    documented_config(
+        "providers/ldap.md",
+        &[
+            ("ldap://127.0.0.1:50389", url),
+            ("starttls = true", &starttls),
+            ("/etc/sark/ldap-ca.pem", &ca),
+        ],
+        dir.path(),
+    )
+    .ldap
+    .expect("it configures LDAP")
 }
 
 async fn ldap_app(config: LdapConfig) -> TestApp {
@@ -69,7 +61,7 @@ async fn last_event(app: &TestApp, event_type: &str) -> (Option<String>, Value) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn documented_starttls_login_provisions_an_account_with_the_mapped_role() {
-    let app = ldap_app(documented_config(&peer_env("TEST_LDAP_URL"), true)).await;
+    let app = ldap_app(documented_ldap(&peer_env("TEST_LDAP_URL"), true)).await;
     let (status, tokens) = ldap_login(&app, "test.user", "testpass").await;
     assert_eq!(status, 200, "{tokens}");
     assert_eq!(tokens["user"]["username"], "ldap:test.user");
@@ -121,7 +113,7 @@ async fn documented_starttls_login_provisions_an_account_with_the_mapped_role() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ldaps_login_works_and_a_directory_admin_is_not_the_local_admin() {
-    let mut config = documented_config(&peer_env("TEST_LDAPS_URL"), false);
+    let mut config = documented_ldap(&peer_env("TEST_LDAPS_URL"), false);
     config.role_mapping = Default::default();
     let app = ldap_app(config).await;
     let (status, tokens) = ldap_login(&app, "admin", "ldap-admin-pass").await;
@@ -147,7 +139,7 @@ async fn ldaps_login_works_and_a_directory_admin_is_not_the_local_admin() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_passwords_unknown_users_and_filter_injection_are_refused() {
-    let app = ldap_app(documented_config(&peer_env("TEST_LDAP_URL"), true)).await;
+    let app = ldap_app(documented_ldap(&peer_env("TEST_LDAP_URL"), true)).await;
     let (status, body) = ldap_login(&app, "test.user", "wrong").await;
     assert_eq!(status, 401, "{body}");
     assert_eq!(body["error"]["code"], "invalid_credentials");
@@ -207,7 +199,7 @@ async fn bad_passwords_unknown_users_and_filter_injection_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_ldap_logins_lock_the_account_until_an_admin_unlocks_it() {
-    let app = ldap_app(documented_config(&peer_env("TEST_LDAP_URL"), true)).await;
+    let app = ldap_app(documented_ldap(&peer_env("TEST_LDAP_URL"), true)).await;
     for _ in 0..2 {
         assert_eq!(ldap_login(&app, "plain.user", "wrong").await.0, 401);
     }
@@ -231,21 +223,13 @@ async fn failed_ldap_logins_lock_the_account_until_an_admin_unlocks_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_directory_with_an_untrusted_certificate_is_unavailable_not_skipped() {
-    let mut config = documented_config(&peer_env("TEST_LDAP_URL"), true);
+    let mut config = documented_ldap(&peer_env("TEST_LDAP_URL"), true);
     config.ca_file = None;
     let app = ldap_app(config).await;
     let (status, body) = ldap_login(&app, "test.user", "testpass").await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"]["code"], "ldap_unavailable");
     app.stop().await;
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn slapd(args: &[&str]) -> String {
@@ -282,7 +266,7 @@ async fn a_stopped_directory_gives_503_and_degraded_health_then_recovers() {
         &free_port().to_string(),
     ]);
     let instance = OwnSlapd(name.clone());
-    let mut config = documented_config(&url, false);
+    let mut config = documented_ldap(&url, false);
     config.ca_file = None;
     config.timeout_seconds = 1;
     let app = ldap_app(config).await;

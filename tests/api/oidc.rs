@@ -3,13 +3,12 @@
 //! its own cookie jar follows the redirects between the node and the provider.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
 use sark::config::{Config, OidcConfig};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, peer_env, spawn_app_with};
+use crate::helpers::{TestApp, documented_config, free_port, peer_env, spawn_app_with};
 
 /// The callback URL registered at the provider. Nothing listens on it: the browser below
 /// carries the provider's redirect to the node under test.
@@ -18,26 +17,18 @@ const CALLBACK: &str = "http://127.0.0.1:59999/api/v1/auth/oidc/callback";
 const APP: &str = "https://app.example.org/after-login";
 
 /// The `[oidc]` example of docs/providers/oidc.md, pointed at the test provider.
-fn documented_config() -> Config {
-    let doc = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/providers/oidc.md"),
-    )
-    .unwrap();
-    let toml = doc
-        .split("```toml\n")
-        .nth(1)
-        .and_then(|rest| rest.split("```").next())
-        .expect("a toml block in docs/providers/oidc.md")
-        .replace("http://127.0.0.1:59000", &peer_env("TEST_OIDC_ISSUER"));
+fn documented_oidc() -> Config {
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("sark.toml");
-    std::fs::write(&file, toml).unwrap();
-    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    Config::load(Some(&file), [], json!({})).expect("the documented configuration loads")
+    let issuer = peer_env("TEST_OIDC_ISSUER");
+    documented_config(
+        "providers/oidc.md",
+        &[("http://127.0.0.1:59000", &issuer)],
+        dir.path(),
+    )
 }
 
 async fn oidc_app_with(adjust: impl FnOnce(&mut OidcConfig)) -> TestApp {
-    let documented = documented_config();
+    let documented = documented_oidc();
     let mut oidc = documented.oidc.expect("it configures OIDC");
     adjust(&mut oidc);
     let app = spawn_app_with(|c| {
@@ -441,12 +432,7 @@ async fn a_disabled_account_cannot_log_in_through_the_provider() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_provider_is_reported_and_answers_503() {
     let app = oidc_app_with(|oidc| {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        oidc.issuer = format!("http://127.0.0.1:{port}");
+        oidc.issuer = format!("http://127.0.0.1:{}", free_port());
         oidc.timeout_seconds = 1;
     })
     .await;

@@ -3,15 +3,13 @@
 //! expired and misaddressed assertions, replays, unlisted RelayStates and XML signature
 //! wrapping.
 
-use std::path::Path;
-
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use reqwest::header::LOCATION;
 use sark::config::Config;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, peer_env, spawn_app_with};
+use crate::helpers::{TestApp, documented_config, free_port, peer_env, spawn_app_with};
 
 /// The ACS URL the IdP knows; the test carries its auto-post form to the node under test.
 const ACS: &str = "http://127.0.0.1:59999/api/v1/auth/saml/acs";
@@ -19,11 +17,7 @@ const APP: &str = "https://app.example.org/after-login";
 
 /// The `[saml]` example of docs/providers/saml.md, pointed at the test IdP, with a fresh SP
 /// key pair. The returned directory holds the key files.
-fn documented_config(metadata_url: &str) -> (Config, tempfile::TempDir) {
-    let doc = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/providers/saml.md"),
-    )
-    .unwrap();
+fn documented_saml(metadata_url: &str) -> (Config, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256)
         .or_else(|_| rcgen::KeyPair::generate())
@@ -35,27 +29,20 @@ fn documented_config(metadata_url: &str) -> (Config, tempfile::TempDir) {
     let (key_file, cert_file) = (dir.path().join("sp.key"), dir.path().join("sp.crt"));
     std::fs::write(&key_file, key.serialize_pem()).unwrap();
     std::fs::write(&cert_file, cert.pem()).unwrap();
-    let toml = doc
-        .split("```toml\n")
-        .nth(1)
-        .and_then(|rest| rest.split("```").next())
-        .expect("a toml block in docs/providers/saml.md")
-        .replace("http://127.0.0.1:58080/idp/metadata", metadata_url)
-        .replace("/etc/sark/saml-sp.key", key_file.to_str().unwrap())
-        .replace("/etc/sark/saml-sp.crt", cert_file.to_str().unwrap());
-    let file = dir.path().join("sark.toml");
-    std::fs::write(&file, toml).unwrap();
-    for path in [&file, &key_file] {
-        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .unwrap();
-    }
-    let config =
-        Config::load(Some(&file), [], json!({})).expect("the documented configuration loads");
+    let config = documented_config(
+        "providers/saml.md",
+        &[
+            ("http://127.0.0.1:58080/idp/metadata", metadata_url),
+            ("/etc/sark/saml-sp.key", key_file.to_str().unwrap()),
+            ("/etc/sark/saml-sp.crt", cert_file.to_str().unwrap()),
+        ],
+        dir.path(),
+    );
     (config, dir)
 }
 
 async fn saml_app_at(metadata_url: &str) -> (TestApp, tempfile::TempDir) {
-    let (documented, keys) = documented_config(metadata_url);
+    let (documented, keys) = documented_saml(metadata_url);
     let app = spawn_app_with(|c| {
         c.saml = documented.saml;
         c.auth.allowed_redirects = documented.auth.allowed_redirects;
@@ -453,12 +440,8 @@ async fn bad_acs_input_is_a_400_naming_the_field() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_idp_is_reported_and_answers_503() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let (app, _keys) = saml_app_at(&format!("http://127.0.0.1:{port}/idp/metadata")).await;
+    let metadata = format!("http://127.0.0.1:{}/idp/metadata", free_port());
+    let (app, _keys) = saml_app_at(&metadata).await;
     let response = no_redirects()
         .get(app.url("/api/v1/auth/saml/login"))
         .send()

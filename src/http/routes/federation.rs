@@ -156,6 +156,10 @@ fn set_cookie(node: &Node, value: &str, max_age: i64) -> Result<HeaderValue, Api
     .map_err(|e| ApiError::internal(e.to_string()))
 }
 
+fn location(url: &url::Url) -> Result<HeaderValue, ApiError> {
+    HeaderValue::from_str(url.as_str()).map_err(|e| ApiError::internal(e.to_string()))
+}
+
 /// `GET /api/v1/auth/oidc/login?redirect_uri=`: 302 to the provider.
 pub async fn get_oidc_login(
     State(state): State<AppState>,
@@ -163,19 +167,14 @@ pub async fn get_oidc_login(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let node = &state.node;
-    let oidc = node
-        .providers
-        .oidc
-        .as_ref()
-        .ok_or_else(|| not_configured("OpenID Connect"))?;
+    let oidc = oidc_provider(node)?;
     let params = query(raw.as_deref(), &["redirect_uri"])?;
     let redirect = params
         .get("redirect_uri")
         .map(|uri| federation::allowed_redirect(&node.config, "redirect_uri", uri))
         .transpose()?;
     let started = oidc.start(node, browser_cookie(&headers), redirect).await?;
-    let location = HeaderValue::from_str(started.url.as_str())
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let location = location(&started.url)?;
     Ok((
         StatusCode::FOUND,
         [
@@ -195,11 +194,7 @@ pub async fn get_oidc_callback(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let node = &state.node;
-    let oidc = node
-        .providers
-        .oidc
-        .as_ref()
-        .ok_or_else(|| not_configured("OpenID Connect"))?;
+    let oidc = oidc_provider(node)?;
     let params = query(
         raw.as_deref(),
         &[
@@ -222,21 +217,8 @@ pub async fn get_oidc_callback(
             .store
             .take_auth_request(&federation::sha256_hex(state_param), node.clock.now())
             .await;
-        service::audit(
-            node,
-            "login_failed",
-            "failure",
-            "oidc",
-            ip,
-            None,
-            json!({"auth_method": "oidc", "reason": "provider_error", "detail": error}),
-        )
-        .await;
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "oidc_login_failed",
-            format!("the provider refused the login: {error}"),
-        ));
+        let message = format!("the provider refused the login: {error}");
+        return Err(federation::oidc::refuse(node, ip, "provider_error", &message).await);
     }
     let code = params
         .get("code")
@@ -269,6 +251,13 @@ async fn deliver(
         }
         None => Ok(login_response(federation::login(node, identity, ip).await?)),
     }
+}
+
+fn oidc_provider(node: &Node) -> Result<&federation::oidc::OidcProvider, ApiError> {
+    node.providers
+        .oidc
+        .as_ref()
+        .ok_or_else(|| not_configured("OpenID Connect"))
 }
 
 fn saml_provider(node: &Node) -> Result<&federation::saml::SamlProvider, ApiError> {
@@ -304,12 +293,10 @@ pub async fn get_saml_login(
         .map(|r| federation::allowed_redirect(&node.config, "relay_state", r))
         .transpose()?;
     let to = saml.start(node, relay).await?;
-    let location =
-        HeaderValue::from_str(to.as_str()).map_err(|e| ApiError::internal(e.to_string()))?;
     Ok((
         StatusCode::FOUND,
         [
-            (header::LOCATION, location),
+            (header::LOCATION, location(&to)?),
             (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
         ],
     )
