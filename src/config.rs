@@ -944,15 +944,12 @@ fn is_service_link(name: &str) -> bool {
 
 /// A SIEM URL: absolute http(s), and https unless it is a loopback address (the token
 /// travels with every request).
-fn check_sink_url(key: &str, value: &str) -> Result<(), ConfigError> {
+/// An https URL, or plain http to a loopback address only (secrets and identities travel
+/// on it).
+pub(crate) fn check_sink_url(key: &str, value: &str) -> Result<(), ConfigError> {
     let url = url::Url::parse(value)
         .map_err(|e| ConfigError::key(key, format!("is not an absolute URL ({e})")))?;
-    let loopback = match url.host() {
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        Some(url::Host::Domain(name)) => name == "localhost",
-        None => false,
-    };
+    let loopback = is_loopback(&url);
     match url.scheme() {
         "https" => Ok(()),
         "http" if loopback => Ok(()),
@@ -961,6 +958,23 @@ fn check_sink_url(key: &str, value: &str) -> Result<(), ConfigError> {
             "must be https (plain http only to a loopback address)",
         )),
         _ => Err(ConfigError::key(key, "must be an http(s) URL")),
+    }
+}
+
+/// Whether `url` names the local machine.
+pub(crate) fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        // Non-special schemes (ldap://) leave addresses as opaque host names.
+        Some(url::Host::Domain(name)) => {
+            name == "localhost"
+                || name
+                    .trim_matches(['[', ']'])
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+        None => false,
     }
 }
 

@@ -119,7 +119,7 @@ pub struct ExternalIdentity {
 
 /// A name safe to show and to put in a URL path: lowercase letters, digits and `.`, `_`,
 /// `-`, `@`; anything else becomes `_`.
-fn account_name(provider: &str, name: &str) -> String {
+pub fn account_name(provider: &str, name: &str) -> String {
     let clean: String = name
         .trim()
         .to_lowercase()
@@ -402,6 +402,12 @@ pub fn allowed_redirect(config: &Config, field: &str, value: &str) -> Result<url
 fn within(path: &str, base: &str) -> bool {
     let base = base.trim_end_matches('/');
     path == base || path.starts_with(&format!("{base}/"))
+}
+
+/// Whether the browser-binding cookie `browser` is the one whose hash is `expected`.
+pub fn same_browser(browser: Option<&str>, expected: &str) -> bool {
+    use subtle::ConstantTimeEq as _;
+    browser.is_some_and(|b| bool::from(sha256_hex(b).as_bytes().ct_eq(expected.as_bytes())))
 }
 
 /// 256 random bits, base64url.

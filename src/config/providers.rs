@@ -7,7 +7,7 @@ use std::str::FromStr;
 use sark_actors::store::Role;
 use serde::{Deserialize, Deserializer, Serialize};
 
-use super::{ConfigError, Secret, comma_list, string_like};
+use super::{ConfigError, Secret, check_sink_url, comma_list, is_loopback, string_like};
 
 /// `group=>role` pairs separated by `;` (a group may be an LDAP DN, which holds commas).
 /// Groups match case-insensitively; a user in several mapped groups gets the strongest
@@ -145,6 +145,9 @@ pub struct SamlConfig {
     /// Or a file holding it.
     #[serde(default)]
     pub idp_metadata_file: Option<PathBuf>,
+    /// The IdP's entity ID; required when the metadata describes more than one IdP.
+    #[serde(default)]
+    pub idp_entity_id: Option<String>,
     /// SARK's entity ID (the audience assertions must name).
     pub sp_entity_id: String,
     /// SARK's assertion consumer service URL (`…/api/v1/auth/saml/acs`).
@@ -250,6 +253,12 @@ impl LdapConfig {
                 ));
             }
         }
+        if url.scheme() == "ldap" && !self.starttls && !is_loopback(&url) {
+            return Err(ConfigError::key(
+                "ldap.url",
+                "ldap:// to another machine would send passwords in clear: use ldaps:// or ldap.starttls = true",
+            ));
+        }
         if self.starttls && url.scheme() == "ldaps" {
             return Err(ConfigError::key(
                 "ldap.starttls",
@@ -292,7 +301,7 @@ impl LdapConfig {
 
 impl OidcConfig {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
-        absolute_http_url("oidc.issuer", &self.issuer)?;
+        check_sink_url("oidc.issuer", &self.issuer)?;
         absolute_http_url("oidc.redirect_url", &self.redirect_url)?;
         if self.client_id.is_empty() {
             return Err(ConfigError::key("oidc.client_id", "must not be empty"));
@@ -313,9 +322,7 @@ impl OidcConfig {
 impl SamlConfig {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         match (&self.idp_metadata_url, &self.idp_metadata_file) {
-            (Some(url), None) => {
-                absolute_http_url("saml.idp_metadata_url", url)?;
-            }
+            (Some(url), None) => check_sink_url("saml.idp_metadata_url", url)?,
             (None, Some(_)) => readable("saml.idp_metadata_file", &self.idp_metadata_file)?,
             (Some(_), Some(_)) => {
                 return Err(ConfigError::key(

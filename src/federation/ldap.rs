@@ -67,6 +67,15 @@ pub struct LdapProvider {
     permits: Arc<Semaphore>,
 }
 
+/// A directory entry that matched a username.
+#[derive(Debug)]
+pub struct Found {
+    /// The entry's DN (what the password is bound against).
+    dn: String,
+    /// Who the entry is, once the password is right.
+    pub identity: ExternalIdentity,
+}
+
 /// A service-bound connection, returned to the pool by [`LdapProvider::check_in`].
 struct Service {
     ldap: Ldap,
@@ -203,17 +212,9 @@ impl LdapProvider {
         }
     }
 
-    /// Checks `password` for `username`; the identity the directory vouches for, or why
-    /// it does not. `password` must not be empty (that would be an anonymous bind): the
-    /// caller refuses it before this.
-    pub async fn authenticate(
-        &self,
-        username: &str,
-        password: &str,
-    ) -> Result<Result<ExternalIdentity, Rejection>, Unavailable> {
-        if password.is_empty() {
-            return Ok(Err(Rejection::WrongPassword));
-        }
+    /// Finds the one entry of `username` (and its groups): the identity the directory
+    /// would vouch for once the password is checked, or why there is none.
+    pub async fn lookup(&self, username: &str) -> Result<Result<Found, Rejection>, Unavailable> {
         let mut service = self.check_out().await?;
         let filter = self
             .config
@@ -261,32 +262,46 @@ impl LdapProvider {
             None => Vec::new(),
         };
         self.check_in(service);
-        // The password is checked on a connection of its own: a bind changes the
-        // connection's identity, and pooled connections must stay the service's.
+        let first = |attr: &str| entry.attrs.get(attr).and_then(|v| v.first()).cloned();
+        Ok(Ok(Found {
+            identity: ExternalIdentity {
+                provider: "ldap",
+                subject: first("entryUUID").unwrap_or_else(|| entry.dn.clone()),
+                name: first("uid").unwrap_or_else(|| username.to_owned()),
+                email: first("mail"),
+                role: self
+                    .config
+                    .role_mapping
+                    .role_for(groups.iter().map(String::as_str)),
+            },
+            dn: entry.dn,
+        }))
+    }
+
+    /// Checks `password` by a bind as the found entry, on a connection of its own (a bind
+    /// changes a connection's identity, and pooled connections must stay the service's).
+    /// `password` must not be empty (that would be an anonymous bind): refused here too.
+    pub async fn check_password(
+        &self,
+        found: &Found,
+        password: &str,
+    ) -> Result<Result<(), Rejection>, Unavailable> {
+        if password.is_empty() {
+            return Ok(Err(Rejection::WrongPassword));
+        }
         let mut user = self.connect().await?;
         let bound = user
             .with_timeout(self.timeout())
-            .simple_bind(&entry.dn, password)
+            .simple_bind(&found.dn, password)
             .await?;
         let _ = user.unbind().await;
         match bound.rc {
-            0 => {}
+            0 => Ok(Ok(())),
             rc if rc == INVALID_CREDENTIALS || BIND_REFUSED.contains(&rc) => {
-                return Ok(Err(Rejection::WrongPassword));
+                Ok(Err(Rejection::WrongPassword))
             }
-            _ => return Err(Unavailable(format!("the user bind failed: {bound}"))),
+            _ => Err(Unavailable(format!("the user bind failed: {bound}"))),
         }
-        let first = |attr: &str| entry.attrs.get(attr).and_then(|v| v.first()).cloned();
-        Ok(Ok(ExternalIdentity {
-            provider: "ldap",
-            subject: first("entryUUID").unwrap_or_else(|| entry.dn.clone()),
-            name: first("uid").unwrap_or_else(|| username.to_owned()),
-            email: first("mail"),
-            role: self
-                .config
-                .role_mapping
-                .role_for(groups.iter().map(String::as_str)),
-        }))
     }
 
     /// Whether the directory answers a search by the service account now.

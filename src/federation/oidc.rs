@@ -22,7 +22,6 @@ use openidconnect::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use subtle::ConstantTimeEq;
 use tokio::sync::RwLock;
 
 use super::{ExternalIdentity, random_token, sha256_hex};
@@ -213,14 +212,7 @@ impl OidcProvider {
             )
             .await);
         };
-        let same_browser = browser.is_some_and(|b| {
-            bool::from(
-                sha256_hex(b)
-                    .as_bytes()
-                    .ct_eq(pending.browser_hash.as_bytes()),
-            )
-        });
-        if !same_browser {
+        if !super::same_browser(browser, &pending.browser_hash) {
             return Err(refuse(
                 node,
                 ip,
@@ -306,7 +298,8 @@ impl OidcProvider {
     }
 }
 
-/// Audits a refused callback and answers 401 `oidc_login_failed`.
+/// Audits a refused callback (with `message`) and answers 401 `oidc_login_failed` naming
+/// only the reason.
 pub async fn refuse(node: &Node, ip: Option<IpAddr>, reason: &str, message: &str) -> ApiError {
     service::audit(
         node,

@@ -18,7 +18,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use chrono::{DateTime, Utc};
 use libxml::parser::{Parser, ParserOptions};
-use libxml::tree::Document;
+use libxml::tree::{Document, NodeType};
 use libxml::xpath::Context;
 use rand::RngCore;
 use samael::crypto::{
@@ -115,20 +115,53 @@ fn namespaces(ctx: &Context) -> Result<(), String> {
     Ok(())
 }
 
-/// Parses untrusted XML strictly: no DTD (so no entities, internal or external), no
-/// network, and no recovery from errors (a repaired document is not the one signed).
+/// Parses untrusted XML strictly: UTF-8 only (so the checks here see what libxml sees), no
+/// DTD (so no entities, internal or external), no network, and no recovery from errors (a
+/// repaired document is not the one signed).
 fn parse(xml: &str) -> Result<(Document, Context), String> {
+    if xml.contains('\0') {
+        return Err("the document holds NUL characters (not UTF-8 XML)".into());
+    }
+    let head = xml
+        .get(..xml.len().min(200))
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    if let Some(declared) = head
+        .split("encoding=")
+        .nth(1)
+        .filter(|_| head.starts_with("<?xml"))
+        .and_then(|rest| rest.get(1..).and_then(|r| r.split(['"', '\'']).next()))
+        && declared != "utf-8"
+    {
+        return Err(format!(
+            "the document declares encoding {declared}; only UTF-8 is accepted"
+        ));
+    }
     if xml.to_ascii_uppercase().contains("<!DOCTYPE") {
         return Err("documents with a DTD are not accepted".into());
     }
     let options = ParserOptions {
         recover: false,
         no_net: true,
+        encoding: Some("UTF-8"),
         ..ParserOptions::default()
     };
     let doc = Parser::default()
         .parse_string_with_options(xml, options)
         .map_err(|e| format!("not well-formed XML ({e:?})"))?;
+    let root = doc
+        .get_root_element()
+        .ok_or("the document has no root element")?;
+    let mut sibling = root.get_prev_sibling();
+    while let Some(node) = sibling {
+        if matches!(
+            node.get_type(),
+            Some(NodeType::DTDNode | NodeType::DocumentTypeNode)
+        ) {
+            return Err("documents with a DTD are not accepted".into());
+        }
+        sibling = node.get_prev_sibling();
+    }
     let ctx = Context::new(&doc).map_err(|()| "cannot evaluate XPath".to_owned())?;
     namespaces(&ctx)?;
     Ok((doc, ctx))
@@ -150,11 +183,27 @@ fn count(ctx: &mut Context, xpath: &str) -> usize {
     ctx.findnodes(xpath, None).map(|n| n.len()).unwrap_or(0)
 }
 
-fn parse_metadata(xml: &str) -> Result<IdpMetadata, String> {
+/// The IdP `entity_id` (or the only IdP) of `xml`; certificates and endpoints are read
+/// from that entity alone, so another IdP of an aggregate cannot vouch for it.
+fn parse_metadata(xml: &str, entity_id: Option<&str>) -> Result<IdpMetadata, String> {
     let (_doc, mut ctx) = parse(xml)?;
-    let entity = "//md:EntityDescriptor[md:IDPSSODescriptor]";
-    let entity_id = value(&mut ctx, &format!("{entity}/@entityID"))
-        .ok_or("no EntityDescriptor with an IDPSSODescriptor")?;
+    let idps = values(
+        &mut ctx,
+        "//md:EntityDescriptor[md:IDPSSODescriptor]/@entityID",
+    );
+    let entity_id = match (entity_id, idps.as_slice()) {
+        (Some(wanted), found) if found.iter().any(|f| f == wanted) => wanted.to_owned(),
+        (Some(wanted), _) => return Err(format!("no IdP with entityID `{wanted}`")),
+        (None, [only]) => only.clone(),
+        (None, []) => return Err("no EntityDescriptor with an IDPSSODescriptor".into()),
+        (None, _) => {
+            return Err("several IdPs are described: set saml.idp_entity_id".into());
+        }
+    };
+    if entity_id.contains(['\'', '"']) {
+        return Err("the IdP entityID holds a quote".into());
+    }
+    let entity = format!("//md:EntityDescriptor[@entityID='{entity_id}']");
     let sso_redirect = value(
         &mut ctx,
         &format!(
@@ -314,6 +363,14 @@ fn verify(
     if value(&mut s, &format!("{confirmation}/@Recipient")).as_deref() != Some(&config.acs_url) {
         return Err(refusal("recipient", "Recipient is not this ACS"));
     }
+    if let Some(not_before) = value(&mut s, &format!("{confirmation}/@NotBefore"))
+        && time(&not_before)? > now + skew
+    {
+        return Err(refusal(
+            "not_yet_valid",
+            format!("SubjectConfirmationData NotBefore {not_before}"),
+        ));
+    }
     let confirm_until = value(&mut s, &format!("{confirmation}/@NotOnOrAfter"))
         .ok_or_else(|| refusal("subject_confirmation", "no NotOnOrAfter"))?;
     let confirm_until = time(&confirm_until)?;
@@ -338,6 +395,21 @@ fn verify(
     }
     let name_id = value(&mut s, &format!("{assertion}/saml:Subject/saml:NameID"))
         .ok_or_else(|| refusal("malformed", "the assertion has no NameID"))?;
+    // Accounts are keyed by the NameID: only a persistent one names the same user every
+    // time, and no other format can be made to collide with it.
+    let format = value(
+        &mut s,
+        &format!("{assertion}/saml:Subject/saml:NameID/@Format"),
+    );
+    if format.as_deref() != Some(NAMEID_PERSISTENT) {
+        return Err(refusal(
+            "name_id_format",
+            format!(
+                "NameID format {} is not persistent",
+                format.unwrap_or_default()
+            ),
+        ));
+    }
     let mut attributes: HashMap<String, Vec<String>> = HashMap::new();
     let nodes = s
         .findnodes(
@@ -428,7 +500,7 @@ impl SamlProvider {
             Some(path) => {
                 let xml = std::fs::read_to_string(path)
                     .map_err(|e| ConfigError::from_key("saml.idp_metadata_file", e))?;
-                let parsed = parse_metadata(&xml)
+                let parsed = parse_metadata(&xml, config.idp_entity_id.as_deref())
                     .map_err(|e| ConfigError::from_key("saml.idp_metadata_file", e))?;
                 Some((parsed, Instant::now()))
             }
@@ -474,7 +546,7 @@ impl SamlProvider {
             if text.len() > 1024 * 1024 {
                 return Err("metadata larger than 1 MiB".into());
             }
-            parse_metadata(&text)
+            parse_metadata(&text, self.config.idp_entity_id.as_deref())
         }
         .await
         .map_err(|e| {
@@ -512,7 +584,12 @@ impl SamlProvider {
 
     /// Starts a login: the IdP URL carrying a new AuthnRequest (signed when an SP key is
     /// configured); the request is remembered in the store for its response.
-    pub async fn start(&self, node: &Node, relay: Option<url::Url>) -> Result<url::Url, ApiError> {
+    pub async fn start(
+        &self,
+        node: &Node,
+        browser: &str,
+        relay: Option<url::Url>,
+    ) -> Result<url::Url, ApiError> {
         let idp = self.idp(false).await?;
         let mut id_bytes = [0u8; 20];
         rand::thread_rng().fill_bytes(&mut id_bytes);
@@ -549,7 +626,7 @@ impl SamlProvider {
             .put_auth_request(&AuthRequestRecord {
                 id: sha256_hex(&id),
                 provider: "saml".into(),
-                browser_hash: String::new(),
+                browser_hash: sha256_hex(browser),
                 data: String::new(),
                 redirect_uri: relay.map(String::from),
                 created_at: now,
@@ -561,11 +638,13 @@ impl SamlProvider {
 
     /// Consumes a posted Response (decoded XML): signatures on the element used, issuer,
     /// audience, Destination, validity window, InResponseTo against a pending request,
-    /// and one-time use of the assertion. Every refusal is audited.
+    /// one-time use of the assertion, and the browser that started the login. Every refusal is
+    /// audited.
     pub async fn consume(
         &self,
         node: &Node,
         xml: String,
+        browser: Option<&str>,
         ip: Option<IpAddr>,
     ) -> Result<(ExternalIdentity, Option<url::Url>), ApiError> {
         let idp = self.idp(false).await?;
@@ -598,6 +677,14 @@ impl SamlProvider {
             );
             return Err(refuse(node, ip, why).await);
         };
+        // The response must come back to the browser that started the login (login CSRF).
+        if !super::same_browser(browser, &pending.browser_hash) {
+            let why = refusal(
+                "browser_mismatch",
+                "the login was started in another browser",
+            );
+            return Err(refuse(node, ip, why).await);
+        }
         let first = |name: &str| {
             verified
                 .attributes
@@ -637,7 +724,7 @@ async fn refuse(node: &Node, ip: Option<IpAddr>, why: Refusal) -> ApiError {
     ApiError::new(
         StatusCode::UNAUTHORIZED,
         "saml_login_failed",
-        format!("the SAML response was refused: {}", why.detail),
+        format!("the SAML response was refused ({})", why.reason),
     )
 }
 
@@ -673,6 +760,13 @@ mod tests {
         let xml = r#"<?xml version="1.0"?><!DOCTYPE r [<!ENTITY x SYSTEM "file:///etc/passwd">]><r>&x;</r>"#;
         assert!(matches!(parse(xml), Err(e) if e.contains("DTD")));
         assert!(parse("<not-closed>").is_err());
+        // UTF-16 without a byte-order mark is ASCII with NULs: libxml would read a DTD the
+        // string check cannot see.
+        let utf16: String = "<!DOCTYPE r><r/>".chars().flat_map(|c| [c, '\0']).collect();
+        assert!(matches!(parse(&utf16), Err(e) if e.contains("NUL")));
+        let latin = r#"<?xml version="1.0" encoding="ISO-8859-1"?><r/>"#;
+        assert!(matches!(parse(latin), Err(e) if e.contains("UTF-8")));
+        assert!(parse(r#"<?xml version="1.0" encoding="utf-8"?><r/>"#).is_ok());
     }
 
     #[test]
@@ -687,17 +781,17 @@ mod tests {
         );
         let key = r#"<md:KeyDescriptor use="signing"><ds:KeyInfo><ds:X509Data><ds:X509Certificate>AAEC
         AwQ=</ds:X509Certificate></ds:X509Data></ds:KeyInfo></md:KeyDescriptor>"#;
-        let good = parse_metadata(&md(&format!("{key}{sso}"))).unwrap();
+        let good = parse_metadata(&md(&format!("{key}{sso}")), None).unwrap();
         assert_eq!(good.entity_id, "https://idp");
         assert_eq!(good.sso_redirect, "https://idp/sso");
         assert_eq!(good.certs, vec![CertificateDer::from(vec![0, 1, 2, 3, 4])]);
         assert!(
-            parse_metadata(&md(&sso))
+            parse_metadata(&md(&sso), None)
                 .unwrap_err()
                 .contains("certificate")
         );
         assert!(
-            parse_metadata(&md(key))
+            parse_metadata(&md(key), None)
                 .unwrap_err()
                 .contains("HTTP-Redirect")
         );

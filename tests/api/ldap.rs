@@ -200,10 +200,15 @@ async fn bad_passwords_unknown_users_and_filter_injection_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_ldap_logins_lock_the_account_until_an_admin_unlocks_it() {
     let app = ldap_app(documented_ldap(&peer_env("TEST_LDAP_URL"), true)).await;
-    for _ in 0..2 {
-        assert_eq!(ldap_login(&app, "plain.user", "wrong").await.0, 401);
+    // Spellings the directory treats as one name count as one name.
+    for spelling in [" plain.user", "PLAIN.USER"] {
+        assert_eq!(
+            ldap_login(&app, spelling, "wrong").await.0,
+            401,
+            "{spelling:?}"
+        );
     }
-    let (status, body) = ldap_login(&app, "plain.user", "wrong").await;
+    let (status, body) = ldap_login(&app, "plain.user  ", "wrong").await;
     assert_eq!(status, 423, "the third failure locks: {body}");
     let (status, _) = ldap_login(&app, "plain.user", "plainpass").await;
     assert_eq!(status, 423, "even the right password waits");
@@ -332,6 +337,7 @@ fn incomplete_ldap_configuration_names_the_missing_key() {
             "ldap.role_mapping",
         ),
         ("SARK_LDAP__STARTTLS", "true", "ldap.starttls"),
+        ("SARK_LDAP__URL", "ldap://ldap.example.org", "ldap.url"),
     ] {
         let mut vars = env(&complete);
         let url = if bad_key == "SARK_LDAP__STARTTLS" {

@@ -478,4 +478,24 @@ fn incomplete_oidc_configuration_names_the_missing_key() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("oidc.issuer"), "{err}");
+    let err = Config::load(
+        None,
+        [
+            ("SARK_OIDC__ISSUER", "http://idp.example.org"),
+            ("SARK_OIDC__CLIENT_ID", "sark"),
+            ("SARK_OIDC__CLIENT_SECRET", "s"),
+            (
+                "SARK_OIDC__REDIRECT_URL",
+                "https://sark.example.org/api/v1/auth/oidc/callback",
+            ),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned())),
+        json!({}),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("oidc.issuer") && err.contains("https"),
+        "{err}"
+    );
 }

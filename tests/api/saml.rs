@@ -14,6 +14,9 @@ use crate::helpers::{TestApp, documented_config, free_port, peer_env, spawn_app_
 /// The ACS URL the IdP knows; the test carries its auto-post form to the node under test.
 const ACS: &str = "http://127.0.0.1:59999/api/v1/auth/saml/acs";
 const APP: &str = "https://app.example.org/after-login";
+/// The test browser's binding cookie (`sark_saml`): the node keeps a value the browser
+/// already has.
+const BROWSER: &str = "sark_saml=test-browser-binding-value-0123456789abcdef";
 
 /// The `[saml]` example of docs/providers/saml.md, pointed at the test IdP, with a fresh SP
 /// key pair. The returned directory holds the key files.
@@ -90,8 +93,18 @@ async fn idp_response(
     if let Some(relay) = relay {
         login.query_pairs_mut().append_pair("relay_state", relay);
     }
-    let response = no_redirects().get(login.as_str()).send().await.unwrap();
+    let response = no_redirects()
+        .get(login.as_str())
+        .header(reqwest::header::COOKIE, BROWSER)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 302, "{}", response.text().await.unwrap());
+    let set_cookie = response.headers()[reqwest::header::SET_COOKIE]
+        .to_str()
+        .unwrap();
+    assert!(set_cookie.starts_with(BROWSER), "{set_cookie}");
+    assert!(set_cookie.contains("SameSite=None; Secure"), "{set_cookie}");
     let mut sso = url::Url::parse(response.headers()[LOCATION].to_str().unwrap()).unwrap();
     assert!(
         sso.query_pairs().any(|(k, _)| k == "Signature"),
@@ -117,6 +130,16 @@ async fn idp_response(
 }
 
 async fn post_acs(app: &TestApp, xml: &str, relay: Option<&str>) -> reqwest::Response {
+    post_acs_from(app, BROWSER, xml, relay).await
+}
+
+/// Posts to the ACS from the browser whose cookie header is `cookie`.
+async fn post_acs_from(
+    app: &TestApp,
+    cookie: &str,
+    xml: &str,
+    relay: Option<&str>,
+) -> reqwest::Response {
     let encoded = STANDARD.encode(xml);
     let mut form = vec![("SAMLResponse", encoded.as_str())];
     if let Some(relay) = relay {
@@ -124,6 +147,7 @@ async fn post_acs(app: &TestApp, xml: &str, relay: Option<&str>) -> reqwest::Res
     }
     no_redirects()
         .post(app.url("/api/v1/auth/saml/acs"))
+        .header(reqwest::header::COOKIE, cookie)
         .form(&form)
         .send()
         .await
@@ -190,6 +214,22 @@ async fn a_signed_response_logs_in_and_a_replay_is_refused() {
         "<ds:X509Certificate>",
     ] {
         assert!(metadata.contains(part), "{part} in {metadata}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_posted_from_another_browser_is_refused() {
+    let (app, _keys) = saml_app().await;
+    // Login CSRF: the attacker's own valid response, posted from the victim's browser.
+    for cookie in [
+        "",
+        "sark_saml=another-browser-binding-value-0123456789abc",
+    ] {
+        let (xml, _) = idp_response(&app, None, None).await;
+        let response = post_acs_from(&app, cookie, &xml, None).await;
+        assert_eq!(response.status(), 401, "cookie {cookie:?}");
+        assert_eq!(last_reason(&app).await, "browser_mismatch");
     }
     app.stop().await;
 }

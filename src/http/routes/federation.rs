@@ -22,9 +22,6 @@ use crate::http::extract::AppJson;
 use crate::http::validate::ClientAddr;
 use crate::node::Node;
 
-/// The cookie that binds a started external login to the browser that started it.
-const BROWSER_COOKIE: &str = "sark_login";
-
 fn not_configured(provider: &str) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
@@ -72,37 +69,50 @@ pub async fn post_login_ldap(
             "must not hold control characters",
         ));
     }
-    let attempt = Attempt::begin(node, &lockout_key(&format!("ldap:{}", body.username))).await?;
-    let checked = ldap.authenticate(&body.username, &body.password).await;
-    let identity = match checked {
-        Ok(Ok(identity)) => identity,
-        Ok(Err(rejection)) => {
-            audit_ldap_failure(node, &body.username, ip, rejection).await;
+    // The directory ignores case and surrounding or repeated spaces in names, so the
+    // lockout must too, or each spelling would get guesses of its own.
+    let username = body
+        .username
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    let unavailable = |err: federation::ldap::Unavailable| {
+        tracing::warn!(error = %err, "the LDAP directory is unavailable");
+        ApiError::unavailable(
+            "ldap_unavailable",
+            "the LDAP directory cannot be reached; try again later",
+        )
+    };
+    let found = match ldap.lookup(&username).await.map_err(unavailable)? {
+        Ok(found) => found,
+        Err(rejection) => {
+            let key = lockout_key(&format!("ldap:{username}"));
+            let attempt = Attempt::begin(node, &key).await?;
+            audit_ldap_failure(node, &key, ip, rejection).await;
             return Err(attempt.failed(node, ip, invalid_credentials()).await);
         }
-        Err(err) => {
-            tracing::warn!(error = %err, "the LDAP directory is unavailable");
-            return Err(ApiError::unavailable(
-                "ldap_unavailable",
-                "the LDAP directory cannot be reached; try again later",
-            ));
-        }
     };
-    let outcome = federation::login_with(node, attempt, &identity, ip).await?;
+    // Failures of a known entry count against its account, however it was spelled.
+    let key = lockout_key(&federation::account_name("ldap", &found.identity.name));
+    let attempt = Attempt::begin(node, &key).await?;
+    if let Err(rejection) = ldap
+        .check_password(&found, &body.password)
+        .await
+        .map_err(unavailable)?
+    {
+        audit_ldap_failure(node, &key, ip, rejection).await;
+        return Err(attempt.failed(node, ip, invalid_credentials()).await);
+    }
+    let outcome = federation::login_with(node, attempt, &found.identity, ip).await?;
     Ok(login_response(outcome))
 }
 
-async fn audit_ldap_failure(
-    node: &Node,
-    username: &str,
-    ip: Option<std::net::IpAddr>,
-    why: Rejection,
-) {
+async fn audit_ldap_failure(node: &Node, key: &str, ip: Option<std::net::IpAddr>, why: Rejection) {
     service::audit(
         node,
         "login_failed",
         "failure",
-        &lockout_key(&format!("ldap:{username}")),
+        key,
         ip,
         None,
         json!({"auth_method": "ldap", "reason": why.as_str()}),
@@ -132,28 +142,65 @@ fn query(raw: Option<&str>, allowed: &[&str]) -> Result<HashMap<String, String>,
     Ok(params)
 }
 
-/// The browser-binding cookie's value, if the request carries one.
-fn browser_cookie(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, value)| *name == BROWSER_COOKIE && value.len() == 43)
-        .map(|(_, value)| value.to_owned())
+/// A cookie that binds a started external login to the browser that started it.
+struct Binding {
+    name: &'static str,
+    path: &'static str,
+    /// Whether the provider brings the browser back with a cross-site POST (SAML), which
+    /// carries only `SameSite=None` cookies (and browsers want those `Secure`).
+    cross_site: bool,
 }
 
-fn set_cookie(node: &Node, value: &str, max_age: i64) -> Result<HeaderValue, ApiError> {
-    let secure = if node.config.http.tls_cert_file.is_some() {
-        "; Secure"
-    } else {
-        ""
-    };
-    HeaderValue::from_str(&format!(
-        "{BROWSER_COOKIE}={value}; Path=/api/v1/auth; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}"
-    ))
-    .map_err(|e| ApiError::internal(e.to_string()))
+const OIDC_BINDING: Binding = Binding {
+    name: "sark_login",
+    path: "/api/v1/auth/oidc",
+    cross_site: false,
+};
+
+const SAML_BINDING: Binding = Binding {
+    name: "sark_saml",
+    path: "/api/v1/auth/saml",
+    cross_site: true,
+};
+
+impl Binding {
+    /// The cookie's value, if the request carries one.
+    fn read(&self, headers: &HeaderMap) -> Option<String> {
+        headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(name, value)| *name == self.name && value.len() == 43)
+            .map(|(_, value)| value.to_owned())
+    }
+
+    /// `Set-Cookie` for `value`; `secure` when the browser reaches SARK over https.
+    fn set(&self, secure: bool, value: &str, max_age: i64) -> Result<HeaderValue, ApiError> {
+        let same_site = if self.cross_site {
+            "None; Secure"
+        } else if secure {
+            "Lax; Secure"
+        } else {
+            "Lax"
+        };
+        HeaderValue::from_str(&format!(
+            "{}={value}; Path={}; HttpOnly; SameSite={same_site}; Max-Age={max_age}",
+            self.name, self.path
+        ))
+        .map_err(|e| ApiError::internal(e.to_string()))
+    }
+}
+
+/// Whether browsers reach the OIDC callback over https (here or at a TLS-terminating proxy).
+fn oidc_secure(node: &Node) -> bool {
+    node.config.http.tls_cert_file.is_some()
+        || node
+            .config
+            .oidc
+            .as_ref()
+            .is_some_and(|o| o.redirect_url.starts_with("https://"))
 }
 
 fn location(url: &url::Url) -> Result<HeaderValue, ApiError> {
@@ -173,13 +220,18 @@ pub async fn get_oidc_login(
         .get("redirect_uri")
         .map(|uri| federation::allowed_redirect(&node.config, "redirect_uri", uri))
         .transpose()?;
-    let started = oidc.start(node, browser_cookie(&headers), redirect).await?;
+    let started = oidc
+        .start(node, OIDC_BINDING.read(&headers), redirect)
+        .await?;
     let location = location(&started.url)?;
     Ok((
         StatusCode::FOUND,
         [
             (header::LOCATION, location),
-            (header::SET_COOKIE, set_cookie(node, &started.browser, 600)?),
+            (
+                header::SET_COOKIE,
+                OIDC_BINDING.set(oidc_secure(node), &started.browser, 600)?,
+            ),
             (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
         ],
     )
@@ -224,11 +276,14 @@ pub async fn get_oidc_callback(
         .get("code")
         .filter(|c| !c.is_empty())
         .ok_or_else(|| ApiError::invalid_field("code", "is required"))?;
-    let browser = browser_cookie(&headers);
+    let browser = OIDC_BINDING.read(&headers);
     let (identity, redirect) = oidc
         .finish(node, code, state_param, browser.as_deref(), ip)
         .await?;
-    let clear = (header::SET_COOKIE, set_cookie(node, "", 0)?);
+    let clear = (
+        header::SET_COOKIE,
+        OIDC_BINDING.set(oidc_secure(node), "", 0)?,
+    );
     let mut response = deliver(node, &identity, redirect, ip).await?;
     response.headers_mut().insert(clear.0, clear.1);
     Ok(response)
@@ -283,6 +338,7 @@ pub async fn get_saml_metadata(State(state): State<AppState>) -> Result<Response
 /// `GET /api/v1/auth/saml/login?relay_state=`: 302 to the IdP with an AuthnRequest.
 pub async fn get_saml_login(
     State(state): State<AppState>,
+    headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let node = &state.node;
@@ -292,11 +348,15 @@ pub async fn get_saml_login(
         .get("relay_state")
         .map(|r| federation::allowed_redirect(&node.config, "relay_state", r))
         .transpose()?;
-    let to = saml.start(node, relay).await?;
+    let browser = SAML_BINDING
+        .read(&headers)
+        .unwrap_or_else(federation::random_token);
+    let to = saml.start(node, &browser, relay).await?;
     Ok((
         StatusCode::FOUND,
         [
             (header::LOCATION, location(&to)?),
+            (header::SET_COOKIE, SAML_BINDING.set(true, &browser, 600)?),
             (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
         ],
     )
@@ -307,6 +367,7 @@ pub async fn get_saml_login(
 pub async fn post_saml_acs(
     State(state): State<AppState>,
     ClientAddr(ip): ClientAddr,
+    headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let node = &state.node;
@@ -348,7 +409,8 @@ pub async fn post_saml_acs(
         },
         None => None,
     };
-    let (identity, relay) = saml.consume(node, xml, ip).await?;
+    let browser = SAML_BINDING.read(&headers);
+    let (identity, relay) = saml.consume(node, xml, browser.as_deref(), ip).await?;
     if posted_relay.is_some() && posted_relay != relay {
         let err = ApiError::invalid_field("RelayState", "is not the one the login started with");
         return Err(federation::saml::refuse_relay_state(node, ip, err).await);
