@@ -38,7 +38,9 @@ fn totp(secret: &[u8], account: &str) -> Result<Totp, TotpError> {
         .with_secret(secret.to_vec())
         .with_skew(1)
         .with_issuer(Some(ISSUER))
-        .with_account_name(account)
+        // The otpauth label separates issuer and account with `:`, so an account name may
+        // not hold one; external accounts (`oidc:jo`) are shown as `oidc/jo`.
+        .with_account_name(account.replace(':', "/"))
         .build()
         .map_err(|e| TotpError(e.to_string()))
 }
@@ -122,6 +124,16 @@ pub fn hash_recovery_code(key: &[u8], user_id: uuid::Uuid, code: &str) -> String
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn external_account_names_make_valid_labels() {
+        let enrollment = super::enrollment(&[7u8; 20], "oidc:test.user").unwrap();
+        let uri = &enrollment.otpauth_uri;
+        assert!(
+            uri.contains("oidc%2Ftest.user") || uri.contains("oidc/test.user"),
+            "{uri}"
+        );
+    }
+
     use super::*;
 
     /// RFC 6238 appendix B, SHA-1 secret "12345678901234567890", truncated to 6 digits.

@@ -34,6 +34,7 @@ async fn oidc_app_with(adjust: impl FnOnce(&mut OidcConfig)) -> TestApp {
     let app = spawn_app_with(|c| {
         c.oidc = Some(oidc);
         c.auth.allowed_redirects = documented.auth.allowed_redirects;
+        c.auth.lockout_threshold = 3;
     })
     .await;
     app.wait_ready().await;
@@ -426,6 +427,67 @@ async fn a_disabled_account_cannot_log_in_through_the_provider() {
     assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
     let (_, response, _) = full_login(&app, None).await;
     assert_eq!(response.status(), 401);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mfa_and_lockout_apply_to_provider_logins() {
+    let app = oidc_app().await;
+    let (_, response, _) = full_login(&app, None).await;
+    let tokens: Value = response.json().await.unwrap();
+    let access = tokens["access_token"].as_str().unwrap();
+    let enrollment: Value = app
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/auth/mfa/totp/enroll",
+            access,
+            None,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let secret = enrollment["secret"].as_str().unwrap();
+    #[allow(clippy::disallowed_methods)]
+    let now = chrono::Utc::now().timestamp();
+    let confirmed = app
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/auth/mfa/totp/confirm",
+            access,
+            Some(&json!({"code": crate::helpers::oathtool(secret, now)})),
+        )
+        .await;
+    assert_eq!(confirmed.status(), 200);
+
+    // The provider's word is the first factor; the second is still asked for.
+    let (_, response, _) = full_login(&app, None).await;
+    assert_eq!(response.status(), 200);
+    let challenge: Value = response.json().await.unwrap();
+    assert_eq!(challenge["mfa_required"], true, "{challenge}");
+    let verify = |code: &'static str| {
+        let app = &app;
+        let id = challenge["challenge_id"].clone();
+        async move {
+            app.post(
+                "/api/v1/auth/mfa/verify",
+                &json!({"challenge_id": id, "code": code}),
+                None,
+            )
+            .await
+            .status()
+        }
+    };
+    assert_eq!(verify("000000").await, 401);
+    assert_eq!(verify("000001").await, 401);
+    assert_eq!(
+        verify("000002").await,
+        423,
+        "the third wrong code locks the account"
+    );
+    // Locked: the provider vouching for the user again does not help.
+    let (_, response, _) = full_login(&app, None).await;
+    assert_eq!(response.status(), 423);
     app.stop().await;
 }
 

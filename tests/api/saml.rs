@@ -222,10 +222,7 @@ async fn a_signed_response_logs_in_and_a_replay_is_refused() {
 async fn a_response_posted_from_another_browser_is_refused() {
     let (app, _keys) = saml_app().await;
     // Login CSRF: the attacker's own valid response, posted from the victim's browser.
-    for cookie in [
-        "",
-        "sark_saml=another-browser-binding-value-0123456789abc",
-    ] {
+    for cookie in ["", "sark_saml=another-browser-binding-value-0123456789abc"] {
         let (xml, _) = idp_response(&app, None, None).await;
         let response = post_acs_from(&app, cookie, &xml, None).await;
         assert_eq!(response.status(), 401, "cookie {cookie:?}");
