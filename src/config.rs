@@ -372,12 +372,19 @@ pub struct ClusterConfig {
     pub lease_seconds: u64,
     /// Interval between heartbeats.
     pub heartbeat_ms: u64,
-    /// PEM certificate for mutual TLS between nodes.
+    /// PEM certificate of this node, for mutual TLS between nodes (with the key and CA).
     pub tls_cert_file: Option<PathBuf>,
-    /// PEM key for mutual TLS between nodes.
+    /// PEM key of that certificate.
     pub tls_key_file: Option<PathBuf>,
-    /// PEM CA that node certificates must chain to.
+    /// PEM CA that every node certificate must chain to.
     pub tls_ca_file: Option<PathBuf>,
+    /// The DNS name every node certificate carries (checked when a node dials another).
+    #[serde(default = "default_cluster_server_name")]
+    pub tls_server_name: String,
+}
+
+fn default_cluster_server_name() -> String {
+    "sark-cluster".into()
 }
 
 /// Logging.
@@ -509,6 +516,7 @@ impl Default for Config {
                 tls_cert_file: None,
                 tls_key_file: None,
                 tls_ca_file: None,
+                tls_server_name: default_cluster_server_name(),
             },
             log: LogConfig {
                 level: "info".into(),
@@ -830,12 +838,32 @@ impl Config {
             ("cluster.tls_key_file", &self.cluster.tls_key_file),
             ("cluster.tls_ca_file", &self.cluster.tls_ca_file),
         ];
-        if let Some((key, _)) = cluster_tls.iter().find(|(_, file)| file.is_some()) {
-            return Err(ConfigError::key(
-                key,
-                "mutual TLS between nodes is not available yet; unset it (cluster traffic is \
-                 authenticated by cluster.cookie and should stay on a private network)",
-            ));
+        if cluster_tls.iter().any(|(_, file)| file.is_some()) {
+            for (key, file) in cluster_tls {
+                match file {
+                    None => {
+                        return Err(ConfigError::key(
+                            key,
+                            "is required: mutual TLS between nodes needs the certificate, the key and the CA",
+                        ));
+                    }
+                    Some(path) if !path.is_file() => {
+                        return Err(ConfigError::key(
+                            key,
+                            format!("{} is not a readable file", path.display()),
+                        ));
+                    }
+                    Some(_) => {}
+                }
+            }
+            if rustls_pki_types::ServerName::try_from(self.cluster.tls_server_name.as_str())
+                .is_err()
+            {
+                return Err(ConfigError::key(
+                    "cluster.tls_server_name",
+                    "must be a DNS name or an IP address",
+                ));
+            }
         }
         if !self.cluster.seeds.is_empty() && self.cluster.cookie.is_none() {
             return Err(ConfigError::key(

@@ -166,6 +166,8 @@ impl Node {
         let hostname = gethostname::gethostname().to_string_lossy().into_owned();
         let clock: SharedClock = Arc::new(SystemClock);
         let providers = crate::federation::Providers::new(&config)?;
+        let cluster_tls =
+            crate::http::tls::cluster_tls(&config.cluster).map_err(NodeError::Startup)?;
         prepare_data_dir(&config)?;
         let node_id = resolve_node_id(&config, &hostname)?;
         let (key, generated) = SecretsKey::load_or_generate(
@@ -293,17 +295,20 @@ impl Node {
                 slot: slots.limiter.clone(),
             }),
             Arc::new(MembershipSpec {
-                config: membership_config(
-                    &config,
-                    &node_id,
-                    node_summary(&policies, &actor_metrics),
-                    membership_events,
-                    notice_handler(&revocations, &policies, &control_cell),
-                    rate_table.clone(),
-                    ClusterMetrics::register(&registry).map_err(|e| {
-                        NodeError::Startup(format!("metrics registration failed: {e}"))
-                    })?,
-                ),
+                config: MembershipConfig {
+                    tls: cluster_tls,
+                    ..membership_config(
+                        &config,
+                        &node_id,
+                        node_summary(&policies, &actor_metrics),
+                        membership_events,
+                        notice_handler(&revocations, &policies, &control_cell),
+                        rate_table.clone(),
+                        ClusterMetrics::register(&registry).map_err(|e| {
+                            NodeError::Startup(format!("metrics registration failed: {e}"))
+                        })?,
+                    )
+                },
                 view: membership.clone(),
                 slot: slots.membership.clone(),
             }),
@@ -841,6 +846,7 @@ fn membership_config(
         notices: Some(notices),
         metrics: Some(metrics),
         rate_table: Some(rate_table),
+        tls: None,
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use prometheus::{IntCounter, IntGauge, IntGaugeVec, Opts, Registry};
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, Message, SpawnErr};
-use ractor_cluster::{NetworkStream, NodeServer, NodeServerMessage};
+use ractor_cluster::{IncomingEncryptionMode, NetworkStream, NodeServer, NodeServerMessage};
 use serde::Serialize;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -502,6 +502,19 @@ pub struct MembershipConfig {
     pub metrics: Option<ClusterMetrics>,
     /// The rate-limit buckets of keys this node owns.
     pub rate_table: Option<Arc<RateTable>>,
+    /// Mutual TLS on every cluster connection, when configured.
+    pub tls: Option<ClusterTls>,
+}
+
+/// Mutual TLS between nodes: both ends present a certificate of the cluster's CA.
+#[derive(Clone)]
+pub struct ClusterTls {
+    /// Accepts connections whose client certificate the cluster CA signed.
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    /// Dials with this node's certificate, trusting only the cluster CA.
+    pub connector: tokio_rustls::TlsConnector,
+    /// The name every node certificate carries, checked on the server side of a dial.
+    pub server_name: tokio_rustls::rustls::pki_types::ServerName<'static>,
 }
 
 impl std::fmt::Debug for MembershipConfig {
@@ -512,6 +525,7 @@ impl std::fmt::Debug for MembershipConfig {
             .field("seeds", &self.seeds)
             .field("lease", &self.lease)
             .field("heartbeat", &self.heartbeat)
+            .field("tls", &self.tls.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -592,7 +606,14 @@ impl MembershipState {
                     continue;
                 }
                 self.dialed.insert(addr, now);
-                if let Err(err) = connect_from(&self.server, self.config.bind, addr).await {
+                if let Err(err) = connect_from(
+                    &self.server,
+                    self.config.bind,
+                    addr,
+                    self.config.tls.as_ref(),
+                )
+                .await
+                {
                     debug!(peer = %addr, error = %err, "cluster peer not reachable");
                 }
             }
@@ -645,13 +666,19 @@ pub(crate) fn refuse(peer: &str, peer_version: u32) {
     );
 }
 
+/// How long a dial may take, TLS handshake included.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Opens a cluster connection to `peer` from this node's own address, so that rules on
-/// node addresses (a partition test's iptables rules) apply to it.
+/// node addresses (a partition test's iptables rules) apply to it; over mutual TLS when
+/// the cluster has it.
 async fn connect_from(
     server: &ActorRef<NodeServerMessage>,
     bind: SocketAddr,
     peer: SocketAddr,
+    tls: Option<&ClusterTls>,
 ) -> std::io::Result<()> {
+    let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out");
     let socket = match peer {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
         SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
@@ -659,18 +686,34 @@ async fn connect_from(
     if !bind.ip().is_unspecified() {
         socket.bind(SocketAddr::new(bind.ip(), 0))?;
     }
-    let stream = tokio::time::timeout(Duration::from_secs(2), socket.connect(peer))
+    let stream = tokio::time::timeout(DIAL_TIMEOUT, socket.connect(peer))
         .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+        .map_err(|_| timed_out())??;
     stream.set_nodelay(true)?;
     let local_addr = stream.local_addr()?;
-    server
-        .cast(NodeServerMessage::ConnectionOpened {
-            stream: Box::new(NetworkStream::Raw {
+    let stream = match tls {
+        None => NetworkStream::Raw {
+            peer_addr: peer,
+            local_addr,
+            stream,
+        },
+        Some(tls) => {
+            let stream = tokio::time::timeout(
+                DIAL_TIMEOUT,
+                tls.connector.connect(tls.server_name.clone(), stream),
+            )
+            .await
+            .map_err(|_| timed_out())??;
+            NetworkStream::TlsClient {
                 peer_addr: peer,
                 local_addr,
                 stream,
-            }),
+            }
+        }
+    };
+    server
+        .cast(NodeServerMessage::ConnectionOpened {
+            stream: Box::new(stream),
             is_server: false,
         })
         .map_err(|e| std::io::Error::other(e.to_string()))
@@ -694,7 +737,10 @@ impl Actor for Membership {
             config.cookie.clone(),
             config.node_id.clone(),
             config.bind.ip().to_string(),
-            None,
+            config
+                .tls
+                .as_ref()
+                .map(|tls| IncomingEncryptionMode::Tls(tls.acceptor.clone())),
             // We dial every member ourselves, from this node's address (learned addresses
             // come with heartbeats): ractor_cluster's own transitive dials would leave from
             // any address and slip past rules on node addresses.
@@ -945,6 +991,7 @@ mod tests {
             notices: None,
             metrics: None,
             rate_table: None,
+            tls: None,
         };
         let (actor, handle) = Actor::spawn(
             None,

@@ -247,6 +247,13 @@ async fn invalid_configuration_exits_nonzero_naming_the_key() {
             vec![("SARK_CLUSTER__TLS_CERT_FILE", "/etc/sark/node.pem".into())],
             "cluster.tls_cert_file",
         ),
+        (
+            vec![(
+                "SARK_CLUSTER__TLS_CERT_FILE",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml").into(),
+            )],
+            "cluster.tls_key_file",
+        ),
     ];
     for (env, key) in cases {
         let (code, stderr) = run_to_exit(cwd.path(), &env);
