@@ -8,6 +8,7 @@
 //! - [`service`]: logins, MFA challenges, token refresh, logout.
 
 pub mod api_keys;
+pub mod forward;
 pub mod guard;
 pub mod principal;
 pub mod revocation;

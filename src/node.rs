@@ -143,12 +143,17 @@ pub struct Node {
     pub(crate) attempt_locks: crate::auth::service::AttemptLocks,
     /// The external identity providers.
     pub providers: crate::federation::Providers,
+    /// `sark_session_forwards_total`.
+    pub(crate) session_forwards: prometheus::IntCounterVec,
     supervisor: ActorRef<SupervisorMessage>,
     store_ready: Arc<AtomicBool>,
     policies_in_step: Arc<AtomicBool>,
     policy_control: Arc<PolicyControl>,
     draining: AtomicBool,
 }
+
+/// Session ids per handover notice (a notice must stay under the 64 KiB payload limit).
+const HANDOVER_BATCH: usize = 1000;
 
 /// What stops a node: owned by whoever runs it, not shared with request handlers.
 pub struct NodeControl {
@@ -202,6 +207,7 @@ impl Node {
         let membership = Arc::new(MembershipView::new(node_id.clone()));
         let (membership_events, membership_changes) = tokio::sync::mpsc::unbounded_channel();
         let control_cell: Arc<std::sync::OnceLock<Arc<PolicyControl>>> = Arc::default();
+        let node_cell: Arc<std::sync::OnceLock<std::sync::Weak<Node>>> = Arc::default();
 
         let store_ready = Arc::new(AtomicBool::new(false));
         let (fatal_tx, fatal) = watch::channel(None);
@@ -297,12 +303,19 @@ impl Node {
             Arc::new(MembershipSpec {
                 config: MembershipConfig {
                     tls: cluster_tls,
+                    sessions: Some(crate::auth::forward::handler(node_cell.clone())),
                     ..membership_config(
                         &config,
                         &node_id,
                         node_summary(&policies, &actor_metrics),
                         membership_events,
-                        notice_handler(&revocations, &policies, &control_cell),
+                        notice_handler(
+                            &revocations,
+                            &policies,
+                            &control_cell,
+                            Sessions::new(slots.sessions.clone(), store.clone()),
+                            membership.clone(),
+                        ),
                         rate_table.clone(),
                         ClusterMetrics::register(&registry).map_err(|e| {
                             NodeError::Startup(format!("metrics registration failed: {e}"))
@@ -373,6 +386,8 @@ impl Node {
             .run(Duration::from_secs(config.policy.sync_seconds)),
         ));
         info!(node_id, backend = store.backend(), "node started");
+        let session_forwards = crate::auth::forward::register_metric(&registry)
+            .map_err(|e| NodeError::Startup(format!("metrics registration failed: {e}")))?;
         let slots_sessions = slots.sessions.clone();
         let session_store: Arc<dyn sark_actors::store::SessionStore> = store.clone();
         let (request_log, request_log_task) =
@@ -428,8 +443,10 @@ impl Node {
             siem,
             attempt_locks: Default::default(),
             providers,
+            session_forwards,
         };
         let node = Arc::new(node);
+        let _ = node_cell.set(Arc::downgrade(&node));
         control
             .background
             .push(tokio::spawn(credential_sync(Arc::downgrade(&node))));
@@ -473,6 +490,13 @@ impl Node {
         propagation
     }
 
+    /// Whether this node owns `key` (a session's id) among the live members.
+    pub fn owns(&self, key: &str) -> bool {
+        let members = self.membership.live_members();
+        sark_cluster::placement::owner(key, members.iter().map(String::as_str))
+            .is_none_or(|owner| owner == self.node_id)
+    }
+
     /// Whether this node may answer token and policy checks from memory: its cluster lease
     /// is fresh, so no broadcast can have missed it unnoticed.
     pub fn lease_fresh(&self) -> bool {
@@ -510,6 +534,17 @@ impl Node {
     /// Tells the other members this node is leaving, so they drop it at once instead of
     /// after its lease (a rolling restart is then not a string of failures).
     pub async fn leave_cluster(&self) {
+        // Sessions first: their new owners activate them from the store before this node
+        // stops, so a rolling restart is not a string of failovers.
+        let ids = self.sessions.running_ids().await;
+        for batch in ids.chunks(HANDOVER_BATCH) {
+            self.broadcast(Notice::Handover {
+                from: self.node_id.clone(),
+                sessions: batch.iter().map(Uuid::to_string).collect(),
+            })
+            .await;
+        }
+        info!(sessions = ids.len(), "handed this node's sessions over");
         let propagation = self.broadcast(Notice::Leaving).await;
         info!(
             elapsed_ms = propagation.elapsed.as_millis(),
@@ -777,11 +812,14 @@ fn notice_handler(
     revocations: &Arc<RevocationList>,
     policies: &Arc<PolicyRegistry>,
     control: &Arc<std::sync::OnceLock<Arc<PolicyControl>>>,
+    sessions: Sessions,
+    view: Arc<MembershipView>,
 ) -> NoticeHandler {
     let (revocations, policies, control) = (revocations.clone(), policies.clone(), control.clone());
     Arc::new(move |notice| {
         let (revocations, policies, control) =
             (revocations.clone(), policies.clone(), control.clone());
+        let (sessions, view) = (sessions.clone(), view.clone());
         Box::pin(async move {
             match notice {
                 Notice::Revoked { sessions, api_keys } => {
@@ -802,11 +840,37 @@ fn notice_handler(
                     };
                     control.bring_up(&bundle).await && current()
                 }
+                Notice::Handover {
+                    from,
+                    sessions: handed,
+                } => {
+                    take_over(&sessions, &view, &from, &handed).await;
+                    true
+                }
                 // The Peer actor handles leaves itself.
                 Notice::Leaving => true,
             }
         })
     })
+}
+
+/// Activates, from the store, those of `handed` (sessions of the leaving member `from`)
+/// that this node owns once `from` is gone.
+async fn take_over(sessions: &Sessions, view: &MembershipView, from: &str, handed: &[String]) {
+    let remaining: Vec<String> = view
+        .live_members()
+        .into_iter()
+        .filter(|m| m != from)
+        .collect();
+    let mut taken = 0usize;
+    for id in handed.iter().filter_map(|id| id.parse::<Uuid>().ok()) {
+        let key = id.to_string();
+        let owner = sark_cluster::placement::owner(&key, remaining.iter().map(String::as_str));
+        if owner == Some(view.node_id()) && sessions.actor(id).await.is_ok() {
+            taken += 1;
+        }
+    }
+    info!(from, taken, "took over the sessions of a leaving member");
 }
 
 fn membership_config(
@@ -847,6 +911,7 @@ fn membership_config(
         metrics: Some(metrics),
         rate_table: Some(rate_table),
         tls: None,
+        sessions: None,
     }
 }
 

@@ -263,6 +263,8 @@ pub enum SessionSupervisorMessage {
     ),
     /// Session actors running on this node.
     Count(RpcReplyPort<usize>),
+    /// The sessions whose actors run on this node.
+    Ids(RpcReplyPort<Vec<Uuid>>),
 }
 
 impl Message for SessionSupervisorMessage {}
@@ -392,6 +394,9 @@ impl Actor for SessionSupervisor {
             }
             SessionSupervisorMessage::Count(reply) => {
                 let _ = reply.send(state.running.len());
+            }
+            SessionSupervisorMessage::Ids(reply) => {
+                let _ = reply.send(state.running.keys().copied().collect());
             }
         }
         Ok(())
@@ -536,6 +541,16 @@ impl Sessions {
         };
         let reason = reason.to_owned();
         ask(&actor, |reply| SessionMessage::Revoke { reason, reply }).await?
+    }
+
+    /// The sessions whose actors run on this node.
+    pub async fn running_ids(&self) -> Vec<Uuid> {
+        match self.slot.get() {
+            Some(supervisor) => ask(&supervisor, SessionSupervisorMessage::Ids)
+                .await
+                .unwrap_or_default(),
+            None => Vec::new(),
+        }
     }
 
     /// Session actors running on this node.

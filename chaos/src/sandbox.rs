@@ -329,6 +329,12 @@ impl ClusterSandbox {
         self.wait_exit(i, Duration::from_secs(10)).await
     }
 
+    /// Stops node `i` with SIGTERM (a graceful leave) and returns its exit status.
+    pub async fn stop(&mut self, i: usize) -> anyhow::Result<ExitStatus> {
+        self.signal(i, Signal::Term)?;
+        self.wait_exit(i, Duration::from_secs(60)).await
+    }
+
     /// Starts node `i` again (same address, same data directory) and waits until it is
     /// ready; returns how long that took.
     pub async fn restart(&mut self, i: usize) -> anyhow::Result<Duration> {

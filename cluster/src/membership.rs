@@ -20,7 +20,7 @@ use sark_actors::supervisor::{ChildSpec, Slot, spawn_into};
 
 use crate::wire::{
     Ack, Frame, Hello, MAX_FRAME_BYTES, NodeSummary, Notice, PEER_GROUP, PROTOCOL_VERSION,
-    PeerMessage, compatible,
+    PeerMessage, SessionAnswer, SessionCall, compatible,
 };
 
 /// How a member is seen from this node.
@@ -504,6 +504,8 @@ pub struct MembershipConfig {
     pub rate_table: Option<Arc<RateTable>>,
     /// Mutual TLS on every cluster connection, when configured.
     pub tls: Option<ClusterTls>,
+    /// Runs session operations forwarded to this node.
+    pub sessions: Option<SessionHandler>,
 }
 
 /// Mutual TLS between nodes: both ends present a certificate of the cluster's CA.
@@ -757,6 +759,7 @@ impl Actor for Membership {
                 notices: config.notices.clone(),
                 events: config.events.clone(),
                 rate_table: config.rate_table.clone(),
+                sessions: config.sessions.clone(),
                 quiet: config.lease,
             },
             myself.get_cell(),
@@ -838,6 +841,10 @@ impl Actor for Membership {
 pub type NoticeHandler =
     Arc<dyn Fn(Notice) -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
 
+/// Runs a session operation another node forwarded to this one, its owner.
+pub type SessionHandler =
+    Arc<dyn Fn(SessionCall) -> Pin<Box<dyn Future<Output = SessionAnswer> + Send>> + Send + Sync>;
+
 /// The actor other nodes' heartbeats and notices reach (process group [`PEER_GROUP`]).
 #[derive(Debug, Default)]
 pub struct Peer;
@@ -852,6 +859,8 @@ pub struct PeerArguments {
     pub events: Option<tokio::sync::mpsc::UnboundedSender<MembershipEvent>>,
     /// The buckets this node counts for keys it owns.
     pub rate_table: Option<Arc<RateTable>>,
+    /// Runs session operations forwarded to this node.
+    pub sessions: Option<SessionHandler>,
     /// How long a departed member's heartbeats are ignored (the lease).
     pub quiet: Duration,
 }
@@ -942,6 +951,25 @@ impl Actor for Peer {
                 };
                 let _ = reply.send(answer);
             }
+            PeerMessage::Session(frame, reply) => match (frame, &state.sessions) {
+                (Frame::Ok(call), Some(run)) if compatible(call.version) => {
+                    // Off the actor: one slow operation must not hold up heartbeats.
+                    let answer = run(call);
+                    tokio::spawn(async move {
+                        let _ = reply.send(Frame::Ok(answer.await));
+                    });
+                }
+                (Frame::Ok(_), Some(_)) => {
+                    let _ = reply.send(Frame::Malformed("unsupported version".into()));
+                }
+                (Frame::Ok(_), None) => {
+                    let _ = reply.send(Frame::Malformed("this node runs no sessions".into()));
+                }
+                (Frame::Malformed(reason), _) => {
+                    warn!(reason, "malformed session call from a cluster peer");
+                    let _ = reply.send(Frame::Malformed(reason));
+                }
+            },
         }
         Ok(())
     }
@@ -992,6 +1020,7 @@ mod tests {
             metrics: None,
             rate_table: None,
             tls: None,
+            sessions: None,
         };
         let (actor, handle) = Actor::spawn(
             None,

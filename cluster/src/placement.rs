@@ -10,7 +10,9 @@ use sha2::{Digest, Sha256};
 use tracing::warn;
 
 use crate::membership::MembershipView;
-use crate::wire::{Frame, PROTOCOL_VERSION, PeerMessage, RateQuery};
+use crate::wire::{
+    Frame, PROTOCOL_VERSION, PeerMessage, RateQuery, SessionAnswer, SessionCall, SessionOp,
+};
 
 /// The member that owns `key` among `members` (node ids), or `None` when there are none.
 pub fn owner<'a>(key: &str, members: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
@@ -25,7 +27,7 @@ fn weight(member: &str, key: &str) -> [u8; 32] {
     hasher.finalize().into()
 }
 
-/// Where an owner-node rate check was counted.
+/// Where an operation on an owned key (a rate check, a session operation) ran.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counted {
     /// Here: this node owns the key.
@@ -34,6 +36,50 @@ pub enum Counted {
     Owner,
     /// Here, because the owner did not answer in time (it is hung or going down).
     OwnerUnreachable,
+}
+
+impl Counted {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Counted::Here => "here",
+            Counted::Owner => "owner",
+            Counted::OwnerUnreachable => "owner_unreachable",
+        }
+    }
+}
+
+/// Runs `op` on the owner of `key` among the live members, over the cluster. `None` (with
+/// where it must run) when this node owns the key, or when the owner does not answer
+/// within `timeout`: the caller then runs it here, from the store.
+pub async fn call_owner(
+    view: &MembershipView,
+    key: &str,
+    op: SessionOp,
+    ip: Option<String>,
+    timeout: Duration,
+) -> (Option<SessionAnswer>, Counted) {
+    let members = view.live_members();
+    let owner = owner(key, members.iter().map(String::as_str)).unwrap_or(view.node_id());
+    if owner == view.node_id() {
+        return (None, Counted::Here);
+    }
+    let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+    for peer in view.peers(owner) {
+        let call = Frame::Ok(SessionCall {
+            version: PROTOCOL_VERSION,
+            op: op.clone(),
+            ip: ip.clone(),
+        });
+        match ractor::call_t!(peer, PeerMessage::Session, timeout_ms, call) {
+            Ok(Frame::Ok(answer)) => return (Some(answer), Counted::Owner),
+            Ok(Frame::Malformed(reason)) => {
+                warn!(owner, reason, "the owner node refused a session call");
+            }
+            Err(err) => warn!(owner, error = %err, "the owner node did not answer a session call"),
+        }
+    }
+    (None, Counted::OwnerUnreachable)
 }
 
 /// Counts a request against `key` on the key's owner: in `table` when this node owns it,

@@ -16,7 +16,7 @@ use sark_actors::limiter::RateDecision;
 use serde::{Deserialize, Serialize};
 
 /// The version of the protocol this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest payload accepted in one of our messages.
 pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;
@@ -83,6 +83,14 @@ pub enum Notice {
     /// The sender is shutting down: drop it from the membership (and from lease majorities)
     /// now rather than after its lease.
     Leaving,
+    /// `from` is leaving: each receiver activates those of `sessions` it will own once
+    /// `from` is gone (since version 2).
+    Handover {
+        /// The leaving node.
+        from: String,
+        /// Sessions whose actors ran there.
+        sessions: Vec<String>,
+    },
 }
 
 /// A notice with its sender.
@@ -150,6 +158,56 @@ impl<T: Serialize + serde::de::DeserializeOwned> BytesConvertable for Frame<T> {
     }
 }
 
+/// A session operation forwarded to the node that owns the session's actor (by rendezvous
+/// hashing of the session's or challenge's id over the live members).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionCall {
+    /// The sender's protocol version.
+    pub version: u32,
+    /// What to do.
+    pub op: SessionOp,
+    /// The client's address, for the audit log.
+    #[serde(default)]
+    pub ip: Option<String>,
+}
+
+/// The session operations that run on the owner.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum SessionOp {
+    /// Rotate a refresh token.
+    Refresh {
+        /// The presented refresh token.
+        refresh_token: String,
+    },
+    /// Revoke a session (the sender checked the caller's access token).
+    Logout {
+        /// The session.
+        session_id: String,
+        /// Who asked, for the audit log.
+        actor: String,
+    },
+    /// Answer an MFA challenge.
+    VerifyMfa {
+        /// The challenge.
+        challenge_id: String,
+        /// The TOTP or recovery code.
+        code: String,
+    },
+}
+
+/// The owner's answer, as its front door would have given it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionAnswer {
+    /// HTTP status.
+    pub status: u16,
+    /// `Retry-After` seconds, when the answer has one.
+    #[serde(default)]
+    pub retry_after: Option<u64>,
+    /// The JSON body.
+    pub body: String,
+}
+
 /// Messages between the Peer actors of different nodes.
 ///
 /// Variants are tagged by name on the wire: never rename one; add new ones for new needs.
@@ -164,6 +222,9 @@ pub enum PeerMessage {
     /// Counts a request against a bucket this node owns.
     #[rpc]
     RateCheck(Frame<RateQuery>, RpcReplyPort<Frame<RateDecision>>),
+    /// Runs a session operation on this node, which owns the session (since version 2).
+    #[rpc]
+    Session(Frame<SessionCall>, RpcReplyPort<Frame<SessionAnswer>>),
 }
 
 #[cfg(test)]

@@ -559,9 +559,11 @@ pub async fn start_session(
         return Err(invalid_credentials());
     }
     node.actor_metrics.sessions_created.inc();
-    // The session's actor starts with the session; a failure here only delays it to the
-    // first request that needs it.
-    let _ = node.sessions.actor(id).await;
+    // The session's actor starts with the session on its owner: here, or on the owner's
+    // first request for it; a failure here only delays it to that request.
+    if node.owns(&id.to_string()) {
+        let _ = node.sessions.actor(id).await;
+    }
     let (access_token, expires_in) = access_token(node, user, &session, now)?;
     Ok(TokenResponse {
         access_token,

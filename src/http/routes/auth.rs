@@ -6,11 +6,13 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use sark_cluster::wire::SessionOp;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
+use crate::auth::forward;
 use crate::auth::principal::{Principal, PrincipalKind};
 use crate::auth::service::{self, LoginOutcome, MAX_USERNAME_INPUT};
 use crate::http::AppState;
@@ -94,6 +96,13 @@ pub async fn post_mfa_verify(
             "must be a 6-digit code or a recovery code",
         ));
     }
+    let op = SessionOp::VerifyMfa {
+        challenge_id: challenge_id.to_string(),
+        code: body.code.to_string(),
+    };
+    if let Some(answer) = forward::on_owner(&state.node, challenge_id, op, ip).await {
+        return Ok(answer);
+    }
     let tokens = service::verify_mfa(&state.node, challenge_id, &body.code, ip).await?;
     Ok(Json(tokens).into_response())
 }
@@ -117,6 +126,19 @@ pub async fn post_refresh(
             "is not a refresh token",
         ));
     }
+    // The session is named by the token's prefix; a malformed token is refused here.
+    if let Some(session) = body
+        .refresh_token
+        .split_once('.')
+        .and_then(|(sid, _)| Uuid::parse_str(sid).ok())
+    {
+        let op = SessionOp::Refresh {
+            refresh_token: body.refresh_token.to_string(),
+        };
+        if let Some(answer) = forward::on_owner(&state.node, session, op, ip).await {
+            return Ok(answer);
+        }
+    }
     let tokens = service::refresh(&state.node, &body.refresh_token, ip).await?;
     Ok(Json(tokens).into_response())
 }
@@ -137,11 +159,18 @@ pub async fn post_logout(
     State(state): State<AppState>,
     ClientAddr(ip): ClientAddr,
     principal: Principal,
-) -> Result<Json<service::Revoked>, ApiError> {
+) -> Result<Response, ApiError> {
     let session_id = session_of(&principal)?;
-    Ok(Json(
-        service::revoke_session(&state.node, session_id, "logout", &principal.username, ip).await?,
-    ))
+    let op = SessionOp::Logout {
+        session_id: session_id.to_string(),
+        actor: principal.username.clone(),
+    };
+    if let Some(answer) = forward::on_owner(&state.node, session_id, op, ip).await {
+        return Ok(answer);
+    }
+    let revoked =
+        service::revoke_session(&state.node, session_id, "logout", &principal.username, ip).await?;
+    Ok(Json(revoked).into_response())
 }
 
 /// `GET /api/v1/auth/me`: answered from the credential alone (a session's fields are as of

@@ -24,7 +24,12 @@ pub struct SessionsQuery {
     cursor: Option<String>,
 }
 
-fn session_json(s: &SessionRecord) -> Value {
+/// A session as listed; `node_id` is the member that owns its actor now (by rendezvous
+/// hashing over the live members).
+fn session_json(s: &SessionRecord, members: &[String]) -> Value {
+    let owner =
+        sark_cluster::placement::owner(&s.id.to_string(), members.iter().map(String::as_str))
+            .unwrap_or(&s.node_id);
     json!({
         "session_id": s.id,
         "user_id": s.user_id,
@@ -33,7 +38,7 @@ fn session_json(s: &SessionRecord) -> Value {
         "expires_at": s.expires_at,
         "auth_method": s.auth_method,
         "ip": s.ip,
-        "node_id": s.node_id,
+        "node_id": owner,
     })
 }
 
@@ -70,7 +75,8 @@ pub async fn get_sessions(
         .filter(|s| s.last_seen_at + idle > now)
         .collect();
     let (sessions, next_cursor) = validate::page(sessions, |s| s.id.to_string(), limit, after);
-    let items: Vec<Value> = sessions.iter().map(session_json).collect();
+    let members = state.node.membership.live_members();
+    let items: Vec<Value> = sessions.iter().map(|s| session_json(s, &members)).collect();
     Ok(Json(json!({ "items": items, "next_cursor": next_cursor })))
 }
 
