@@ -215,6 +215,9 @@ async fn follow_provider(
     if !email_changed && !role_changed {
         return Ok(user);
     }
+    if role_changed {
+        node.require_cluster()?;
+    }
     let patch = UserPatch {
         email: email_changed.then(|| identity.email.clone()),
         role: role_changed.then_some(identity.role),

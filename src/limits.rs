@@ -28,12 +28,14 @@ const BREAKER_OPEN: Duration = Duration::from_secs(5);
 /// How long a check waits for Redis or for an owner node.
 const CHECK_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// GCRA on one Redis key, on Redis' clock. ARGV: interval and window in ms. Returns
-/// `{allowed, ahead_ms}`, where `ahead_ms` is how far the bucket's arrival time was ahead of
-/// now before this request (the caller derives the headers from it, as the local table does).
+/// GCRA on one Redis key, on Redis' clock, in microseconds (a limit of a million a minute
+/// still has a 60 µs interval). ARGV: interval and window in µs. Returns `{allowed,
+/// ahead_us}`, where `ahead_us` is how far the bucket's arrival time was ahead of now before
+/// this request (the caller derives the headers from it, as the local table does). The key
+/// expires with the bucket, never sooner than a millisecond.
 const GCRA_SCRIPT: &str = r"
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
@@ -42,7 +44,7 @@ local ahead = tat - now
 if ahead + interval > window then
   return {0, ahead}
 end
-redis.call('SET', KEYS[1], tat + interval, 'PX', ahead + interval)
+redis.call('SET', KEYS[1], tat + interval, 'PX', math.max(1, math.ceil((ahead + interval) / 1000)))
 return {1, ahead}
 ";
 
@@ -137,25 +139,26 @@ impl RateLimiter {
         limit: u32,
     ) -> Result<RateDecision, String> {
         let (interval, window) = gcra_params(limit);
-        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
         let call = async {
             let mut conn = redis.connection().await?;
             // Redis keeps EVAL'd scripts in its script cache: the text is compiled once.
             redis::cmd("EVAL")
                 .arg(GCRA_SCRIPT)
                 .arg(1)
-                .arg(format!("sark:rate:{key}"))
-                .arg(millis(interval))
-                .arg(millis(window))
+                // `rate2`: microseconds; the millisecond buckets of older nodes stay apart.
+                .arg(format!("sark:rate2:{key}"))
+                .arg(micros(interval))
+                .arg(micros(window))
                 .query_async::<(i64, u64)>(&mut conn)
                 .await
         };
-        let (allowed, ahead_ms) = tokio::time::timeout(CHECK_TIMEOUT, call)
+        let (allowed, ahead_us) = tokio::time::timeout(CHECK_TIMEOUT, call)
             .await
             .map_err(|_| "timed out".to_owned())?
             .map_err(|e| e.to_string())?;
         // Redis decided; the same arithmetic here only derives the headers.
-        let (mut decision, _) = gcra(Duration::from_millis(ahead_ms), limit);
+        let (mut decision, _) = gcra(Duration::from_micros(ahead_us), limit);
         if allowed != 1 {
             decision.allowed = false;
             decision.remaining = 0;

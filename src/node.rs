@@ -150,6 +150,8 @@ pub struct Node {
     policies_in_step: Arc<AtomicBool>,
     policy_control: Arc<PolicyControl>,
     draining: AtomicBool,
+    /// Set once this node announced its leave.
+    left: AtomicBool,
 }
 
 /// Session ids per handover notice (a notice must stay under the 64 KiB payload limit).
@@ -430,6 +432,7 @@ impl Node {
             policies_in_step,
             policy_control,
             draining: AtomicBool::new(false),
+            left: AtomicBool::new(false),
             revocations,
             sessions: Sessions::new(slots_sessions, session_store),
             passwords: PasswordHasherPool::default(),
@@ -450,6 +453,9 @@ impl Node {
         control
             .background
             .push(tokio::spawn(credential_sync(Arc::downgrade(&node))));
+        control
+            .background
+            .push(tokio::spawn(catch_up_after_gaps(Arc::downgrade(&node))));
         Ok((node, control))
     }
 
@@ -497,10 +503,28 @@ impl Node {
             .is_none_or(|owner| owner == self.node_id)
     }
 
+    /// Refuses, before anything is written, a change that must reach every member (a
+    /// revocation, a policy version) when this node cannot make sure it does: it has not
+    /// joined its cluster yet or is still learning its members, its lease lapsed (it is
+    /// cut off), or it is leaving.
+    pub fn require_cluster(&self) -> Result<(), crate::http::errors::ApiError> {
+        if !self.left.load(Ordering::Acquire)
+            && self.membership.can_fence(tokio::time::Instant::now())
+        {
+            return Ok(());
+        }
+        Err(crate::http::errors::ApiError::unavailable(
+            "cluster_unavailable",
+            "this node cannot reach a majority of its cluster, so it cannot make this change take effect everywhere; retry (another node may answer)",
+        ))
+    }
+
     /// Whether this node may answer token and policy checks from memory: its cluster lease
     /// is fresh, so no broadcast can have missed it unnoticed.
     pub fn lease_fresh(&self) -> bool {
-        self.membership.lease_fresh(tokio::time::Instant::now())
+        // Once it announced its leave, nobody broadcasts to this node any more.
+        !self.left.load(Ordering::Acquire)
+            && self.membership.lease_fresh(tokio::time::Instant::now())
     }
 
     /// Brings `bundle` up to the version active in the store; `Ok(false)` when that version
@@ -516,6 +540,22 @@ impl Node {
                 .is_some_and(|c| c.version >= stored.version)
         };
         Ok(current() || (self.policy_control.bring_up(bundle).await && current()))
+    }
+
+    /// Reloads revocations and brings every policy bundle up to its active version.
+    async fn catch_up(&self) -> Result<(), StoreError> {
+        self.revocations
+            .load(self.store.as_ref(), self.clock.now())
+            .await?;
+        for policy in self.store.active_policies().await? {
+            if !self.catch_up_policy(&policy.bundle).await? {
+                return Err(StoreError::Unavailable(format!(
+                    "policy {} v{} could not be loaded",
+                    policy.bundle, policy.version
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Broadcasts revoked sessions and API keys (none of either: nothing to do).
@@ -545,6 +585,7 @@ impl Node {
             .await;
         }
         info!(sessions = ids.len(), "handed this node's sessions over");
+        self.left.store(true, Ordering::Release);
         let propagation = self.broadcast(Notice::Leaving).await;
         info!(
             elapsed_ms = propagation.elapsed.as_millis(),
@@ -673,6 +714,32 @@ impl NodeControl {
             warn!("database connections still busy at shutdown; closing anyway");
         }
         info!(node_id = self.node_id, "node stopped");
+    }
+}
+
+/// How often the membership view is asked whether a catch-up is due.
+const CATCH_UP_POLL: Duration = Duration::from_millis(25);
+
+/// Catches up with the store whenever this node may have missed a broadcast (it regained
+/// its lease after a pause or a cut, or a member joined): until then its lease does not
+/// count as fresh, so tokens and policy versions are checked against the store.
+async fn catch_up_after_gaps(node: std::sync::Weak<Node>) {
+    loop {
+        tokio::time::sleep(CATCH_UP_POLL).await;
+        let Some(node) = node.upgrade() else { return };
+        let Some(epoch) = node.membership.needs_sync() else {
+            continue;
+        };
+        if !node.store_initialized() {
+            continue;
+        }
+        match node.catch_up().await {
+            Ok(()) => {
+                node.membership.synced(epoch);
+                debug!(epoch, "caught up with the store after a membership change");
+            }
+            Err(err) => warn!(error = %err, "could not catch up with the store"),
+        }
     }
 }
 

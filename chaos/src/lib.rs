@@ -5,11 +5,15 @@
 //!   restarts and stops them, and returns their exit statuses.
 //! - [`faults`]: the faults: `kill -9`, pause (`SIGSTOP`) and resume (`SIGCONT`).
 //! - [`receivers`]: a Splunk HEC and a Datadog logs intake to forward SIEM events to.
+//! - [`load`]: a mixed load on every node, recorded in a [`history::History`], from which
+//!   [`history::Report`] checks the invariants and measures each fault.
 //!
 //! The `sark` binary is taken from `CHAOS_SARK_BIN`, or from the workspace's target directory.
 
 #![warn(missing_docs)]
 
 pub mod faults;
+pub mod history;
+pub mod load;
 pub mod receivers;
 pub mod sandbox;

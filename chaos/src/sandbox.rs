@@ -176,6 +176,16 @@ fn free_port(ip: Ipv4Addr) -> anyhow::Result<SocketAddr> {
 impl ClusterSandbox {
     /// Starts `n` nodes and waits until each is ready.
     pub async fn start(n: usize, options: SandboxOptions) -> anyhow::Result<Self> {
+        let mut sandbox = Self::launch(n, options).await?;
+        for i in 0..n {
+            sandbox.wait_ready(i, Duration::from_secs(60)).await?;
+        }
+        Ok(sandbox)
+    }
+
+    /// Starts `n` nodes without waiting for them to be ready (a node that cannot join the
+    /// cluster its seeds name never is).
+    pub async fn launch(n: usize, options: SandboxOptions) -> anyhow::Result<Self> {
         let binary = match &options.binary {
             Some(path) => path.clone(),
             None => sark_binary()?,
@@ -208,9 +218,6 @@ impl ClusterSandbox {
         };
         for i in 0..n {
             sandbox.spawn(i)?;
-        }
-        for i in 0..n {
-            sandbox.wait_ready(i, Duration::from_secs(60)).await?;
         }
         Ok(sandbox)
     }
@@ -327,6 +334,34 @@ impl ClusterSandbox {
     pub async fn kill(&mut self, i: usize) -> anyhow::Result<ExitStatus> {
         self.signal(i, Signal::Kill)?;
         self.wait_exit(i, Duration::from_secs(10)).await
+    }
+
+    /// Polls every node's `/api/v1/cluster` (with an admin `token`) until each sees all
+    /// nodes `up`; returns how long that took.
+    pub async fn wait_formed(&self, token: &str, within: Duration) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        for node in &self.nodes {
+            loop {
+                let (_, cluster) = send_json(
+                    self.client
+                        .get(format!("http://{}/api/v1/cluster", node.http))
+                        .bearer_auth(token),
+                )
+                .await
+                .unwrap_or((0, serde_json::Value::Null));
+                let up = cluster["members"]
+                    .as_array()
+                    .map_or(0, |m| m.iter().filter(|m| m["status"] == "up").count());
+                if up == self.nodes.len() {
+                    break;
+                }
+                if started.elapsed() > within {
+                    bail!("{} sees {up} members up: {cluster}", node.name);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Ok(started.elapsed())
     }
 
     /// Stops node `i` with SIGTERM (a graceful leave) and returns its exit status.

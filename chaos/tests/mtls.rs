@@ -102,7 +102,8 @@ async fn intruder(
         ("SARK_CLUSTER__COOKIE", COOKIE.to_owned()),
     ];
     env.extend(extra);
-    let intruder = ClusterSandbox::start(1, SandboxOptions::with_env(&env))
+    // It never joins, so it is never ready: launched, not waited for.
+    let intruder = ClusterSandbox::launch(1, SandboxOptions::with_env(&env))
         .await
         .unwrap();
     let started = Instant::now();

@@ -101,23 +101,6 @@ impl Cluster {
             .find_map(|l| l.strip_prefix(&series))
             .map_or(0, |v| v.trim().parse().unwrap())
     }
-
-    async fn wait_formed(&self, token: &str) {
-        let deadline = Instant::now() + Duration::from_secs(LEASE_SECONDS * 10);
-        for node in 0..3 {
-            loop {
-                let (_, cluster) = self.get(node, "/api/v1/cluster", token).await;
-                let up = cluster["members"]
-                    .as_array()
-                    .map_or(0, |m| m.iter().filter(|m| m["status"] == "up").count());
-                if up == 3 {
-                    break;
-                }
-                assert!(Instant::now() < deadline, "node {node}: {cluster}");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,7 +121,11 @@ async fn session_operations_run_on_the_owner_and_fail_over_when_it_dies() {
     };
     let first = cluster.login(0).await;
     let admin = first["access_token"].as_str().unwrap().to_owned();
-    cluster.wait_formed(&admin).await;
+    cluster
+        .sandbox
+        .wait_formed(&admin, Duration::from_secs(LEASE_SECONDS * 10))
+        .await
+        .unwrap();
 
     // Logins until one session is owned by a node other than the one it was created on,
     // then refresh it on the third node: the owner answers.
@@ -268,7 +255,11 @@ async fn session_operations_run_on_the_owner_and_fail_over_when_it_dies() {
     );
 
     cluster.sandbox.restart(owner).await.unwrap();
-    cluster.wait_formed(&admin).await;
+    cluster
+        .sandbox
+        .wait_formed(&admin, Duration::from_secs(LEASE_SECONDS * 10))
+        .await
+        .unwrap();
 
     // A graceful leave: the leaving owner hands its running sessions over before it stops.
     let (handed, leaver) = loop {

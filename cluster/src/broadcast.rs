@@ -6,8 +6,11 @@
 //! broadcast waits until that member's lease has certainly expired: a member without a
 //! fresh lease checks the store instead of its memory, so from then on it cannot serve what
 //! the notice revoked. The wait runs from the last time the sender, or any member that
-//! answered, heard from it; it assumes a member the sender cannot reach keeps no fresh lease
-//! through members that did not answer either (a node hung, or cut off from the cluster).
+//! answered, heard from it. Broadcasts are numbered per sender and every heartbeat carries
+//! the numbers its sender has applied, so a member that the sender could not reach but that
+//! still hears from others learns it missed one within that wait, and checks the store
+//! until it has caught up; the assumption left is that it does not keep a fresh lease
+//! through members that missed the broadcast too.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
@@ -27,6 +30,8 @@ pub struct Propagation {
     pub elapsed: Duration,
     /// Members that did not answer and whose lease was waited out.
     pub waited_out: Vec<String>,
+    /// Members that applied the notice.
+    pub acknowledged_by: Vec<String>,
 }
 
 /// Sends `notice` to every member and returns once each applied it or was fenced.
@@ -43,6 +48,7 @@ pub async fn broadcast(
     let announcement = Announcement {
         version: PROTOCOL_VERSION,
         from: view.node_id().to_owned(),
+        seq: view.next_broadcast(),
         notice,
     };
     let timeout_ms = u64::try_from(answer_within.as_millis()).unwrap_or(u64::MAX);
@@ -76,10 +82,13 @@ pub async fn broadcast(
     }
     let mut waited_out = Vec::new();
     let mut until = Instant::now();
+    let mut acknowledged_by: Vec<String> = answered.iter().cloned().collect();
+    acknowledged_by.sort();
     let Some(lease) = fence_lease else {
         return Propagation {
             elapsed: started.elapsed(),
             waited_out,
+            acknowledged_by,
         };
     };
     for (member, expired_at) in
@@ -96,5 +105,6 @@ pub async fn broadcast(
     Propagation {
         elapsed: started.elapsed(),
         waited_out,
+        acknowledged_by,
     }
 }

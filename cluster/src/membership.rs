@@ -88,8 +88,24 @@ struct ViewState {
     me: NodeSummary,
     remotes: BTreeMap<String, Remote>,
     /// Members that announced their leave, until when their late heartbeats are ignored.
-    departed: BTreeMap<String, Instant>,
+    departed: BTreeMap<String, (Instant, u64)>,
     lease_expires_at: Option<Instant>,
+    /// Bumped whenever this node may have missed a broadcast: it regained its lease (it was
+    /// paused or cut off), or a member joined (which may have broadcast without it).
+    epoch: u64,
+    /// The epoch of the last completed catch-up from the store.
+    synced_epoch: u64,
+    /// Per broadcasting node, the latest broadcast applied here (own: the latest sent).
+    broadcasts: BTreeMap<String, u64>,
+    /// Whether seeds name other nodes: then, until one was heard, this node has not joined
+    /// its cluster and holds no lease (alone it would be its own majority).
+    expects_peers: bool,
+    /// Whether any peer was ever heard.
+    ever_heard: bool,
+    /// After a member joined or the lease was regained, members may still be learning of
+    /// each other and broadcast past one another: until this instant (one lease later) the
+    /// lease does not count as fresh.
+    settle_until: Option<Instant>,
 }
 
 /// A change of a member's status that the node records (`node_joined`, `node_left`).
@@ -131,6 +147,12 @@ impl MembershipView {
                 remotes: BTreeMap::new(),
                 departed: BTreeMap::new(),
                 lease_expires_at: None,
+                epoch: 0,
+                synced_epoch: 0,
+                broadcasts: BTreeMap::new(),
+                expects_peers: false,
+                ever_heard: false,
+                settle_until: None,
             }),
             node_id,
         }
@@ -141,10 +163,40 @@ impl MembershipView {
         &self.node_id
     }
 
-    /// Whether this node's lease is fresh at `now`: only then may it answer token and
-    /// policy checks from local state.
+    /// Whether this node's lease is fresh at `now` and it has caught up with the store
+    /// since it last may have missed a broadcast: only then may it answer token and policy
+    /// checks from local state.
     pub fn lease_fresh(&self, now: Instant) -> bool {
+        let state = self.read();
+        state.lease_expires_at.is_some_and(|at| at > now)
+            && state.synced_epoch == state.epoch
+            && state.settle_until.is_none_or(|until| now >= until)
+    }
+
+    /// Whether the lease itself runs at `now` (a majority answered recently enough).
+    pub fn lease_valid(&self, now: Instant) -> bool {
         self.read().lease_expires_at.is_some_and(|at| at > now)
+    }
+
+    /// Whether this node may broadcast a change and vouch that it reached every member: its
+    /// lease runs and its view has settled since the last join (so it knows every member).
+    pub fn can_fence(&self, now: Instant) -> bool {
+        let state = self.read();
+        state.lease_expires_at.is_some_and(|at| at > now)
+            && state.settle_until.is_none_or(|until| now >= until)
+    }
+
+    /// The epoch to catch up to, when this node must catch up with the store (reload
+    /// revocations and policies) before it answers from local state again.
+    pub fn needs_sync(&self) -> Option<u64> {
+        let state = self.read();
+        (state.synced_epoch != state.epoch).then_some(state.epoch)
+    }
+
+    /// Records a catch-up with the store that started at `epoch`.
+    pub fn synced(&self, epoch: u64) {
+        let mut state = self.write();
+        state.synced_epoch = state.synced_epoch.max(epoch.min(state.epoch));
     }
 
     /// The members, this node first, then the others by id.
@@ -191,10 +243,33 @@ impl MembershipView {
             return;
         }
         let mut state = self.write();
-        state.departed.retain(|_, until| *until > now);
-        if state.departed.contains_key(&peer.node_id) {
-            return;
+        state.departed.retain(|_, (until, _)| *until > now);
+        // Only the incarnation that left is ignored; a restarted process is heard at once,
+        // so broadcasts reach (or fence) it from its first heartbeat on.
+        match state.departed.get(&peer.node_id) {
+            Some((_, left)) if *left == peer.incarnation => return,
+            Some(_) => {
+                state.departed.remove(&peer.node_id);
+            }
+            None => {}
         }
+        // A broadcast this node never applied: catch up from the store before trusting
+        // memory (the broadcast's write reached the store before the broadcast began).
+        let mut missed = false;
+        for (origin, seq) in &peer.broadcasts {
+            if *origin == self.node_id {
+                continue;
+            }
+            let applied = state.broadcasts.entry(origin.clone()).or_default();
+            if *seq > *applied {
+                *applied = *seq;
+                missed = true;
+            }
+        }
+        if missed {
+            state.epoch += 1;
+        }
+        state.ever_heard = true;
         let remote = state
             .remotes
             .entry(peer.node_id.clone())
@@ -235,6 +310,8 @@ impl MembershipView {
     ) -> Vec<MembershipEvent> {
         let mut state = self.write();
         let mut events = Vec::new();
+        let mut joined = false;
+        let was_valid = state.lease_expires_at.is_some_and(|at| at > now);
         for remote in state.remotes.values_mut() {
             if let Some(connected) = connected
                 && !remote.cells.is_empty()
@@ -261,6 +338,7 @@ impl MembershipView {
                 MemberStatus::Up if !remote.announced => {
                     remote.announced = true;
                     events.push(MembershipEvent::Joined { node_id, addr });
+                    joined = true;
                 }
                 MemberStatus::Down if remote.announced => {
                     remote.announced = false;
@@ -276,7 +354,18 @@ impl MembershipView {
         acks.sort_unstable_by(|a, b| b.cmp(a));
         let members = state.remotes.len() + 1;
         let majority = members / 2 + 1;
-        state.lease_expires_at = acks.get(majority - 1).map(|oldest| *oldest + lease);
+        state.lease_expires_at = if state.expects_peers && !state.ever_heard {
+            None
+        } else {
+            acks.get(majority - 1).map(|oldest| *oldest + lease)
+        };
+        let regained = !was_valid
+            && state.lease_expires_at.is_some_and(|at| at > now)
+            && !state.remotes.is_empty();
+        if joined || regained {
+            state.epoch += 1;
+            state.settle_until = Some(now + lease);
+        }
         events
     }
 
@@ -357,7 +446,13 @@ impl MembershipView {
     /// (it keeps sending them while it drains); returns the change.
     fn leave(&self, node_id: &str, now: Instant, quiet: Duration) -> Option<MembershipEvent> {
         let mut state = self.write();
-        state.departed.insert(node_id.to_owned(), now + quiet);
+        let incarnation = state
+            .remotes
+            .get(node_id)
+            .map_or(0, |r| r.summary.incarnation);
+        state
+            .departed
+            .insert(node_id.to_owned(), (now + quiet, incarnation));
         let remote = state.remotes.remove(node_id)?;
         Some(MembershipEvent::Left {
             node_id: remote.summary.node_id,
@@ -365,9 +460,37 @@ impl MembershipView {
         })
     }
 
+    /// Records whether the seeds name nodes other than this one.
+    fn expect_peers(&self, expected: bool) {
+        self.write().expects_peers = expected;
+    }
+
     /// Sets what this node reports about itself.
     fn set_me(&self, me: NodeSummary) {
         self.write().me = me;
+    }
+
+    /// What this node reports about itself, with its broadcast sequence vector.
+    fn me(&self) -> NodeSummary {
+        let state = self.read();
+        let mut me = state.me.clone();
+        me.broadcasts = state.broadcasts.clone();
+        me
+    }
+
+    /// Numbers this node's next broadcast.
+    pub(crate) fn next_broadcast(&self) -> u64 {
+        let mut state = self.write();
+        let seq = state.broadcasts.entry(self.node_id.clone()).or_default();
+        *seq += 1;
+        *seq
+    }
+
+    /// Records that broadcast `seq` of `origin` was applied here.
+    fn applied(&self, origin: &str, seq: u64) {
+        let mut state = self.write();
+        let applied = state.broadcasts.entry(origin.to_owned()).or_default();
+        *applied = (*applied).max(seq);
     }
 
     /// Addresses to dial besides the seeds: members that are down, and members other
@@ -557,9 +680,21 @@ pub struct MembershipState {
     config: MembershipConfig,
     view: Arc<MembershipView>,
     server: ActorRef<NodeServerMessage>,
+    /// The Peer actor, joined again to its group at every heartbeat.
+    peer: ActorRef<PeerMessage>,
+    /// This process's incarnation number.
+    incarnation: u64,
     timer: ractor::concurrency::JoinHandle<()>,
     dialed: BTreeMap<SocketAddr, Instant>,
     unreached: BTreeMap<SocketAddr, Instant>,
+}
+
+/// A random number for this process (std's per-process hash keys are random).
+fn incarnation() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    hasher.finish()
 }
 
 /// Pause between two dials of the same address.
@@ -571,15 +706,23 @@ impl MembershipState {
         me.node_id = self.config.node_id.clone();
         me.addr = self.config.bind.to_string();
         me.members = self.view.member_addrs();
-        self.view.set_me(me.clone());
+        me.incarnation = self.incarnation;
+        self.view.set_me(me);
         Hello {
             version: PROTOCOL_VERSION,
-            node: me,
+            node: self.view.me(),
         }
     }
 
     /// Dials seeds and down members that no live member answers for, from this node's IP.
     async fn dial(&mut self) {
+        let mut seeds_elsewhere = false;
+        for seed in &self.config.seeds {
+            if let Ok(addrs) = tokio::net::lookup_host(seed.as_str()).await {
+                seeds_elsewhere |= addrs.into_iter().any(|a| a != self.config.bind);
+            }
+        }
+        self.view.expect_peers(seeds_elsewhere);
         let mut targets: Vec<String> = self.config.seeds.clone();
         targets.extend(self.view.dial_addrs());
         let now = Instant::now();
@@ -751,7 +894,7 @@ impl Actor for Membership {
         .with_listen_addr(config.bind.ip())
         .with_max_inbound_frame_size(MAX_FRAME_BYTES);
         let (server, _) = Actor::spawn_linked(None, node, (), myself.get_cell()).await?;
-        Actor::spawn_linked(
+        let (peer, _) = Actor::spawn_linked(
             None,
             Peer,
             PeerArguments {
@@ -772,6 +915,8 @@ impl Actor for Membership {
             config,
             view: args.view,
             server,
+            peer,
+            incarnation: incarnation(),
             timer,
             dialed: BTreeMap::new(),
             unreached: BTreeMap::new(),
@@ -796,9 +941,13 @@ impl Actor for Membership {
         match message {
             MembershipMessage::Heartbeat => {
                 state.dial().await;
+                // Joining again announces the Peer actor to every connected node anew: a
+                // node session that closed as a duplicate takes the remote group entry with
+                // it, and heartbeats and broadcasts go to group members.
+                ractor::pg::join(PEER_GROUP.to_owned(), vec![state.peer.get_cell()]);
                 state.heartbeat();
                 let now = Instant::now();
-                let was_fresh = state.view.lease_fresh(now);
+                let was_fresh = state.view.lease_valid(now);
                 let connected: HashSet<ActorId> = ractor::pg::get_members(&PEER_GROUP.to_owned())
                     .iter()
                     .map(|cell| cell.get_id())
@@ -809,7 +958,7 @@ impl Actor for Membership {
                     state.config.lease,
                     Some(&connected),
                 );
-                let lapsed = was_fresh && !state.view.lease_fresh(now);
+                let lapsed = was_fresh && !state.view.lease_valid(now);
                 if lapsed {
                     warn!(
                         "this node's cluster lease lapsed: tokens and policies are checked against the store"
@@ -897,10 +1046,9 @@ impl Actor for Peer {
                         warn!(reason, "malformed heartbeat from a cluster peer; ignored");
                     }
                 }
-                let me = view.read().me.clone();
                 let _ = reply.send(Frame::Ok(Hello {
                     version: PROTOCOL_VERSION,
-                    node: me,
+                    node: view.me(),
                 }));
             }
             PeerMessage::Announce(frame, reply) => {
@@ -920,7 +1068,11 @@ impl Actor for Peer {
                         true
                     }
                     (Frame::Ok(announcement), Some(apply)) if compatible(announcement.version) => {
-                        apply(announcement.notice).await
+                        let applied = apply(announcement.notice).await;
+                        if applied {
+                            view.applied(&announcement.from, announcement.seq);
+                        }
+                        applied
                     }
                     (Frame::Ok(announcement), _) => {
                         refuse(&announcement.from, announcement.version);
@@ -1033,7 +1185,7 @@ mod tests {
         .await
         .unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !view.lease_fresh(Instant::now()) {
+        while !view.lease_valid(Instant::now()) {
             assert!(Instant::now() < deadline, "lease never became fresh");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -1100,6 +1252,17 @@ mod tests {
             2,
             "after the quiet period it may rejoin"
         );
+        view.leave("a", t0 + quiet * 2, quiet);
+        let restarted = NodeSummary {
+            incarnation: 42,
+            ..peer("a")
+        };
+        view.heard(restarted, t0 + quiet * 2, None, None);
+        assert_eq!(
+            view.members().len(),
+            2,
+            "a restarted process is heard at once"
+        );
     }
 
     #[test]
@@ -1109,15 +1272,32 @@ mod tests {
         let t0 = Instant::now();
         view.update(t0, lease, lease, None);
         assert!(view.lease_fresh(t0), "alone, a node is its own majority");
+        assert_eq!(view.needs_sync(), None, "alone, it can have missed nothing");
         view.heard(peer("a"), t0, None, None);
         view.heard(peer("b"), t0, None, None);
         view.update(t0, lease, lease, None);
         assert!(!view.lease_fresh(t0), "no peer has answered: 1 of 3");
         view.heard(peer("a"), t0, Some(t0), None);
         view.update(t0, lease, lease, None);
-        assert!(view.lease_fresh(t0), "2 of 3 answered");
+        assert!(view.lease_valid(t0), "2 of 3 answered");
+        let epoch = view
+            .needs_sync()
+            .expect("regained with members: catch up first");
+        assert!(!view.lease_fresh(t0), "not before the catch-up");
+        view.synced(epoch);
         assert!(
-            !view.lease_fresh(t0 + lease),
+            !view.lease_fresh(t0),
+            "nor before the members had a lease to learn of each other"
+        );
+        let renewed = t0 + lease / 2;
+        view.heard(peer("a"), renewed, Some(renewed), None);
+        view.update(renewed, lease, lease, None);
+        assert!(
+            view.lease_fresh(t0 + lease),
+            "settled a lease after the join"
+        );
+        assert!(
+            !view.lease_fresh(renewed + lease),
             "the lease runs from the answered heartbeat"
         );
     }

@@ -49,6 +49,16 @@ pub struct NodeSummary {
     /// dials it from its own address.
     #[serde(default)]
     pub members: Vec<String>,
+    /// For each node that broadcast, the sequence number of its latest broadcast this
+    /// node applied (its own: the latest it sent). A peer that learns of a later one than
+    /// it applied missed a notice and catches up from the store before it trusts its
+    /// memory again (since version 2).
+    #[serde(default)]
+    pub broadcasts: BTreeMap<String, u64>,
+    /// A number drawn when the node's process started: a restarted node is a new
+    /// incarnation, heard at once even if its previous one just left (since version 2).
+    #[serde(default)]
+    pub incarnation: u64,
 }
 
 /// A heartbeat or its answer.
@@ -100,6 +110,9 @@ pub struct Announcement {
     pub version: u32,
     /// The sender's node id.
     pub from: String,
+    /// The sender's sequence number of this broadcast (since version 2).
+    #[serde(default)]
+    pub seq: u64,
     /// What to apply.
     pub notice: Notice,
 }
@@ -240,6 +253,8 @@ mod tests {
                 sessions: 3,
                 policy_versions: BTreeMap::from([("authorization".into(), 2)]),
                 members: vec!["127.0.0.3:7400".into()],
+                broadcasts: BTreeMap::from([("a".into(), 4)]),
+                incarnation: 7,
             },
         }
     }
@@ -251,6 +266,7 @@ mod tests {
         let notice = Frame::Ok(Announcement {
             version: PROTOCOL_VERSION,
             from: "a".into(),
+            seq: 1,
             notice: Notice::PolicyActivated {
                 bundle: "authorization".into(),
                 version: 3,

@@ -28,7 +28,7 @@ use crate::http::errors::ApiError;
 use crate::idp::jwt::AccessClaims;
 use crate::idp::totp;
 use crate::node::{Node, seconds};
-use crate::store::{ChallengeRecord, LockState, LockoutRule, SessionRecord, StoreError, User};
+use crate::store::{ChallengeRecord, LockState, LockoutRule, SessionRecord, User};
 
 /// Submitted usernames longer than this are refused before any work.
 pub const MAX_USERNAME_INPUT: usize = 256;
@@ -103,6 +103,8 @@ pub struct Revoked {
     pub propagation_ms: u64,
     /// Cluster members that did not acknowledge and whose lease was waited out.
     pub waited_out: Vec<String>,
+    /// Cluster members that acknowledged (this node aside).
+    pub acknowledged_by: Vec<String>,
 }
 
 /// The configured lockout rule.
@@ -679,6 +681,7 @@ pub async fn revoke_session(
     actor: &str,
     ip: Option<IpAddr>,
 ) -> Result<Revoked, ApiError> {
+    node.require_cluster()?;
     let started = Instant::now();
     let revoked = match node.sessions.revoke(session_id, reason).await {
         Ok(revoked) => revoked,
@@ -710,6 +713,7 @@ pub async fn revoke_session(
         revoked,
         propagation_ms,
         waited_out: propagation.waited_out,
+        acknowledged_by: propagation.acknowledged_by,
     })
 }
 
@@ -720,7 +724,8 @@ pub async fn revoke_user_credentials(
     keep: Option<Uuid>,
     keys: bool,
     reason: &str,
-) -> Result<Revoked, StoreError> {
+) -> Result<Revoked, ApiError> {
+    node.require_cluster()?;
     let started = Instant::now();
     let now = node.clock.now();
     let sessions = node
@@ -741,6 +746,7 @@ pub async fn revoke_user_credentials(
         revoked: !sessions.is_empty() || !revoked_keys.is_empty(),
         propagation_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         waited_out: propagation.waited_out,
+        acknowledged_by: propagation.acknowledged_by,
     })
 }
 

@@ -195,6 +195,7 @@ pub async fn delete_api_key(
     if key.user_id != principal.user_id && !allowed(node, &principal, "write", "users", ip) {
         return Err(ApiError::not_found("no such API key"));
     }
+    node.require_cluster()?;
     let started = std::time::Instant::now();
     let revoked = node
         .store
@@ -215,5 +216,6 @@ pub async fn delete_api_key(
         revoked,
         propagation_ms,
         waited_out: propagation.waited_out,
+        acknowledged_by: propagation.acknowledged_by,
     }))
 }

@@ -1,0 +1,277 @@
+//! A mixed load on every node of a cluster: logins, refreshes, evaluations, server writes,
+//! policy uploads and revocations, each recorded in a [`History`].
+//!
+//! Workers pick a node at random for every request, so requests keep reaching nodes that
+//! are down or paused (and are recorded as failed): the error rate during a fault is what a
+//! client without retries would see. After every acknowledged revocation the worker tries
+//! the revoked token on every node.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use reqwest::multipart::{Form, Part};
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+
+use crate::history::History;
+
+/// What the workers need to know of the cluster.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// `http://host:port` of each node (stable across restarts).
+    pub bases: Vec<String>,
+    /// The admin's password.
+    pub password: String,
+    /// The authorization bundle's source, uploaded again (as a new version) now and then.
+    pub policy_source: String,
+}
+
+/// Running load workers.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl Load {
+    /// Starts `workers` workers.
+    pub fn start(target: Target, workers: usize, history: Arc<History>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let workers = (0..workers)
+            .map(|id| {
+                let worker = Worker {
+                    id,
+                    target: target.clone(),
+                    history: history.clone(),
+                    client: reqwest::Client::builder()
+                        .timeout(Duration::from_secs(5))
+                        .build()
+                        .unwrap_or_default(),
+                    rng: 0x9e37_79b9_7f4a_7c15
+                        ^ (id as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d),
+                    session: None,
+                    sent: 0,
+                };
+                tokio::spawn(worker.run(stop.clone()))
+            })
+            .collect();
+        Self { stop, workers }
+    }
+
+    /// Stops the workers once their current request is answered.
+    pub async fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for worker in self.workers {
+            let _ = worker.await;
+        }
+    }
+}
+
+struct Worker {
+    id: usize,
+    target: Target,
+    history: Arc<History>,
+    client: reqwest::Client,
+    rng: u64,
+    session: Option<(String, String)>,
+    sent: u64,
+}
+
+impl Worker {
+    fn next(&mut self) -> u64 {
+        // xorshift64*: deterministic per worker, enough to spread requests.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn node(&mut self) -> usize {
+        (self.next() % self.target.bases.len() as u64) as usize
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> (u16, Value) {
+        match request.send().await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                (status, response.json().await.unwrap_or(Value::Null))
+            }
+            Err(_) => (0, Value::Null),
+        }
+    }
+
+    async fn run(mut self, stop: Arc<AtomicBool>) {
+        while !stop.load(Ordering::Relaxed) {
+            let node = self.node();
+            let Some((access, refresh)) = self.session.clone() else {
+                self.login(node).await;
+                continue;
+            };
+            self.sent += 1;
+            match self.next() % 100 {
+                0..40 => self.evaluate(node, &access).await,
+                40..60 => self.refresh(node, &refresh).await,
+                60..85 => self.write_server(node, &access).await,
+                85..95 => self.revoke(node, &access).await,
+                _ => self.upload_policy(node, &access).await,
+            }
+        }
+    }
+
+    async fn login(&mut self, node: usize) {
+        let started = self.history.now();
+        let (status, body) = self
+            .send(
+                self.client
+                    .post(format!("{}/api/v1/auth/login", self.target.bases[node]))
+                    .json(&json!({"username": "admin", "password": self.target.password})),
+            )
+            .await;
+        self.history.record("login", node, started, status);
+        if status == 200 {
+            self.session = tokens(&body);
+        } else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn evaluate(&mut self, node: usize, access: &str) {
+        let started = self.history.now();
+        let (status, body) = self
+            .send(
+                self.client
+                    .post(format!("{}/api/v1/authz/evaluate", self.target.bases[node]))
+                    .bearer_auth(access)
+                    .json(&json!({"resource": "servers", "action": "read"})),
+            )
+            .await;
+        self.history.record("evaluate", node, started, status);
+        if let (200, Some(version)) = (status, body["policy_version"].as_i64()) {
+            self.history.decision(version, started);
+        }
+        self.forget_on_401(status);
+    }
+
+    async fn refresh(&mut self, node: usize, refresh: &str) {
+        let started = self.history.now();
+        let (status, body) = self
+            .send(
+                self.client
+                    .post(format!("{}/api/v1/auth/refresh", self.target.bases[node]))
+                    .json(&json!({"refresh_token": refresh})),
+            )
+            .await;
+        self.history.record("refresh", node, started, status);
+        if status == 200 {
+            self.session = tokens(&body);
+        }
+        self.forget_on_401(status);
+    }
+
+    async fn write_server(&mut self, node: usize, access: &str) {
+        let name = format!("w{}-{}", self.id, self.sent);
+        let started = self.history.now();
+        let (status, _) = self
+            .send(
+                self.client
+                    .post(format!("{}/api/v1/servers", self.target.bases[node]))
+                    .bearer_auth(access)
+                    .json(&json!({"name": name, "endpoint": "https://chaos.example.org"})),
+            )
+            .await;
+        self.history.record("server_write", node, started, status);
+        if status == 201 {
+            self.history.acknowledged_server(name);
+        }
+        self.forget_on_401(status);
+    }
+
+    async fn revoke(&mut self, node: usize, access: &str) {
+        let started = self.history.now();
+        let (status, body) = self
+            .send(
+                self.client
+                    .post(format!("{}/api/v1/auth/logout", self.target.bases[node]))
+                    .bearer_auth(access),
+            )
+            .await;
+        self.history.record("revoke", node, started, status);
+        if status != 200 {
+            self.forget_on_401(status);
+            return;
+        }
+        self.session = None;
+        if let Some(ms) = body["propagation_ms"].as_f64() {
+            self.history.propagation(ms);
+        }
+        // Acknowledged: from now on no node may accept the token.
+        for (i, base) in self.target.bases.iter().enumerate() {
+            let started = self.history.now();
+            let (status, me) = self
+                .send(
+                    self.client
+                        .get(format!("{base}/api/v1/auth/me"))
+                        .bearer_auth(access),
+                )
+                .await;
+            self.history.record("revoked_check", i, started, status);
+            if status == 200 {
+                self.history.revoked_accepted(format!(
+                    "at {:.2} s node {i} accepted a token of session {} revoked via node {node} ({body})",
+                    started.as_secs_f64(),
+                    me["session_id"]
+                ));
+            }
+        }
+    }
+
+    async fn upload_policy(&mut self, node: usize, access: &str) {
+        let form = Form::new()
+            .text("name", "authorization")
+            .text("description", format!("chaos load, worker {}", self.id))
+            .part(
+                "file",
+                Part::bytes(
+                    format!(
+                        "{}\n# chaos {} {}\n",
+                        self.target.policy_source, self.id, self.sent
+                    )
+                    .into_bytes(),
+                )
+                .file_name("authorization.rego"),
+            );
+        let started = self.history.now();
+        let (status, body) = self
+            .send(
+                self.client
+                    .post(format!("{}/api/v1/policies", self.target.bases[node]))
+                    .bearer_auth(access)
+                    .multipart(form),
+            )
+            .await;
+        self.history.record("policy_upload", node, started, status);
+        if let (201, Some(version)) = (status, body["version"].as_i64()) {
+            self.history
+                .policy_acknowledged(version, self.history.now());
+            if let Some(ms) = body["propagation_ms"].as_f64() {
+                self.history.propagation(ms);
+            }
+        }
+        self.forget_on_401(status);
+    }
+
+    /// A session that was refused (revoked by a reuse after a lost answer, say) is dropped;
+    /// the next request logs in again.
+    fn forget_on_401(&mut self, status: u16) {
+        if status == 401 {
+            self.session = None;
+        }
+    }
+}
+
+fn tokens(body: &Value) -> Option<(String, String)> {
+    Some((
+        body["access_token"].as_str()?.to_owned(),
+        body["refresh_token"].as_str()?.to_owned(),
+    ))
+}

@@ -1,0 +1,418 @@
+//! `mixed` scenario: three nodes on one PostgreSQL database and one Redis under a mixed load
+//! (logins, refreshes, evaluations, server writes, policy uploads, revocations) for the whole
+//! run, while faults come in turn: `kill -9` of a node and its restart, SIGSTOP/SIGCONT of a
+//! node, Redis stopped and started, and a rolling restart (SIGTERM, then start) of every
+//! node. The invariants are checked from the recorded history, and the report (JSON and a
+//! readable summary) is written to `$CHAOS_REPORT_DIR` (default `target/chaos-reports`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use sark_chaos::faults::Signal;
+use sark_chaos::history::{FaultWindow, History};
+use sark_chaos::load::{Load, Target};
+use sark_chaos::sandbox::{
+    ClusterSandbox, SandboxOptions, audit_events, fresh_postgres_database, send_json,
+};
+
+const HEARTBEAT_MS: u64 = 200;
+const LEASE_SECONDS: u64 = 2;
+const ADMIN_PASSWORD: &str = "chaos root passphrase, long enough";
+const WORKERS: usize = 6;
+
+/// A Redis server of this scenario's own (the suite's is shared by other tests).
+struct OwnRedis {
+    name: String,
+    port: u16,
+}
+
+impl OwnRedis {
+    fn script() -> PathBuf {
+        PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../scripts/peers/redis.sh"
+        ))
+    }
+
+    fn run(&self, action: &str) {
+        let mut command = Command::new(Self::script());
+        command.args([action, &self.name]);
+        if action == "start" {
+            command.arg(self.port.to_string());
+        }
+        let output = command.output().expect("scripts/peers/redis.sh runs");
+        assert!(
+            output.status.success(),
+            "redis.sh {action}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let redis = Self {
+            name: format!("chaos-mixed-{}", std::process::id()),
+            port,
+        };
+        redis.run("start");
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = Command::new(Self::script())
+            .args(["stop", &self.name])
+            .status();
+    }
+}
+
+struct Run {
+    sandbox: ClusterSandbox,
+    client: reqwest::Client,
+    history: Arc<History>,
+}
+
+impl Run {
+    fn base(&self, node: usize) -> String {
+        format!("http://{}", self.sandbox.nodes()[node].http)
+    }
+
+    async fn post(&self, node: usize, path: &str, body: Value) -> (u16, Value) {
+        send_json(
+            self.client
+                .post(format!("{}{path}", self.base(node)))
+                .json(&body),
+        )
+        .await
+        .unwrap_or((0, Value::Null))
+    }
+
+    async fn get(&self, node: usize, path: &str, token: &str) -> (u16, Value) {
+        send_json(
+            self.client
+                .get(format!("{}{path}", self.base(node)))
+                .bearer_auth(token),
+        )
+        .await
+        .unwrap_or((0, Value::Null))
+    }
+
+    async fn login(&self, node: usize) -> Value {
+        let (status, tokens) = self
+            .post(
+                node,
+                "/api/v1/auth/login",
+                json!({"username": "admin", "password": ADMIN_PASSWORD}),
+            )
+            .await;
+        assert_eq!(status, 200, "{tokens}");
+        tokens
+    }
+
+    async fn owner_of(&self, node: usize, token: &str, session: &str) -> Option<String> {
+        let (_, listed) = self.get(node, "/api/v1/sessions?limit=500", token).await;
+        listed["items"]
+            .as_array()?
+            .iter()
+            .find(|s| s["session_id"] == session)
+            .and_then(|s| s["node_id"].as_str().map(str::to_owned))
+    }
+
+    async fn status_of(&self, asking: usize, token: &str, member: &str) -> String {
+        let (_, cluster) = self.get(asking, "/api/v1/cluster", token).await;
+        cluster["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|m| m["node_id"] == member)
+            .and_then(|m| m["status"].as_str().map(str::to_owned))
+            .unwrap_or_default()
+    }
+
+    async fn formed(&self, token: &str) {
+        self.sandbox
+            .wait_formed(token, Duration::from_secs(LEASE_SECONDS * 15))
+            .await
+            .unwrap();
+    }
+
+    /// Lets the load run for `time` with nothing wrong.
+    async fn calm(&self, time: Duration) {
+        tokio::time::sleep(time).await;
+    }
+}
+
+fn window(history: &History, name: &str, from: Duration, figures: &[(&str, f64)]) {
+    history.fault(FaultWindow {
+        name: name.to_owned(),
+        from,
+        until: history.now(),
+        figures: figures
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), *v))
+            .collect::<BTreeMap<_, _>>(),
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invariants_hold_under_load_through_kills_pauses_redis_loss_and_a_rolling_restart() {
+    let redis = OwnRedis::start();
+    let options = SandboxOptions::with_env(&[
+        ("SARK_DATABASE__URL", fresh_postgres_database().unwrap()),
+        ("SARK_REDIS__URL", redis.url()),
+        ("SARK_SECRETS__KEY", "7c".repeat(32)),
+        ("SARK_BOOTSTRAP_ADMIN_PASSWORD", ADMIN_PASSWORD.to_owned()),
+        ("SARK_CLUSTER__HEARTBEAT_MS", HEARTBEAT_MS.to_string()),
+        ("SARK_CLUSTER__LEASE_SECONDS", LEASE_SECONDS.to_string()),
+        (
+            "SARK_RATE_LIMIT__UNAUTHENTICATED_PER_MINUTE",
+            "1000000".to_owned(),
+        ),
+        (
+            "SARK_RATE_LIMIT__AUTHENTICATED_PER_MINUTE",
+            "1000000".to_owned(),
+        ),
+    ]);
+    let mut run = Run {
+        sandbox: ClusterSandbox::start(3, options).await.unwrap(),
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap(),
+        history: Arc::new(History::new()),
+    };
+    let admin = run.login(0).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    run.formed(&admin).await;
+    let names: Vec<String> = run.sandbox.nodes().iter().map(|n| n.name.clone()).collect();
+    let target = Target {
+        bases: (0..3).map(|i| run.base(i)).collect(),
+        password: ADMIN_PASSWORD.to_owned(),
+        policy_source: std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../policies/authorization/authorization.rego"
+        ))
+        .unwrap(),
+    };
+    let load = Load::start(target, WORKERS, run.history.clone());
+    run.calm(Duration::from_secs(3)).await;
+
+    // 1. kill -9 of node 3, which owns a session that is in use.
+    let victim = 2;
+    let doomed = loop {
+        let tokens = run.login(0).await;
+        let session = tokens["session_id"].as_str().unwrap();
+        if run.owner_of(0, &admin, session).await.as_deref() == Some(names[victim].as_str()) {
+            let (status, refreshed) = run
+                .post(
+                    0,
+                    "/api/v1/auth/refresh",
+                    json!({"refresh_token": tokens["refresh_token"]}),
+                )
+                .await;
+            assert_eq!(status, 200, "{refreshed}");
+            break refreshed;
+        }
+    };
+    let from = run.history.now();
+    run.sandbox.kill(victim).await.unwrap();
+    let killed = Instant::now();
+    let served_again = loop {
+        let (status, _) = run
+            .post(
+                0,
+                "/api/v1/auth/refresh",
+                json!({"refresh_token": doomed["refresh_token"]}),
+            )
+            .await;
+        if status == 200 {
+            break killed.elapsed();
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(LEASE_SECONDS * 3),
+            "status {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    run.calm(Duration::from_secs(2)).await;
+    let restart = run.sandbox.restart(victim).await.unwrap();
+    run.formed(&admin).await;
+    window(
+        &run.history,
+        "kill -9 node-3, restart",
+        from,
+        &[
+            (
+                "time_to_serve_sessions_again_ms",
+                served_again.as_secs_f64() * 1e3,
+            ),
+            ("restart_to_ready_ms", restart.as_secs_f64() * 1e3),
+        ],
+    );
+    run.calm(Duration::from_secs(2)).await;
+
+    // 2. SIGSTOP of node 2: detected as suspect, then resumed.
+    let paused = 1;
+    let from = run.history.now();
+    run.sandbox.signal(paused, Signal::Stop).unwrap();
+    let stopped = Instant::now();
+    let detected = loop {
+        if run.status_of(0, &admin, &names[paused]).await == "suspect" {
+            break stopped.elapsed();
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(LEASE_SECONDS * 3),
+            "never suspected"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    run.calm(Duration::from_secs(1)).await;
+    run.sandbox.signal(paused, Signal::Cont).unwrap();
+    run.formed(&admin).await;
+    window(
+        &run.history,
+        "SIGSTOP node-2, SIGCONT",
+        from,
+        &[("time_to_detect_hung_node_ms", detected.as_secs_f64() * 1e3)],
+    );
+    run.calm(Duration::from_secs(2)).await;
+
+    // 3. Redis stopped: limits fall back to owner-node counting; clients see no difference.
+    let from = run.history.now();
+    redis.run("stop");
+    run.calm(Duration::from_secs(3)).await;
+    redis.run("start");
+    run.calm(Duration::from_secs(1)).await;
+    window(&run.history, "Redis stopped 3 s", from, &[]);
+
+    // 4. Rolling restart: each node leaves with SIGTERM and comes back.
+    let from = run.history.now();
+    let mut downtime = Vec::new();
+    for node in 0..3 {
+        let left = Instant::now();
+        let status = run.sandbox.stop(node).await.unwrap();
+        assert!(status.success(), "node {node} exited {status:?}");
+        run.sandbox.restart(node).await.unwrap();
+        downtime.push(left.elapsed().as_secs_f64() * 1e3);
+        let admin_here = run.login(node).await["access_token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        run.formed(&admin_here).await;
+    }
+    window(
+        &run.history,
+        "rolling restart of 3 nodes",
+        from,
+        &[(
+            "max_node_downtime_ms",
+            downtime.iter().copied().fold(0.0, f64::max),
+        )],
+    );
+    run.calm(Duration::from_secs(2)).await;
+    load.stop().await;
+
+    // Every acknowledged write is there, with its audit event.
+    let admin = run.login(0).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let acknowledged = run.history.acknowledged_servers();
+    let mut stored = HashSet::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut path = "/api/v1/servers?limit=500&name_prefix=w".to_owned();
+        if let Some(c) = &cursor {
+            path.push_str(&format!("&cursor={c}"));
+        }
+        let (status, page) = run.get(0, &path, &admin).await;
+        assert_eq!(status, 200, "{page}");
+        for item in page["items"].as_array().unwrap() {
+            stored.insert(item["name"].as_str().unwrap().to_owned());
+        }
+        cursor = page["next_cursor"].as_str().map(str::to_owned);
+        if cursor.is_none() {
+            break;
+        }
+    }
+    let lost_writes = acknowledged.iter().filter(|n| !stored.contains(*n)).count();
+    let events = audit_events(&run.client, &run.base(0), &admin)
+        .await
+        .unwrap();
+    let audited: HashSet<String> = events
+        .values()
+        .filter(|e| e["event_type"] == "server_registered")
+        .filter_map(|e| e["resource"].as_str().map(str::to_owned))
+        .collect();
+    let lost_events = acknowledged
+        .iter()
+        .filter(|n| !audited.contains(&format!("server:{n}")))
+        .count();
+    let (status, verify) = run.get(0, "/api/v1/audit/verify", &admin).await;
+    assert_eq!(status, 200);
+    assert_eq!(verify["ok"], true, "the audit chains verify: {verify}");
+
+    for (i, node) in run.sandbox.nodes().iter().enumerate() {
+        for line in node
+            .log()
+            .iter()
+            .filter(|l| l.contains("\"WARN\"") || l.contains("ERROR"))
+        {
+            eprintln!("DEBUG node {i}: {line}");
+        }
+    }
+    let report = run.history.report("mixed", lost_writes, lost_events);
+    let dir = std::env::var_os("CHAOS_REPORT_DIR").map_or_else(
+        || {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../target/chaos-reports"
+            ))
+        },
+        PathBuf::from,
+    );
+    report.write(&dir).unwrap();
+    println!(
+        "{}report: {}",
+        report.summary(),
+        dir.join("mixed.json").display()
+    );
+    assert!(
+        report.invariant("acknowledged_writes") > 0,
+        "{}",
+        report.summary()
+    );
+    for invariant in [
+        "acknowledged_writes_lost",
+        "audit_events_lost",
+        "revoked_credentials_accepted",
+        "stale_decisions",
+    ] {
+        assert_eq!(
+            report.invariant(invariant),
+            0,
+            "{invariant}: {}",
+            report.summary()
+        );
+    }
+    let statuses = run.sandbox.shutdown().await.unwrap();
+    assert!(statuses.iter().all(|s| s.success()), "{statuses:?}");
+}
