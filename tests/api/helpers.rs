@@ -52,6 +52,15 @@ pub fn documented_config(doc: &str, replacements: &[(&str, &str)], dir: &Path) -
         .unwrap_or_else(|e| panic!("the configuration of docs/{doc} loads: {e}"))
 }
 
+/// The error of loading a configuration from the `SARK_*` variables `vars` alone.
+pub fn config_error(vars: &[(&str, &str)]) -> String {
+    let env = vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned()));
+    match Config::load(None, env, serde_json::json!({})) {
+        Ok(_) => panic!("{vars:?} was accepted"),
+        Err(err) => err.to_string(),
+    }
+}
+
 /// Polls `check` until it returns `Some`, failing after `timeout`.
 pub async fn poll<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
 where

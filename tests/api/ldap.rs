@@ -3,10 +3,12 @@
 use std::process::Command;
 use std::time::Duration;
 
-use sark::config::{Config, LdapConfig};
+use sark::config::LdapConfig;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, documented_config, free_port, peer_env, poll, spawn_app_with};
+use crate::helpers::{
+    TestApp, config_error, documented_config, free_port, peer_env, poll, spawn_app_with,
+};
 
 /// The `[ldap]` example of docs/providers/ldap.md, pointed at the test directory at `url`.
 fn documented_ldap(url: &str, starttls: bool) -> LdapConfig {
@@ -309,48 +311,47 @@ async fn a_stopped_directory_gives_503_and_degraded_health_then_recovers() {
 
 #[test]
 fn incomplete_ldap_configuration_names_the_missing_key() {
-    let env = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    };
-    let err = Config::load(
-        None,
-        env(&[("SARK_LDAP__URL", "ldap://127.0.0.1:1")]),
-        json!({}),
-    )
-    .unwrap_err()
-    .to_string();
+    let err = config_error(&[("SARK_LDAP__URL", "ldap://127.0.0.1:1")]);
     assert!(err.contains("bind_dn"), "{err}");
     let complete = [
         ("SARK_LDAP__BIND_DN", "cn=svc"),
         ("SARK_LDAP__BIND_PASSWORD", "pw"),
         ("SARK_LDAP__USER_BASE", "ou=people"),
     ];
-    for (bad_key, bad_value, named) in [
-        ("SARK_LDAP__URL", "http://x", "ldap.url"),
-        ("SARK_LDAP__USER_FILTER", "(uid=x)", "ldap.user_filter"),
+    for (url, bad_key, bad_value, named) in [
+        ("http://x", "SARK_LDAP__POOL_SIZE", "4", "ldap.url"),
         (
+            "ldap://127.0.0.1",
+            "SARK_LDAP__USER_FILTER",
+            "(uid=x)",
+            "ldap.user_filter",
+        ),
+        (
+            "ldap://127.0.0.1",
             "SARK_LDAP__ROLE_MAPPING",
             "admins=>root",
             "ldap.role_mapping",
         ),
-        ("SARK_LDAP__STARTTLS", "true", "ldap.starttls"),
-        ("SARK_LDAP__URL", "ldap://ldap.example.org", "ldap.url"),
+        (
+            "ldaps://127.0.0.1",
+            "SARK_LDAP__STARTTLS",
+            "true",
+            "ldap.starttls",
+        ),
+        (
+            "ldap://ldap.example.org",
+            "SARK_LDAP__POOL_SIZE",
+            "4",
+            "ldap.url",
+        ),
     ] {
-        let mut vars = env(&complete);
-        let url = if bad_key == "SARK_LDAP__STARTTLS" {
-            "ldaps://127.0.0.1"
-        } else {
-            "ldap://127.0.0.1"
-        };
-        vars.push(("SARK_LDAP__URL".into(), url.into()));
-        vars.push((bad_key.into(), bad_value.into()));
-        let err = Config::load(None, vars, json!({})).unwrap_err().to_string();
+        let mut vars = complete.to_vec();
+        vars.push(("SARK_LDAP__URL", url));
+        vars.push((bad_key, bad_value));
+        let err = config_error(&vars);
         assert!(
             err.contains(named) || err.contains(bad_key),
-            "{bad_key}: {err}"
+            "{url} {bad_key}: {err}"
         );
     }
 }

@@ -8,7 +8,9 @@ use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
 use sark::config::{Config, OidcConfig};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, documented_config, free_port, peer_env, spawn_app_with};
+use crate::helpers::{
+    TestApp, config_error, documented_config, free_port, peer_env, spawn_app_with,
+};
 
 /// The callback URL registered at the provider. Nothing listens on it: the browser below
 /// carries the provider's redirect to the node under test.
@@ -512,50 +514,22 @@ async fn an_unreachable_provider_is_reported_and_answers_503() {
 
 #[test]
 fn incomplete_oidc_configuration_names_the_missing_key() {
-    let err = Config::load(
-        None,
-        [(
-            "SARK_OIDC__ISSUER".to_owned(),
-            "https://idp.example.org".to_owned(),
-        )],
-        json!({}),
-    )
-    .unwrap_err()
-    .to_string();
+    let err = config_error(&[("SARK_OIDC__ISSUER", "https://idp.example.org")]);
     assert!(err.contains("client_id"), "{err}");
-    let err = Config::load(
-        None,
-        [
-            ("SARK_OIDC__ISSUER", "idp.example.org"),
+    let with_issuer = |issuer| {
+        config_error(&[
+            ("SARK_OIDC__ISSUER", issuer),
             ("SARK_OIDC__CLIENT_ID", "sark"),
             ("SARK_OIDC__CLIENT_SECRET", "s"),
             (
                 "SARK_OIDC__REDIRECT_URL",
                 "https://sark.example.org/api/v1/auth/oidc/callback",
             ),
-        ]
-        .map(|(k, v)| (k.to_owned(), v.to_owned())),
-        json!({}),
-    )
-    .unwrap_err()
-    .to_string();
+        ])
+    };
+    let err = with_issuer("idp.example.org");
     assert!(err.contains("oidc.issuer"), "{err}");
-    let err = Config::load(
-        None,
-        [
-            ("SARK_OIDC__ISSUER", "http://idp.example.org"),
-            ("SARK_OIDC__CLIENT_ID", "sark"),
-            ("SARK_OIDC__CLIENT_SECRET", "s"),
-            (
-                "SARK_OIDC__REDIRECT_URL",
-                "https://sark.example.org/api/v1/auth/oidc/callback",
-            ),
-        ]
-        .map(|(k, v)| (k.to_owned(), v.to_owned())),
-        json!({}),
-    )
-    .unwrap_err()
-    .to_string();
+    let err = with_issuer("http://idp.example.org");
     assert!(
         err.contains("oidc.issuer") && err.contains("https"),
         "{err}"

@@ -9,7 +9,9 @@ use reqwest::header::LOCATION;
 use sark::config::Config;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, documented_config, free_port, peer_env, spawn_app_with};
+use crate::helpers::{
+    TestApp, config_error, documented_config, free_port, peer_env, spawn_app_with,
+};
 
 /// The ACS URL the IdP knows; the test carries its auto-post form to the node under test.
 const ACS: &str = "http://127.0.0.1:59999/api/v1/auth/saml/acs";
@@ -495,29 +497,11 @@ async fn an_unreachable_idp_is_reported_and_answers_503() {
 
 #[test]
 fn incomplete_saml_configuration_names_the_missing_key() {
-    let vars = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    };
-    let err = Config::load(
-        None,
-        vars(&[
-            ("SARK_SAML__SP_ENTITY_ID", "urn:sark:sp"),
-            ("SARK_SAML__ACS_URL", ACS),
-        ]),
-        json!({}),
-    )
-    .unwrap_err()
-    .to_string();
+    let err = config_error(&[
+        ("SARK_SAML__SP_ENTITY_ID", "urn:sark:sp"),
+        ("SARK_SAML__ACS_URL", ACS),
+    ]);
     assert!(err.contains("saml.idp_metadata_url"), "{err}");
-    let err = Config::load(
-        None,
-        vars(&[("SARK_SAML__IDP_METADATA_URL", "http://127.0.0.1:1/md")]),
-        json!({}),
-    )
-    .unwrap_err()
-    .to_string();
+    let err = config_error(&[("SARK_SAML__IDP_METADATA_URL", "http://127.0.0.1:1/md")]);
     assert!(err.contains("sp_entity_id"), "{err}");
 }
