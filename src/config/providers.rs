@@ -282,7 +282,7 @@ impl LdapConfig {
         if !self.user_filter.contains("{username}") {
             return Err(ConfigError::key(
                 "ldap.user_filter",
-                "must contain the `{username}` placeholder",
+                "must contain `{username}`, which becomes the escaped username",
             ));
         }
         readable("ldap.ca_file", &self.ca_file)?;
