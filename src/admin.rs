@@ -19,10 +19,12 @@ use sark_actors::metrics::ActorMetrics;
 use sark_actors::policy;
 use sark_actors::supervisor::Slot;
 
+use crate::auth::lockout::Lockout;
 use crate::auth::service::lockout_key;
 use crate::config::Config;
 use crate::idp::{jwt, password};
 use crate::secrets::{self, SecretBox, SecretsKey};
+use crate::store::redis::Redis;
 use crate::store::{Backend, NewPolicyVersion, Store, UserPatch};
 
 /// An admin operation.
@@ -172,6 +174,18 @@ async fn execute(
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<String, AdminError> {
     let failed = |e: crate::store::StoreError| AdminError::new(e.to_string());
+    // Lockout counters live in Redis when it is configured: an unlock clears both.
+    let lockout = || -> Result<Lockout, AdminError> {
+        let redis = config
+            .redis
+            .url
+            .as_ref()
+            .map(|url| Redis::new(url.expose()).map(Arc::new))
+            .transpose()
+            .map_err(|e| AdminError::new(e.to_string()))?;
+        Lockout::new(redis, store.clone(), &prometheus::Registry::new())
+            .map_err(|e| AdminError::new(e.to_string()))
+    };
     match command {
         AdminCommand::ResetPassword {
             username,
@@ -204,8 +218,8 @@ async fn execute(
                 .revoke_user_sessions(user.id, None, "password_reset", now)
                 .await
                 .map_err(failed)?;
-            store
-                .clear_failures(&lockout_key(&username), now)
+            lockout()?
+                .clear(&lockout_key(&username), now)
                 .await
                 .map_err(failed)?;
             record(
@@ -229,8 +243,8 @@ async fn execute(
             })
         }
         AdminCommand::Unlock { username } => {
-            let was_locked = store
-                .clear_failures(&lockout_key(&username), now)
+            let was_locked = lockout()?
+                .clear(&lockout_key(&username), now)
                 .await
                 .map_err(failed)?;
             record(

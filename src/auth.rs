@@ -10,6 +10,7 @@
 pub mod api_keys;
 pub mod forward;
 pub mod guard;
+pub mod lockout;
 pub mod principal;
 pub mod revocation;
 pub mod service;

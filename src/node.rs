@@ -145,6 +145,8 @@ pub struct Node {
     pub providers: crate::federation::Providers,
     /// `sark_session_forwards_total`.
     pub(crate) session_forwards: prometheus::IntCounterVec,
+    /// Lockout counters (Redis or the store).
+    pub lockout: crate::auth::lockout::Lockout,
     supervisor: ActorRef<SupervisorMessage>,
     store_ready: Arc<AtomicBool>,
     policies_in_step: Arc<AtomicBool>,
@@ -390,6 +392,9 @@ impl Node {
         info!(node_id, backend = store.backend(), "node started");
         let session_forwards = crate::auth::forward::register_metric(&registry)
             .map_err(|e| NodeError::Startup(format!("metrics registration failed: {e}")))?;
+        let lockout =
+            crate::auth::lockout::Lockout::new(redis.clone(), store.clone(), &registry)
+                .map_err(|e| NodeError::Startup(format!("metrics registration failed: {e}")))?;
         let slots_sessions = slots.sessions.clone();
         let session_store: Arc<dyn sark_actors::store::SessionStore> = store.clone();
         let (request_log, request_log_task) =
@@ -447,6 +452,7 @@ impl Node {
             attempt_locks: Default::default(),
             providers,
             session_forwards,
+            lockout,
         };
         let node = Arc::new(node);
         let _ = node_cell.set(Arc::downgrade(&node));

@@ -198,7 +198,7 @@ impl Attempt {
         if let Some(LockState {
             locked_until: Some(until),
             ..
-        }) = node.store.lock_state(key).await?
+        }) = node.lockout.state(key).await?
             && until > now
         {
             return Err(locked(until, now));
@@ -212,7 +212,7 @@ impl Attempt {
 
     /// The credential was right: the name's counter is cleared.
     pub async fn succeeded(self, node: &Node) -> Result<(), ApiError> {
-        node.store.clear_failures(&self.key, self.now).await?;
+        node.lockout.clear(&self.key, self.now).await?;
         Ok(())
     }
 
@@ -220,7 +220,7 @@ impl Attempt {
     /// locked the name (and audits the lock), otherwise `otherwise`.
     pub async fn failed(self, node: &Node, ip: Option<IpAddr>, otherwise: ApiError) -> ApiError {
         let state = match node
-            .store
+            .lockout
             .record_failure(&self.key, lockout_rule(node), self.now)
             .await
         {

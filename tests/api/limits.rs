@@ -116,3 +116,99 @@ async fn a_redis_outage_changes_nothing_but_the_metrics() {
     assert!(checks(&app, "owner_node").await >= 3);
     app.stop().await;
 }
+
+async fn locked_node_on(redis: &PrivateRedis) -> TestApp {
+    let url = redis.url.clone();
+    spawn_app_with(move |c| {
+        c.redis.url = Some(Secret::new(url));
+        c.auth.lockout_threshold = 3;
+    })
+    .await
+}
+
+async fn fail_login(app: &TestApp, username: &str) -> u16 {
+    app.post(
+        "/api/v1/auth/login",
+        &serde_json::json!({"username": username, "password": "not the password at all"}),
+        None,
+    )
+    .await
+    .status()
+    .as_u16()
+}
+
+async fn lockout_steps(app: &TestApp, backend: &str) -> u64 {
+    let series = format!("sark_lockout_steps_total{{backend=\"{backend}\"}} ");
+    app.metrics()
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+#[tokio::test]
+async fn lockout_counts_live_in_redis_shared_by_nodes_and_cleared_by_an_unlock() {
+    let redis = PrivateRedis::start().await;
+    let (a, b) = (locked_node_on(&redis).await, locked_node_on(&redis).await);
+    assert_eq!(fail_login(&a, "mallory").await, 401);
+    assert_eq!(fail_login(&b, "mallory").await, 401);
+    assert_eq!(
+        fail_login(&a, "mallory").await,
+        423,
+        "three failures over two nodes"
+    );
+    assert_eq!(fail_login(&b, "mallory").await, 423, "locked on both");
+    let client = redis::Client::open(redis.url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let failures: Option<u32> = redis::cmd("HGET")
+        .arg("sark:lockout:mallory")
+        .arg("f")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(failures >= Some(3), "counted in Redis: {failures:?}");
+    assert_eq!(
+        a.node().store.lock_state("mallory").await.unwrap(),
+        None,
+        "not in the store"
+    );
+    assert!(lockout_steps(&a, "redis").await >= 2);
+
+    let admin = a.admin_token().await;
+    let unlocked = a
+        .post(
+            "/api/v1/users/mallory/unlock",
+            &serde_json::json!({}),
+            Some(&admin),
+        )
+        .await;
+    assert_eq!(unlocked.status(), 204);
+    let left: bool = redis::cmd("EXISTS")
+        .arg("sark:lockout:mallory")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(!left, "the unlock removed the Redis counter");
+    assert_eq!(fail_login(&b, "mallory").await, 401, "counting starts over");
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn without_redis_lockout_counts_in_the_store_never_not_at_all() {
+    let mut redis = PrivateRedis::start().await;
+    let app = locked_node_on(&redis).await;
+    redis.stop();
+    for _ in 0..2 {
+        assert_eq!(fail_login(&app, "trudy").await, 401);
+    }
+    assert_eq!(
+        fail_login(&app, "trudy").await,
+        423,
+        "Redis down: the store counts"
+    );
+    let state = app.node().store.lock_state("trudy").await.unwrap().unwrap();
+    assert_eq!(state.failures, 3);
+    assert!(lockout_steps(&app, "store").await >= 3);
+    app.stop().await;
+}

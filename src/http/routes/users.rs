@@ -381,8 +381,8 @@ pub async fn post_unlock(
     // unlocked.
     let username = validate::account_name("username", &username)?;
     let was_locked = node
-        .store
-        .clear_failures(&service::lockout_key(&username), node.clock.now())
+        .lockout
+        .clear(&service::lockout_key(&username), node.clock.now())
         .await?;
     audit(
         node,

@@ -1,0 +1,262 @@
+//! Lockout counters: in Redis when it is configured, otherwise in the store.
+//!
+//! Both keep one counter per name, changed by one atomic step (a Lua script, a single
+//! statement), so failures on every node are counted exactly and survive any node's death.
+//! While Redis fails, counting moves to the store for a few seconds (never to no count);
+//! reads take the stronger of both, so a lock set in either place holds.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use prometheus::{IntCounterVec, Opts, Registry};
+use tokio::time::Instant;
+use tracing::warn;
+
+use crate::store::redis::Redis;
+use crate::store::{LockState, LockoutRule, Store, StoreResult};
+
+/// How long counting stays in the store after Redis failed.
+const BREAKER_OPEN: Duration = Duration::from_secs(5);
+/// How long a lockout step waits for Redis.
+const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// One failure, in ms of the node clock. ARGV: now, window, lock_for, threshold. A window
+/// that ended starts over at this failure; reaching the threshold locks (again) for
+/// `lock_for`. The key lives as long as its window or its lock.
+const RECORD_SCRIPT: &str = r"
+local now = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local lock_for = tonumber(ARGV[3])
+local threshold = tonumber(ARGV[4])
+local v = redis.call('HMGET', KEYS[1], 'f', 's', 'u')
+local f = tonumber(v[1]) or 0
+local s = tonumber(v[2]) or now
+local u = tonumber(v[3]) or 0
+if s <= now - window then
+  f = 0
+  s = now
+end
+f = f + 1
+if f >= threshold then u = now + lock_for end
+redis.call('HSET', KEYS[1], 'f', f, 's', s, 'u', u)
+redis.call('PEXPIRE', KEYS[1], math.max(1, math.max(s + window, u) - now))
+return {f, u}
+";
+
+/// Removes a counter; returns its lock end (0 when it had none).
+const CLEAR_SCRIPT: &str = r"
+local u = tonumber(redis.call('HGET', KEYS[1], 'u') or 0)
+redis.call('DEL', KEYS[1])
+return u
+";
+
+/// The lockout counters of the cluster.
+pub struct Lockout {
+    redis: Option<Arc<Redis>>,
+    store: Arc<dyn Store>,
+    open_until: Mutex<Option<Instant>>,
+    steps: IntCounterVec,
+}
+
+fn key(name: &str) -> String {
+    format!("sark:lockout:{name}")
+}
+
+fn millis(at: DateTime<Utc>) -> i64 {
+    at.timestamp_millis()
+}
+
+fn lock_state(failures: i64, until_ms: i64) -> LockState {
+    LockState {
+        failures: u32::try_from(failures.max(0)).unwrap_or(u32::MAX),
+        locked_until: (until_ms > 0)
+            .then(|| DateTime::from_timestamp_millis(until_ms))
+            .flatten(),
+    }
+}
+
+/// The stronger of two states: the later lock, the higher count.
+fn stronger(a: Option<LockState>, b: Option<LockState>) -> Option<LockState> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(LockState {
+            failures: a.failures.max(b.failures),
+            locked_until: a.locked_until.max(b.locked_until),
+        }),
+        (a, b) => a.or(b),
+    }
+}
+
+impl Lockout {
+    /// Counters in Redis when `redis` is given, in `store` otherwise;
+    /// `sark_lockout_steps_total{backend}` counts where each step went.
+    pub fn new(
+        redis: Option<Arc<Redis>>,
+        store: Arc<dyn Store>,
+        registry: &Registry,
+    ) -> prometheus::Result<Self> {
+        let steps = IntCounterVec::new(
+            Opts::new(
+                "sark_lockout_steps_total",
+                "Lockout counter reads and updates by backend: redis, or store (no Redis, or Redis failing)",
+            ),
+            &["backend"],
+        )?;
+        registry.register(Box::new(steps.clone()))?;
+        Ok(Self {
+            redis,
+            store,
+            open_until: Mutex::new(None),
+            steps,
+        })
+    }
+
+    /// Redis, unless it is not configured or failed a moment ago.
+    fn redis(&self) -> Option<&Redis> {
+        let open = self
+            .open_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some_and(|until| Instant::now() < until);
+        self.redis.as_deref().filter(|_| !open)
+    }
+
+    fn trip(&self, error: &str) {
+        warn!(
+            error,
+            "Redis lockout counting failed; counting in the store"
+        );
+        *self
+            .open_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now() + BREAKER_OPEN);
+    }
+
+    fn counted(&self, backend: &str) {
+        self.steps.with_label_values(&[backend]).inc();
+    }
+
+    async fn eval(
+        redis: &Redis,
+        script: &str,
+        name: &str,
+        args: &[i64],
+    ) -> Result<redis::Value, String> {
+        let call = async {
+            let mut conn = redis.connection().await?;
+            let mut command = redis::cmd("EVAL");
+            command.arg(script).arg(1).arg(key(name));
+            for arg in args {
+                command.arg(*arg);
+            }
+            command.query_async::<redis::Value>(&mut conn).await
+        };
+        tokio::time::timeout(REDIS_TIMEOUT, call)
+            .await
+            .map_err(|_| "timed out".to_owned())?
+            .map_err(|e| e.to_string())
+    }
+
+    /// The counter of `name`, if it has one.
+    pub async fn state(&self, name: &str) -> StoreResult<Option<LockState>> {
+        let stored = self.store.lock_state(name).await?;
+        let Some(redis) = self.redis() else {
+            self.counted("store");
+            return Ok(stored);
+        };
+        let read = async {
+            let mut conn = redis.connection().await?;
+            redis::cmd("HMGET")
+                .arg(key(name))
+                .arg("f")
+                .arg("u")
+                .query_async::<(Option<i64>, Option<i64>)>(&mut conn)
+                .await
+        };
+        match tokio::time::timeout(REDIS_TIMEOUT, read).await {
+            Ok(Ok((failures, until))) => {
+                self.counted("redis");
+                let cached = failures.map(|f| lock_state(f, until.unwrap_or(0)));
+                Ok(stronger(stored, cached))
+            }
+            Ok(Err(err)) => {
+                self.trip(&err.to_string());
+                Ok(stored)
+            }
+            Err(_) => {
+                self.trip("timed out");
+                Ok(stored)
+            }
+        }
+    }
+
+    /// Counts one failure of `name` at `now`.
+    pub async fn record_failure(
+        &self,
+        name: &str,
+        rule: LockoutRule,
+        now: DateTime<Utc>,
+    ) -> StoreResult<LockState> {
+        if let Some(redis) = self.redis() {
+            let args = [
+                millis(now),
+                rule.window.num_milliseconds(),
+                rule.lock_for.num_milliseconds(),
+                i64::from(rule.threshold),
+            ];
+            match Self::eval(redis, RECORD_SCRIPT, name, &args).await {
+                Ok(value) => match redis::from_redis_value::<(i64, i64)>(value) {
+                    Ok((failures, until)) => {
+                        self.counted("redis");
+                        return Ok(lock_state(failures, until));
+                    }
+                    Err(err) => self.trip(&err.to_string()),
+                },
+                Err(err) => self.trip(&err),
+            }
+        }
+        self.counted("store");
+        self.store.record_failure(name, rule, now).await
+    }
+
+    /// Clears the counter of `name` everywhere; returns whether it was locked at `now`.
+    pub async fn clear(&self, name: &str, now: DateTime<Utc>) -> StoreResult<bool> {
+        let stored = self.store.clear_failures(name, now).await?;
+        let Some(redis) = self.redis.as_deref() else {
+            return Ok(stored);
+        };
+        match Self::eval(redis, CLEAR_SCRIPT, name, &[]).await {
+            Ok(value) => {
+                let until = redis::from_redis_value::<i64>(value).unwrap_or(0);
+                Ok(stored || until > millis(now))
+            }
+            Err(err) => {
+                self.trip(&err);
+                Ok(stored)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stronger_state_keeps_the_later_lock_and_the_higher_count() {
+        let at = |ms| DateTime::from_timestamp_millis(ms);
+        let a = LockState {
+            failures: 2,
+            locked_until: at(5_000),
+        };
+        let b = LockState {
+            failures: 4,
+            locked_until: None,
+        };
+        let both = stronger(Some(a), Some(b)).unwrap();
+        assert_eq!(both.failures, 4);
+        assert_eq!(both.locked_until, at(5_000));
+        assert_eq!(stronger(None, Some(b)), Some(b));
+        assert_eq!(lock_state(3, 0).locked_until, None);
+    }
+}
