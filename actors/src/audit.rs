@@ -28,6 +28,9 @@ use crate::metrics::ActorMetrics;
 use crate::store::{AuditEvent, AuditStore, ChainedEvent, StoreError};
 use crate::supervisor::{ChildSpec, Slot, spawn_into};
 
+/// How often a caller looks for a writer that is being restarted.
+const WRITER_POLL: Duration = Duration::from_millis(20);
+
 /// How long one group commit may take before its outcome is treated as unknown.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -566,16 +569,29 @@ impl AuditHandle {
         }
     }
 
-    /// Records an event and waits until it is committed.
+    /// Records an event and waits until it is committed (or the handle's timeout passes).
     pub async fn record(&self, event: AuditEvent) -> Result<ChainPosition, AuditError> {
-        let writer = self.slot.get().ok_or(AuditError::WriterUnavailable)?;
-        let timeout_ms = u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX);
+        let deadline = Instant::now() + self.timeout;
+        // A writer being restarted (after a crash, or a store that was down at start-up)
+        // is waited for within the deadline: the event was never sent, so waiting loses
+        // and duplicates nothing.
+        let writer = loop {
+            if let Some(writer) = self.slot.get() {
+                break writer;
+            }
+            if Instant::now() >= deadline {
+                return Err(AuditError::WriterUnavailable);
+            }
+            tokio::time::sleep(WRITER_POLL).await;
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        let timeout_ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1);
         match ractor::call_t!(
             writer,
             AuditMessage::Record,
             timeout_ms,
             Box::new(event),
-            Instant::now() + self.timeout
+            deadline
         ) {
             Ok(result) => result,
             Err(_) => Err(AuditError::WriterUnavailable),

@@ -370,15 +370,6 @@ async fn invariants_hold_under_load_through_kills_pauses_redis_loss_and_a_rollin
     assert_eq!(status, 200);
     assert_eq!(verify["ok"], true, "the audit chains verify: {verify}");
 
-    for (i, node) in run.sandbox.nodes().iter().enumerate() {
-        for line in node
-            .log()
-            .iter()
-            .filter(|l| l.contains("\"WARN\"") || l.contains("ERROR"))
-        {
-            eprintln!("DEBUG node {i}: {line}");
-        }
-    }
     let report = run.history.report("mixed", lost_writes, lost_events);
     let dir = std::env::var_os("CHAOS_REPORT_DIR").map_or_else(
         || {
