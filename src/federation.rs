@@ -13,10 +13,7 @@ pub mod saml;
 use std::net::IpAddr;
 
 use axum::http::StatusCode;
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::Duration;
-use rand::RngCore;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -25,6 +22,7 @@ use crate::auth::service::{self, Attempt, LoginOutcome, lockout_key};
 use crate::config::{Config, ConfigError};
 use crate::http::errors::ApiError;
 use crate::node::Node;
+pub use crate::secrets::{random_token, sha256_hex};
 use crate::store::{LoginCodeRecord, Role, StoreError, User, UserPatch};
 
 /// How long a one-time login code handed to a redirect stays valid.
@@ -411,18 +409,6 @@ fn within(path: &str, base: &str) -> bool {
 pub fn same_browser(browser: Option<&str>, expected: &str) -> bool {
     use subtle::ConstantTimeEq as _;
     browser.is_some_and(|b| bool::from(sha256_hex(b).as_bytes().ct_eq(expected.as_bytes())))
-}
-
-/// 256 random bits, base64url.
-pub fn random_token() -> String {
-    let mut bytes = [0u8; 32];
-    rand::thread_rng().fill_bytes(&mut bytes);
-    URL_SAFE_NO_PAD.encode(bytes)
-}
-
-/// SHA-256 of `value`, hex.
-pub fn sha256_hex(value: &str) -> String {
-    hex::encode(Sha256::digest(value.as_bytes()))
 }
 
 #[cfg(test)]

@@ -14,7 +14,6 @@ use prometheus::Registry;
 use ractor::{Actor, ActorRef};
 use rand::RngCore;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
@@ -1205,7 +1204,7 @@ impl Bootstrap {
         }
         let now = self.audit.now();
         for (name, source) in BUILTIN_POLICIES {
-            let sha256 = hex::encode(Sha256::digest(source.as_bytes()));
+            let sha256 = crate::secrets::sha256_hex(source);
             policy::compile(name, 1, &sha256, source, &self.config.policy.settings()).map_err(
                 |e| BootstrapError::Policy(format!("built-in policy {name} does not compile: {e}")),
             )?;

@@ -241,6 +241,20 @@ fn read_private(path: &Path) -> Result<Zeroizing<String>, SecretsError> {
     Ok(text)
 }
 
+/// 256 random bits, base64url without padding (43 characters): login codes, browser
+/// bindings, refresh-token secrets.
+pub fn random_token() -> String {
+    let mut bytes = Zeroizing::new([0u8; 32]);
+    rand::thread_rng().fill_bytes(&mut *bytes);
+    URL_SAFE_NO_PAD.encode(*bytes)
+}
+
+/// SHA-256 of `value`, hex: how tokens, codes and policy sources are stored or named.
+pub fn sha256_hex(value: &str) -> String {
+    use sha2::Digest as _;
+    hex::encode(Sha256::digest(value.as_bytes()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -336,6 +336,30 @@ impl ClusterSandbox {
         self.wait_exit(i, Duration::from_secs(10)).await
     }
 
+    /// Sends `method path` to node `i`, with a bearer `token` and a JSON `body` when given;
+    /// returns the status and the JSON body, or status 0 when the node cannot be reached.
+    pub async fn request(
+        &self,
+        i: usize,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut request = self
+            .client
+            .request(method, format!("http://{}{path}", self.nodes[i].http));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        send_json(request)
+            .await
+            .unwrap_or((0, serde_json::Value::Null))
+    }
+
     /// Polls every node's `/api/v1/cluster` (with an admin `token`) until each sees all
     /// nodes `up`; returns how long that took.
     pub async fn wait_formed(&self, token: &str, within: Duration) -> anyhow::Result<Duration> {

@@ -18,9 +18,7 @@ use serde_json::{Value, json};
 use sark_chaos::faults::Signal;
 use sark_chaos::history::{FaultWindow, History};
 use sark_chaos::load::{Load, Target};
-use sark_chaos::sandbox::{
-    ClusterSandbox, SandboxOptions, audit_events, fresh_postgres_database, send_json,
-};
+use sark_chaos::sandbox::{ClusterSandbox, SandboxOptions, audit_events, fresh_postgres_database};
 
 const HEARTBEAT_MS: u64 = 200;
 const LEASE_SECONDS: u64 = 2;
@@ -94,23 +92,15 @@ impl Run {
     }
 
     async fn post(&self, node: usize, path: &str, body: Value) -> (u16, Value) {
-        send_json(
-            self.client
-                .post(format!("{}{path}", self.base(node)))
-                .json(&body),
-        )
-        .await
-        .unwrap_or((0, Value::Null))
+        self.sandbox
+            .request(node, reqwest::Method::POST, path, None, Some(&body))
+            .await
     }
 
     async fn get(&self, node: usize, path: &str, token: &str) -> (u16, Value) {
-        send_json(
-            self.client
-                .get(format!("{}{path}", self.base(node)))
-                .bearer_auth(token),
-        )
-        .await
-        .unwrap_or((0, Value::Null))
+        self.sandbox
+            .request(node, reqwest::Method::GET, path, Some(token), None)
+            .await
     }
 
     async fn login(&self, node: usize) -> Value {

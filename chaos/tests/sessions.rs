@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use sark_chaos::sandbox::{ClusterSandbox, SandboxOptions, fresh_postgres_database, send_json};
+use sark_chaos::sandbox::{ClusterSandbox, SandboxOptions, fresh_postgres_database};
 
 const HEARTBEAT_MS: u64 = 200;
 const LEASE_SECONDS: u64 = 2;
@@ -34,24 +34,15 @@ impl Cluster {
         token: Option<&str>,
         body: Value,
     ) -> (u16, Value) {
-        let mut request = self
-            .client
-            .post(format!("{}{path}", self.base(node)))
-            .json(&body);
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        send_json(request).await.unwrap()
+        self.sandbox
+            .request(node, reqwest::Method::POST, path, token, Some(&body))
+            .await
     }
 
     async fn get(&self, node: usize, path: &str, token: &str) -> (u16, Value) {
-        send_json(
-            self.client
-                .get(format!("{}{path}", self.base(node)))
-                .bearer_auth(token),
-        )
-        .await
-        .unwrap()
+        self.sandbox
+            .request(node, reqwest::Method::GET, path, Some(token), None)
+            .await
     }
 
     async fn login(&self, node: usize) -> Value {

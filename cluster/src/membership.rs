@@ -716,22 +716,18 @@ impl MembershipState {
 
     /// Dials seeds and down members that no live member answers for, from this node's IP.
     async fn dial(&mut self) {
+        let seeds = self.config.seeds.len();
         let mut seeds_elsewhere = false;
-        for seed in &self.config.seeds {
-            if let Ok(addrs) = tokio::net::lookup_host(seed.as_str()).await {
-                seeds_elsewhere |= addrs.into_iter().any(|a| a != self.config.bind);
-            }
-        }
-        self.view.expect_peers(seeds_elsewhere);
         let mut targets: Vec<String> = self.config.seeds.clone();
         targets.extend(self.view.dial_addrs());
         let now = Instant::now();
-        for target in targets {
+        for (i, target) in targets.into_iter().enumerate() {
             let Ok(addrs) = tokio::net::lookup_host(target.as_str()).await else {
                 debug!(seed = target, "cluster seed does not resolve yet");
                 continue;
             };
             for addr in addrs {
+                seeds_elsewhere |= i < seeds && addr != self.config.bind;
                 if addr == self.config.bind || self.view.reachable(&addr.to_string()) {
                     self.unreached.remove(&addr);
                     continue;
@@ -763,6 +759,7 @@ impl MembershipState {
                 }
             }
         }
+        self.view.expect_peers(seeds_elsewhere);
     }
 
     /// Sends a heartbeat to every remote Peer actor; answers are recorded as they come.

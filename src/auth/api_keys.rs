@@ -4,7 +4,6 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::RngCore;
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
@@ -64,7 +63,7 @@ pub fn parse(key: &str) -> Option<(&str, &str)> {
 }
 
 fn hash_secret(secret: &str) -> String {
-    hex::encode(Sha256::digest(secret.as_bytes()))
+    crate::secrets::sha256_hex(secret)
 }
 
 /// Whether `secret` matches the stored hash, compared in constant time.

@@ -11,13 +11,9 @@ use std::sync::{Arc, PoisonError, Weak};
 use std::time::Instant;
 
 use axum::http::{HeaderValue, StatusCode, header};
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Duration, Utc};
-use rand::RngCore;
 use serde::Serialize;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use tokio::sync::OwnedMutexGuard;
 use uuid::Uuid;
 use zeroize::Zeroizing;
@@ -463,15 +459,13 @@ async fn accept_totp(
 
 /// A new refresh token and the hash the store keeps of it.
 fn new_refresh_token(session_id: Uuid) -> (String, String) {
-    let mut secret = Zeroizing::new([0u8; 32]);
-    rand::thread_rng().fill_bytes(&mut *secret);
-    let secret = URL_SAFE_NO_PAD.encode(*secret);
+    let secret = crate::secrets::random_token();
     let hash = hash_refresh_secret(&secret);
     (format!("{}.{secret}", session_id.simple()), hash)
 }
 
 fn hash_refresh_secret(secret: &str) -> String {
-    hex::encode(Sha256::digest(secret.as_bytes()))
+    crate::secrets::sha256_hex(secret)
 }
 
 /// Splits a presented refresh token into its session and the hash of its secret.

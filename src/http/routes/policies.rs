@@ -14,7 +14,6 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 use sark_actors::policy::{self, CompiledBundle, PolicyError};
 
@@ -25,6 +24,7 @@ use crate::http::errors::ApiError;
 use crate::http::extract::AppJson;
 use crate::http::validate::{self, ClientAddr};
 use crate::node::Node;
+use crate::secrets::sha256_hex;
 use crate::store::{NewPolicyVersion, PolicyVersion};
 
 /// The largest policy source accepted.
@@ -63,10 +63,6 @@ fn bundle_name(field: &str, value: &str) -> Result<String, ApiError> {
         return Err(ApiError::invalid_field(field, "`test` is reserved"));
     }
     Ok(value.to_owned())
-}
-
-fn sha256_hex(source: &str) -> String {
-    hex::encode(Sha256::digest(source.as_bytes()))
 }
 
 /// Compiles a source as a new version of `bundle` and applies the checks of its bundle, on
