@@ -141,7 +141,7 @@ async fn audit_writer(
         metrics: ActorMetrics::register(&prometheus::Registry::new())
             .map_err(|e| AdminError::new(e.to_string()))?,
     };
-    let (writer, _) = Actor::spawn(None, AuditWriter, args)
+    let (writer, _) = Actor::spawn(None, AuditWriter::default(), args)
         .await
         .map_err(|e| AdminError::new(e.to_string()))?;
     slot.set(writer);

@@ -335,7 +335,7 @@ impl Node {
             policy: restart,
             metrics: actor_metrics.clone(),
         };
-        let (supervisor, supervisor_handle) = Actor::spawn(None, Supervisor, args)
+        let (supervisor, supervisor_handle) = Actor::spawn(None, Supervisor::default(), args)
             .await
             .map_err(|e| NodeError::Startup(format!("node supervisor failed to start: {e}")))?;
         if let Some(admin) = created_admin {
@@ -1061,22 +1061,24 @@ pub struct PolicyControl {
 impl PolicyControl {
     /// Returns whether the actor answered that it loaded the active version.
     async fn bring_up(&self, bundle: &str) -> bool {
-        match self.actors.get(bundle) {
-            Some(actor) => matches!(
-                ractor::call_t!(actor, PolicyMessage::Reload, 5_000),
-                Ok(Ok(_))
-            ),
-            None => {
-                let Some(supervisor) = self.supervisor.get() else {
-                    return false;
-                };
-                let child = self.spec.child(bundle);
-                matches!(
-                    ractor::call_t!(supervisor, SupervisorMessage::AddChild, 5_000, child),
-                    Ok(Ok(()))
-                )
-            }
+        const BRING_UP_TIMEOUT: Duration = Duration::from_secs(5);
+        if self.actors.get(bundle).is_some() {
+            let reloaded = self
+                .actors
+                .slot(bundle)
+                .call(PolicyMessage::Reload, BRING_UP_TIMEOUT)
+                .await;
+            return matches!(reloaded, Some(Ok(_)));
         }
+        let child = self.spec.child(bundle);
+        let added = self
+            .supervisor
+            .call(
+                |reply| SupervisorMessage::AddChild(child, reply),
+                BRING_UP_TIMEOUT,
+            )
+            .await;
+        matches!(added, Some(Ok(())))
     }
 }
 

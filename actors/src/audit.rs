@@ -24,6 +24,7 @@ use tracing::{error, warn};
 use uuid::Uuid;
 
 use crate::clock::SharedClock;
+use crate::mailbox::Mailbox;
 use crate::metrics::ActorMetrics;
 use crate::store::{AuditEvent, AuditStore, ChainedEvent, StoreError};
 use crate::supervisor::{ChildSpec, Slot, spawn_into};
@@ -246,7 +247,10 @@ impl Message for AuditMessage {}
 
 /// The actor.
 #[derive(Debug, Default)]
-pub struct AuditWriter;
+pub struct AuditWriter {
+    /// Where its own timers count their messages in.
+    pub mailbox: Mailbox,
+}
 
 /// What the writer starts with.
 pub struct AuditWriterArguments {
@@ -475,7 +479,7 @@ impl Actor for AuditWriter {
                 event.timestamp = event.timestamp.trunc_subsecs(6);
                 sanitize(&mut event);
                 if state.pending.is_empty() {
-                    myself.cast(AuditMessage::Flush)?;
+                    myself.cast(self.mailbox.post(AuditMessage::Flush))?;
                 }
                 state.pending.push(Pending {
                     event: *event,
@@ -521,6 +525,10 @@ impl ChildSpec for AuditWriterSpec {
         "audit_writer"
     }
 
+    fn mailbox(&self) -> Mailbox {
+        self.slot.mailbox()
+    }
+
     async fn spawn(&self, supervisor: ActorCell) -> Result<ActorCell, SpawnErr> {
         let args = AuditWriterArguments {
             store: self.store.clone(),
@@ -530,7 +538,10 @@ impl ChildSpec for AuditWriterSpec {
             max_batch: 256,
             metrics: self.metrics.clone(),
         };
-        spawn_into(AuditWriter, args, supervisor, &self.slot).await
+        let actor = AuditWriter {
+            mailbox: self.slot.mailbox(),
+        };
+        spawn_into(actor, args, supervisor, &self.slot).await
     }
 }
 
@@ -575,27 +586,20 @@ impl AuditHandle {
         // A writer being restarted (after a crash, or a store that was down at start-up)
         // is waited for within the deadline: the event was never sent, so waiting loses
         // and duplicates nothing.
-        let writer = loop {
-            if let Some(writer) = self.slot.get() {
-                break writer;
-            }
+        while self.slot.get().is_none() {
             if Instant::now() >= deadline {
                 return Err(AuditError::WriterUnavailable);
             }
             tokio::time::sleep(WRITER_POLL).await;
-        };
-        let left = deadline.saturating_duration_since(Instant::now());
-        let timeout_ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1);
-        match ractor::call_t!(
-            writer,
-            AuditMessage::Record,
-            timeout_ms,
-            Box::new(event),
-            deadline
-        ) {
-            Ok(result) => result,
-            Err(_) => Err(AuditError::WriterUnavailable),
         }
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        let event = Box::new(event);
+        self.slot
+            .call(|reply| AuditMessage::Record(event, deadline, reply), left)
+            .await
+            .unwrap_or(Err(AuditError::WriterUnavailable))
     }
 
     /// The current writer instance (for tests and fault injection).

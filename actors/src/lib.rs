@@ -22,6 +22,7 @@
 pub mod audit;
 pub mod clock;
 pub mod limiter;
+pub mod mailbox;
 pub mod metrics;
 pub mod policy;
 pub mod session;

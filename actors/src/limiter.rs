@@ -15,6 +15,7 @@ use async_trait::async_trait;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, Message, SpawnErr};
 use tokio::time::Instant;
 
+use crate::mailbox::Mailbox;
 use crate::supervisor::{ChildSpec, Slot, spawn_into};
 
 const SHARDS: usize = 64;
@@ -151,7 +152,10 @@ impl Message for LimiterMessage {}
 
 /// The actor that owns the node's rate table.
 #[derive(Debug, Default)]
-pub struct Limiter;
+pub struct Limiter {
+    /// Where its own timers count their messages in.
+    pub mailbox: Mailbox,
+}
 
 /// What the limiter starts with.
 pub struct LimiterArguments {
@@ -177,7 +181,10 @@ impl Actor for Limiter {
         myself: ActorRef<Self::Msg>,
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let timer = myself.send_interval(args.evict_every, || LimiterMessage::Evict);
+        let mailbox = self.mailbox.clone();
+        let timer = myself.send_interval(args.evict_every, move || {
+            mailbox.post(LimiterMessage::Evict)
+        });
         Ok(LimiterState {
             table: args.table,
             timer,
@@ -229,12 +236,19 @@ impl ChildSpec for LimiterSpec {
         "limiter"
     }
 
+    fn mailbox(&self) -> Mailbox {
+        self.slot.mailbox()
+    }
+
     async fn spawn(&self, supervisor: ActorCell) -> Result<ActorCell, SpawnErr> {
         let args = LimiterArguments {
             table: self.table.clone(),
             evict_every: Duration::from_secs(30),
         };
-        spawn_into(Limiter, args, supervisor, &self.slot).await
+        let actor = Limiter {
+            mailbox: self.slot.mailbox(),
+        };
+        spawn_into(actor, args, supervisor, &self.slot).await
     }
 }
 

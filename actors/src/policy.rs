@@ -20,6 +20,7 @@ use regorus::utils::limits::{ExecutionTimerConfig, LimitError};
 pub use analysis::{BundleTraits, FORBIDDEN_BUILTINS, VOLATILE_CONTEXT};
 pub use cache::DecisionCache;
 
+use crate::mailbox::Mailbox;
 use crate::metrics::ActorMetrics;
 use crate::store::{PolicyStore, StoreError};
 use crate::supervisor::{
@@ -513,6 +514,10 @@ impl ChildSpec for PolicyChild {
         "policy"
     }
 
+    fn mailbox(&self) -> Mailbox {
+        self.slot.mailbox()
+    }
+
     fn id(&self) -> String {
         self.bundle.clone()
     }
@@ -565,6 +570,10 @@ impl PolicySupervisorSpec {
 impl ChildSpec for PolicySupervisorSpec {
     fn kind(&self) -> &'static str {
         "policy_supervisor"
+    }
+
+    fn mailbox(&self) -> Mailbox {
+        self.slot.mailbox()
     }
 
     fn is_supervisor(&self) -> bool {

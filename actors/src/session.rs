@@ -22,6 +22,7 @@ use tracing::{debug, warn};
 use uuid::Uuid;
 
 use crate::clock::SharedClock;
+use crate::mailbox::Mailbox;
 use crate::metrics::ActorMetrics;
 use crate::store::{RotateOutcome, SessionRecord, SessionStore, StoreError};
 use crate::supervisor::{ChildSpec, Slot, spawn_into};
@@ -450,6 +451,10 @@ impl ChildSpec for SessionSupervisorSpec {
         "session_supervisor"
     }
 
+    fn mailbox(&self) -> Mailbox {
+        self.slot.mailbox()
+    }
+
     async fn spawn(&self, supervisor: ActorCell) -> Result<ActorCell, SpawnErr> {
         let args = SessionSupervisorArguments {
             store: self.store.clone(),
@@ -497,12 +502,14 @@ impl Sessions {
 
     /// The running actor of a session, activated from the store if needed.
     pub async fn actor(&self, id: Uuid) -> Result<ActorRef<SessionMessage>, SessionError> {
-        let supervisor = self.slot.get().ok_or(SessionError::Unavailable)?;
-        if let Some(actor) = ask(&supervisor, |reply| {
-            SessionSupervisorMessage::Lookup(id, reply)
-        })
-        .await?
-        {
+        let lookup = self
+            .slot
+            .call(
+                |reply| SessionSupervisorMessage::Lookup(id, reply),
+                CALL_TIMEOUT,
+            )
+            .await;
+        if let Some(actor) = lookup.ok_or(SessionError::Unavailable)? {
             return Ok(actor);
         }
         let session = self
@@ -510,10 +517,14 @@ impl Sessions {
             .session(id)
             .await?
             .ok_or(SessionError::NotFound)?;
-        ask(&supervisor, |reply| {
-            SessionSupervisorMessage::Activate(Box::new(session), reply)
-        })
-        .await?
+        let session = Box::new(session);
+        self.slot
+            .call(
+                |reply| SessionSupervisorMessage::Activate(session, reply),
+                CALL_TIMEOUT,
+            )
+            .await
+            .ok_or(SessionError::Unavailable)?
     }
 
     /// Rotates a session's refresh token.
@@ -545,21 +556,17 @@ impl Sessions {
 
     /// The sessions whose actors run on this node.
     pub async fn running_ids(&self) -> Vec<Uuid> {
-        match self.slot.get() {
-            Some(supervisor) => ask(&supervisor, SessionSupervisorMessage::Ids)
-                .await
-                .unwrap_or_default(),
-            None => Vec::new(),
-        }
+        self.slot
+            .call(SessionSupervisorMessage::Ids, CALL_TIMEOUT)
+            .await
+            .unwrap_or_default()
     }
 
     /// Session actors running on this node.
     pub async fn running(&self) -> usize {
-        match self.slot.get() {
-            Some(supervisor) => ask(&supervisor, SessionSupervisorMessage::Count)
-                .await
-                .unwrap_or(0),
-            None => 0,
-        }
+        self.slot
+            .call(SessionSupervisorMessage::Count, CALL_TIMEOUT)
+            .await
+            .unwrap_or(0)
     }
 }

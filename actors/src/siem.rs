@@ -24,6 +24,7 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use crate::clock::SharedClock;
+use crate::mailbox::Mailbox;
 use crate::store::{ChainedEvent, OutboxEntry, SiemOutbox};
 use crate::supervisor::{ChildSpec, Slot, spawn_into};
 
@@ -223,7 +224,10 @@ impl Message for SiemMessage {}
 
 /// The actor that drains one sink's outbox queue.
 #[derive(Debug, Default)]
-pub struct SiemForwarder;
+pub struct SiemForwarder {
+    /// Where its own timers count their messages in.
+    pub mailbox: Mailbox,
+}
 
 /// What a forwarder starts with.
 pub struct ForwarderArguments {
@@ -463,7 +467,7 @@ impl Actor for SiemForwarder {
     ) -> Result<Self::State, ActorProcessingErr> {
         args.registry
             .update(args.sink.name(), args.sink.kind(), |_| {});
-        myself.send_message(SiemMessage::Tick)?;
+        myself.send_message(self.mailbox.post(SiemMessage::Tick))?;
         Ok(ForwarderState {
             args,
             consecutive_failures: 0,
@@ -482,9 +486,10 @@ impl Actor for SiemForwarder {
             SiemMessage::Tick => {
                 let pause = state.round().await;
                 if pause.is_zero() {
-                    myself.send_message(SiemMessage::Tick)?;
+                    myself.send_message(self.mailbox.post(SiemMessage::Tick))?;
                 } else {
-                    myself.send_after(pause, || SiemMessage::Tick);
+                    let mailbox = self.mailbox.clone();
+                    myself.send_after(pause, move || mailbox.post(SiemMessage::Tick));
                 }
             }
         }
@@ -518,6 +523,10 @@ impl ChildSpec for SiemForwarderSpec {
         "siem_forwarder"
     }
 
+    fn mailbox(&self) -> Mailbox {
+        self.slot.mailbox()
+    }
+
     fn id(&self) -> String {
         self.sink.name().to_owned()
     }
@@ -532,7 +541,10 @@ impl ChildSpec for SiemForwarderSpec {
             registry: self.registry.clone(),
             metrics: self.metrics.clone(),
         };
-        spawn_into(SiemForwarder, args, supervisor, &self.slot).await
+        let actor = SiemForwarder {
+            mailbox: self.slot.mailbox(),
+        };
+        spawn_into(actor, args, supervisor, &self.slot).await
     }
 }
 

@@ -18,10 +18,14 @@ use ractor::{
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
+use crate::mailbox::{Counted, Mailbox};
 use crate::metrics::ActorMetrics;
 
 /// How long a stopping supervisor waits for each child to stop gracefully.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a supervisor waits for a nested supervisor to describe its children.
+const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How a supervisor restarts its children.
 #[derive(Clone, Debug)]
@@ -70,6 +74,8 @@ pub trait ChildSpec: Send + Sync + 'static {
     }
     /// Spawns a fresh instance linked to `supervisor`.
     async fn spawn(&self, supervisor: ActorCell) -> Result<ActorCell, SpawnErr>;
+    /// The gauge its instances' messages are counted in (its slot's).
+    fn mailbox(&self) -> Mailbox;
     /// Whether the child is itself a [`Supervisor`], so the tree can be walked.
     fn is_supervisor(&self) -> bool {
         false
@@ -79,12 +85,14 @@ pub trait ChildSpec: Send + Sync + 'static {
 /// Where a running actor can be found; the supervisor refills it on every restart.
 pub struct Slot<M: Message> {
     inner: Arc<RwLock<Option<ActorRef<M>>>>,
+    mailbox: Mailbox,
 }
 
 impl<M: Message> Clone for Slot<M> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
+            mailbox: self.mailbox.clone(),
         }
     }
 }
@@ -93,6 +101,7 @@ impl<M: Message> Default for Slot<M> {
     fn default() -> Self {
         Self {
             inner: Arc::new(RwLock::new(None)),
+            mailbox: Mailbox::default(),
         }
     }
 }
@@ -117,6 +126,22 @@ impl<M: Message> Slot<M> {
     pub fn set(&self, actor: ActorRef<M>) {
         *self.inner.write().unwrap_or_else(PoisonError::into_inner) = Some(actor);
     }
+
+    /// The mailbox gauge of the slot's instances.
+    pub fn mailbox(&self) -> Mailbox {
+        self.mailbox.clone()
+    }
+
+    /// Sends a request built by `build` to the current instance and waits up to `timeout`;
+    /// `None` when no instance runs or it did not answer in time.
+    pub async fn call<T: Send + 'static>(
+        &self,
+        build: impl FnOnce(RpcReplyPort<T>) -> M,
+        timeout: Duration,
+    ) -> Option<T> {
+        let actor = self.get()?;
+        self.mailbox.call(&actor, build, timeout).await
+    }
 }
 
 /// A child's state as reported to operators.
@@ -130,6 +155,8 @@ pub struct ChildInfo {
     pub status: &'static str,
     /// Restarts since the supervisor started.
     pub restarts: u64,
+    /// Messages waiting in its mailbox.
+    pub mailbox: usize,
     /// The child's own children, when it is a supervisor.
     pub children: Vec<ChildInfo>,
 }
@@ -150,7 +177,10 @@ impl Message for SupervisorMessage {}
 
 /// The supervisor actor.
 #[derive(Debug, Default)]
-pub struct Supervisor;
+pub struct Supervisor {
+    /// Where its own restart timers count their messages in.
+    pub mailbox: Mailbox,
+}
 
 /// What a supervisor starts with.
 pub struct SupervisorArguments {
@@ -212,6 +242,7 @@ pub struct SupervisorState {
     policy: RestartPolicy,
     metrics: ActorMetrics,
     starts: u64,
+    mailbox: Mailbox,
 }
 
 impl SupervisorState {
@@ -267,7 +298,10 @@ impl Supervisor {
                     "supervised actor failed to start"
                 );
                 let id = id.to_owned();
-                myself.send_after(delay, move || SupervisorMessage::RestartChild(id));
+                let mailbox = state.mailbox.clone();
+                myself.send_after(delay, move || {
+                    mailbox.post(SupervisorMessage::RestartChild(id))
+                });
             }
         }
     }
@@ -282,6 +316,7 @@ impl Supervisor {
         let policy = state.policy.clone();
         let supervisor = state.kind;
         let metrics = state.metrics.clone();
+        let mailbox = state.mailbox.clone();
         let Some((id, child)) = state.child_by_cell(cell) else {
             return Ok(());
         };
@@ -321,19 +356,23 @@ impl Supervisor {
             restart_in_ms = delay.as_millis() as u64,
             "supervised actor stopped; restarting"
         );
-        myself.send_after(delay, move || SupervisorMessage::RestartChild(id));
+        myself.send_after(delay, move || {
+            mailbox.post(SupervisorMessage::RestartChild(id))
+        });
         Ok(())
     }
 
     async fn describe(state: &SupervisorState) -> Vec<ChildInfo> {
         let mut out = Vec::with_capacity(state.children.len());
         for (id, child) in &state.children {
+            let mailbox = child.spec.mailbox();
             let mut children = Vec::new();
             if let (true, Some(cell)) = (child.spec.is_supervisor(), child.cell.as_ref()) {
                 let actor: ActorRef<SupervisorMessage> = cell.clone().into();
-                if let Ok(nested) = ractor::call_t!(actor, SupervisorMessage::GetChildren, 2_000) {
-                    children = nested;
-                }
+                let nested = mailbox
+                    .call(&actor, SupervisorMessage::GetChildren, DESCRIBE_TIMEOUT)
+                    .await;
+                children = nested.unwrap_or_default();
             }
             out.push(ChildInfo {
                 kind: child.spec.kind(),
@@ -344,6 +383,7 @@ impl Supervisor {
                     "restarting"
                 },
                 restarts: child.restarts,
+                mailbox: mailbox.len(),
                 children,
             });
         }
@@ -367,6 +407,7 @@ impl Actor for Supervisor {
             policy: args.policy,
             metrics: args.metrics,
             starts: 0,
+            mailbox: self.mailbox.clone(),
         };
         let mut ids = Vec::with_capacity(args.children.len());
         for spec in args.children {
@@ -500,6 +541,10 @@ impl ChildSpec for SupervisorSpec {
         self.kind
     }
 
+    fn mailbox(&self) -> Mailbox {
+        self.slot.mailbox()
+    }
+
     fn is_supervisor(&self) -> bool {
         true
     }
@@ -522,7 +567,10 @@ pub async fn spawn_into<A: Actor>(
     supervisor: ActorCell,
     slot: &Slot<A::Msg>,
 ) -> Result<ActorCell, SpawnErr> {
-    let (actor_ref, _handle) = Actor::spawn_linked(None, actor, args, supervisor).await?;
+    let mailbox = slot.mailbox();
+    mailbox.clear();
+    let counted = Counted { actor, mailbox };
+    let (actor_ref, _handle) = Actor::spawn_linked(None, counted, args, supervisor).await?;
     let cell = actor_ref.get_cell();
     slot.set(actor_ref);
     Ok(cell)
@@ -534,7 +582,10 @@ pub async fn spawn_supervisor(
     supervisor: ActorCell,
     slot: &Slot<SupervisorMessage>,
 ) -> Result<ActorCell, SpawnErr> {
-    spawn_into(Supervisor, args, supervisor, slot).await
+    let actor = Supervisor {
+        mailbox: slot.mailbox(),
+    };
+    spawn_into(actor, args, supervisor, slot).await
 }
 
 #[cfg(test)]
@@ -593,6 +644,10 @@ mod tests {
             "flaky"
         }
 
+        fn mailbox(&self) -> Mailbox {
+            self.slot.mailbox()
+        }
+
         async fn spawn(&self, supervisor: ActorCell) -> Result<ActorCell, SpawnErr> {
             spawn_into(
                 Flaky,
@@ -636,7 +691,9 @@ mod tests {
             policy,
             metrics: metrics.clone(),
         };
-        let (supervisor, handle) = Actor::spawn(None, Supervisor, args).await.unwrap();
+        let (supervisor, handle) = Actor::spawn(None, Supervisor::default(), args)
+            .await
+            .unwrap();
         assert_eq!(starts.load(Ordering::SeqCst), 1);
         let first = slot.get().unwrap();
         first.cast(Crash).unwrap();
@@ -670,7 +727,9 @@ mod tests {
             policy: RestartPolicy::default(),
             metrics: metrics.clone(),
         };
-        let (supervisor, handle) = Actor::spawn(None, Supervisor, args).await.unwrap();
+        let (supervisor, handle) = Actor::spawn(None, Supervisor::default(), args)
+            .await
+            .unwrap();
         supervisor.stop(None);
         handle.await.unwrap();
         assert_eq!(
@@ -708,7 +767,9 @@ mod tests {
             policy,
             metrics: metrics.clone(),
         };
-        let (supervisor, handle) = Actor::spawn(None, Supervisor, args).await.unwrap();
+        let (supervisor, handle) = Actor::spawn(None, Supervisor::default(), args)
+            .await
+            .unwrap();
         for crash in 1..=4 {
             until("the next instance", || {
                 starts.load(Ordering::SeqCst) == crash
@@ -733,6 +794,106 @@ mod tests {
             .unwrap();
         assert_eq!(supervisor.get_status(), ractor::ActorStatus::Stopped);
         assert_eq!(metrics.restarts.with_label_values(&["flaky"]).get(), 3);
+    }
+
+    /// A child whose handler waits for a permit per message, so messages queue up.
+    struct Gated;
+
+    impl Actor for Gated {
+        type Msg = Crash;
+        type State = Arc<tokio::sync::Semaphore>;
+        type Arguments = Arc<tokio::sync::Semaphore>;
+
+        async fn pre_start(
+            &self,
+            _: ActorRef<Crash>,
+            gate: Arc<tokio::sync::Semaphore>,
+        ) -> Result<Arc<tokio::sync::Semaphore>, ActorProcessingErr> {
+            Ok(gate)
+        }
+
+        async fn handle(
+            &self,
+            _: ActorRef<Crash>,
+            _: Crash,
+            gate: &mut Arc<tokio::sync::Semaphore>,
+        ) -> Result<(), ActorProcessingErr> {
+            gate.acquire().await?.forget();
+            Ok(())
+        }
+    }
+
+    struct GatedSpec {
+        gate: Arc<tokio::sync::Semaphore>,
+        slot: Slot<Crash>,
+    }
+
+    #[async_trait]
+    impl ChildSpec for GatedSpec {
+        fn kind(&self) -> &'static str {
+            "gated"
+        }
+
+        fn mailbox(&self) -> Mailbox {
+            self.slot.mailbox()
+        }
+
+        async fn spawn(&self, supervisor: ActorCell) -> Result<ActorCell, SpawnErr> {
+            spawn_into(Gated, self.gate.clone(), supervisor, &self.slot).await
+        }
+    }
+
+    #[tokio::test]
+    async fn the_tree_reports_each_childs_mailbox_length() {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let slot = Slot::default();
+        let spec = Arc::new(GatedSpec {
+            gate: gate.clone(),
+            slot: slot.clone(),
+        });
+        let args = SupervisorArguments {
+            kind: "test",
+            children: vec![spec],
+            policy: RestartPolicy::default(),
+            metrics: metrics(),
+        };
+        let (supervisor, _) = Actor::spawn(None, Supervisor::default(), args)
+            .await
+            .unwrap();
+        let child = slot.get().unwrap();
+        for _ in 0..4 {
+            assert!(slot.mailbox().cast(&child, Crash));
+        }
+        let mailbox = || async {
+            let tree = ractor::call_t!(supervisor, SupervisorMessage::GetChildren, 1_000).unwrap();
+            assert_eq!(tree.len(), 1);
+            tree[0].mailbox
+        };
+        // The first message is being handled (blocked on the gate); three wait behind it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while mailbox().await != 3 {
+            assert!(Instant::now() < deadline, "mailbox never settled at 3");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        gate.add_permits(2);
+        while mailbox().await != 1 {
+            assert!(Instant::now() < deadline, "two messages were never taken");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // A message that cannot be delivered is not counted.
+        child.kill();
+        until("the child to stop", || {
+            child.get_status() == ractor::ActorStatus::Stopped
+        })
+        .await;
+        assert!(!slot.mailbox().cast(&child, Crash));
+        // The restarted instance starts with an empty mailbox: the old queue died with it.
+        until("the restart", || {
+            slot.get().is_some_and(|a| a.get_id() != child.get_id())
+        })
+        .await;
+        assert_eq!(mailbox().await, 0);
+        supervisor.stop(None);
     }
 
     #[test]

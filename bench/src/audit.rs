@@ -159,7 +159,7 @@ pub async fn group_commits(
         max_batch: 256,
         metrics: ActorMetrics::register(&Registry::new())?,
     };
-    let (writer, handle) = Actor::spawn(None, AuditWriter, args)
+    let (writer, handle) = Actor::spawn(None, AuditWriter::default(), args)
         .await
         .map_err(|e| anyhow!("spawning the audit writer: {e}"))?;
     let clock = clock();
@@ -281,7 +281,7 @@ pub async fn outbox_delivery(store: &BenchStore, events: usize) -> anyhow::Resul
         metrics: SiemMetrics::register(&registry)?,
     };
     let started = Instant::now();
-    let (forwarder, handle) = Actor::spawn(None, SiemForwarder, args)
+    let (forwarder, handle) = Actor::spawn(None, SiemForwarder::default(), args)
         .await
         .map_err(|e| anyhow!("spawning the forwarder: {e}"))?;
     wait_received(&receiver, events).await?;

@@ -123,7 +123,9 @@ async fn members_are_detected_suspected_lost_and_rejoined() {
             .as_array()
             .unwrap()
             .iter()
-            .any(|a| a["kind"] == "membership" && a["status"] == "running"),
+            .any(|a| a["kind"] == "membership"
+                && a["status"] == "running"
+                && a["mailbox"].is_u64()),
         "{actors}"
     );
 

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use sark_actors::limiter::RateTable;
+use sark_actors::mailbox::Mailbox;
 use sark_actors::supervisor::{ChildSpec, Slot, spawn_into};
 
 use crate::wire::{
@@ -665,7 +666,10 @@ impl Message for MembershipMessage {}
 
 /// The actor that runs this node's cluster membership.
 #[derive(Debug, Default)]
-pub struct Membership;
+pub struct Membership {
+    /// Where its own timers count their messages in.
+    pub mailbox: Mailbox,
+}
 
 /// What Membership starts with.
 pub struct MembershipArguments {
@@ -905,8 +909,11 @@ impl Actor for Membership {
             myself.get_cell(),
         )
         .await?;
-        let timer = myself.send_interval(config.heartbeat, || MembershipMessage::Heartbeat);
-        myself.cast(MembershipMessage::Heartbeat)?;
+        let mailbox = self.mailbox.clone();
+        let timer = myself.send_interval(config.heartbeat, move || {
+            mailbox.post(MembershipMessage::Heartbeat)
+        });
+        myself.cast(self.mailbox.post(MembershipMessage::Heartbeat))?;
         info!(node_id = config.node_id, bind = %config.bind, seeds = ?config.seeds, "cluster membership started");
         Ok(MembershipState {
             config,
@@ -1140,12 +1147,19 @@ impl ChildSpec for MembershipSpec {
         "membership"
     }
 
+    fn mailbox(&self) -> Mailbox {
+        self.slot.mailbox()
+    }
+
     async fn spawn(&self, supervisor: ActorCell) -> Result<ActorCell, SpawnErr> {
         let args = MembershipArguments {
             config: self.config.clone(),
             view: self.view.clone(),
         };
-        spawn_into(Membership, args, supervisor, &self.slot).await
+        let actor = Membership {
+            mailbox: self.slot.mailbox(),
+        };
+        spawn_into(actor, args, supervisor, &self.slot).await
     }
 }
 
@@ -1173,7 +1187,7 @@ mod tests {
         };
         let (actor, handle) = Actor::spawn(
             None,
-            Membership,
+            Membership::default(),
             MembershipArguments {
                 config,
                 view: view.clone(),

@@ -48,6 +48,50 @@ async fn a_panicking_child_is_restarted_counted_and_shown_in_the_tree() {
     app.stop().await;
 }
 
+/// Checks one entry of `/api/v1/cluster/actors` and, recursively, its children.
+fn assert_actor_entry(entry: &serde_json::Value) {
+    for field in ["kind", "id", "status"] {
+        assert!(entry[field].is_string(), "{field} in {entry}");
+    }
+    for field in ["restarts", "mailbox"] {
+        assert!(entry[field].is_u64(), "{field} in {entry}");
+    }
+    for child in entry["children"].as_array().unwrap() {
+        assert_actor_entry(child);
+    }
+}
+
+#[tokio::test]
+async fn the_actor_tree_route_shows_kind_status_restarts_and_mailbox() {
+    let app = spawn_app().await;
+    let token = app.admin_token().await;
+    let (status, body) = app.get_as("/api/v1/cluster/actors", &token).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["node_id"], app.node().node_id.as_str());
+    let actors = body["actors"].as_array().unwrap();
+    let kinds: Vec<&str> = actors.iter().filter_map(|a| a["kind"].as_str()).collect();
+    for kind in [
+        "session_supervisor",
+        "policy_supervisor",
+        "siem_supervisor",
+        "audit_writer",
+        "limiter",
+    ] {
+        assert!(kinds.contains(&kind), "{kind} in {body}");
+    }
+    actors.iter().for_each(assert_actor_entry);
+
+    let password = "quiet-harbour-lantern-7";
+    app.create_user(&token, "watcher", "viewer", password).await;
+    let viewer = app.login("watcher", password).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, body) = app.get_as("/api/v1/cluster/actors", &viewer).await;
+    assert_eq!(status, 403, "viewers may not read the cluster: {body}");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn a_restarted_audit_writer_continues_its_chain_from_the_store() {
     let app = spawn_app().await;
