@@ -166,6 +166,8 @@ pub struct NodeControl {
     backend: Backend,
     fatal: watch::Receiver<Option<String>>,
     background: Vec<JoinHandle<()>>,
+    /// The names this node's SIEM forwarders lease outbox rows under.
+    siem_owners: Vec<String>,
 }
 
 impl Node {
@@ -407,6 +409,10 @@ impl Node {
             backend,
             fatal,
             background,
+            siem_owners: sinks
+                .iter()
+                .map(|sink| sark_actors::siem::lease_owner(&node_id, sink.name()))
+                .collect(),
         };
         let rate_limiter = crate::limits::RateLimiter::new(
             redis.clone(),
@@ -711,6 +717,7 @@ impl NodeControl {
             wait_until_true(&mut self.supervisor_done),
         )
         .await;
+        self.hand_over_siem_leases().await;
         // A request still stuck after the grace period must not keep the process alive.
         if tokio::time::timeout(Duration::from_secs(5), self.backend.close())
             .await
@@ -719,6 +726,22 @@ impl NodeControl {
             warn!("database connections still busy at shutdown; closing anyway");
         }
         info!(node_id = self.node_id, "node stopped");
+    }
+
+    /// Gives up the outbox leases this node's forwarders still hold (a delivery that did
+    /// not finish within the stop grace period), so other nodes deliver those rows now
+    /// rather than when the leases expire. Receivers drop a duplicate by event id.
+    async fn hand_over_siem_leases(&self) {
+        let store = self.backend.store();
+        for owner in &self.siem_owners {
+            match store.hand_over_outbox(owner).await {
+                Ok(0) => {}
+                Ok(rows) => info!(owner, rows, "SIEM outbox leases handed over"),
+                Err(err) => {
+                    warn!(owner, error = %err, "could not hand SIEM outbox leases over; they expire instead");
+                }
+            }
+        }
     }
 }
 

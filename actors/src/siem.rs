@@ -497,6 +497,11 @@ impl Actor for SiemForwarder {
     }
 }
 
+/// The name under which `node_id`'s forwarder of `sink` leases outbox rows.
+pub fn lease_owner(node_id: &str, sink: &str) -> String {
+    format!("{node_id}/{sink}")
+}
+
 /// Spawns the forwarder of one sink.
 pub struct SiemForwarderSpec {
     /// The sink.
@@ -536,7 +541,7 @@ impl ChildSpec for SiemForwarderSpec {
             sink: self.sink.clone(),
             store: self.store.clone(),
             clock: self.clock.clone(),
-            owner: format!("{}/{}", self.node_id, self.sink.name()),
+            owner: lease_owner(&self.node_id, self.sink.name()),
             settings: self.settings,
             registry: self.registry.clone(),
             metrics: self.metrics.clone(),

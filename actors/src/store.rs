@@ -537,6 +537,10 @@ pub trait SiemOutbox: Send + Sync {
         error: &str,
         retry_at: DateTime<Utc>,
     ) -> StoreResult<()>;
+    /// Gives up every lease `owner` still holds, without counting an attempt, so other
+    /// nodes take the rows at once (a stopping node hands its batches over); returns how
+    /// many rows were handed over.
+    async fn hand_over_outbox(&self, owner: &str) -> StoreResult<u64>;
     /// Sets aside an entry the sink refuses on its own: it is no longer sent, and it keeps
     /// `error` as the reason (the audit row itself is untouched).
     async fn set_aside_outbox(

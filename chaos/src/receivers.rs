@@ -220,6 +220,8 @@ struct HecState {
     ack: bool,
     busy: AtomicBool,
     stalled: tokio::sync::watch::Sender<bool>,
+    /// Held requests are refused when released (the hung indexer lost them).
+    lose_held: AtomicBool,
     reject_resource: Mutex<Option<String>>,
     next_ack: AtomicU64,
     acked: Mutex<HashMap<String, Vec<u64>>>,
@@ -254,6 +256,7 @@ impl HecReceiver {
             ack: options.ack,
             busy: AtomicBool::new(false),
             stalled: tokio::sync::watch::Sender::new(false),
+            lose_held: AtomicBool::new(false),
             reject_resource: Mutex::new(None),
             next_ack: AtomicU64::new(0),
             acked: Mutex::new(HashMap::new()),
@@ -315,6 +318,14 @@ impl HecReceiver {
     /// are answered once it is released, unless the client gave up.
     pub fn set_stalled(&self, stalled: bool) {
         self.state.stalled.send_replace(stalled);
+    }
+
+    /// Releases the hung indexer having lost what it held: every held request is answered
+    /// 503 "Server is busy" and indexes nothing, so its events arrive only if a forwarder
+    /// sends them again. New requests are answered normally.
+    pub fn release_losing_held(&self) {
+        self.state.lose_held.store(true, Ordering::Relaxed);
+        self.state.stalled.send_replace(false);
     }
 
     /// Changes the token it accepts.
@@ -407,6 +418,10 @@ async fn hec_event(
     if *stalled.borrow_and_update() {
         received.held.fetch_add(1, Ordering::Relaxed);
         let _ = stalled.wait_for(|stalled| !*stalled).await;
+        if state.lose_held.load(Ordering::Relaxed) {
+            received.refused.fetch_add(1, Ordering::Relaxed);
+            return hec_error(StatusCode::SERVICE_UNAVAILABLE, 9, "Server is busy");
+        }
     }
     let answer = hec_accept(&state, &headers, &bytes);
     if answer.status() != StatusCode::OK {

@@ -1006,6 +1006,18 @@ macro_rules! impl_portable_store {
                 Ok(())
             }
 
+            async fn hand_over_outbox(&self, owner: &str) -> $crate::store::StoreResult<u64> {
+                let done = ::sqlx::query(
+                    "UPDATE siem_outbox SET lease_owner = NULL, lease_until = NULL \
+                     WHERE lease_owner = $1 AND delivered_at IS NULL",
+                )
+                .bind(owner)
+                .execute(self.writer()?)
+                .await
+                .map_err($crate::store::db_error)?;
+                Ok(done.rows_affected())
+            }
+
             async fn set_aside_outbox(
                 &self,
                 owner: &str,

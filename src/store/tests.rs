@@ -857,6 +857,37 @@ async fn outbox_leases_are_exclusive_and_complete(store: Arc<dyn Store>) {
     store.complete_outbox("w5", &done, t).await.unwrap();
     assert_eq!(store.outbox_stats("hec").await.unwrap().queued, 7);
 
+    // A stopping owner hands its batches over: another owner claims them at the same
+    // instant (long before the leases would expire), and no attempt was counted.
+    let at = lease + Duration::seconds(2);
+    let held = store
+        .claim_outbox("hec", "w5", at, at + Duration::seconds(60), 10)
+        .await
+        .unwrap();
+    assert_eq!(held.len(), 7);
+    assert_eq!(
+        store.hand_over_outbox("someone-else").await.unwrap(),
+        0,
+        "only the owner's leases are handed over"
+    );
+    assert_eq!(
+        store.hand_over_outbox("w5").await.unwrap(),
+        7,
+        "delivered rows stay delivered"
+    );
+    let taken = store
+        .claim_outbox("hec", "w5b", at, at + Duration::seconds(60), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        taken.iter().map(|e| e.id).collect::<Vec<_>>(),
+        held.iter().map(|e| e.id).collect::<Vec<_>>(),
+        "handed-over rows are claimed at once"
+    );
+    assert!(taken.iter().all(|e| e.attempts == 0));
+    assert_eq!(store.hand_over_outbox("w5b").await.unwrap(), 7);
+    assert_eq!(store.outbox_stats("hec").await.unwrap().queued, 7);
+
     let retry_at = lease + Duration::seconds(120);
     let again = store
         .claim_outbox(
