@@ -474,7 +474,10 @@ impl Node {
     /// answers: the bundle's actor loads it from the store. If the actor cannot be reached,
     /// the compiled version is published directly (the registry never goes back) and
     /// anti-entropy brings the actor up later.
-    pub async fn activate_policy(&self, compiled: CompiledBundle) {
+    pub async fn activate_policy(
+        &self,
+        compiled: CompiledBundle,
+    ) -> Result<Propagation, crate::http::errors::ApiError> {
         let (bundle, version) = (compiled.bundle.clone(), compiled.version);
         let loaded = self.policy_control.bring_up(&bundle).await;
         if !loaded
@@ -489,8 +492,10 @@ impl Node {
             );
             self.policies.publish(Arc::new(compiled));
         }
-        self.broadcast(Notice::PolicyActivated { bundle, version })
+        let propagation = self
+            .broadcast(Notice::PolicyActivated { bundle, version })
             .await;
+        confirmed(propagation)
     }
 
     /// Tells every member of the cluster about a write already committed to the store, and
@@ -569,17 +574,24 @@ impl Node {
         Ok(())
     }
 
-    /// Broadcasts revoked sessions and API keys (none of either: nothing to do).
-    pub async fn broadcast_revoked(&self, sessions: &[Uuid], api_keys: &[Uuid]) -> Propagation {
+    /// Broadcasts revoked sessions and API keys (none of either: nothing to do); see
+    /// [`confirmed`] for the error.
+    pub async fn broadcast_revoked(
+        &self,
+        sessions: &[Uuid],
+        api_keys: &[Uuid],
+    ) -> Result<Propagation, crate::http::errors::ApiError> {
         if sessions.is_empty() && api_keys.is_empty() {
-            return Propagation::default();
+            return Ok(Propagation::nothing_sent());
         }
         let ids = |ids: &[Uuid]| ids.iter().map(Uuid::to_string).collect();
-        self.broadcast(Notice::Revoked {
-            sessions: ids(sessions),
-            api_keys: ids(api_keys),
-        })
-        .await
+        let propagation = self
+            .broadcast(Notice::Revoked {
+                sessions: ids(sessions),
+                api_keys: ids(api_keys),
+            })
+            .await;
+        confirmed(propagation)
     }
 
     /// Tells the other members this node is leaving, so they drop it at once instead of
@@ -743,6 +755,20 @@ impl NodeControl {
             }
         }
     }
+}
+
+/// The propagation of a stored change, or 503 `cluster_unavailable` when fewer than a
+/// majority of the cluster applied it (this node is on the minority side of a cut it has
+/// not noticed yet): the change stays stored and reaches the others once they hear from
+/// this node or check the store, but it cannot be vouched for now.
+fn confirmed(propagation: Propagation) -> Result<Propagation, crate::http::errors::ApiError> {
+    if propagation.confirmed {
+        return Ok(propagation);
+    }
+    Err(crate::http::errors::ApiError::unavailable(
+        "cluster_unavailable",
+        "the change is stored, but fewer than a majority of the cluster confirmed it: members that missed it apply it once they hear from this node or check the store; do not rely on it until the cluster is whole (retrying a revocation confirms it)",
+    ))
 }
 
 /// How often the membership view is asked whether a catch-up is due.

@@ -3,7 +3,8 @@
 //!
 //! - [`sandbox`]: [`sandbox::ClusterSandbox`] starts N nodes, waits until they are ready,
 //!   restarts and stops them, and returns their exit statuses.
-//! - [`faults`]: the faults: `kill -9`, pause (`SIGSTOP`) and resume (`SIGCONT`).
+//! - [`faults`]: the faults: `kill -9`, pause (`SIGSTOP`) and resume (`SIGCONT`), and a
+//!   partition of a node's address with iptables rules.
 //! - [`receivers`]: a Splunk HEC and a Datadog logs intake to forward SIEM events to.
 //! - [`load`]: a mixed load on every node, recorded in a [`history::History`], from which
 //!   [`history::Report`] checks the invariants and measures each fault.

@@ -1,62 +1,26 @@
 //! `broadcast` scenario: three nodes on one PostgreSQL database. A session revoked on one
 //! node is refused by the others on the very next request; a policy uploaded on one node
 //! answers every evaluation on the others at once; failed logins spread over the nodes lock
-//! the account everywhere; and a node cut off by iptables rules refuses a token revoked
-//! while it was cut off (its lease lapsed, so it asks the store).
+//! the account everywhere; a node cut off by iptables rules refuses a token revoked while it
+//! was cut off (its lease lapsed, so it asks the store); and a revocation made on the cut-off
+//! node before it noticed the cut is answered 503 (no majority confirmed it), then reaches
+//! the others once the cut heals.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::Ipv4Addr;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use reqwest::multipart::{Form, Part};
 use serde_json::{Value, json};
 
+use sark_chaos::faults::Partition;
 use sark_chaos::sandbox::{ClusterSandbox, SandboxOptions, fresh_postgres_database, send_json};
 
 const HEARTBEAT_MS: u64 = 200;
 const LEASE_SECONDS: u64 = 2;
 const ADMIN_PASSWORD: &str = "chaos root passphrase, long enough";
 const USER_PASSWORD: &str = "chaos user passphrase, long enough";
-
-/// Drops every packet between `cut` and `others` while alive; always removes its rules.
-struct Partition {
-    rules: Vec<[String; 2]>,
-}
-
-impl Partition {
-    fn cut(cut: Ipv4Addr, others: &[Ipv4Addr]) -> Self {
-        let mut partition = Self { rules: Vec::new() };
-        for other in others {
-            for (from, to) in [(cut, *other), (*other, cut)] {
-                let rule = [from.to_string(), to.to_string()];
-                partition.iptables("-I", &rule);
-                partition.rules.push(rule);
-            }
-        }
-        partition
-    }
-
-    fn iptables(&self, action: &str, [from, to]: &[String; 2]) {
-        let status = Command::new("iptables")
-            .args([action, "OUTPUT", "-s", from, "-d", to, "-j", "DROP"])
-            .status()
-            .expect("iptables is installed by scripts/install-deps");
-        assert!(status.success(), "iptables {action} {from} -> {to}");
-    }
-}
-
-impl Drop for Partition {
-    fn drop(&mut self) {
-        for rule in std::mem::take(&mut self.rules) {
-            let [from, to] = &rule;
-            let _ = Command::new("iptables")
-                .args(["-D", "OUTPUT", "-s", from, "-d", to, "-j", "DROP"])
-                .status();
-        }
-    }
-}
 
 struct Api {
     client: reqwest::Client,
@@ -272,7 +236,7 @@ async fn revocations_and_policies_reach_every_node_and_a_cut_off_node_asks_the_s
     // Cut the third node off; a revocation on the first waits its lease out, and the cut-off
     // node then refuses the token too, having asked the store.
     assert_eq!(api.me(2, &second).await, 200);
-    let partition = Partition::cut(ips[2], &ips[..2]);
+    let partition = Partition::cut(ips[2], &ips[..2]).unwrap();
     let (status, revoked) = api
         .call(
             0,
@@ -295,10 +259,55 @@ async fn revocations_and_policies_reach_every_node_and_a_cut_off_node_asks_the_s
     api.wait_member(0, &admin, &names[2], "up").await;
     assert_eq!(api.me(2, &third).await, 200);
 
+    // The cut-off node's own revocation, made before it noticed the cut (its lease still
+    // runs), reaches no majority: it is not confirmed (503), since the other two keep their
+    // leases through each other. Once the cut heals they learn they missed it.
+    let (fourth, fourth_id) = session(&api.login(0, "bob", USER_PASSWORD).await);
+    // A throwaway revocation tells when the healed node can fence again.
+    let (probe, probe_id) = session(&api.login(2, "bob", USER_PASSWORD).await);
+    let probe_path = format!("/api/v1/sessions/{probe_id}");
+    let deadline = Instant::now() + Duration::from_secs(LEASE_SECONDS * 10);
+    loop {
+        let (status, body) = api
+            .call(2, reqwest::Method::DELETE, &probe_path, &probe, None)
+            .await;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503, "{body}");
+        assert!(
+            Instant::now() < deadline,
+            "the healed node never settled: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let partition = Partition::cut(ips[2], &ips[..2]).unwrap();
+    let path = format!("/api/v1/sessions/{fourth_id}");
+    let (status, unconfirmed) = api
+        .call(2, reqwest::Method::DELETE, &path, &admin, None)
+        .await;
+    assert_eq!(status, 503, "{unconfirmed}");
+    assert_eq!(unconfirmed["error"]["code"], "cluster_unavailable");
+    drop(partition);
+    let healed = Instant::now();
+    for node in 0..2 {
+        while api.me(node, &fourth).await != 401 {
+            assert!(
+                healed.elapsed() < Duration::from_secs(LEASE_SECONDS * 10),
+                "node {node} never learned of the unconfirmed revocation"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let learned_ms = healed.elapsed().as_millis();
+
     println!(
         "broadcast: revocation acknowledged by 3 nodes in {revoke_ms} ms; policy v{version} \
          active on 3 nodes in {upload_ms} ms; with one node cut off, the revocation waited its \
-         lease ({LEASE_SECONDS} s) out in {fenced_ms} ms"
+         lease ({LEASE_SECONDS} s) out in {fenced_ms} ms; a revocation on the cut-off node \
+         was refused as unconfirmed ({}), and the others refused its token {learned_ms} ms \
+         after the cut healed",
+        unconfirmed["error"]["message"]
     );
     let statuses = sandbox.shutdown().await.unwrap();
     assert!(statuses.iter().all(|s| s.success()), "{statuses:?}");

@@ -1,8 +1,8 @@
 //! `mixed` scenario: three nodes on one PostgreSQL database and one Redis under a mixed load
 //! (logins, refreshes, evaluations, server writes, policy uploads, revocations) for the whole
 //! run, while faults come in turn: `kill -9` of a node and its restart, SIGSTOP/SIGCONT of a
-//! node, Redis stopped and started, and a rolling restart (SIGTERM, then start) of every
-//! node. The invariants are checked from the recorded history, and the report (JSON and a
+//! node, Redis stopped and started, a partition of one node (iptables rules between the node
+//! addresses) and its healing, and a rolling restart (SIGTERM, then start) of every node. The invariants are checked from the recorded history, and the report (JSON and a
 //! readable summary) is written to `$CHAOS_REPORT_DIR` (default `target/chaos-reports`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use sark_chaos::faults::Signal;
+use sark_chaos::faults::{Partition, Signal};
 use sark_chaos::history::{FaultWindow, History};
 use sark_chaos::load::{Load, Target};
 use sark_chaos::sandbox::{ClusterSandbox, SandboxOptions, audit_events, fresh_postgres_database};
@@ -161,7 +161,8 @@ fn window(history: &History, name: &str, from: Duration, figures: &[(&str, f64)]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn invariants_hold_under_load_through_kills_pauses_redis_loss_and_a_rolling_restart() {
+async fn invariants_hold_under_load_through_kills_pauses_redis_loss_a_partition_and_a_rolling_restart()
+ {
     let redis = OwnRedis::start();
     let options = SandboxOptions::with_env(&[
         ("SARK_DATABASE__URL", fresh_postgres_database().unwrap()),
@@ -293,7 +294,52 @@ async fn invariants_hold_under_load_through_kills_pauses_redis_loss_and_a_rollin
     run.calm(Duration::from_secs(1)).await;
     window(&run.history, "Redis stopped 3 s", from, &[]);
 
-    // 4. Rolling restart: each node leaves with SIGTERM and comes back.
+    // 4. Partition: node 1 is cut off from the others for two leases, then healed. Load
+    // keeps reaching it (clients and the database are on other addresses), so it must
+    // check every token and policy version against the store meanwhile.
+    let cut = 0;
+    let from = run.history.now();
+    let ips: Vec<std::net::Ipv4Addr> = run.sandbox.nodes().iter().map(|n| n.ip).collect();
+    let others: Vec<std::net::Ipv4Addr> =
+        ips.iter().copied().filter(|ip| *ip != ips[cut]).collect();
+    let partition = Partition::cut(ips[cut], &others).unwrap();
+    let partitioned = Instant::now();
+    let detected = loop {
+        if run.status_of(1, &admin, &names[cut]).await != "up" {
+            break partitioned.elapsed();
+        }
+        assert!(
+            partitioned.elapsed() < Duration::from_secs(LEASE_SECONDS * 3),
+            "the cut-off node was never suspected"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    run.calm(Duration::from_secs(LEASE_SECONDS * 2)).await;
+    drop(partition);
+    let healed = Instant::now();
+    let rejoined = loop {
+        if run.status_of(1, &admin, &names[cut]).await == "up" {
+            break healed.elapsed();
+        }
+        assert!(
+            healed.elapsed() < Duration::from_secs(LEASE_SECONDS * 10),
+            "the healed node never came back up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    run.formed(&admin).await;
+    window(
+        &run.history,
+        &format!("partition of node-1 for {} s", LEASE_SECONDS * 2),
+        from,
+        &[
+            ("time_to_detect_partition_ms", detected.as_secs_f64() * 1e3),
+            ("time_to_rejoin_after_heal_ms", rejoined.as_secs_f64() * 1e3),
+        ],
+    );
+    run.calm(Duration::from_secs(2)).await;
+
+    // 5. Rolling restart: each node leaves with SIGTERM and comes back.
     let from = run.history.now();
     let mut downtime = Vec::new();
     for node in 0..3 {

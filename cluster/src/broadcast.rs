@@ -9,8 +9,13 @@
 //! answered, heard from it. Broadcasts are numbered per sender and every heartbeat carries
 //! the numbers its sender has applied, so a member that the sender could not reach but that
 //! still hears from others learns it missed one within that wait, and checks the store
-//! until it has caught up; the assumption left is that it does not keep a fresh lease
-//! through members that missed the broadcast too.
+//! until it has caught up.
+//!
+//! That holds only if the members that applied the notice, with the sender, are a majority:
+//! a member renews its lease only through a majority, which then includes one of them. A
+//! sender on the minority side of a partition (its own lease not yet lapsed) cannot get
+//! that, and the members of the majority side would keep their leases without ever hearing
+//! of the notice; such a broadcast is reported unconfirmed and not waited out.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
@@ -24,14 +29,30 @@ use crate::membership::MembershipView;
 use crate::wire::{Announcement, Frame, Notice, PEER_GROUP, PROTOCOL_VERSION, PeerMessage};
 
 /// How a broadcast went.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Propagation {
+    /// Whether the sender and the members that applied the notice make a majority of the
+    /// members the sender knows, so every other member learns of it before it can renew its
+    /// lease (fenced broadcasts only; an unfenced one is always confirmed).
+    pub confirmed: bool,
     /// From the first send to the last answer, or to the end of the last wait.
     pub elapsed: Duration,
     /// Members that did not answer and whose lease was waited out.
     pub waited_out: Vec<String>,
     /// Members that applied the notice.
     pub acknowledged_by: Vec<String>,
+}
+
+impl Propagation {
+    /// A broadcast that had nothing to send.
+    pub fn nothing_sent() -> Self {
+        Self {
+            confirmed: true,
+            elapsed: Duration::ZERO,
+            waited_out: Vec::new(),
+            acknowledged_by: Vec::new(),
+        }
+    }
 }
 
 /// Sends `notice` to every member and returns once each applied it or was fenced.
@@ -86,11 +107,25 @@ pub async fn broadcast(
     acknowledged_by.sort();
     let Some(lease) = fence_lease else {
         return Propagation {
+            confirmed: true,
             elapsed: started.elapsed(),
             waited_out,
             acknowledged_by,
         };
     };
+    if answered.len() + 1 < view.majority() {
+        warn!(
+            acknowledged_by = ?acknowledged_by,
+            majority = view.majority(),
+            "a broadcast was not applied by a majority of the cluster; it is not confirmed"
+        );
+        return Propagation {
+            confirmed: false,
+            elapsed: started.elapsed(),
+            waited_out,
+            acknowledged_by,
+        };
+    }
     for (member, expired_at) in
         view.fence_deadlines(&answered, &heard_elsewhere, lease, Instant::now())
     {
@@ -103,6 +138,7 @@ pub async fn broadcast(
     }
     tokio::time::sleep_until(until).await;
     Propagation {
+        confirmed: true,
         elapsed: started.elapsed(),
         waited_out,
         acknowledged_by,

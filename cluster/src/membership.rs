@@ -109,6 +109,11 @@ struct ViewState {
     settle_until: Option<Instant>,
 }
 
+/// The smallest majority of `members`.
+fn majority_of(members: usize) -> usize {
+    members / 2 + 1
+}
+
 /// A change of a member's status that the node records (`node_joined`, `node_left`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MembershipEvent {
@@ -172,6 +177,11 @@ impl MembershipView {
         state.lease_expires_at.is_some_and(|at| at > now)
             && state.synced_epoch == state.epoch
             && state.settle_until.is_none_or(|until| now >= until)
+    }
+
+    /// How many members, this node included, make a majority of the members it knows.
+    pub fn majority(&self) -> usize {
+        majority_of(self.read().remotes.len() + 1)
     }
 
     /// Whether the lease itself runs at `now` (a majority answered recently enough).
@@ -353,8 +363,7 @@ impl MembershipView {
         // This node answers its own heartbeat at once.
         acks.push(now);
         acks.sort_unstable_by(|a, b| b.cmp(a));
-        let members = state.remotes.len() + 1;
-        let majority = members / 2 + 1;
+        let majority = majority_of(state.remotes.len() + 1);
         state.lease_expires_at = if state.expects_peers && !state.ever_heard {
             None
         } else {

@@ -637,7 +637,9 @@ pub async fn refresh(
         }
         RefreshOutcome::Reused(session) => {
             node.revocations.revoke_sessions(&[session_id]);
-            node.broadcast_revoked(&[session_id], &[]).await;
+            // The presenter gets a 401 either way; an unconfirmed revocation is stored and
+            // reaches the other members once they hear from this node or check the store.
+            let _unconfirmed = node.broadcast_revoked(&[session_id], &[]).await;
             node.actor_metrics.refresh_reuse.inc();
             let actor = node
                 .store
@@ -703,6 +705,7 @@ pub async fn revoke_session(
         )
         .await;
     }
+    let propagation = propagation?;
     Ok(Revoked {
         revoked,
         propagation_ms,
@@ -735,7 +738,7 @@ pub async fn revoke_user_credentials(
             .await?;
         node.revocations.revoke_api_keys(&revoked_keys);
     }
-    let propagation = node.broadcast_revoked(&sessions, &revoked_keys).await;
+    let propagation = node.broadcast_revoked(&sessions, &revoked_keys).await?;
     Ok(Revoked {
         revoked: !sessions.is_empty() || !revoked_keys.is_empty(),
         propagation_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),

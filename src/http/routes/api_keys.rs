@@ -212,6 +212,7 @@ pub async fn delete_api_key(
         event.details = json!({"prefix": key.prefix, "owner": key.user_id});
         node.record_audit(event).await;
     }
+    let propagation = propagation?;
     Ok(Json(Revoked {
         revoked,
         propagation_ms,

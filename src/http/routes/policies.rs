@@ -126,7 +126,8 @@ async fn store_and_activate(
         })
         .await?;
     let started = Instant::now();
-    node.activate_policy(compiled.with_version(stored.version))
+    let propagation = node
+        .activate_policy(compiled.with_version(stored.version))
         .await;
     let propagation_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     let mut event = node.audit.event(new.event_type, "success");
@@ -139,6 +140,7 @@ async fn store_and_activate(
     }
     event.details = details;
     node.record_audit(event).await;
+    propagation?;
     Ok((
         StatusCode::CREATED,
         Json(json!({

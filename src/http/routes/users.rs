@@ -331,7 +331,8 @@ pub async fn delete_user(
         .ok_or_else(|| ApiError::not_found(format!("no user {}", user.username)))?;
     node.revocations.revoke_sessions(&deleted.revoked_sessions);
     node.revocations.revoke_api_keys(&deleted.revoked_api_keys);
-    node.broadcast_revoked(&deleted.revoked_sessions, &deleted.revoked_api_keys)
+    let propagation = node
+        .broadcast_revoked(&deleted.revoked_sessions, &deleted.revoked_api_keys)
         .await;
     audit(
         node,
@@ -342,6 +343,7 @@ pub async fn delete_user(
         json!({"sessions_revoked": deleted.revoked_sessions.len(), "api_keys_revoked": deleted.revoked_api_keys.len()}),
     )
     .await;
+    propagation?;
     Ok(StatusCode::NO_CONTENT)
 }
 
