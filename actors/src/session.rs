@@ -554,6 +554,26 @@ impl Sessions {
         ask(&actor, |reply| SessionMessage::Revoke { reason, reply }).await?
     }
 
+    /// The state of each of `ids` whose actor runs on this node, as the actor holds it.
+    pub async fn running_states(&self, ids: &[Uuid]) -> HashMap<Uuid, SessionRecord> {
+        let mut states = HashMap::new();
+        for &id in ids {
+            let lookup = self
+                .slot
+                .call(
+                    |reply| SessionSupervisorMessage::Lookup(id, reply),
+                    CALL_TIMEOUT,
+                )
+                .await;
+            if let Some(Some(actor)) = lookup
+                && let Ok(session) = ask(&actor, SessionMessage::Get).await
+            {
+                states.insert(id, session);
+            }
+        }
+        states
+    }
+
     /// The sessions whose actors run on this node.
     pub async fn running_ids(&self) -> Vec<Uuid> {
         self.slot

@@ -1,6 +1,7 @@
 //! `sessions` scenario: three nodes on one PostgreSQL database. Each session has an owner,
-//! the winner of rendezvous hashing of its id over the live members; a refresh or a logout
-//! sent to any other node is forwarded to the owner and answered from there. When the owner
+//! the winner of rendezvous hashing of its id over the live members; a refresh, a logout or
+//! a session listing sent to any other node is forwarded to the owner and answered from
+//! there. When the owner
 //! is killed, its sessions are served again by their new owners, re-activated from the
 //! store, within the configured lease. A node stopped with SIGTERM hands its sessions over
 //! first: their new owners have them running before it stops.
@@ -136,6 +137,9 @@ async fn session_operations_run_on_the_owner_and_fail_over_when_it_dies() {
             break (tokens, owner, other);
         }
     };
+    // Node 0 listed a session another node owns: that owner described it.
+    assert!(cluster.forwards(0, "list", "owner").await >= 1);
+    assert_eq!(cluster.forwards(0, "list", "owner_unreachable").await, 0);
     let before = cluster.forwards(other, "refresh", "owner").await;
     let (status, refreshed) = cluster
         .post(

@@ -64,6 +64,18 @@ pub async fn call_owner(
     if owner == view.node_id() {
         return (None, Counted::Here);
     }
+    call_node(view, owner, op, ip, timeout).await
+}
+
+/// Runs `op` on member `owner` over the cluster; `None` when it does not answer within
+/// `timeout` (or refuses the call: an older version that does not know it).
+pub async fn call_node(
+    view: &MembershipView,
+    owner: &str,
+    op: SessionOp,
+    ip: Option<String>,
+    timeout: Duration,
+) -> (Option<SessionAnswer>, Counted) {
     let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
     for peer in view.peers(owner) {
         let call = Frame::Ok(SessionCall {

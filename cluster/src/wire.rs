@@ -16,7 +16,7 @@ use sark_actors::limiter::RateDecision;
 use serde::{Deserialize, Serialize};
 
 /// The version of the protocol this build speaks.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Largest payload accepted in one of our messages.
 pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;
@@ -206,6 +206,14 @@ pub enum SessionOp {
         challenge_id: String,
         /// The TOTP or recovery code.
         code: String,
+    },
+    /// Describe sessions of one user that this node owns, as their actors hold them (since
+    /// version 3; an older owner refuses it and the sender reads the store instead).
+    Describe {
+        /// The sessions' user.
+        user_id: String,
+        /// The sessions.
+        session_ids: Vec<String>,
     },
 }
 

@@ -1,5 +1,5 @@
-//! Session placement: operations that need a session's actor (refresh, logout, MFA verify)
-//! run on the node that owns the session, the winner of rendezvous hashing of its id over
+//! Session placement: operations that need a session's actor (refresh, logout, MFA verify,
+//! describing sessions for a listing) run on the node that owns the session, the winner of rendezvous hashing of its id over
 //! the live members. Any node may receive the request; it forwards it over the cluster and
 //! relays the owner's answer. When the owner does not answer in time (it is dying) the
 //! operation runs here, from the store, which stays the source of truth: a refresh token
@@ -14,7 +14,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use prometheus::{IntCounterVec, Opts, Registry};
 use sark_cluster::membership::SessionHandler;
-use sark_cluster::placement::call_owner;
+use sark_cluster::placement::{call_node, call_owner};
 use sark_cluster::wire::{SessionAnswer, SessionOp};
 use uuid::Uuid;
 
@@ -45,6 +45,32 @@ fn op_name(op: &SessionOp) -> &'static str {
         SessionOp::Refresh { .. } => "refresh",
         SessionOp::Logout { .. } => "logout",
         SessionOp::VerifyMfa { .. } => "mfa_verify",
+        SessionOp::Describe { .. } => "list",
+    }
+}
+
+/// Asks member `owner` to describe `ids` (sessions of `user_id` it owns); `None` when it
+/// does not answer (the caller lists them from the store).
+pub async fn describe_on(
+    node: &Node,
+    owner: &str,
+    user_id: Uuid,
+    ids: &[Uuid],
+) -> Option<Vec<serde_json::Value>> {
+    let op = SessionOp::Describe {
+        user_id: user_id.to_string(),
+        session_ids: ids.iter().map(Uuid::to_string).collect(),
+    };
+    let name = op_name(&op);
+    let (answer, ran) = call_node(&node.membership, owner, op, None, OWNER_TIMEOUT).await;
+    node.session_forwards
+        .with_label_values(&[name, ran.as_str()])
+        .inc();
+    let answer = answer.filter(|a| a.status == 200)?;
+    let mut body: serde_json::Value = serde_json::from_str(&answer.body).ok()?;
+    match body["items"].take() {
+        serde_json::Value::Array(items) => Some(items),
+        _ => None,
     }
 }
 
@@ -110,6 +136,24 @@ async fn run_here(node: &Node, op: SessionOp, ip: Option<IpAddr>) -> Response {
                 .map(|tokens| Json(tokens).into_response()),
             Err(_) => Err(bad_id("challenge_id")),
         },
+        SessionOp::Describe {
+            user_id,
+            session_ids,
+        } => {
+            let ids: Option<Vec<Uuid>> = session_ids
+                .iter()
+                .map(|id| Uuid::parse_str(id).ok())
+                .collect();
+            match (Uuid::parse_str(&user_id), ids) {
+                (Ok(user_id), Some(ids)) => {
+                    crate::http::routes::sessions::describe_owned(node, user_id, &ids)
+                        .await
+                        .map(|items| Json(serde_json::json!({ "items": items })).into_response())
+                }
+                (Err(_), _) => Err(bad_id("user_id")),
+                (_, None) => Err(bad_id("session_ids")),
+            }
+        }
     };
     answered.unwrap_or_else(IntoResponse::into_response)
 }

@@ -6,13 +6,17 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use std::collections::{BTreeMap, HashMap};
+
 use super::auth::session_of;
+use crate::auth::forward;
 use crate::auth::guard::authorize;
 use crate::auth::principal::Principal;
 use crate::auth::service::{self, Revoked};
 use crate::http::AppState;
 use crate::http::errors::ApiError;
 use crate::http::validate::{self, ClientAddr};
+use crate::node::Node;
 use crate::store::SessionRecord;
 
 /// `GET /api/v1/sessions` query.
@@ -24,12 +28,12 @@ pub struct SessionsQuery {
     cursor: Option<String>,
 }
 
-/// A session as listed; `node_id` is the member that owns its actor now (by rendezvous
-/// hashing over the live members).
-fn session_json(s: &SessionRecord, members: &[String]) -> Value {
-    let owner =
-        sark_cluster::placement::owner(&s.id.to_string(), members.iter().map(String::as_str))
-            .unwrap_or(&s.node_id);
+/// Sessions described in one call to their owner (keeps the answer within a cluster
+/// message).
+const DESCRIBE_BATCH: usize = 100;
+
+/// A session as listed; `owner` is the member that owns its actor.
+fn session_json(s: &SessionRecord, owner: &str) -> Value {
     json!({
         "session_id": s.id,
         "user_id": s.user_id,
@@ -75,9 +79,83 @@ pub async fn get_sessions(
         .filter(|s| s.last_seen_at + idle > now)
         .collect();
     let (sessions, next_cursor) = validate::page(sessions, |s| s.id.to_string(), limit, after);
-    let members = state.node.membership.live_members();
-    let items: Vec<Value> = sessions.iter().map(|s| session_json(s, &members)).collect();
+    let items = describe_by_owner(node, user_id, &sessions).await;
     Ok(Json(json!({ "items": items, "next_cursor": next_cursor })))
+}
+
+/// Each of `sessions` (of one user) as the owner of its actor describes it: this node's
+/// own here, the others' by their owners over the cluster, all owners at once. A session
+/// whose owner does not answer is listed from the store row, under the owner it hashes to.
+async fn describe_by_owner(node: &Node, user_id: Uuid, sessions: &[SessionRecord]) -> Vec<Value> {
+    let members = node.membership.live_members();
+    let owner_of = |s: &SessionRecord| {
+        sark_cluster::placement::owner(&s.id.to_string(), members.iter().map(String::as_str))
+            .unwrap_or(&node.node_id)
+            .to_owned()
+    };
+    let mut by_owner: BTreeMap<String, Vec<Uuid>> = BTreeMap::new();
+    for session in sessions {
+        by_owner
+            .entry(owner_of(session))
+            .or_default()
+            .push(session.id);
+    }
+    let calls = by_owner.iter().flat_map(|(owner, ids)| {
+        ids.chunks(DESCRIBE_BATCH).map(move |ids| async move {
+            if *owner == node.node_id {
+                describe_owned(node, user_id, ids).await.ok()
+            } else {
+                forward::describe_on(node, owner, user_id, ids).await
+            }
+        })
+    });
+    let mut described: HashMap<String, Value> = HashMap::new();
+    for items in futures::future::join_all(calls).await.into_iter().flatten() {
+        for item in items {
+            if let Some(id) = item["session_id"].as_str() {
+                described.insert(id.to_owned(), item);
+            }
+        }
+    }
+    sessions
+        .iter()
+        .map(|s| {
+            described
+                .remove(&s.id.to_string())
+                .unwrap_or_else(|| session_json(s, &owner_of(s)))
+        })
+        .collect()
+}
+
+/// The live sessions among `ids` (of one user) that this node owns, as their running
+/// actors hold them (or as stored, for those whose actor is passivated).
+pub async fn describe_owned(
+    node: &Node,
+    user_id: Uuid,
+    ids: &[Uuid],
+) -> Result<Vec<Value>, ApiError> {
+    let now = node.clock.now();
+    let idle = chrono::Duration::seconds(crate::node::seconds(node.config.session.idle_seconds));
+    let stored: HashMap<Uuid, SessionRecord> = node
+        .store
+        .user_sessions(user_id, now)
+        .await?
+        .into_iter()
+        .filter(|s| ids.contains(&s.id))
+        .map(|s| (s.id, s))
+        .collect();
+    let running = node.sessions.running_states(ids).await;
+    Ok(ids
+        .iter()
+        .filter_map(|id| running.get(id).or_else(|| stored.get(id)))
+        .filter(|s| {
+            s.user_id == user_id
+                && s.revoked_at.is_none()
+                && s.expires_at > now
+                && s.last_seen_at + idle > now
+        })
+        .map(|s| session_json(s, &node.node_id))
+        .collect())
 }
 
 /// `DELETE /api/v1/sessions/{id}`: revokes one of one's sessions (admins: anyone's).
