@@ -214,7 +214,7 @@ async fn follow_provider(
         return Ok(user);
     }
     if role_changed {
-        node.require_cluster()?;
+        node.require_cluster().await?;
     }
     let patch = UserPatch {
         email: email_changed.then(|| identity.email.clone()),

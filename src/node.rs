@@ -521,13 +521,22 @@ impl Node {
 
     /// Refuses, before anything is written, a change that must reach every member (a
     /// revocation, a policy version) when this node cannot make sure it does: it has not
-    /// joined its cluster yet or is still learning its members, its lease lapsed (it is
-    /// cut off), or it is leaving.
-    pub fn require_cluster(&self) -> Result<(), crate::http::errors::ApiError> {
-        if !self.left.load(Ordering::Acquire)
-            && self.membership.can_fence(tokio::time::Instant::now())
-        {
-            return Ok(());
+    /// joined its cluster yet, its lease lapsed (it is cut off), or it is leaving. While
+    /// it is still learning its members after a join (at most one lease), it waits.
+    pub async fn require_cluster(&self) -> Result<(), crate::http::errors::ApiError> {
+        // Joins that keep coming could push the settle window on forever.
+        let lease = Duration::from_secs(self.config.cluster.lease_seconds);
+        let give_up = tokio::time::Instant::now() + lease * 2;
+        loop {
+            let now = tokio::time::Instant::now();
+            if self.left.load(Ordering::Acquire) {
+                break;
+            }
+            match self.membership.fence_ready_at(now) {
+                Some(at) if at <= now => return Ok(()),
+                Some(at) if at <= give_up => tokio::time::sleep_until(at).await,
+                _ => break,
+            }
         }
         Err(crate::http::errors::ApiError::unavailable(
             "cluster_unavailable",

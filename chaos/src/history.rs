@@ -142,11 +142,14 @@ impl History {
             let total = h.records.len();
             let errors = |records: &mut dyn Iterator<Item = &Record>| {
                 let (mut n, mut bad) = (0usize, 0usize);
+                // Status 0: no answer (connection refused or timed out).
+                let mut statuses: BTreeMap<String, usize> = BTreeMap::new();
                 for r in records {
                     n += 1;
                     bad += usize::from(r.status == 0 || r.status >= 500);
+                    *statuses.entry(r.status.to_string()).or_default() += 1;
                 }
-                json!({"requests": n, "errors": bad, "error_rate": ratio(bad, n)})
+                json!({"requests": n, "errors": bad, "error_rate": ratio(bad, n), "statuses": statuses})
             };
             let mut by_kind = BTreeMap::new();
             for kind in [
@@ -182,6 +185,11 @@ impl History {
                     })
                 })
                 .collect();
+            let calm = errors(&mut h.records.iter().filter(|r| {
+                !h.faults
+                    .iter()
+                    .any(|f| r.started >= f.from && r.started <= f.until)
+            }));
             // A decision is stale when it was asked for after a newer version was
             // acknowledged and still came from an older one.
             let stale = h
@@ -200,6 +208,7 @@ impl History {
                 "duration_s": self.now().as_secs_f64(),
                 "requests": total,
                 "overall": errors(&mut h.records.iter()),
+                "calm": calm,
                 "by_kind": by_kind,
                 "faults": faults,
                 "broadcast_propagation_ms": {
@@ -258,6 +267,19 @@ impl Report {
             r["duration_s"].as_f64().unwrap_or_default(),
             r["overall"]["error_rate"].as_f64().unwrap_or_default(),
         );
+        out.push_str(&format!(
+            "  between faults: {} requests, error rate {:.4}\n",
+            r["calm"]["requests"],
+            r["calm"]["error_rate"].as_f64().unwrap_or_default(),
+        ));
+        for (kind, figures) in r["by_kind"].as_object().into_iter().flatten() {
+            out.push_str(&format!(
+                "  {kind}: {} requests, error rate {:.4}, by status {}\n",
+                figures["requests"],
+                figures["error_rate"].as_f64().unwrap_or_default(),
+                figures["statuses"],
+            ));
+        }
         for fault in r["faults"].as_array().into_iter().flatten() {
             out.push_str(&format!(
                 "  fault {}: {} requests, error rate {:.4}; {}\n",

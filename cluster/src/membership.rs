@@ -189,12 +189,16 @@ impl MembershipView {
         self.read().lease_expires_at.is_some_and(|at| at > now)
     }
 
-    /// Whether this node may broadcast a change and vouch that it reached every member: its
-    /// lease runs and its view has settled since the last join (so it knows every member).
-    pub fn can_fence(&self, now: Instant) -> bool {
+    /// When this node may broadcast a change and vouch that it reached every member, if
+    /// nothing changes: now, or at the end of its settle window (after a join, once every
+    /// member knows every other); `None` when its lease does not run (it is cut off, or has
+    /// not joined).
+    pub fn fence_ready_at(&self, now: Instant) -> Option<Instant> {
         let state = self.read();
-        state.lease_expires_at.is_some_and(|at| at > now)
-            && state.settle_until.is_none_or(|until| now >= until)
+        if !state.lease_expires_at.is_some_and(|at| at > now) {
+            return None;
+        }
+        Some(state.settle_until.map_or(now, |until| until.max(now)))
     }
 
     /// The epoch to catch up to, when this node must catch up with the store (reload
@@ -1309,12 +1313,28 @@ mod tests {
             !view.lease_fresh(t0),
             "nor before the members had a lease to learn of each other"
         );
+        assert_eq!(
+            view.fence_ready_at(t0),
+            Some(t0 + lease),
+            "no fencing before the members had a lease to learn of each other"
+        );
         let renewed = t0 + lease / 2;
         view.heard(peer("a"), renewed, Some(renewed), None);
         view.update(renewed, lease, lease, None);
         assert!(
             view.lease_fresh(t0 + lease),
             "settled a lease after the join"
+        );
+        assert_eq!(
+            view.fence_ready_at(t0 + lease / 2),
+            Some(t0 + lease),
+            "fencing waits for the end of the settle window"
+        );
+        assert_eq!(view.fence_ready_at(t0 + lease), Some(t0 + lease));
+        assert_eq!(
+            view.fence_ready_at(renewed + lease),
+            None,
+            "no fencing once the lease lapsed"
         );
         assert!(
             !view.lease_fresh(renewed + lease),

@@ -677,7 +677,7 @@ pub async fn revoke_session(
     actor: &str,
     ip: Option<IpAddr>,
 ) -> Result<Revoked, ApiError> {
-    node.require_cluster()?;
+    node.require_cluster().await?;
     let started = Instant::now();
     let revoked = match node.sessions.revoke(session_id, reason).await {
         Ok(revoked) => revoked,
@@ -722,7 +722,7 @@ pub async fn revoke_user_credentials(
     keys: bool,
     reason: &str,
 ) -> Result<Revoked, ApiError> {
-    node.require_cluster()?;
+    node.require_cluster().await?;
     let started = Instant::now();
     let now = node.clock.now();
     let sessions = node

@@ -195,7 +195,7 @@ pub async fn delete_api_key(
     if key.user_id != principal.user_id && !allowed(node, &principal, "write", "users", ip) {
         return Err(ApiError::not_found("no such API key"));
     }
-    node.require_cluster()?;
+    node.require_cluster().await?;
     let started = std::time::Instant::now();
     let revoked = node
         .store

@@ -280,7 +280,7 @@ pub async fn set_password(
         ..Default::default()
     };
     // The other sessions are revoked with the change: both, or neither.
-    node.require_cluster()?;
+    node.require_cluster().await?;
     let user = node
         .store
         .update_user(username, &patch, node.clock.now())
@@ -388,7 +388,7 @@ pub async fn post_totp_confirm(
         .iter()
         .map(|c| totp::hash_recovery_code(&node.recovery_code_key, principal.user_id, c))
         .collect();
-    node.require_cluster()?;
+    node.require_cluster().await?;
     if !node
         .store
         .confirm_totp(principal.user_id, &hashes, now)

@@ -113,7 +113,7 @@ async fn store_and_activate(
     new: NewVersion<'_>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let compiled = compile_checked(node, new.bundle, new.source).await?;
-    node.require_cluster()?;
+    node.require_cluster().await?;
     let stored = node
         .store
         .add_policy_version(&NewPolicyVersion {

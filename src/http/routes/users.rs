@@ -257,7 +257,7 @@ pub async fn patch_user(
         .await?;
     }
     if body.is_active == Some(false) || new_role.is_some() {
-        node.require_cluster()?;
+        node.require_cluster().await?;
     }
     let patch = UserPatch {
         email,
@@ -323,7 +323,7 @@ pub async fn delete_user(
     authorize(node, &principal, "write", "users", ip).await?;
     let user = target(node, &username).await?;
     refuse_self_lockout(&principal, &user, "delete")?;
-    node.require_cluster()?;
+    node.require_cluster().await?;
     let deleted = node
         .store
         .delete_user(&user.username, node.clock.now())
