@@ -381,6 +381,15 @@ pub struct ClusterConfig {
     /// The DNS name every node certificate carries (checked when a node dials another).
     #[serde(default = "default_cluster_server_name")]
     pub tls_server_name: String,
+    /// The cluster protocol version this node speaks: this build's, or the one before it,
+    /// to keep speaking the older protocol until every node of a rolling upgrade runs this
+    /// build.
+    #[serde(default = "default_protocol_version")]
+    pub protocol_version: u32,
+}
+
+fn default_protocol_version() -> u32 {
+    sark_cluster::wire::PROTOCOL_VERSION
 }
 
 fn default_cluster_server_name() -> String {
@@ -517,6 +526,7 @@ impl Default for Config {
                 tls_key_file: None,
                 tls_ca_file: None,
                 tls_server_name: default_cluster_server_name(),
+                protocol_version: default_protocol_version(),
             },
             log: LogConfig {
                 level: "info".into(),
@@ -819,6 +829,16 @@ impl Config {
             return Err(ConfigError::key(
                 "cluster.heartbeat_ms",
                 "must be shorter than cluster.lease_seconds",
+            ));
+        }
+        let newest = sark_cluster::wire::PROTOCOL_VERSION;
+        if !(newest - 1..=newest).contains(&self.cluster.protocol_version) {
+            return Err(ConfigError::key(
+                "cluster.protocol_version",
+                format!(
+                    "must be {newest} (this build's) or {} (the one before)",
+                    newest - 1
+                ),
             ));
         }
         if let Some(name) = &self.cluster.node_name

@@ -209,7 +209,9 @@ impl Node {
         let rate_table = Arc::new(RateTable::default());
         let policies = Arc::new(PolicyRegistry::default());
         let policy_actors = PolicyActors::default();
-        let membership = Arc::new(MembershipView::new(node_id.clone()));
+        let membership = Arc::new(
+            MembershipView::new(node_id.clone()).speaking(config.cluster.protocol_version),
+        );
         let (membership_events, membership_changes) = tokio::sync::mpsc::unbounded_channel();
         let control_cell: Arc<std::sync::OnceLock<Arc<PolicyControl>>> = Arc::default();
         let node_cell: Arc<std::sync::OnceLock<std::sync::Weak<Node>>> = Arc::default();

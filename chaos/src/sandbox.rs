@@ -43,6 +43,8 @@ pub struct SandboxNode {
     pub cluster: SocketAddr,
     /// Its data directory.
     pub data_dir: PathBuf,
+    /// `SARK_*` variables of this node only, set after the sandbox's.
+    env: Vec<(String, String)>,
     child: Option<Child>,
     log: Arc<Mutex<VecDeque<String>>>,
 }
@@ -205,6 +207,7 @@ impl ClusterSandbox {
                 http: free_port(ip)?,
                 cluster: free_port(ip)?,
                 data_dir,
+                env: Vec::new(),
                 child: None,
                 log: Arc::new(Mutex::new(VecDeque::new())),
             });
@@ -220,6 +223,18 @@ impl ClusterSandbox {
             sandbox.spawn(i)?;
         }
         Ok(sandbox)
+    }
+
+    /// The cluster cookie every node of the sandbox shares.
+    pub fn cookie(&self) -> String {
+        format!("sandbox-{}", self.root.path().display())
+    }
+
+    /// Sets `key` for node `i` only, from its next start on (over the sandbox's value).
+    pub fn set_env(&mut self, i: usize, key: &str, value: &str) {
+        let env = &mut self.nodes[i].env;
+        env.retain(|(k, _)| k != key);
+        env.push((key.to_owned(), value.to_owned()));
     }
 
     /// The nodes.
@@ -241,7 +256,7 @@ impl ClusterSandbox {
             .filter(|(j, _)| *j != i)
             .map(|(_, n)| n.cluster.to_string())
             .collect();
-        let cookie = format!("sandbox-{}", self.root.path().display());
+        let cookie = self.cookie();
         let node = self
             .nodes
             .get_mut(i)
@@ -256,6 +271,7 @@ impl ClusterSandbox {
             .env("SARK_CLUSTER__NODE_NAME", &node.name)
             .env("SARK_DATA_DIR", &node.data_dir)
             .envs(self.options.env.iter().map(|(k, v)| (k, v)))
+            .envs(node.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         if !seeds.is_empty() {

@@ -1,5 +1,6 @@
 //! `membership` scenario: three nodes find each other from their seeds; garbage on a cluster
-//! port harms nothing; a paused node is suspected and a killed one marked down within the
+//! port harms nothing; a heartbeat in an unsupported protocol version is refused with a log
+//! line; a paused node is suspected and a killed one marked down within the
 //! configured deadlines, and both are up again once they are back (the killed one by
 //! reconnection to its new process); a node stopped with SIGTERM announces its leave and is
 //! dropped at once. Every change is in the audit log.
@@ -11,8 +12,12 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
+use ractor::{Actor, ActorRef};
+use ractor_cluster::NodeServer;
+use ractor_cluster::node::NodeConnectionMode;
 use sark_chaos::faults::Signal;
 use sark_chaos::sandbox::{ClusterSandbox, SandboxOptions};
+use sark_cluster::wire::{Frame, Hello, NodeSummary, PEER_GROUP, PROTOCOL_VERSION, PeerMessage};
 
 const HEARTBEAT_MS: u64 = 200;
 const LEASE_SECONDS: u64 = 2;
@@ -140,6 +145,76 @@ async fn members_are_detected_suspected_lost_and_rejoined() {
     let (status, _) = sandbox.get_json(0, "/health").await.unwrap();
     assert_eq!(status, 200, "garbage on the cluster port harms nothing");
     observer.wait_status(&names[2], "up", within).await;
+
+    // A process with the cookie that speaks an unsupported protocol version: its heartbeat
+    // is refused with a log line naming both versions, and it is never listed.
+    let unsupported = PROTOCOL_VERSION + 2;
+    let relic = NodeServer::new(
+        0,
+        sandbox.cookie(),
+        "relic".to_owned(),
+        "127.0.0.1".to_owned(),
+        None,
+        Some(NodeConnectionMode::Isolated),
+    )
+    .with_listen_addr(std::net::Ipv4Addr::LOCALHOST.into());
+    let (relic, relic_handle) = Actor::spawn(None, relic, ()).await.unwrap();
+    ractor_cluster::client_connect(&relic, sandbox.nodes()[0].cluster)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + within;
+    let peer = loop {
+        let remote = ractor::pg::get_members(&PEER_GROUP.to_owned())
+            .into_iter()
+            .find(|cell| !cell.get_id().is_local());
+        if let Some(cell) = remote {
+            break ActorRef::<PeerMessage>::from(cell);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node's Peer actor was never seen"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let hello = Frame::Ok(Hello {
+        version: unsupported,
+        node: NodeSummary {
+            node_id: "relic".to_owned(),
+            addr: "127.0.0.1:1".to_owned(),
+            ..NodeSummary::default()
+        },
+    });
+    let answer = ractor::call_t!(peer, PeerMessage::Heartbeat, 5_000, hello).unwrap();
+    assert!(
+        matches!(answer, Frame::Ok(Hello { version, .. }) if version == PROTOCOL_VERSION),
+        "the node still answers with its own version"
+    );
+    let refusal = loop {
+        let log = sandbox.nodes()[0].log();
+        if let Some(line) = log
+            .iter()
+            .find(|l| l.contains("refusing a cluster peer") && l.contains("relic"))
+        {
+            break line.clone();
+        }
+        assert!(Instant::now() < deadline, "no refusal logged");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        refusal.contains(&format!("\"peer_version\":{unsupported}")),
+        "{refusal}"
+    );
+    let cluster = observer.get("/api/v1/cluster").await;
+    assert!(
+        !cluster["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["node_id"] == "relic"),
+        "{cluster}"
+    );
+    relic.stop(None);
+    relic_handle.await.unwrap();
 
     // A hung node: suspected, then up again once resumed.
     sandbox.signal(2, Signal::Stop).unwrap();

@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use tracing::warn;
 
 use crate::membership::MembershipView;
-use crate::wire::{Announcement, Frame, Notice, PEER_GROUP, PROTOCOL_VERSION, PeerMessage};
+use crate::wire::{Announcement, Frame, Notice, PEER_GROUP, PeerMessage};
 
 /// How a broadcast went.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,7 +67,7 @@ pub async fn broadcast(
 ) -> Propagation {
     let started = Instant::now();
     let announcement = Announcement {
-        version: PROTOCOL_VERSION,
+        version: view.protocol_version(),
         from: view.node_id().to_owned(),
         seq: view.next_broadcast(),
         notice,

@@ -56,6 +56,8 @@ pub struct Member {
     pub addr: String,
     /// Its status.
     pub status: MemberStatus,
+    /// The cluster protocol version it speaks (0 until it was heard).
+    pub protocol_version: u32,
     /// Session actors running on it, as it last reported.
     pub sessions: u64,
     /// Policy versions loaded on it, as it last reported.
@@ -79,6 +81,8 @@ struct Remote {
     last_cell: Option<ActorId>,
     /// Whether its joining was reported (and its leaving not yet).
     announced: bool,
+    /// The protocol version of its last hello.
+    version: u32,
     /// Its connections closed since it last answered us: down, whatever its silence. Its
     /// lease may still run (others may hear it), so broadcasts still fence it by time.
     gone: bool,
@@ -137,6 +141,8 @@ pub enum MembershipEvent {
 #[derive(Debug)]
 pub struct MembershipView {
     node_id: String,
+    /// The protocol version this node speaks.
+    version: u32,
     state: RwLock<ViewState>,
 }
 
@@ -161,7 +167,29 @@ impl MembershipView {
                 settle_until: None,
             }),
             node_id,
+            version: PROTOCOL_VERSION,
         }
+    }
+
+    /// The same view, speaking protocol `version` instead of this build's (the previous
+    /// one, during a rolling upgrade).
+    pub fn speaking(mut self, version: u32) -> Self {
+        self.version = version;
+        self
+    }
+
+    /// The protocol version this node speaks.
+    pub fn protocol_version(&self) -> u32 {
+        self.version
+    }
+
+    /// The protocol version member `node_id` last spoke, if it was heard.
+    pub fn version_of(&self, node_id: &str) -> Option<u32> {
+        self.read()
+            .remotes
+            .get(node_id)
+            .map(|r| r.version)
+            .filter(|v| *v > 0)
     }
 
     /// This node's id.
@@ -195,7 +223,7 @@ impl MembershipView {
     /// not joined).
     pub fn fence_ready_at(&self, now: Instant) -> Option<Instant> {
         let state = self.read();
-        if !state.lease_expires_at.is_some_and(|at| at > now) {
+        if state.lease_expires_at.is_none_or(|at| at <= now) {
             return None;
         }
         Some(state.settle_until.map_or(now, |until| until.max(now)))
@@ -221,6 +249,7 @@ impl MembershipView {
             node_id: state.me.node_id.clone(),
             addr: state.me.addr.clone(),
             status: MemberStatus::Up,
+            protocol_version: self.version,
             sessions: state.me.sessions,
             policy_versions: state.me.policy_versions.clone(),
         };
@@ -229,6 +258,7 @@ impl MembershipView {
                 node_id: r.summary.node_id.clone(),
                 addr: r.summary.addr.clone(),
                 status: r.status,
+                protocol_version: r.version,
                 sessions: r.summary.sessions,
                 policy_versions: r.summary.policy_versions.clone(),
             }))
@@ -247,13 +277,11 @@ impl MembershipView {
 
     /// Records a hello from a peer; `acked_at` is the send time of our heartbeat it
     /// answers, if it is an answer.
-    fn heard(
-        &self,
-        peer: NodeSummary,
-        now: Instant,
-        acked_at: Option<Instant>,
-        cell: Option<ActorId>,
-    ) {
+    fn heard(&self, hello: Hello, now: Instant, acked_at: Option<Instant>, cell: Option<ActorId>) {
+        let Hello {
+            version,
+            node: peer,
+        } = hello;
         if peer.node_id == self.node_id {
             return;
         }
@@ -296,9 +324,11 @@ impl MembershipView {
                 cells: HashSet::new(),
                 last_cell: None,
                 announced: false,
+                version,
                 gone: false,
             });
         remote.summary = peer;
+        remote.version = version;
         remote.heard_at = now;
         if let Some(cell) = cell {
             remote.cells.insert(cell);
@@ -726,7 +756,7 @@ impl MembershipState {
         me.incarnation = self.incarnation;
         self.view.set_me(me);
         Hello {
-            version: PROTOCOL_VERSION,
+            version: self.view.protocol_version(),
             node: self.view.me(),
         }
     }
@@ -798,7 +828,7 @@ impl MembershipState {
                 let sent = Instant::now();
                 match ractor::call_t!(peer, PeerMessage::Heartbeat, timeout_ms, frame) {
                     Ok(Frame::Ok(answer)) if compatible(answer.version) => {
-                        view.heard(answer.node, Instant::now(), Some(sent), Some(id));
+                        view.heard(answer, Instant::now(), Some(sent), Some(id));
                     }
                     Ok(Frame::Ok(answer)) => refuse(&answer.node.node_id, answer.version),
                     Ok(Frame::Malformed(reason)) => {
@@ -1056,7 +1086,7 @@ impl Actor for Peer {
             PeerMessage::Heartbeat(frame, reply) => {
                 match frame {
                     Frame::Ok(hello) if compatible(hello.version) => {
-                        view.heard(hello.node, Instant::now(), None, None);
+                        view.heard(hello, Instant::now(), None, None);
                     }
                     Frame::Ok(hello) => refuse(&hello.node.node_id, hello.version),
                     Frame::Malformed(reason) => {
@@ -1064,7 +1094,7 @@ impl Actor for Peer {
                     }
                 }
                 let _ = reply.send(Frame::Ok(Hello {
-                    version: PROTOCOL_VERSION,
+                    version: view.protocol_version(),
                     node: view.me(),
                 }));
             }
@@ -1219,11 +1249,14 @@ mod tests {
         handle.await.unwrap();
     }
 
-    fn peer(id: &str) -> NodeSummary {
-        NodeSummary {
-            node_id: id.into(),
-            addr: format!("{id}:7400"),
-            ..NodeSummary::default()
+    fn peer(id: &str) -> Hello {
+        Hello {
+            version: PROTOCOL_VERSION,
+            node: NodeSummary {
+                node_id: id.into(),
+                addr: format!("{id}:7400"),
+                ..NodeSummary::default()
+            },
         }
     }
 
@@ -1277,10 +1310,8 @@ mod tests {
             "after the quiet period it may rejoin"
         );
         view.leave("a", t0 + quiet * 2, quiet);
-        let restarted = NodeSummary {
-            incarnation: 42,
-            ..peer("a")
-        };
+        let mut restarted = peer("a");
+        restarted.node.incarnation = 42;
         view.heard(restarted, t0 + quiet * 2, None, None);
         assert_eq!(
             view.members().len(),

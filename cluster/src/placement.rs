@@ -10,9 +10,7 @@ use sha2::{Digest, Sha256};
 use tracing::warn;
 
 use crate::membership::MembershipView;
-use crate::wire::{
-    Frame, PROTOCOL_VERSION, PeerMessage, RateQuery, SessionAnswer, SessionCall, SessionOp,
-};
+use crate::wire::{Frame, PeerMessage, RateQuery, SessionAnswer, SessionCall, SessionOp};
 
 /// The member that owns `key` among `members` (node ids), or `None` when there are none.
 pub fn owner<'a>(key: &str, members: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
@@ -79,7 +77,7 @@ pub async fn call_node(
     let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
     for peer in view.peers(owner) {
         let call = Frame::Ok(SessionCall {
-            version: PROTOCOL_VERSION,
+            version: view.protocol_version(),
             op: op.clone(),
             ip: ip.clone(),
         });
@@ -118,7 +116,7 @@ pub async fn owner_rate_check(
     let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
     for peer in view.peers(owner) {
         let query = Frame::Ok(RateQuery {
-            version: PROTOCOL_VERSION,
+            version: view.protocol_version(),
             key: key.to_owned(),
             limit,
         });

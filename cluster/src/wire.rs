@@ -18,6 +18,10 @@ use serde::{Deserialize, Serialize};
 /// The version of the protocol this build speaks.
 pub const PROTOCOL_VERSION: u32 = 3;
 
+/// The first version with [`SessionOp::Describe`]: not sent to older nodes, nor by a node
+/// that speaks an older version.
+pub const DESCRIBE_SINCE: u32 = 3;
+
 /// Largest payload accepted in one of our messages.
 pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;
 

@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use prometheus::{IntCounterVec, Opts, Registry};
 use sark_cluster::membership::SessionHandler;
 use sark_cluster::placement::{call_node, call_owner};
-use sark_cluster::wire::{SessionAnswer, SessionOp};
+use sark_cluster::wire::{DESCRIBE_SINCE, SessionAnswer, SessionOp};
 use uuid::Uuid;
 
 use crate::auth::service;
@@ -50,13 +50,20 @@ fn op_name(op: &SessionOp) -> &'static str {
 }
 
 /// Asks member `owner` to describe `ids` (sessions of `user_id` it owns); `None` when it
-/// does not answer (the caller lists them from the store).
+/// does not answer, or either side speaks a protocol version without the operation (the
+/// caller lists them from the store).
 pub async fn describe_on(
     node: &Node,
     owner: &str,
     user_id: Uuid,
     ids: &[Uuid],
 ) -> Option<Vec<serde_json::Value>> {
+    let speaks = |version: u32| version >= DESCRIBE_SINCE;
+    if !speaks(node.membership.protocol_version())
+        || !node.membership.version_of(owner).is_some_and(speaks)
+    {
+        return None;
+    }
     let op = SessionOp::Describe {
         user_id: user_id.to_string(),
         session_ids: ids.iter().map(Uuid::to_string).collect(),

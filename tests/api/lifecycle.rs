@@ -249,6 +249,20 @@ async fn invalid_configuration_exits_nonzero_naming_the_key() {
         ),
         (
             vec![(
+                "SARK_CLUSTER__PROTOCOL_VERSION",
+                (sark_cluster::wire::PROTOCOL_VERSION + 1).to_string(),
+            )],
+            "cluster.protocol_version",
+        ),
+        (
+            vec![(
+                "SARK_CLUSTER__PROTOCOL_VERSION",
+                (sark_cluster::wire::PROTOCOL_VERSION - 2).to_string(),
+            )],
+            "cluster.protocol_version",
+        ),
+        (
+            vec![(
                 "SARK_CLUSTER__TLS_CERT_FILE",
                 concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml").into(),
             )],
