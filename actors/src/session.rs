@@ -500,16 +500,24 @@ impl Sessions {
         Self { slot, store }
     }
 
-    /// The running actor of a session, activated from the store if needed.
-    pub async fn actor(&self, id: Uuid) -> Result<ActorRef<SessionMessage>, SessionError> {
-        let lookup = self
-            .slot
+    /// The running actor of a session, if any; `Unavailable` when the supervisor did not
+    /// answer.
+    async fn running_actor(
+        &self,
+        id: Uuid,
+    ) -> Result<Option<ActorRef<SessionMessage>>, SessionError> {
+        self.slot
             .call(
                 |reply| SessionSupervisorMessage::Lookup(id, reply),
                 CALL_TIMEOUT,
             )
-            .await;
-        if let Some(actor) = lookup.ok_or(SessionError::Unavailable)? {
+            .await
+            .ok_or(SessionError::Unavailable)
+    }
+
+    /// The running actor of a session, activated from the store if needed.
+    pub async fn actor(&self, id: Uuid) -> Result<ActorRef<SessionMessage>, SessionError> {
+        if let Some(actor) = self.running_actor(id).await? {
             return Ok(actor);
         }
         let session = self
@@ -558,14 +566,7 @@ impl Sessions {
     pub async fn running_states(&self, ids: &[Uuid]) -> HashMap<Uuid, SessionRecord> {
         let mut states = HashMap::new();
         for &id in ids {
-            let lookup = self
-                .slot
-                .call(
-                    |reply| SessionSupervisorMessage::Lookup(id, reply),
-                    CALL_TIMEOUT,
-                )
-                .await;
-            if let Some(Some(actor)) = lookup
+            if let Ok(Some(actor)) = self.running_actor(id).await
                 && let Ok(session) = ask(&actor, SessionMessage::Get).await
             {
                 states.insert(id, session);
