@@ -168,6 +168,8 @@ pub struct NodeControl {
     background: Vec<JoinHandle<()>>,
     /// The names this node's SIEM forwarders lease outbox rows under.
     siem_owners: Vec<String>,
+    /// Tells the SIEM forwarders the node is stopping.
+    siem_stopping: watch::Sender<bool>,
 }
 
 impl Node {
@@ -257,6 +259,7 @@ impl Node {
             metrics: actor_metrics.clone(),
         });
         let audit_chain_key = ChainKey::derive(&key.derive("audit chain"));
+        let siem_stopping = watch::Sender::new(false);
         let sinks = crate::siem::sinks(&config, &node_id)
             .map_err(|e| NodeError::Config(crate::config::ConfigError::key(&e.key, e.message)))?;
         let siem = Arc::new(SiemRegistry::default());
@@ -288,6 +291,7 @@ impl Node {
                             registry: siem.clone(),
                             metrics: siem_metrics.clone(),
                             slot: Slot::default(),
+                            stopping: siem_stopping.subscribe(),
                         }) as Arc<dyn ChildSpec>
                     })
                     .collect(),
@@ -415,6 +419,7 @@ impl Node {
                 .iter()
                 .map(|sink| sark_actors::siem::lease_owner(&node_id, sink.name()))
                 .collect(),
+            siem_stopping,
         };
         let rate_limiter = crate::limits::RateLimiter::new(
             redis.clone(),
@@ -734,6 +739,8 @@ impl NodeControl {
         for task in &self.background {
             task.abort();
         }
+        // A forwarder waiting on a hung sink would hold the stop up for the grace period.
+        self.siem_stopping.send_replace(true);
         self.supervisor.stop(Some("node shutting down".into()));
         let _ = tokio::time::timeout(
             Duration::from_secs(10),

@@ -245,6 +245,9 @@ pub struct ForwarderArguments {
     pub registry: Arc<SiemRegistry>,
     /// Metrics.
     pub metrics: SiemMetrics,
+    /// Turns true when the node stops: a delivery under way is abandoned and its batch
+    /// handed back to the queue at once, for another node.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The forwarder's state.
@@ -293,8 +296,31 @@ impl ForwarderState {
             .set(lag);
     }
 
+    /// Delivers `events`, unless the node starts stopping first: then the batch is handed
+    /// back (a receiver that got it anyway drops the duplicate by event id) and `None`.
+    async fn deliver(&self, events: &[ChainedEvent]) -> Option<Result<(), DeliveryError>> {
+        let mut stopping = self.args.stopping.clone();
+        tokio::select! {
+            result = self.args.sink.deliver(events) => return Some(result),
+            Ok(_) = stopping.wait_for(|stopping| *stopping) => {}
+        }
+        match self.args.store.hand_over_outbox(&self.args.owner).await {
+            Ok(rows) => info!(
+                sink = self.name(),
+                rows, "SIEM batch handed back as the node stops"
+            ),
+            Err(err) => {
+                warn!(sink = self.name(), error = %err, "could not hand the SIEM batch back; its lease expires instead");
+            }
+        }
+        None
+    }
+
     /// One round: claim, deliver, settle. Returns the pause before the next round.
     async fn round(&mut self) -> Duration {
+        if *self.args.stopping.borrow() {
+            return self.args.settings.poll;
+        }
         self.refresh_stats().await;
         if let Some(until) = self.open_until {
             let now = tokio::time::Instant::now();
@@ -331,7 +357,10 @@ impl ForwarderState {
             }
         };
         let events: Vec<ChainedEvent> = batch.iter().map(|e| e.event.clone()).collect();
-        match self.args.sink.deliver(&events).await {
+        let Some(delivered) = self.deliver(&events).await else {
+            return self.args.settings.poll;
+        };
+        match delivered {
             Ok(()) => {
                 self.delivered(&batch).await;
                 Duration::ZERO
@@ -340,7 +369,10 @@ impl ForwarderState {
                 // Find the event(s) the sink refuses, delivering the rest one by one.
                 for entry in &batch {
                     let single = std::slice::from_ref(&entry.event);
-                    match self.args.sink.deliver(single).await {
+                    let Some(delivered) = self.deliver(single).await else {
+                        return self.args.settings.poll;
+                    };
+                    match delivered {
                         Ok(()) => self.delivered(std::slice::from_ref(entry)).await,
                         Err(err) if !err.retryable => {
                             self.dead_letter(entry, &err).await;
@@ -520,6 +552,8 @@ pub struct SiemForwarderSpec {
     pub metrics: SiemMetrics,
     /// Where the forwarder is published.
     pub slot: Slot<SiemMessage>,
+    /// Turns true when the node stops.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 #[async_trait]
@@ -545,6 +579,7 @@ impl ChildSpec for SiemForwarderSpec {
             settings: self.settings,
             registry: self.registry.clone(),
             metrics: self.metrics.clone(),
+            stopping: self.stopping.clone(),
         };
         let actor = SiemForwarder {
             mailbox: self.slot.mailbox(),

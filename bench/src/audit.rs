@@ -279,6 +279,7 @@ pub async fn outbox_delivery(store: &BenchStore, events: usize) -> anyhow::Resul
         },
         registry: Arc::new(SiemRegistry::default()),
         metrics: SiemMetrics::register(&registry)?,
+        stopping: tokio::sync::watch::channel(false).1,
     };
     let started = Instant::now();
     let (forwarder, handle) = Actor::spawn(None, SiemForwarder::default(), args)

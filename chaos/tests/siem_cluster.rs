@@ -4,8 +4,9 @@
 //! - The lease holder is killed with `kill -9` and the collector recovers having lost what it
 //!   held: once the dead node's leases expire the other node delivers its batches, and
 //!   every audit event of both nodes arrives.
-//! - The lease holder is stopped with SIGTERM: it hands its leases over as it stops, so the
-//!   other node delivers its batches long before the leases would have expired.
+//! - The lease holder is stopped with SIGTERM: it abandons the hung delivery and hands its
+//!   batch back as it stops (without waiting out the stop grace period), so the other node
+//!   delivers it long before its lease would have expired.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -21,6 +22,8 @@ use sark_chaos::sandbox::{
 
 const TOKEN: &str = "0b7e6c1a-cluster-hec-token";
 const ADMIN_PASSWORD: &str = "chaos root passphrase, long enough";
+/// How long a stopping node waits for each actor to finish what it is doing.
+const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// Two nodes whose forwarders each wait on the hung collector with a leased batch.
 struct StalledPair {
@@ -162,8 +165,12 @@ async fn a_stopping_node_hands_its_leases_over() {
         pair.sandbox.nodes()[0]
             .log()
             .iter()
-            .any(|line| line.contains("SIEM outbox leases handed over")),
-        "the stopping node handed its leases over"
+            .any(|line| line.contains("SIEM batch handed back as the node stops")),
+        "the stopping node's forwarder handed its batch back"
+    );
+    assert!(
+        stopped < STOP_GRACE,
+        "the stop did not wait out the hung delivery: {stopped:?}"
     );
     // The stopped node's batch can only arrive through another node, and before its lease
     // expires only if it was handed over.
