@@ -480,7 +480,8 @@ impl Node {
     /// Makes a version that was just stored active on this node before the caller
     /// answers: the bundle's actor loads it from the store. If the actor cannot be reached,
     /// the compiled version is published directly (the registry never goes back) and
-    /// anti-entropy brings the actor up later.
+    /// anti-entropy brings the actor up later. Then the activation is broadcast: 503
+    /// `cluster_unavailable` when fewer than a majority of the cluster applied it.
     pub async fn activate_policy(
         &self,
         compiled: CompiledBundle,
@@ -590,8 +591,8 @@ impl Node {
         Ok(())
     }
 
-    /// Broadcasts revoked sessions and API keys (none of either: nothing to do); see
-    /// [`confirmed`] for the error.
+    /// Broadcasts revoked sessions and API keys (none of either: nothing to do); 503
+    /// `cluster_unavailable` when fewer than a majority of the cluster applied them.
     pub async fn broadcast_revoked(
         &self,
         sessions: &[Uuid],

@@ -2,7 +2,7 @@
 //!
 //! ractor keeps an actor's queue private, so the length is counted from both ends: whoever
 //! sends a message counts it in (through [`Slot`](crate::supervisor::Slot) or
-//! [`Mailbox::post`] for an actor's own timers), and the [`Counted`] wrapper every supervised
+//! [`Mailbox::post`] for an actor's own timers), and the `Counted` wrapper every supervised
 //! actor runs in counts it out as its handler starts.
 
 use std::sync::Arc;
