@@ -135,6 +135,30 @@ impl Run {
             .unwrap_or_default()
     }
 
+    /// Polls node `asking`'s view of `member` until `wanted` holds for its status; returns
+    /// how long that took, failing after `within`.
+    async fn until_status(
+        &self,
+        asking: usize,
+        token: &str,
+        member: &str,
+        wanted: impl Fn(&str) -> bool,
+        within: Duration,
+    ) -> Duration {
+        let started = Instant::now();
+        loop {
+            let status = self.status_of(asking, token, member).await;
+            if wanted(&status) {
+                return started.elapsed();
+            }
+            assert!(
+                started.elapsed() < within,
+                "{member} stayed {status} as node {asking} sees it"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     async fn formed(&self, token: &str) {
         self.sandbox
             .wait_formed(token, Duration::from_secs(LEASE_SECONDS * 15))
@@ -264,17 +288,15 @@ async fn invariants_hold_under_load_through_kills_pauses_redis_loss_a_partition_
     let paused = 1;
     let from = run.history.now();
     run.sandbox.signal(paused, Signal::Stop).unwrap();
-    let stopped = Instant::now();
-    let detected = loop {
-        if run.status_of(0, &admin, &names[paused]).await == "suspect" {
-            break stopped.elapsed();
-        }
-        assert!(
-            stopped.elapsed() < Duration::from_secs(LEASE_SECONDS * 3),
-            "never suspected"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let detected = run
+        .until_status(
+            0,
+            &admin,
+            &names[paused],
+            |s| s == "suspect",
+            Duration::from_secs(LEASE_SECONDS * 3),
+        )
+        .await;
     run.calm(Duration::from_secs(1)).await;
     run.sandbox.signal(paused, Signal::Cont).unwrap();
     run.formed(&admin).await;
@@ -303,30 +325,26 @@ async fn invariants_hold_under_load_through_kills_pauses_redis_loss_a_partition_
     let others: Vec<std::net::Ipv4Addr> =
         ips.iter().copied().filter(|ip| *ip != ips[cut]).collect();
     let partition = Partition::cut(ips[cut], &others).unwrap();
-    let partitioned = Instant::now();
-    let detected = loop {
-        if run.status_of(1, &admin, &names[cut]).await != "up" {
-            break partitioned.elapsed();
-        }
-        assert!(
-            partitioned.elapsed() < Duration::from_secs(LEASE_SECONDS * 3),
-            "the cut-off node was never suspected"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let detected = run
+        .until_status(
+            1,
+            &admin,
+            &names[cut],
+            |s| s != "up",
+            Duration::from_secs(LEASE_SECONDS * 3),
+        )
+        .await;
     run.calm(Duration::from_secs(LEASE_SECONDS * 2)).await;
     drop(partition);
-    let healed = Instant::now();
-    let rejoined = loop {
-        if run.status_of(1, &admin, &names[cut]).await == "up" {
-            break healed.elapsed();
-        }
-        assert!(
-            healed.elapsed() < Duration::from_secs(LEASE_SECONDS * 10),
-            "the healed node never came back up"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let rejoined = run
+        .until_status(
+            1,
+            &admin,
+            &names[cut],
+            |s| s == "up",
+            Duration::from_secs(LEASE_SECONDS * 10),
+        )
+        .await;
     run.formed(&admin).await;
     window(
         &run.history,
