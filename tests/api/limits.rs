@@ -212,3 +212,204 @@ async fn without_redis_lockout_counts_in_the_store_never_not_at_all() {
     assert!(lockout_steps(&app, "store").await >= 3);
     app.stop().await;
 }
+
+/// Free loopback ports, all distinct.
+fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    std::array::from_fn(|i| listeners[i].local_addr().unwrap().port())
+}
+
+/// A Redis master, its replica and three sentinels (quorum 2) of this test's own, all on
+/// loopback; killed on drop.
+struct PrivateSentinels {
+    servers: Vec<Child>,
+    replica: u16,
+    sentinels: [u16; 3],
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl PrivateSentinels {
+    const MASTER_NAME: &'static str = "sark";
+
+    fn spawn(args: &[String]) -> Child {
+        Command::new("redis-server")
+            .args(args)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed by scripts/install-deps")
+    }
+
+    async fn query<T: redis::FromRedisValue>(port: u16, cmd: &redis::Cmd) -> Option<T> {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).ok()?;
+        let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+        cmd.query_async(&mut conn).await.ok()
+    }
+
+    async fn start() -> Self {
+        let [master, replica, s1, s2, s3] = free_ports::<5>();
+        let dir = tempfile::tempdir().unwrap();
+        let server = |port: u16| {
+            vec![
+                "--bind".into(),
+                "127.0.0.1".into(),
+                "--port".into(),
+                port.to_string(),
+                "--save".into(),
+                String::new(),
+                "--appendonly".into(),
+                "no".into(),
+            ]
+        };
+        let mut servers = vec![Self::spawn(&server(master))];
+        let mut replica_args = server(replica);
+        replica_args.extend(["--replicaof".into(), "127.0.0.1".into(), master.to_string()]);
+        servers.push(Self::spawn(&replica_args));
+        for port in [s1, s2, s3] {
+            // A sentinel rewrites its configuration file, so each gets a writable one.
+            let conf = dir.path().join(format!("sentinel-{port}.conf"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\ndir {dir}\n\
+                     sentinel monitor {name} 127.0.0.1 {master} 2\n\
+                     sentinel down-after-milliseconds {name} 1000\n\
+                     sentinel failover-timeout {name} 5000\n\
+                     sentinel parallel-syncs {name} 1\n",
+                    dir = dir.path().display(),
+                    name = Self::MASTER_NAME,
+                ),
+            )
+            .unwrap();
+            servers.push(Self::spawn(&[
+                conf.display().to_string(),
+                "--sentinel".into(),
+            ]));
+        }
+        let sentinels = [s1, s2, s3];
+        poll(
+            "the replica to sync and every sentinel to see it and the others",
+            Duration::from_secs(30),
+            || async {
+                let info: String =
+                    Self::query(replica, redis::cmd("INFO").arg("replication")).await?;
+                if !info.contains("master_link_status:up") {
+                    return None;
+                }
+                for port in sentinels {
+                    let fields: Vec<String> = Self::query(
+                        port,
+                        redis::cmd("SENTINEL").arg("MASTER").arg(Self::MASTER_NAME),
+                    )
+                    .await?;
+                    let field = |name: &str| {
+                        let at = fields.iter().position(|f| f == name)?;
+                        fields.get(at + 1).cloned()
+                    };
+                    if field("num-other-sentinels")? != "2" || field("num-slaves")? != "1" {
+                        return None;
+                    }
+                }
+                Some(())
+            },
+        )
+        .await;
+        let url = format!(
+            "redis+sentinel://127.0.0.1:{s1},127.0.0.1:{s2},127.0.0.1:{s3}/{}",
+            Self::MASTER_NAME
+        );
+        Self {
+            servers,
+            replica,
+            sentinels,
+            url,
+            _dir: dir,
+        }
+    }
+
+    /// The master's port as the first sentinel reports it.
+    async fn master_port(&self) -> Option<u16> {
+        let addr: Vec<String> = Self::query(
+            self.sentinels[0],
+            redis::cmd("SENTINEL")
+                .arg("GET-MASTER-ADDR-BY-NAME")
+                .arg(Self::MASTER_NAME),
+        )
+        .await?;
+        addr.get(1)?.parse().ok()
+    }
+}
+
+impl Drop for PrivateSentinels {
+    fn drop(&mut self) {
+        for server in &mut self.servers {
+            let _ = server.kill();
+            let _ = server.wait();
+        }
+    }
+}
+
+#[tokio::test]
+async fn limits_follow_a_sentinel_failover_without_errors() {
+    let sentinels = PrivateSentinels::start().await;
+    let url = sentinels.url.clone();
+    // One a minute: the bucket does not refill while the failover runs.
+    let app = spawn_app_with(move |c| {
+        c.redis.url = Some(Secret::new(url));
+        c.rate_limit.unauthenticated_per_minute = 1;
+    })
+    .await;
+    assert_eq!(knock(&app).await, 401);
+    assert_eq!(knock(&app).await, 429);
+    assert_eq!(
+        checks(&app, "redis").await,
+        2,
+        "counted in the master the sentinels named"
+    );
+
+    let old_master = sentinels.master_port().await.unwrap();
+    let failover: String = PrivateSentinels::query(
+        sentinels.sentinels[0],
+        redis::cmd("SENTINEL")
+            .arg("FAILOVER")
+            .arg(PrivateSentinels::MASTER_NAME),
+    )
+    .await
+    .unwrap();
+    assert_eq!(failover, "OK");
+    poll(
+        "the replica to be promoted and the old master demoted",
+        Duration::from_secs(20),
+        || async {
+            let promoted = sentinels.master_port().await == Some(sentinels.replica);
+            let role: Vec<redis::Value> =
+                PrivateSentinels::query(old_master, &redis::cmd("ROLE")).await?;
+            let demoted =
+                matches!(role.first(), Some(redis::Value::BulkString(r)) if r == b"slave");
+            (promoted && demoted).then_some(())
+        },
+    )
+    .await;
+    // Clients see no difference: the limit holds, and nothing fails, while the node finds
+    // the new master; then it counts there again (the old master now refuses writes).
+    let before = checks(&app, "redis").await;
+    poll(
+        "checks answered by the new master",
+        Duration::from_secs(20),
+        || async {
+            assert_eq!(
+                knock(&app).await,
+                429,
+                "the limit holds through the failover"
+            );
+            (checks(&app, "redis").await > before).then_some(())
+        },
+    )
+    .await;
+    let (status, health) = app.get_json("/health/detailed").await;
+    assert_eq!(status, 200, "{health}");
+    assert_eq!(health["services"]["redis"], "UP", "{health}");
+    app.stop().await;
+}
