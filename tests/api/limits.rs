@@ -1,5 +1,6 @@
-//! Rate limits counted in Redis: shared by every node, and unchanged to clients when Redis
-//! stops (counting moves to the owner node, which mirrored the keys it owns).
+//! Rate limits counted in Redis: shared by every node, unchanged to clients when Redis
+//! stops (counting moves to the owner node, which mirrored the keys it owns) and when
+//! Sentinel fails the master over.
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
