@@ -163,15 +163,17 @@ async fn audit_events_reach_splunk_and_datadog_with_their_chain() {
     }
 
     for (sink, kind) in [("splunk", "splunk_hec"), ("datadog", "datadog")] {
-        let status = poll("the queue to drain", DELIVERY, || async {
+        // The sink may hold a batch a moment before the forwarder has recorded it, and the
+        // queue depth is refreshed every few seconds.
+        let status = poll("the status to show the deliveries", DELIVERY, || async {
             let status = siem_status(&app, &admin, sink).await;
-            (status["queued"] == 0).then_some(status)
+            let delivered = status["delivered_total"].as_u64().unwrap_or(0);
+            (status["queued"] == 0 && delivered >= 5).then_some(status)
         })
         .await;
         assert_eq!(status["kind"], kind);
         assert_eq!(status["state"], "healthy");
         assert_eq!(status["failed_attempts_total"], 0);
-        assert!(status["delivered_total"].as_u64().unwrap() >= 5, "{status}");
         assert!(status["last_delivery_at"].is_string(), "{status}");
         assert!(status["last_error"].is_null());
     }
