@@ -226,8 +226,13 @@ async fn follow_provider(
         .update_user(&user.username, &patch, node.clock.now())
         .await?
         .ok_or_else(service::invalid_credentials)?;
+    // A revocation no majority confirmed is stored; the login goes on, and the audit
+    // event says so.
+    let mut revocation_confirmed = None;
     if role_changed {
-        service::revoke_user_credentials(node, user.id, None, false, "role_changed").await?;
+        let revoked =
+            service::revoke_user_credentials(node, user.id, None, false, "role_changed").await?;
+        revocation_confirmed = Some(revoked.confirmed);
     }
     service::audit(
         node,
@@ -236,7 +241,7 @@ async fn follow_provider(
         identity.provider,
         None,
         Some(format!("user:{}", user.username)),
-        json!({"changed": [if role_changed { "role" } else { "email" }], "role": updated.role, "by": "provider"}),
+        json!({"changed": [if role_changed { "role" } else { "email" }], "role": updated.role, "by": "provider", "revocation_confirmed": revocation_confirmed}),
     )
     .await;
     Ok(updated)

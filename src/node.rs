@@ -591,24 +591,18 @@ impl Node {
         Ok(())
     }
 
-    /// Broadcasts revoked sessions and API keys (none of either: nothing to do); 503
-    /// `cluster_unavailable` when fewer than a majority of the cluster applied them.
-    pub async fn broadcast_revoked(
-        &self,
-        sessions: &[Uuid],
-        api_keys: &[Uuid],
-    ) -> Result<Propagation, crate::http::errors::ApiError> {
+    /// Broadcasts revoked sessions and API keys (none of either: nothing to do). See
+    /// [`confirmed`] for a broadcast that reached no majority.
+    pub async fn broadcast_revoked(&self, sessions: &[Uuid], api_keys: &[Uuid]) -> Propagation {
         if sessions.is_empty() && api_keys.is_empty() {
-            return Ok(Propagation::nothing_sent());
+            return Propagation::nothing_sent();
         }
         let ids = |ids: &[Uuid]| ids.iter().map(Uuid::to_string).collect();
-        let propagation = self
-            .broadcast(Notice::Revoked {
-                sessions: ids(sessions),
-                api_keys: ids(api_keys),
-            })
-            .await;
-        confirmed(propagation)
+        self.broadcast(Notice::Revoked {
+            sessions: ids(sessions),
+            api_keys: ids(api_keys),
+        })
+        .await
     }
 
     /// Tells the other members this node is leaving, so they drop it at once instead of
@@ -779,15 +773,20 @@ impl NodeControl {
 /// The propagation of a stored change, or 503 `cluster_unavailable` when fewer than a
 /// majority of the cluster applied it (this node is on the minority side of a cut it has
 /// not noticed yet): the change stays stored and reaches the others once they hear from
-/// this node or check the store, but it cannot be vouched for now.
-fn confirmed(propagation: Propagation) -> Result<Propagation, crate::http::errors::ApiError> {
+/// this node or at their next check against the store, but it cannot be vouched for now.
+pub fn confirmed(propagation: Propagation) -> Result<Propagation, crate::http::errors::ApiError> {
     if propagation.confirmed {
         return Ok(propagation);
     }
-    Err(crate::http::errors::ApiError::unavailable(
+    Err(unconfirmed())
+}
+
+/// 503 `cluster_unavailable` for a change that is stored but reached no majority.
+pub fn unconfirmed() -> crate::http::errors::ApiError {
+    crate::http::errors::ApiError::unavailable(
         "cluster_unavailable",
-        "the change is stored, but fewer than a majority of the cluster confirmed it: members that missed it apply it once they hear from this node or check the store; do not rely on it until the cluster is whole (retrying a revocation confirms it)",
-    ))
+        "the change is stored, but fewer than a majority of the cluster confirmed it: the members that missed it apply it once they hear from this node or at their next check against the store (auth.sync_seconds for credentials, policy.sync_seconds for policies)",
+    )
 }
 
 /// How often the membership view is asked whether a catch-up is due.

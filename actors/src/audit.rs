@@ -538,10 +538,13 @@ impl ChildSpec for AuditWriterSpec {
             max_batch: 256,
             metrics: self.metrics.clone(),
         };
-        let actor = AuditWriter {
-            mailbox: self.slot.mailbox(),
-        };
-        spawn_into(actor, args, supervisor, &self.slot).await
+        spawn_into(
+            |mailbox| AuditWriter { mailbox },
+            args,
+            supervisor,
+            &self.slot,
+        )
+        .await
     }
 }
 

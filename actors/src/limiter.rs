@@ -245,10 +245,7 @@ impl ChildSpec for LimiterSpec {
             table: self.table.clone(),
             evict_every: Duration::from_secs(30),
         };
-        let actor = Limiter {
-            mailbox: self.slot.mailbox(),
-        };
-        spawn_into(actor, args, supervisor, &self.slot).await
+        spawn_into(|mailbox| Limiter { mailbox }, args, supervisor, &self.slot).await
     }
 }
 

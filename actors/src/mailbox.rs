@@ -12,7 +12,9 @@ use std::time::Duration;
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorProcessingErr, ActorRef, Message, RpcReplyPort, SupervisionEvent};
 
-/// The number of messages waiting for one supervised actor (its current instance).
+/// The number of messages waiting for one instance of a supervised actor. Each instance
+/// gets its own: a restarted actor starts from zero, and a late timer of the instance that
+/// died counts against that one only.
 #[derive(Clone, Debug, Default)]
 pub struct Mailbox {
     queued: Arc<AtomicUsize>,
@@ -41,11 +43,6 @@ impl Mailbox {
         let _ = self
             .queued
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
-    }
-
-    /// Forgets what was queued for an instance that is gone: its messages died with it.
-    pub(crate) fn clear(&self) {
-        self.queued.store(0, Ordering::Relaxed);
     }
 
     /// Sends `message` to `actor`, counting it in; a message that could not be sent is

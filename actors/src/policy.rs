@@ -530,7 +530,7 @@ impl ChildSpec for PolicyChild {
             settings: self.settings,
             metrics: self.metrics.clone(),
         };
-        spawn_into(PolicyActor, args, supervisor, &self.slot).await
+        spawn_into(|_| PolicyActor, args, supervisor, &self.slot).await
     }
 }
 

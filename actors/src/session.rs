@@ -462,7 +462,7 @@ impl ChildSpec for SessionSupervisorSpec {
             limits: self.limits,
             metrics: self.metrics.clone(),
         };
-        spawn_into(SessionSupervisor, args, supervisor, &self.slot).await
+        spawn_into(|_| SessionSupervisor, args, supervisor, &self.slot).await
     }
 }
 

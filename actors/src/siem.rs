@@ -301,6 +301,8 @@ impl ForwarderState {
     async fn deliver(&self, events: &[ChainedEvent]) -> Option<Result<(), DeliveryError>> {
         let mut stopping = self.args.stopping.clone();
         tokio::select! {
+            // A delivery that finished counts, even if the stop came at the same moment.
+            biased;
             result = self.args.sink.deliver(events) => return Some(result),
             Ok(_) = stopping.wait_for(|stopping| *stopping) => {}
         }
@@ -581,10 +583,13 @@ impl ChildSpec for SiemForwarderSpec {
             metrics: self.metrics.clone(),
             stopping: self.stopping.clone(),
         };
-        let actor = SiemForwarder {
-            mailbox: self.slot.mailbox(),
-        };
-        spawn_into(actor, args, supervisor, &self.slot).await
+        spawn_into(
+            |mailbox| SiemForwarder { mailbox },
+            args,
+            supervisor,
+            &self.slot,
+        )
+        .await
     }
 }
 

@@ -85,7 +85,8 @@ pub trait ChildSpec: Send + Sync + 'static {
 /// Where a running actor can be found; the supervisor refills it on every restart.
 pub struct Slot<M: Message> {
     inner: Arc<RwLock<Option<ActorRef<M>>>>,
-    mailbox: Mailbox,
+    /// The mailbox gauge of the current instance.
+    mailbox: Arc<RwLock<Mailbox>>,
 }
 
 impl<M: Message> Clone for Slot<M> {
@@ -101,7 +102,7 @@ impl<M: Message> Default for Slot<M> {
     fn default() -> Self {
         Self {
             inner: Arc::new(RwLock::new(None)),
-            mailbox: Mailbox::default(),
+            mailbox: Arc::default(),
         }
     }
 }
@@ -127,9 +128,19 @@ impl<M: Message> Slot<M> {
         *self.inner.write().unwrap_or_else(PoisonError::into_inner) = Some(actor);
     }
 
-    /// The mailbox gauge of the slot's instances.
+    /// The mailbox gauge of the current instance.
     pub fn mailbox(&self) -> Mailbox {
-        self.mailbox.clone()
+        self.mailbox
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// A fresh gauge for the instance about to start, made the current one.
+    fn next_mailbox(&self) -> Mailbox {
+        let fresh = Mailbox::default();
+        *self.mailbox.write().unwrap_or_else(PoisonError::into_inner) = fresh.clone();
+        fresh
     }
 
     /// Sends a request built by `build` to the current instance and waits up to `timeout`;
@@ -140,7 +151,7 @@ impl<M: Message> Slot<M> {
         timeout: Duration,
     ) -> Option<T> {
         let actor = self.get()?;
-        self.mailbox.call(&actor, build, timeout).await
+        self.mailbox().call(&actor, build, timeout).await
     }
 }
 
@@ -560,16 +571,19 @@ impl ChildSpec for SupervisorSpec {
     }
 }
 
-/// Spawns an actor as a linked child and publishes it in `slot`.
+/// Spawns an actor, made by `make` with its instance's mailbox gauge (for its own timers),
+/// as a linked child and publishes it in `slot`.
 pub async fn spawn_into<A: Actor>(
-    actor: A,
+    make: impl FnOnce(Mailbox) -> A,
     args: A::Arguments,
     supervisor: ActorCell,
     slot: &Slot<A::Msg>,
 ) -> Result<ActorCell, SpawnErr> {
-    let mailbox = slot.mailbox();
-    mailbox.clear();
-    let counted = Counted { actor, mailbox };
+    let mailbox = slot.next_mailbox();
+    let counted = Counted {
+        actor: make(mailbox.clone()),
+        mailbox,
+    };
     let (actor_ref, _handle) = Actor::spawn_linked(None, counted, args, supervisor).await?;
     let cell = actor_ref.get_cell();
     slot.set(actor_ref);
@@ -582,10 +596,7 @@ pub async fn spawn_supervisor(
     supervisor: ActorCell,
     slot: &Slot<SupervisorMessage>,
 ) -> Result<ActorCell, SpawnErr> {
-    let actor = Supervisor {
-        mailbox: slot.mailbox(),
-    };
-    spawn_into(actor, args, supervisor, slot).await
+    spawn_into(|mailbox| Supervisor { mailbox }, args, supervisor, slot).await
 }
 
 #[cfg(test)]
@@ -650,7 +661,7 @@ mod tests {
 
         async fn spawn(&self, supervisor: ActorCell) -> Result<ActorCell, SpawnErr> {
             spawn_into(
-                Flaky,
+                |_| Flaky,
                 (self.starts.clone(), self.stops.clone()),
                 supervisor,
                 &self.slot,
@@ -839,7 +850,7 @@ mod tests {
         }
 
         async fn spawn(&self, supervisor: ActorCell) -> Result<ActorCell, SpawnErr> {
-            spawn_into(Gated, self.gate.clone(), supervisor, &self.slot).await
+            spawn_into(|_| Gated, self.gate.clone(), supervisor, &self.slot).await
         }
     }
 

@@ -1199,10 +1199,13 @@ impl ChildSpec for MembershipSpec {
             config: self.config.clone(),
             view: self.view.clone(),
         };
-        let actor = Membership {
-            mailbox: self.slot.mailbox(),
-        };
-        spawn_into(actor, args, supervisor, &self.slot).await
+        spawn_into(
+            |mailbox| Membership { mailbox },
+            args,
+            supervisor,
+            &self.slot,
+        )
+        .await
     }
 }
 

@@ -15,6 +15,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 use serde_json::json;
 use tokio::sync::OwnedMutexGuard;
+use tracing::warn;
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
@@ -101,6 +102,10 @@ pub struct Revoked {
     pub waited_out: Vec<String>,
     /// Cluster members that acknowledged (this node aside).
     pub acknowledged_by: Vec<String>,
+    /// Whether a majority of the cluster applied the revocation (see
+    /// [`crate::node::confirmed`]); the caller decides how to answer when not.
+    #[serde(skip)]
+    pub confirmed: bool,
 }
 
 /// The configured lockout rule.
@@ -639,7 +644,7 @@ pub async fn refresh(
             node.revocations.revoke_sessions(&[session_id]);
             // The presenter gets a 401 either way; an unconfirmed revocation is stored and
             // reaches the other members once they hear from this node or check the store.
-            let _unconfirmed = node.broadcast_revoked(&[session_id], &[]).await;
+            node.broadcast_revoked(&[session_id], &[]).await;
             node.actor_metrics.refresh_reuse.inc();
             let actor = node
                 .store
@@ -705,12 +710,13 @@ pub async fn revoke_session(
         )
         .await;
     }
-    let propagation = propagation?;
+    let propagation = crate::node::confirmed(propagation)?;
     Ok(Revoked {
         revoked,
         propagation_ms,
         waited_out: propagation.waited_out,
         acknowledged_by: propagation.acknowledged_by,
+        confirmed: true,
     })
 }
 
@@ -738,12 +744,20 @@ pub async fn revoke_user_credentials(
             .await?;
         node.revocations.revoke_api_keys(&revoked_keys);
     }
-    let propagation = node.broadcast_revoked(&sessions, &revoked_keys).await?;
+    let propagation = node.broadcast_revoked(&sessions, &revoked_keys).await;
+    if !propagation.confirmed {
+        warn!(
+            user = %user_id,
+            reason,
+            "credentials revoked in the store, but fewer than a majority of the cluster confirmed it"
+        );
+    }
     Ok(Revoked {
         revoked: !sessions.is_empty() || !revoked_keys.is_empty(),
         propagation_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         waited_out: propagation.waited_out,
         acknowledged_by: propagation.acknowledged_by,
+        confirmed: propagation.confirmed,
     })
 }
 

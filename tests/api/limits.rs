@@ -252,6 +252,7 @@ impl PrivateSentinels {
     async fn start() -> Self {
         let [master, replica, s1, s2, s3] = free_ports::<5>();
         let dir = tempfile::tempdir().unwrap();
+        // A replica writes the synced snapshot to its directory: keep it in ours.
         let server = |port: u16| {
             vec![
                 "--bind".into(),
@@ -262,6 +263,10 @@ impl PrivateSentinels {
                 String::new(),
                 "--appendonly".into(),
                 "no".into(),
+                "--dir".into(),
+                dir.path().display().to_string(),
+                "--dbfilename".into(),
+                format!("dump-{port}.rdb"),
             ]
         };
         let mut servers = vec![Self::spawn(&server(master))];

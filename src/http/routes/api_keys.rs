@@ -212,11 +212,12 @@ pub async fn delete_api_key(
         event.details = json!({"prefix": key.prefix, "owner": key.user_id});
         node.record_audit(event).await;
     }
-    let propagation = propagation?;
+    let propagation = crate::node::confirmed(propagation)?;
     Ok(Json(Revoked {
         revoked,
         propagation_ms,
         waited_out: propagation.waited_out,
         acknowledged_by: propagation.acknowledged_by,
+        confirmed: true,
     }))
 }

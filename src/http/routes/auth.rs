@@ -286,11 +286,15 @@ pub async fn set_password(
         .update_user(username, &patch, node.clock.now())
         .await?
         .ok_or_else(|| ApiError::not_found("no such user"))?;
-    service::revoke_user_credentials(node, user.id, keep, false, "password_changed").await?;
+    // A revocation no majority confirmed is stored; the change it came with stands, and
+    // the audit event says so.
+    let revoked =
+        service::revoke_user_credentials(node, user.id, keep, false, "password_changed").await?;
     let mut event = node.audit.event("password_changed", "success");
     event.actor = Some(actor.to_owned());
     event.ip = ip.map(|ip| ip.to_string());
     event.resource = Some(format!("user:{username}"));
+    event.details = json!({"revocation_confirmed": revoked.confirmed});
     node.record_audit(event).await;
     Ok(())
 }
@@ -404,13 +408,16 @@ pub async fn post_totp_confirm(
     node.store.accept_totp_step(principal.user_id, step).await?;
     // Sessions from before MFA was on were proven by the password alone.
     let current = principal.session_id();
-    service::revoke_user_credentials(node, principal.user_id, current, false, "mfa_enabled")
-        .await?;
+    // The user must get the recovery codes even if no majority confirmed the revocation
+    // (it is stored); the audit event says so.
+    let revoked =
+        service::revoke_user_credentials(node, principal.user_id, current, false, "mfa_enabled")
+            .await?;
     let mut event = node.audit.event("mfa_enrolled", "success");
     event.actor = Some(principal.username.clone());
     event.ip = ip.map(|ip| ip.to_string());
     event.resource = Some(format!("user:{}", principal.username));
-    event.details = json!({"method": "totp"});
+    event.details = json!({"method": "totp", "revocation_confirmed": revoked.confirmed});
     node.record_audit(event).await;
     Ok(Json(json!({ "recovery_codes": codes })))
 }

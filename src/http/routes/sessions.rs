@@ -100,29 +100,39 @@ async fn describe_by_owner(node: &Node, user_id: Uuid, sessions: &[SessionRecord
             .or_default()
             .push(session.id);
     }
-    let calls = by_owner.iter().flat_map(|(owner, ids)| {
-        ids.chunks(DESCRIBE_BATCH).map(move |ids| async move {
-            if *owner == node.node_id {
-                describe_owned(node, user_id, ids).await.ok()
-            } else {
-                forward::describe_on(node, owner, user_id, ids).await
-            }
-        })
+    let batches: Vec<(&String, &[Uuid])> = by_owner
+        .iter()
+        .flat_map(|(owner, ids)| ids.chunks(DESCRIBE_BATCH).map(move |ids| (owner, ids)))
+        .collect();
+    let calls = batches.iter().map(|&(owner, ids)| async move {
+        if *owner == node.node_id {
+            describe_owned(node, user_id, ids).await.ok()
+        } else {
+            forward::describe_on(node, owner, user_id, ids).await
+        }
     });
-    let mut described: HashMap<String, Value> = HashMap::new();
-    for items in futures::future::join_all(calls).await.into_iter().flatten() {
+    // An owner that answered described every live session it was asked about: one it left
+    // out has ended. Only an owner that did not answer is stood in for by the store rows.
+    let mut described: HashMap<Uuid, Option<Value>> = HashMap::new();
+    for ((_, ids), items) in batches.iter().zip(futures::future::join_all(calls).await) {
+        let Some(items) = items else { continue };
+        for id in *ids {
+            described.insert(*id, None);
+        }
         for item in items {
-            if let Some(id) = item["session_id"].as_str() {
-                described.insert(id.to_owned(), item);
+            if let Some(id) = item["session_id"]
+                .as_str()
+                .and_then(|id| Uuid::parse_str(id).ok())
+            {
+                described.insert(id, Some(item));
             }
         }
     }
     sessions
         .iter()
-        .map(|s| {
-            described
-                .remove(&s.id.to_string())
-                .unwrap_or_else(|| session_json(s, &owner_of(s)))
+        .filter_map(|s| match described.remove(&s.id) {
+            Some(answer) => answer,
+            None => Some(session_json(s, &owner_of(s))),
         })
         .collect()
 }
@@ -145,8 +155,11 @@ pub async fn describe_owned(
         .map(|s| (s.id, s))
         .collect();
     let running = node.sessions.running_states(ids).await;
+    // Live in the store first (an actor does not hear of revocations made in the store
+    // alone); then as its running actor holds it.
     Ok(ids
         .iter()
+        .filter(|id| stored.contains_key(id))
         .filter_map(|id| running.get(id).or_else(|| stored.get(id)))
         .filter(|s| {
             s.user_id == user_id
@@ -207,7 +220,10 @@ pub async fn delete_sessions(
     event.actor = Some(principal.username.clone());
     event.ip = ip.map(|ip| ip.to_string());
     event.resource = Some(format!("user:{}", principal.username));
-    event.details = json!({"reason": "signed_out_everywhere"});
+    event.details = json!({"reason": "signed_out_everywhere", "confirmed": revoked.confirmed});
     node.record_audit(event).await;
+    if !revoked.confirmed {
+        return Err(crate::node::unconfirmed());
+    }
     Ok(Json(revoked))
 }

@@ -275,15 +275,19 @@ pub async fn patch_user(
     // Revoked whenever asked for, not only on a change: a retry after a failed
     // revocation must revoke again.
     let disabled = body.is_active == Some(false);
+    let mut revocation_confirmed = None;
     if disabled || new_role.is_some() {
         let reason = if disabled {
             "user_disabled"
         } else {
             "role_changed"
         };
+        // A revocation no majority confirmed is stored; the change stands, and the audit
+        // event says so.
         let revoked =
             service::revoke_user_credentials(node, user.id, None, disabled, reason).await?;
         response["propagation_ms"] = json!(revoked.propagation_ms);
+        revocation_confirmed = Some(revoked.confirmed);
     }
     let changed: Vec<&str> = [
         ("email", patch.email.is_some()),
@@ -306,7 +310,7 @@ pub async fn patch_user(
         &principal.username,
         ip,
         &user.username,
-        json!({"changed": changed, "role": updated.role}),
+        json!({"changed": changed, "role": updated.role, "revocation_confirmed": revocation_confirmed}),
     )
     .await;
     Ok(Json(response))
@@ -343,7 +347,7 @@ pub async fn delete_user(
         json!({"sessions_revoked": deleted.revoked_sessions.len(), "api_keys_revoked": deleted.revoked_api_keys.len()}),
     )
     .await;
-    propagation?;
+    crate::node::confirmed(propagation)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
