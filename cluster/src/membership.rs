@@ -732,8 +732,29 @@ pub struct MembershipState {
     /// This process's incarnation number.
     incarnation: u64,
     timer: ractor::concurrency::JoinHandle<()>,
-    dialed: BTreeMap<SocketAddr, Instant>,
+    dialed: BTreeMap<SocketAddr, Dial>,
     unreached: BTreeMap<SocketAddr, Instant>,
+}
+
+/// The last dial of an address: when, and how many dials in a row found nothing there.
+#[derive(Clone, Copy, Debug)]
+struct Dial {
+    at: Instant,
+    failed: u32,
+}
+
+impl Dial {
+    /// How long to wait before dialing again. A connection that was made gets [`REDIAL`] to
+    /// finish its handshake; an address where nothing answered (a peer still starting, or
+    /// restarting) is tried again soon, backing off from one heartbeat to [`REDIAL`].
+    fn pause(&self, heartbeat: Duration) -> Duration {
+        match self.failed {
+            0 => REDIAL,
+            failed => heartbeat
+                .saturating_mul(1 << (failed - 1).min(8))
+                .min(REDIAL),
+        }
+    }
 }
 
 /// A random number for this process (std's per-process hash keys are random).
@@ -785,23 +806,27 @@ impl MembershipState {
                 let unreached_since = *self.unreached.entry(addr).or_insert(now);
                 let their_turn = addr < self.config.bind
                     && now.saturating_duration_since(unreached_since) < REDIAL * 2;
+                let heartbeat = self.config.heartbeat;
+                let last = self.dialed.get(&addr).copied();
                 if their_turn
-                    || self
-                        .dialed
-                        .get(&addr)
-                        .is_some_and(|at| now.saturating_duration_since(*at) < REDIAL)
+                    || last
+                        .is_some_and(|d| now.saturating_duration_since(d.at) < d.pause(heartbeat))
                 {
                     continue;
                 }
-                self.dialed.insert(addr, now);
-                if let Err(err) = connect_from(
+                let dialed = connect_from(
                     &self.server,
                     self.config.bind,
                     addr,
                     self.config.tls.as_ref(),
                 )
-                .await
-                {
+                .await;
+                let failed = match &dialed {
+                    Ok(()) => 0,
+                    Err(_) => last.map_or(0, |d| d.failed) + 1,
+                };
+                self.dialed.insert(addr, Dial { at: now, failed });
+                if let Err(err) = dialed {
                     debug!(peer = %addr, error = %err, "cluster peer not reachable");
                 }
             }
@@ -1321,6 +1346,23 @@ mod tests {
             2,
             "a restarted process is heard at once"
         );
+    }
+
+    #[test]
+    fn an_address_where_nothing_answered_is_dialed_again_soon_then_less_often() {
+        let heartbeat = Duration::from_millis(200);
+        let dial = |failed| Dial {
+            at: Instant::now(),
+            failed,
+        };
+        assert_eq!(
+            dial(0).pause(heartbeat),
+            REDIAL,
+            "a made connection gets its handshake time"
+        );
+        assert_eq!(dial(1).pause(heartbeat), heartbeat);
+        assert_eq!(dial(3).pause(heartbeat), heartbeat * 4);
+        assert_eq!(dial(40).pause(heartbeat), REDIAL);
     }
 
     #[test]
