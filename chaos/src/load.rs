@@ -90,14 +90,24 @@ impl Worker {
         (self.next() % self.target.bases.len() as u64) as usize
     }
 
-    async fn send(&self, request: reqwest::RequestBuilder) -> (u16, Value) {
-        match request.send().await {
+    /// Sends `request` (a `kind` request to `node`) and records it in the history; status
+    /// 0 when there was no answer.
+    async fn send(
+        &self,
+        kind: &'static str,
+        node: usize,
+        request: reqwest::RequestBuilder,
+    ) -> (u16, Value) {
+        let started = self.history.now();
+        let (status, body) = match request.send().await {
             Ok(response) => {
                 let status = response.status().as_u16();
                 (status, response.json().await.unwrap_or(Value::Null))
             }
             Err(_) => (0, Value::Null),
-        }
+        };
+        self.history.record(kind, node, started, status);
+        (status, body)
     }
 
     async fn run(mut self, stop: Arc<AtomicBool>) {
@@ -119,15 +129,15 @@ impl Worker {
     }
 
     async fn login(&mut self, node: usize) {
-        let started = self.history.now();
         let (status, body) = self
             .send(
+                "login",
+                node,
                 self.client
                     .post(format!("{}/api/v1/auth/login", self.target.bases[node]))
                     .json(&json!({"username": "admin", "password": self.target.password})),
             )
             .await;
-        self.history.record("login", node, started, status);
         if status == 200 {
             self.session = tokens(&body);
         } else {
@@ -139,13 +149,14 @@ impl Worker {
         let started = self.history.now();
         let (status, body) = self
             .send(
+                "evaluate",
+                node,
                 self.client
                     .post(format!("{}/api/v1/authz/evaluate", self.target.bases[node]))
                     .bearer_auth(access)
                     .json(&json!({"resource": "servers", "action": "read"})),
             )
             .await;
-        self.history.record("evaluate", node, started, status);
         if let (200, Some(version)) = (status, body["policy_version"].as_i64()) {
             self.history.decision(version, started);
         }
@@ -153,15 +164,15 @@ impl Worker {
     }
 
     async fn refresh(&mut self, node: usize, refresh: &str) {
-        let started = self.history.now();
         let (status, body) = self
             .send(
+                "refresh",
+                node,
                 self.client
                     .post(format!("{}/api/v1/auth/refresh", self.target.bases[node]))
                     .json(&json!({"refresh_token": refresh})),
             )
             .await;
-        self.history.record("refresh", node, started, status);
         if status == 200 {
             self.session = tokens(&body);
         }
@@ -170,16 +181,16 @@ impl Worker {
 
     async fn write_server(&mut self, node: usize, access: &str) {
         let name = format!("w{}-{}", self.id, self.sent);
-        let started = self.history.now();
         let (status, _) = self
             .send(
+                "server_write",
+                node,
                 self.client
                     .post(format!("{}/api/v1/servers", self.target.bases[node]))
                     .bearer_auth(access)
                     .json(&json!({"name": name, "endpoint": "https://chaos.example.org"})),
             )
             .await;
-        self.history.record("server_write", node, started, status);
         if status == 201 {
             self.history.acknowledged_server(name);
         }
@@ -187,15 +198,15 @@ impl Worker {
     }
 
     async fn revoke(&mut self, node: usize, access: &str) {
-        let started = self.history.now();
         let (status, body) = self
             .send(
+                "revoke",
+                node,
                 self.client
                     .post(format!("{}/api/v1/auth/logout", self.target.bases[node]))
                     .bearer_auth(access),
             )
             .await;
-        self.history.record("revoke", node, started, status);
         if status != 200 {
             self.forget_on_401(status);
             return;
@@ -209,12 +220,13 @@ impl Worker {
             let started = self.history.now();
             let (status, me) = self
                 .send(
+                    "revoked_check",
+                    i,
                     self.client
                         .get(format!("{base}/api/v1/auth/me"))
                         .bearer_auth(access),
                 )
                 .await;
-            self.history.record("revoked_check", i, started, status);
             if status == 200 {
                 self.history.revoked_accepted(format!(
                     "at {:.2} s node {i} accepted a token of session {} revoked via node {node} ({body})",
@@ -240,16 +252,16 @@ impl Worker {
                 )
                 .file_name("authorization.rego"),
             );
-        let started = self.history.now();
         let (status, body) = self
             .send(
+                "policy_upload",
+                node,
                 self.client
                     .post(format!("{}/api/v1/policies", self.target.bases[node]))
                     .bearer_auth(access)
                     .multipart(form),
             )
             .await;
-        self.history.record("policy_upload", node, started, status);
         if let (201, Some(version)) = (status, body["version"].as_i64()) {
             self.history
                 .policy_acknowledged(version, self.history.now());

@@ -460,16 +460,52 @@ impl ClusterSandbox {
 
     /// Logs in on node `i` and returns the access token.
     pub async fn login(&self, i: usize, username: &str, password: &str) -> anyhow::Result<String> {
-        let (status, body) = send_json(
-            self.client
-                .post(format!("http://{}/api/v1/auth/login", self.nodes[i].http))
-                .json(&serde_json::json!({"username": username, "password": password})),
-        )
-        .await?;
-        body["access_token"]
+        let tokens = self.log_in(i, username, password).await?;
+        tokens["access_token"]
             .as_str()
             .map(str::to_owned)
-            .ok_or_else(|| anyhow!("login of {username} on node {i}: {status} {body}"))
+            .ok_or_else(|| anyhow!("login of {username} on node {i} without a token: {tokens}"))
+    }
+
+    /// Logs `username` in on node `i`; returns the whole token response (access and
+    /// refresh tokens, session id).
+    pub async fn log_in(
+        &self,
+        i: usize,
+        username: &str,
+        password: &str,
+    ) -> anyhow::Result<serde_json::Value> {
+        let body = serde_json::json!({"username": username, "password": password});
+        let (status, tokens) = self
+            .request(
+                i,
+                reqwest::Method::POST,
+                "/api/v1/auth/login",
+                None,
+                Some(&body),
+            )
+            .await;
+        if status != 200 {
+            bail!("login of {username} on node {i}: {status} {tokens}");
+        }
+        Ok(tokens)
+    }
+
+    /// GETs `path` on node `i` with the bearer `token`; status 0 when it cannot be reached.
+    pub async fn get_as(&self, i: usize, path: &str, token: &str) -> (u16, serde_json::Value) {
+        self.request(i, reqwest::Method::GET, path, Some(token), None)
+            .await
+    }
+
+    /// The member (by name) that owns `session`, as node `i` lists the sessions of the
+    /// holder of `token`.
+    pub async fn session_owner(&self, i: usize, token: &str, session: &str) -> Option<String> {
+        let (_, listed) = self.get_as(i, "/api/v1/sessions?limit=500", token).await;
+        listed["items"]
+            .as_array()?
+            .iter()
+            .find(|s| s["session_id"] == session)
+            .and_then(|s| s["node_id"].as_str().map(str::to_owned))
     }
 
     /// Stops every running node with SIGTERM and returns their exit statuses.

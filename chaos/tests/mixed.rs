@@ -98,30 +98,14 @@ impl Run {
     }
 
     async fn get(&self, node: usize, path: &str, token: &str) -> (u16, Value) {
-        self.sandbox
-            .request(node, reqwest::Method::GET, path, Some(token), None)
-            .await
+        self.sandbox.get_as(node, path, token).await
     }
 
     async fn login(&self, node: usize) -> Value {
-        let (status, tokens) = self
-            .post(
-                node,
-                "/api/v1/auth/login",
-                json!({"username": "admin", "password": ADMIN_PASSWORD}),
-            )
-            .await;
-        assert_eq!(status, 200, "{tokens}");
-        tokens
-    }
-
-    async fn owner_of(&self, node: usize, token: &str, session: &str) -> Option<String> {
-        let (_, listed) = self.get(node, "/api/v1/sessions?limit=500", token).await;
-        listed["items"]
-            .as_array()?
-            .iter()
-            .find(|s| s["session_id"] == session)
-            .and_then(|s| s["node_id"].as_str().map(str::to_owned))
+        self.sandbox
+            .log_in(node, "admin", ADMIN_PASSWORD)
+            .await
+            .unwrap()
     }
 
     async fn status_of(&self, asking: usize, token: &str, member: &str) -> String {
@@ -235,7 +219,13 @@ async fn invariants_hold_under_load_through_kills_pauses_redis_loss_a_partition_
     let doomed = loop {
         let tokens = run.login(0).await;
         let session = tokens["session_id"].as_str().unwrap();
-        if run.owner_of(0, &admin, session).await.as_deref() == Some(names[victim].as_str()) {
+        if run
+            .sandbox
+            .session_owner(0, &admin, session)
+            .await
+            .as_deref()
+            == Some(names[victim].as_str())
+        {
             let (status, refreshed) = run
                 .post(
                     0,

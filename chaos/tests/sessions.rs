@@ -41,34 +41,22 @@ impl Cluster {
     }
 
     async fn get(&self, node: usize, path: &str, token: &str) -> (u16, Value) {
-        self.sandbox
-            .request(node, reqwest::Method::GET, path, Some(token), None)
-            .await
+        self.sandbox.get_as(node, path, token).await
     }
 
     async fn login(&self, node: usize) -> Value {
-        let (status, tokens) = self
-            .post(
-                node,
-                "/api/v1/auth/login",
-                None,
-                json!({"username": "admin", "password": ADMIN_PASSWORD}),
-            )
-            .await;
-        assert_eq!(status, 200, "{tokens}");
-        tokens
+        self.sandbox
+            .log_in(node, "admin", ADMIN_PASSWORD)
+            .await
+            .unwrap()
     }
 
-    /// The node that owns `session`, as node 0 lists it.
+    /// The index of the node that owns `session`, as node `asking` lists it.
     async fn owner(&self, token: &str, session: &str, asking: usize) -> usize {
-        let (status, listed) = self.get(asking, "/api/v1/sessions?limit=500", token).await;
-        assert_eq!(status, 200, "{listed}");
-        let owner = listed["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["session_id"] == session)
-            .map(|s| s["node_id"].as_str().unwrap().to_owned())
+        let owner = self
+            .sandbox
+            .session_owner(asking, token, session)
+            .await
             .expect("the session is listed");
         self.sandbox
             .nodes()

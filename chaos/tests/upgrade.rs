@@ -25,25 +25,14 @@ struct Cluster {
 
 impl Cluster {
     async fn login(&self, node: usize) -> Value {
-        let body = json!({"username": "admin", "password": ADMIN_PASSWORD});
-        let (status, tokens) = self
-            .sandbox
-            .request(
-                node,
-                reqwest::Method::POST,
-                "/api/v1/auth/login",
-                None,
-                Some(&body),
-            )
-            .await;
-        assert_eq!(status, 200, "{tokens}");
-        tokens
+        self.sandbox
+            .log_in(node, "admin", ADMIN_PASSWORD)
+            .await
+            .unwrap()
     }
 
     async fn get(&self, node: usize, path: &str, token: &str) -> (u16, Value) {
-        self.sandbox
-            .request(node, reqwest::Method::GET, path, Some(token), None)
-            .await
+        self.sandbox.get_as(node, path, token).await
     }
 
     /// The protocol version each member speaks, as node `asking` sees them, by node name.
@@ -76,16 +65,11 @@ impl Cluster {
             .collect();
         let session = self.login(0).await;
         let id = session["session_id"].as_str().unwrap();
-        let (status, listed) = self.get(1, "/api/v1/sessions?limit=500", token).await;
-        assert_eq!(status, 200, "{step}: {listed}");
-        let owner = listed["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["session_id"] == id)
-            .and_then(|s| s["node_id"].as_str())
-            .map(str::to_owned)
-            .expect("the session is listed");
+        let owner = self
+            .sandbox
+            .session_owner(1, token, id)
+            .await
+            .unwrap_or_else(|| panic!("{step}: the session is listed"));
         let sender = names.iter().position(|n| *n != owner).unwrap();
         let access = session["access_token"].as_str().unwrap();
         let (status, revoked) = self

@@ -69,18 +69,28 @@ pub async fn get_sessions(
     };
     let limit = validate::limit(query.limit)?;
     let after = validate::decode_cursor(query.cursor.as_deref())?;
-    let now = node.clock.now();
+    let sessions = live_sessions(node, user_id).await?;
+    let (sessions, next_cursor) = validate::page(sessions, |s| s.id.to_string(), limit, after);
+    let items = describe_by_owner(node, user_id, &sessions).await;
+    Ok(Json(json!({ "items": items, "next_cursor": next_cursor })))
+}
+
+/// Whether `s` is live at `now`: not revoked, not expired, used within the idle timeout.
+fn live(node: &Node, s: &SessionRecord, now: chrono::DateTime<chrono::Utc>) -> bool {
     let idle = chrono::Duration::seconds(crate::node::seconds(node.config.session.idle_seconds));
-    let sessions: Vec<SessionRecord> = node
+    s.revoked_at.is_none() && s.expires_at > now && s.last_seen_at + idle > now
+}
+
+/// The live sessions of `user_id`, as stored.
+async fn live_sessions(node: &Node, user_id: Uuid) -> Result<Vec<SessionRecord>, ApiError> {
+    let now = node.clock.now();
+    Ok(node
         .store
         .user_sessions(user_id, now)
         .await?
         .into_iter()
-        .filter(|s| s.last_seen_at + idle > now)
-        .collect();
-    let (sessions, next_cursor) = validate::page(sessions, |s| s.id.to_string(), limit, after);
-    let items = describe_by_owner(node, user_id, &sessions).await;
-    Ok(Json(json!({ "items": items, "next_cursor": next_cursor })))
+        .filter(|s| live(node, s, now))
+        .collect())
 }
 
 /// Each of `sessions` (of one user) as the owner of its actor describes it: this node's
@@ -106,7 +116,7 @@ async fn describe_by_owner(node: &Node, user_id: Uuid, sessions: &[SessionRecord
         .collect();
     let calls = batches.iter().map(|&(owner, ids)| async move {
         if *owner == node.node_id {
-            describe_owned(node, user_id, ids).await.ok()
+            Some(describe(node, sessions, ids).await)
         } else {
             forward::describe_on(node, owner, user_id, ids).await
         }
@@ -144,31 +154,23 @@ pub async fn describe_owned(
     user_id: Uuid,
     ids: &[Uuid],
 ) -> Result<Vec<Value>, ApiError> {
+    let stored = live_sessions(node, user_id).await?;
+    Ok(describe(node, &stored, ids).await)
+}
+
+/// Those of `ids` live in `stored` (an actor does not hear of revocations made in the
+/// store alone), as their running actors hold them, or as stored; still live.
+async fn describe(node: &Node, stored: &[SessionRecord], ids: &[Uuid]) -> Vec<Value> {
     let now = node.clock.now();
-    let idle = chrono::Duration::seconds(crate::node::seconds(node.config.session.idle_seconds));
-    let stored: HashMap<Uuid, SessionRecord> = node
-        .store
-        .user_sessions(user_id, now)
-        .await?
-        .into_iter()
-        .filter(|s| ids.contains(&s.id))
-        .map(|s| (s.id, s))
-        .collect();
     let running = node.sessions.running_states(ids).await;
-    // Live in the store first (an actor does not hear of revocations made in the store
-    // alone); then as its running actor holds it.
-    Ok(ids
-        .iter()
-        .filter(|id| stored.contains_key(id))
-        .filter_map(|id| running.get(id).or_else(|| stored.get(id)))
-        .filter(|s| {
-            s.user_id == user_id
-                && s.revoked_at.is_none()
-                && s.expires_at > now
-                && s.last_seen_at + idle > now
+    ids.iter()
+        .filter_map(|id| {
+            let row = stored.iter().find(|s| s.id == *id)?;
+            Some(running.get(id).unwrap_or(row))
         })
+        .filter(|s| live(node, s, now))
         .map(|s| session_json(s, &node.node_id))
-        .collect())
+        .collect()
 }
 
 /// `DELETE /api/v1/sessions/{id}`: revokes one of one's sessions (admins: anyone's).
