@@ -61,6 +61,14 @@ pub enum AdminCommand {
     },
     /// Creates a new signing key; the old one verifies until its tokens have expired.
     RotateSigningKey,
+    /// Removes cluster members that are gone for good from the voting membership, without
+    /// a quorum: for survivors that lost their majority at once (docs/operations.md).
+    /// Refuses a member that recorded itself within the last lease (it is up).
+    ForgetMember {
+        /// The members' node names.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
 }
 
 /// Why an admin command failed.
@@ -335,7 +343,74 @@ async fn execute(
                 record_key.kid
             ))
         }
+        AdminCommand::ForgetMember { names } => {
+            forget_members(&names, config, store, audit, now).await
+        }
     }
+}
+
+/// Removes `names` from the voting membership; refuses all of them, before removing any,
+/// when one is unknown or up.
+async fn forget_members(
+    names: &[String],
+    config: &Config,
+    store: &Arc<dyn Store>,
+    audit: &AuditHandle,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<String, AdminError> {
+    let failed = |e: crate::store::StoreError| AdminError::new(e.to_string());
+    let members = store.cluster_members().await.map_err(failed)?;
+    // A running node records itself every second; one seen within its lease is up.
+    let up_within = chrono::Duration::seconds(crate::node::seconds(config.cluster.lease_seconds))
+        .max(chrono::Duration::seconds(2));
+    let mut chosen = Vec::new();
+    for name in names {
+        let member = members.iter().find(|m| &m.node_id == name).ok_or_else(|| {
+            AdminError::new(format!(
+                "{name} is not in the voting membership (members: {})",
+                members
+                    .iter()
+                    .map(|m| m.node_id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?;
+        let ago = now - member.last_seen_at;
+        if ago < up_within {
+            return Err(AdminError::new(format!(
+                "{name} is up (it recorded itself {} ms ago): stop it first, or let the cluster forget it",
+                ago.num_milliseconds()
+            )));
+        }
+        chosen.push(member.clone());
+    }
+    for member in &chosen {
+        let removed = store
+            .remove_member(&member.node_id, Some(now - up_within))
+            .await
+            .map_err(failed)?;
+        if !removed {
+            return Err(AdminError::new(format!(
+                "{} recorded itself again meanwhile (it is up): not removed",
+                member.node_id
+            )));
+        }
+        record(
+            audit,
+            "member_forgotten",
+            format!("node:{}", member.node_id),
+            json!({"addr": member.addr, "last_seen_at": member.last_seen_at, "break_glass": true}),
+        )
+        .await?;
+    }
+    Ok(format!(
+        "removed {} from the voting membership; the remaining members count only each other from their next second on",
+        chosen
+            .iter()
+            .map(|m| m.node_id.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
 }
 
 fn read_private(path: &std::path::Path) -> Result<Zeroizing<String>, AdminError> {

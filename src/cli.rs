@@ -111,11 +111,15 @@ pub async fn run(cli: Cli) -> ExitCode {
                 }
             };
             crate::telemetry::init(&config.log);
-            let result = match crate::Server::start(config).await {
-                Ok(server) => server.run_until(crate::shutdown_signal()).await,
-                Err(err) => Err(err),
+            let server = match crate::Server::start(config).await {
+                Ok(server) => server,
+                Err(err) => {
+                    // One plain line naming the key: nothing started that a log must explain.
+                    eprintln!("sark: {err}");
+                    return ExitCode::FAILURE;
+                }
             };
-            match result {
+            match server.run_until(crate::shutdown_signal()).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     tracing::error!(error = %err, "sark stopped with an error");

@@ -361,8 +361,9 @@ pub struct SessionConfig {
 pub struct ClusterConfig {
     /// This node's name; defaults to the host name.
     pub node_name: Option<String>,
-    /// Cluster listen address; nodes connect from this address too.
-    pub bind: SocketAddr,
+    /// Cluster listen address; nodes connect from this address too. Unset: a node without
+    /// seeds opens no cluster port, a node with seeds listens on [`DEFAULT_CLUSTER_BIND`].
+    pub bind: Option<SocketAddr>,
     /// Peers to join: `host:port` or `dns:name:port`.
     #[serde(deserialize_with = "comma_list")]
     pub seeds: Vec<String>,
@@ -372,6 +373,9 @@ pub struct ClusterConfig {
     pub lease_seconds: u64,
     /// Interval between heartbeats.
     pub heartbeat_ms: u64,
+    /// A member down for longer than this is removed from the voting membership (by a node
+    /// that holds a valid lease), and no longer counts toward the majority.
+    pub forget_after_seconds: u64,
     /// PEM certificate of this node, for mutual TLS between nodes (with the key and CA).
     pub tls_cert_file: Option<PathBuf>,
     /// PEM key of that certificate.
@@ -386,6 +390,21 @@ pub struct ClusterConfig {
     /// build.
     #[serde(default = "default_protocol_version")]
     pub protocol_version: u32,
+}
+
+/// The cluster port of a node with seeds and no `cluster.bind`.
+pub const DEFAULT_CLUSTER_BIND: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::LOCALHOST,
+    7400,
+));
+
+impl ClusterConfig {
+    /// Where the cluster listener binds: `cluster.bind`, else the default port when seeds
+    /// name a cluster to join; `None` for a single node, which needs no cluster port.
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        self.bind
+            .or_else(|| (!self.seeds.is_empty()).then_some(DEFAULT_CLUSTER_BIND))
+    }
 }
 
 fn default_protocol_version() -> u32 {
@@ -517,11 +536,12 @@ impl Default for Config {
             },
             cluster: ClusterConfig {
                 node_name: None,
-                bind: SocketAddr::from(([127, 0, 0, 1], 7400)),
+                bind: None,
                 seeds: Vec::new(),
                 cookie: None,
                 lease_seconds: 10,
                 heartbeat_ms: 1_000,
+                forget_after_seconds: 300,
                 tls_cert_file: None,
                 tls_key_file: None,
                 tls_ca_file: None,
@@ -617,7 +637,7 @@ impl Config {
             ..Config::default()
         };
         config.http.bind = SocketAddr::from(([127, 0, 0, 1], 0));
-        config.cluster.bind = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.cluster.bind = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
         config.cluster.heartbeat_ms = 100;
         config.rate_limit.unauthenticated_per_minute = 100_000;
         config.rate_limit.authenticated_per_minute = 100_000;
@@ -806,6 +826,10 @@ impl Config {
                 self.session.actor_idle_seconds,
             ),
             ("cluster.heartbeat_ms", self.cluster.heartbeat_ms),
+            (
+                "cluster.forget_after_seconds",
+                self.cluster.forget_after_seconds,
+            ),
         ] {
             if value == 0 {
                 return Err(ConfigError::key(key, "must be greater than 0"));
@@ -829,6 +853,12 @@ impl Config {
             return Err(ConfigError::key(
                 "cluster.heartbeat_ms",
                 "must be shorter than cluster.lease_seconds",
+            ));
+        }
+        if self.cluster.forget_after_seconds <= self.cluster.lease_seconds {
+            return Err(ConfigError::key(
+                "cluster.forget_after_seconds",
+                "must be longer than cluster.lease_seconds (a member is forgotten only once its lease has certainly expired)",
             ));
         }
         let newest = sark_cluster::wire::PROTOCOL_VERSION;

@@ -71,14 +71,9 @@ impl Server {
     /// Starts a node and its HTTP listener.
     pub async fn start(config: Config) -> Result<Self, RunError> {
         let config = Arc::new(config);
+        // Bound first: a taken port stops start-up before anything else has started.
+        let listener = http::bind(&config.http).await.map_err(RunError::Listen)?;
         let (node, control) = Node::start(config.clone()).await?;
-        let listener = match http::bind(&config.http).await {
-            Ok(listener) => listener,
-            Err(err) => {
-                control.shutdown().await;
-                return Err(RunError::Listen(err));
-            }
-        };
         let addr = listener
             .local_addr()
             .map_err(|e| RunError::Listen(e.to_string()))?;
@@ -157,9 +152,10 @@ async fn serve(
         () = node::wait_until_true(&mut stop) => None,
         reason = control.failed() => Some(reason),
     };
-    // Readiness fails first, so load balancers stop sending before the port closes.
+    // Readiness fails first, so load balancers stop sending before the port closes; until
+    // then the node serves as a full member. Its sessions and its leave go out only then,
+    // just before the port closes and the requests in flight finish.
     node.start_draining();
-    node.leave_cluster().await;
     if !delay.is_zero() {
         info!(
             delay_s = delay.as_secs(),
@@ -170,6 +166,7 @@ async fn serve(
             () = tokio::time::sleep(delay) => {}
         }
     }
+    node.leave_cluster().await;
     let _ = drain.send(true);
     serving.await;
     control.shutdown().await;

@@ -36,7 +36,7 @@ use sark_actors::supervisor::{
 };
 use sark_cluster::broadcast::{Propagation, broadcast};
 use sark_cluster::membership::{
-    ClusterMetrics, MembershipConfig, MembershipEvent, MembershipMessage, MembershipSpec,
+    ClusterMetrics, Fencing, MembershipConfig, MembershipEvent, MembershipMessage, MembershipSpec,
     MembershipView, NoticeHandler, SummarySource,
 };
 use sark_cluster::wire::{NodeSummary, Notice};
@@ -49,6 +49,8 @@ use crate::policy::BUILTIN_POLICIES;
 use crate::secrets::{self, SecretBox, SecretsKey};
 use crate::store::redis::Redis;
 use crate::store::{Backend, NewPolicyVersion, OpenError, Role, Store, StoreError, User};
+
+mod voters;
 
 /// Name of the file that receives a generated bootstrap password.
 pub const BOOTSTRAP_PASSWORD_FILE: &str = "bootstrap-admin-password";
@@ -153,6 +155,9 @@ pub struct Node {
     draining: AtomicBool,
     /// Set once this node announced its leave.
     left: AtomicBool,
+    /// Held while this node records itself in the voting membership, and by its leave, so
+    /// that a leave is never followed by a late record.
+    voting: tokio::sync::Mutex<()>,
 }
 
 /// Session ids per handover notice (a notice must stay under the 64 KiB payload limit).
@@ -181,6 +186,16 @@ impl Node {
         let cluster_tls =
             crate::http::tls::cluster_tls(&config.cluster).map_err(NodeError::Startup)?;
         prepare_data_dir(&config)?;
+        if let Some(addr) = config.cluster.listen_addr() {
+            // The node server binds inside an actor, where a taken port would only be a
+            // restart loop: find out here, and stop with the key and the address.
+            std::net::TcpListener::bind(addr).map_err(|e| {
+                crate::config::ConfigError::key(
+                    "cluster.bind",
+                    format!("cannot listen on {addr}: {e}"),
+                )
+            })?;
+        }
         let node_id = resolve_node_id(&config, &hostname)?;
         let (key, generated) = SecretsKey::load_or_generate(
             config.secrets.key.as_ref().map(|s| s.expose()),
@@ -450,6 +465,7 @@ impl Node {
             policy_control,
             draining: AtomicBool::new(false),
             left: AtomicBool::new(false),
+            voting: tokio::sync::Mutex::new(()),
             revocations,
             sessions: Sessions::new(slots_sessions, session_store),
             passwords: PasswordHasherPool::default(),
@@ -474,6 +490,9 @@ impl Node {
         control
             .background
             .push(tokio::spawn(catch_up_after_gaps(Arc::downgrade(&node))));
+        control
+            .background
+            .push(tokio::spawn(voters::run(Arc::downgrade(&node))));
         Ok((node, control))
     }
 
@@ -529,21 +548,23 @@ impl Node {
 
     /// Refuses, before anything is written, a change that must reach every member (a
     /// revocation, a policy version) when this node cannot make sure it does: it has not
-    /// joined its cluster yet, its lease lapsed (it is cut off), or it is leaving. While
-    /// it is still learning its members after a join (at most one lease), it waits.
+    /// joined its cluster yet, its lease lapsed (it is cut off), or it is leaving. While a
+    /// member that others know is not known here yet (this node just joined), it waits for
+    /// the introduction, at most one lease: after that the broadcast fences such a member
+    /// by time, as those that answer report it.
     pub async fn require_cluster(&self) -> Result<(), crate::http::errors::ApiError> {
-        // Joins that keep coming could push the settle window on forever.
         let lease = Duration::from_secs(self.config.cluster.lease_seconds);
-        let give_up = tokio::time::Instant::now() + lease * 2;
+        let give_up = tokio::time::Instant::now() + lease;
         loop {
             let now = tokio::time::Instant::now();
             if self.left.load(Ordering::Acquire) {
                 break;
             }
-            match self.membership.fence_ready_at(now) {
-                Some(at) if at <= now => return Ok(()),
-                Some(at) if at <= give_up => tokio::time::sleep_until(at).await,
-                _ => break,
+            match self.membership.fencing(now) {
+                Fencing::Ready => return Ok(()),
+                Fencing::Acquainting if now >= give_up => return Ok(()),
+                Fencing::Acquainting => tokio::time::sleep(ACQUAINT_POLL).await,
+                Fencing::NoLease => break,
             }
         }
         Err(crate::http::errors::ApiError::unavailable(
@@ -606,7 +627,8 @@ impl Node {
     }
 
     /// Tells the other members this node is leaving, so they drop it at once instead of
-    /// after its lease (a rolling restart is then not a string of failures).
+    /// after its lease (a rolling restart is then not a string of failures), and takes it
+    /// out of the voting membership, so that it no longer counts toward the majority.
     pub async fn leave_cluster(&self) {
         // Sessions first: their new owners activate them from the store before this node
         // stops, so a rolling restart is not a string of failovers.
@@ -620,6 +642,7 @@ impl Node {
         }
         info!(sessions = ids.len(), "handed this node's sessions over");
         self.left.store(true, Ordering::Release);
+        voters::withdraw(self).await;
         let propagation = self.broadcast(Notice::Leaving).await;
         info!(
             elapsed_ms = propagation.elapsed.as_millis(),
@@ -791,6 +814,9 @@ pub fn unconfirmed() -> crate::http::errors::ApiError {
 
 /// How often the membership view is asked whether a catch-up is due.
 const CATCH_UP_POLL: Duration = Duration::from_millis(25);
+
+/// How often a write waiting for this node to know every member looks again.
+const ACQUAINT_POLL: Duration = Duration::from_millis(20);
 
 /// Catches up with the store whenever this node may have missed a broadcast (it regained
 /// its lease after a pause or a cut, or a member joined): until then its lease does not
@@ -1034,7 +1060,7 @@ fn membership_config(
         });
     MembershipConfig {
         node_id: node_id.to_owned(),
-        bind: config.cluster.bind,
+        bind: config.cluster.listen_addr(),
         cookie,
         seeds: config
             .cluster

@@ -131,6 +131,11 @@ const SQLITE_MIGRATIONS: &[EmbeddedMigration] = &[
         description: "saml",
         sql: include_str!("../migrations/sqlite/20261127000002_saml.sql"),
     },
+    EmbeddedMigration {
+        version: 20261204000001,
+        description: "cluster_members",
+        sql: include_str!("../migrations/sqlite/20261204000001_cluster_members.sql"),
+    },
 ];
 
 const POSTGRES_MIGRATIONS: &[EmbeddedMigration] = &[
@@ -158,6 +163,11 @@ const POSTGRES_MIGRATIONS: &[EmbeddedMigration] = &[
         version: 20261127000002,
         description: "saml",
         sql: include_str!("../migrations/postgres/20261127000002_saml.sql"),
+    },
+    EmbeddedMigration {
+        version: 20261204000001,
+        description: "cluster_members",
+        sql: include_str!("../migrations/postgres/20261204000001_cluster_members.sql"),
     },
 ];
 

@@ -570,6 +570,35 @@ pub trait MetaStore: Send + Sync {
     async fn put_meta_if_absent(&self, key: &str, value: &str) -> StoreResult<String>;
 }
 
+/// A member of the cluster's voting membership, as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredMember {
+    /// The member's node id.
+    pub node_id: String,
+    /// Its cluster address.
+    pub addr: String,
+    /// When it last recorded itself.
+    pub last_seen_at: DateTime<Utc>,
+}
+
+/// The voting membership of the cluster: the members that count toward a majority.
+#[async_trait]
+pub trait MembershipStore: Send + Sync {
+    /// Records that `node_id`, at `addr`, runs at `now`: adds it to the membership if it is
+    /// not there (again, after it was forgotten).
+    async fn record_member(&self, node_id: &str, addr: &str, now: DateTime<Utc>)
+    -> StoreResult<()>;
+    /// The members, by node id.
+    async fn cluster_members(&self) -> StoreResult<Vec<StoredMember>>;
+    /// Removes `node_id` when it was last seen before `seen_before` (`None`: whenever it
+    /// was); `true` when it was removed.
+    async fn remove_member(
+        &self,
+        node_id: &str,
+        seen_before: Option<DateTime<Utc>>,
+    ) -> StoreResult<bool>;
+}
+
 /// A JWT signing key as stored; the private key arrives encrypted by the caller.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SigningKeyRecord {
@@ -942,6 +971,7 @@ pub trait Store:
     + AuditStore
     + SiemOutbox
     + MetaStore
+    + MembershipStore
     + SigningKeyStore
     + ApiKeyStore
     + LockoutStore
@@ -962,6 +992,7 @@ impl<T> Store for T where
         + AuditStore
         + SiemOutbox
         + MetaStore
+        + MembershipStore
         + SigningKeyStore
         + ApiKeyStore
         + LockoutStore

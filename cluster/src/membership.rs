@@ -1,6 +1,6 @@
 //! The Membership actor and the member view it maintains.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use prometheus::{IntCounter, IntGauge, IntGaugeVec, Opts, Registry};
-use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, Message, SpawnErr};
+use ractor::pg::GroupChangeMessage;
+use ractor::{
+    Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, Message, SpawnErr, SupervisionEvent,
+};
 use ractor_cluster::{IncomingEncryptionMode, NetworkStream, NodeServer, NodeServerMessage};
 use serde::Serialize;
 use tokio::time::Instant;
@@ -107,10 +110,61 @@ struct ViewState {
     expects_peers: bool,
     /// Whether any peer was ever heard.
     ever_heard: bool,
-    /// After a member joined or the lease was regained, members may still be learning of
-    /// each other and broadcast past one another: until this instant (one lease later) the
-    /// lease does not count as fresh.
-    settle_until: Option<Instant>,
+    /// The voting membership as last read from the store (`None` until it was read): with
+    /// the members up, who counts toward a majority. A member down and not in it was
+    /// forgotten and counts no more.
+    voters: Option<BTreeSet<String>>,
+    /// Whether every member that this node's up members know is known here too, as of the
+    /// last update: only then do this node's broadcasts reach (or fence) every member, and
+    /// every member's broadcasts reach (or fence) it.
+    acquainted: bool,
+}
+
+impl ViewState {
+    /// The members that count toward a majority, this node included: the stored voting
+    /// membership, and every member not down (a joining member counts before it is stored).
+    fn voter_count(&self) -> usize {
+        let Some(voters) = &self.voters else {
+            return self.remotes.len() + 1;
+        };
+        let unstored = self
+            .remotes
+            .values()
+            .filter(|r| r.status != MemberStatus::Down && !voters.contains(&r.summary.node_id))
+            .count();
+        let me = usize::from(!voters.contains(&self.me.node_id));
+        voters.len() + unstored + me
+    }
+
+    /// Whether every address that an up member lists is this node's or a member's it
+    /// knows (whatever its status: a broadcast fences a known member by time).
+    fn knows_every_member(&self) -> bool {
+        let known: HashSet<&str> = self
+            .remotes
+            .values()
+            .map(|r| r.summary.addr.as_str())
+            .chain(std::iter::once(self.me.addr.as_str()))
+            .collect();
+        self.remotes
+            .values()
+            .filter(|r| r.status == MemberStatus::Up)
+            .flat_map(|r| r.summary.members.iter())
+            .all(|addr| known.contains(addr.as_str()))
+    }
+}
+
+/// Whether this node may make a change that every member must apply (a revocation, a
+/// policy version) take effect everywhere: see [`MembershipView::fencing`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fencing {
+    /// Its lease runs and it knows every member: a broadcast reaches or fences them all.
+    Ready,
+    /// Its lease runs, but a member that others know is not known here yet (it just
+    /// joined, or a member joined while it was cut off): a broadcast now could miss it.
+    Acquainting,
+    /// Its lease does not run: it is cut off, or has not joined its cluster.
+    NoLease,
 }
 
 /// The smallest majority of `members`.
@@ -164,7 +218,8 @@ impl MembershipView {
                 broadcasts: BTreeMap::new(),
                 expects_peers: false,
                 ever_heard: false,
-                settle_until: None,
+                voters: None,
+                acquainted: true,
             }),
             node_id,
             version: PROTOCOL_VERSION,
@@ -197,19 +252,50 @@ impl MembershipView {
         &self.node_id
     }
 
-    /// Whether this node's lease is fresh at `now` and it has caught up with the store
-    /// since it last may have missed a broadcast: only then may it answer token and policy
-    /// checks from local state.
+    /// Whether this node's lease is fresh at `now`, it knows every member (so every
+    /// broadcast reaches or fences it), and it has caught up with the store since it last
+    /// may have missed a broadcast: only then may it answer token and policy checks from
+    /// local state. Otherwise it still serves, checking the store.
     pub fn lease_fresh(&self, now: Instant) -> bool {
         let state = self.read();
         state.lease_expires_at.is_some_and(|at| at > now)
+            && state.acquainted
             && state.synced_epoch == state.epoch
-            && state.settle_until.is_none_or(|until| now >= until)
     }
 
-    /// How many members, this node included, make a majority of the members it knows.
+    /// How many members, this node included, make a majority of the voting membership.
     pub fn majority(&self) -> usize {
-        majority_of(self.read().remotes.len() + 1)
+        majority_of(self.read().voter_count())
+    }
+
+    /// How many members count toward the majority, this node included.
+    pub fn voters(&self) -> usize {
+        self.read().voter_count()
+    }
+
+    /// Sets the voting membership read from the store, and drops from the view the members
+    /// that are down and no longer in it (forgotten); returns their ids.
+    pub fn set_voters(&self, voters: BTreeSet<String>) -> Vec<String> {
+        let mut state = self.write();
+        let forgotten: Vec<String> = state
+            .remotes
+            .values()
+            .filter(|r| r.status == MemberStatus::Down && !voters.contains(&r.summary.node_id))
+            .map(|r| r.summary.node_id.clone())
+            .collect();
+        for id in &forgotten {
+            state.remotes.remove(id);
+        }
+        state.voters = Some(voters);
+        forgotten
+    }
+
+    /// Whether member `node_id` is up or suspect here (heard within its lease).
+    pub fn is_live(&self, node_id: &str) -> bool {
+        self.read()
+            .remotes
+            .get(node_id)
+            .is_some_and(|r| r.status != MemberStatus::Down)
     }
 
     /// Whether the lease itself runs at `now` (a majority answered recently enough).
@@ -217,16 +303,16 @@ impl MembershipView {
         self.read().lease_expires_at.is_some_and(|at| at > now)
     }
 
-    /// When this node may broadcast a change and vouch that it reached every member, if
-    /// nothing changes: now, or at the end of its settle window (after a join, once every
-    /// member knows every other); `None` when its lease does not run (it is cut off, or has
-    /// not joined).
-    pub fn fence_ready_at(&self, now: Instant) -> Option<Instant> {
+    /// Whether this node may broadcast a change and vouch that it reached every member.
+    pub fn fencing(&self, now: Instant) -> Fencing {
         let state = self.read();
         if state.lease_expires_at.is_none_or(|at| at <= now) {
-            return None;
+            Fencing::NoLease
+        } else if state.acquainted {
+            Fencing::Ready
+        } else {
+            Fencing::Acquainting
         }
-        Some(state.settle_until.map_or(now, |until| until.max(now)))
     }
 
     /// The epoch to catch up to, when this node must catch up with the store (reload
@@ -397,7 +483,7 @@ impl MembershipView {
         // This node answers its own heartbeat at once.
         acks.push(now);
         acks.sort_unstable_by(|a, b| b.cmp(a));
-        let majority = majority_of(state.remotes.len() + 1);
+        let majority = majority_of(state.voter_count());
         state.lease_expires_at = if state.expects_peers && !state.ever_heard {
             None
         } else {
@@ -406,9 +492,13 @@ impl MembershipView {
         let regained = !was_valid
             && state.lease_expires_at.is_some_and(|at| at > now)
             && !state.remotes.is_empty();
-        if joined || regained {
+        // Broadcasts sent before a member knew this node did not reach it: catch up from
+        // the store once every member knows it.
+        let acquainted = state.knows_every_member();
+        let introduced = acquainted && !state.acquainted;
+        state.acquainted = acquainted;
+        if joined || regained || introduced {
             state.epoch += 1;
-            state.settle_until = Some(now + lease);
         }
         events
     }
@@ -431,23 +521,33 @@ impl MembershipView {
     /// Members missing from `answered` whose lease may still run at `now`, each with the
     /// instant its lease has certainly expired if it hears from nobody: `lease` after the
     /// last time this node, or any member that answered (`heard_elsewhere`), heard from it.
+    /// A member only those that answered know of (it joined a moment ago) is one of them.
     pub(crate) fn fence_deadlines(
         &self,
-        answered: &std::collections::HashSet<String>,
+        answered: &HashSet<String>,
         heard_elsewhere: &BTreeMap<String, Instant>,
         lease: Duration,
         now: Instant,
     ) -> Vec<(String, Instant)> {
-        self.read()
-            .remotes
-            .values()
-            .filter(|r| !answered.contains(&r.summary.node_id))
-            .map(|r| {
-                let heard = heard_elsewhere
-                    .get(&r.summary.node_id)
-                    .map_or(r.heard_at, |elsewhere| r.heard_at.max(*elsewhere));
-                (r.summary.node_id.clone(), heard + lease)
+        let state = self.read();
+        let known = state.remotes.values().map(|r| {
+            let heard = heard_elsewhere
+                .get(&r.summary.node_id)
+                .map_or(r.heard_at, |elsewhere| r.heard_at.max(*elsewhere));
+            (r.summary.node_id.clone(), heard)
+        });
+        let unknown = heard_elsewhere
+            .iter()
+            .filter(|(id, _)| {
+                **id != self.node_id
+                    && !state.remotes.contains_key(*id)
+                    && !state.departed.contains_key(*id)
             })
+            .map(|(id, heard)| (id.clone(), *heard));
+        known
+            .chain(unknown)
+            .filter(|(id, _)| !answered.contains(id))
+            .map(|(id, heard)| (id, heard + lease))
             .filter(|(_, expired_at)| *expired_at > now)
             .collect()
     }
@@ -558,11 +658,13 @@ impl MembershipView {
         addrs
     }
 
-    /// Cluster addresses of the remote members this node knows.
+    /// Cluster addresses of the remote members this node knows that are not down (a dead
+    /// member is no one's to get to know).
     fn member_addrs(&self) -> Vec<String> {
         self.read()
             .remotes
             .values()
+            .filter(|r| r.status != MemberStatus::Down)
             .map(|r| r.summary.addr.clone())
             .collect()
     }
@@ -648,7 +750,8 @@ pub struct MembershipConfig {
     /// This node's id (its cluster node name).
     pub node_id: String,
     /// Where the cluster node server listens; outgoing connections leave from its IP too.
-    pub bind: SocketAddr,
+    /// `None`: a single node without seeds, which opens no cluster port.
+    pub bind: Option<SocketAddr>,
     /// Shared secret of the cookie handshake.
     pub cookie: String,
     /// Peers to dial: `host:port` (a DNS name may stand for several nodes, e.g. a
@@ -703,6 +806,8 @@ impl std::fmt::Debug for MembershipConfig {
 pub enum MembershipMessage {
     /// Dials missing peers, sends heartbeats and renews the lease (the actor's own timer).
     Heartbeat,
+    /// Recomputes statuses and the lease at once (a heartbeat was answered).
+    Renew,
 }
 
 impl Message for MembershipMessage {}
@@ -726,7 +831,12 @@ pub struct MembershipArguments {
 pub struct MembershipState {
     config: MembershipConfig,
     view: Arc<MembershipView>,
-    server: ActorRef<NodeServerMessage>,
+    /// The node server and the address it listens on, unless this is a single node.
+    server: Option<(ActorRef<NodeServerMessage>, SocketAddr)>,
+    /// This actor, for answers to heartbeats to ask for a renewal.
+    myself: ActorRef<MembershipMessage>,
+    /// Where its messages to itself are counted in.
+    mailbox: Mailbox,
     /// The Peer actor, joined again to its group at every heartbeat.
     peer: ActorRef<PeerMessage>,
     /// This process's incarnation number.
@@ -772,7 +882,11 @@ impl MembershipState {
     fn hello(&self) -> Hello {
         let mut me = (self.config.summary)();
         me.node_id = self.config.node_id.clone();
-        me.addr = self.config.bind.to_string();
+        me.addr = self
+            .server
+            .as_ref()
+            .map(|(_, bind)| bind.to_string())
+            .unwrap_or_default();
         me.members = self.view.member_addrs();
         me.incarnation = self.incarnation;
         self.view.set_me(me);
@@ -784,6 +898,16 @@ impl MembershipState {
 
     /// Dials seeds and down members that no live member answers for, from this node's IP.
     async fn dial(&mut self) {
+        let Some((server, bind)) = self.server.clone() else {
+            return;
+        };
+        // A node without a lease is joining: nobody in the cluster knows it yet, so nobody
+        // will dial it, and waiting its turn would only delay its joining.
+        let turn_wait = if self.view.lease_valid(Instant::now()) {
+            REDIAL * 2
+        } else {
+            Duration::ZERO
+        };
         let seeds = self.config.seeds.len();
         let mut seeds_elsewhere = false;
         let mut targets: Vec<String> = self.config.seeds.clone();
@@ -795,8 +919,8 @@ impl MembershipState {
                 continue;
             };
             for addr in addrs {
-                seeds_elsewhere |= i < seeds && addr != self.config.bind;
-                if addr == self.config.bind || self.view.reachable(&addr.to_string()) {
+                seeds_elsewhere |= i < seeds && addr != bind;
+                if addr == bind || self.view.reachable(&addr.to_string()) {
                     self.unreached.remove(&addr);
                     continue;
                 }
@@ -804,8 +928,8 @@ impl MembershipState {
                 // the other waits for it a while first. Two nodes dialing each other at once
                 // make two connections, and messages sent over the one being closed are lost.
                 let unreached_since = *self.unreached.entry(addr).or_insert(now);
-                let their_turn = addr < self.config.bind
-                    && now.saturating_duration_since(unreached_since) < REDIAL * 2;
+                let their_turn =
+                    addr < bind && now.saturating_duration_since(unreached_since) < turn_wait;
                 let heartbeat = self.config.heartbeat;
                 let last = self.dialed.get(&addr).copied();
                 if their_turn
@@ -814,13 +938,7 @@ impl MembershipState {
                 {
                     continue;
                 }
-                let dialed = connect_from(
-                    &self.server,
-                    self.config.bind,
-                    addr,
-                    self.config.tls.as_ref(),
-                )
-                .await;
+                let dialed = connect_from(&server, bind, addr, self.config.tls.as_ref()).await;
                 let failed = match &dialed {
                     Ok(()) => 0,
                     Err(_) => last.map_or(0, |d| d.failed) + 1,
@@ -834,14 +952,15 @@ impl MembershipState {
         self.view.expect_peers(seeds_elsewhere);
     }
 
-    /// Sends a heartbeat to every remote Peer actor; answers are recorded as they come.
-    fn heartbeat(&self) {
+    /// Sends a heartbeat to each remote Peer actor of `cells`; answers are recorded as they
+    /// come, and each asks for a renewal of the lease at once.
+    fn heartbeat(&self, cells: Vec<ActorCell>) {
         let hello = self.hello();
         let timeout_ms = u64::try_from(self.config.heartbeat.as_millis())
             .unwrap_or(1000)
             .saturating_mul(2)
             .max(200);
-        for cell in ractor::pg::get_members(&PEER_GROUP.to_owned()) {
+        for cell in cells {
             if cell.get_id().is_local() {
                 continue;
             }
@@ -849,11 +968,13 @@ impl MembershipState {
             let peer: ActorRef<PeerMessage> = ActorRef::from(cell);
             let frame = Frame::Ok(hello.clone());
             let view = self.view.clone();
+            let (myself, mailbox) = (self.myself.clone(), self.mailbox.clone());
             tokio::spawn(async move {
                 let sent = Instant::now();
                 match ractor::call_t!(peer, PeerMessage::Heartbeat, timeout_ms, frame) {
                     Ok(Frame::Ok(answer)) if compatible(answer.version) => {
                         view.heard(answer, Instant::now(), Some(sent), Some(id));
+                        mailbox.cast(&myself, MembershipMessage::Renew);
                     }
                     Ok(Frame::Ok(answer)) => refuse(&answer.node.node_id, answer.version),
                     Ok(Frame::Malformed(reason)) => {
@@ -946,23 +1067,29 @@ impl Actor for Membership {
         let config = args.config;
         // The node server and the Peer actor are linked to us: if one dies we die and are
         // restarted together, and if we die they stop, freeing the port for the next instance.
-        let node = NodeServer::new(
-            config.bind.port(),
-            config.cookie.clone(),
-            config.node_id.clone(),
-            config.bind.ip().to_string(),
-            config
-                .tls
-                .as_ref()
-                .map(|tls| IncomingEncryptionMode::Tls(tls.acceptor.clone())),
-            // We dial every member ourselves, from this node's address (learned addresses
-            // come with heartbeats): ractor_cluster's own transitive dials would leave from
-            // any address and slip past rules on node addresses.
-            Some(ractor_cluster::node::NodeConnectionMode::Isolated),
-        )
-        .with_listen_addr(config.bind.ip())
-        .with_max_inbound_frame_size(MAX_FRAME_BYTES);
-        let (server, _) = Actor::spawn_linked(None, node, (), myself.get_cell()).await?;
+        let server = match config.bind {
+            Some(bind) => {
+                let node = NodeServer::new(
+                    bind.port(),
+                    config.cookie.clone(),
+                    config.node_id.clone(),
+                    bind.ip().to_string(),
+                    config
+                        .tls
+                        .as_ref()
+                        .map(|tls| IncomingEncryptionMode::Tls(tls.acceptor.clone())),
+                    // We dial every member ourselves, from this node's address (learned
+                    // addresses come with heartbeats): ractor_cluster's own transitive dials
+                    // would leave from any address and slip past rules on node addresses.
+                    Some(ractor_cluster::node::NodeConnectionMode::Isolated),
+                )
+                .with_listen_addr(bind.ip())
+                .with_max_inbound_frame_size(MAX_FRAME_BYTES);
+                let (server, _) = Actor::spawn_linked(None, node, (), myself.get_cell()).await?;
+                Some((server, bind))
+            }
+            None => None,
+        };
         let (peer, _) = Actor::spawn_linked(
             None,
             Peer,
@@ -982,11 +1109,24 @@ impl Actor for Membership {
             mailbox.post(MembershipMessage::Heartbeat)
         });
         myself.cast(self.mailbox.post(MembershipMessage::Heartbeat))?;
-        info!(node_id = config.node_id, bind = %config.bind, seeds = ?config.seeds, "cluster membership started");
+        // A peer that connects is sent a heartbeat at once, not at the next tick: a joining
+        // node gets its lease, and its members know it, within a round trip.
+        ractor::pg::monitor(PEER_GROUP.to_owned(), myself.get_cell());
+        match config.bind {
+            Some(bind) => {
+                info!(node_id = config.node_id, %bind, seeds = ?config.seeds, "cluster membership started");
+            }
+            None => info!(
+                node_id = config.node_id,
+                "single node: no cluster port (set cluster.bind or cluster.seeds to form a cluster)"
+            ),
+        }
         Ok(MembershipState {
             config,
             view: args.view,
             server,
+            myself: myself.clone(),
+            mailbox: self.mailbox.clone(),
             peer,
             incarnation: incarnation(),
             timer,
@@ -997,10 +1137,33 @@ impl Actor for Membership {
 
     async fn post_stop(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         state.timer.abort();
+        ractor::pg::demonitor(PEER_GROUP.to_owned(), myself.get_id());
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match event {
+            SupervisionEvent::ProcessGroupChanged(GroupChangeMessage::Join(_, group, cells))
+                if group == PEER_GROUP =>
+            {
+                state.heartbeat(cells);
+            }
+            SupervisionEvent::ProcessGroupChanged(_) => {}
+            // The node server or the Peer actor ended: stop, to be restarted with both.
+            SupervisionEvent::ActorTerminated(..) | SupervisionEvent::ActorFailed(..) => {
+                myself.stop(None);
+            }
+            _ => {}
+        }
         Ok(())
     }
 
@@ -1017,44 +1180,52 @@ impl Actor for Membership {
                 // node session that closed as a duplicate takes the remote group entry with
                 // it, and heartbeats and broadcasts go to group members.
                 ractor::pg::join(PEER_GROUP.to_owned(), vec![state.peer.get_cell()]);
-                state.heartbeat();
-                let now = Instant::now();
-                let was_fresh = state.view.lease_valid(now);
-                let connected: HashSet<ActorId> = ractor::pg::get_members(&PEER_GROUP.to_owned())
-                    .iter()
-                    .map(|cell| cell.get_id())
-                    .collect();
-                let events = state.view.update(
-                    now,
-                    state.config.heartbeat * 3,
-                    state.config.lease,
-                    Some(&connected),
-                );
-                let lapsed = was_fresh && !state.view.lease_valid(now);
-                if lapsed {
-                    warn!(
-                        "this node's cluster lease lapsed: tokens and policies are checked against the store"
-                    );
-                }
-                if let Some(metrics) = &state.config.metrics {
-                    metrics.observe(&state.view, lapsed);
-                }
-                for event in events {
-                    match &event {
-                        MembershipEvent::Joined { node_id, addr } => {
-                            info!(peer = node_id, addr, "cluster member up");
-                        }
-                        MembershipEvent::Left { node_id, addr } => {
-                            warn!(peer = node_id, addr, "cluster member down");
-                        }
-                    }
-                    if let Some(events) = &state.config.events {
-                        let _ = events.send(event);
-                    }
-                }
+                state.heartbeat(ractor::pg::get_members(&PEER_GROUP.to_owned()));
+                state.renew();
             }
+            MembershipMessage::Renew => state.renew(),
         }
         Ok(())
+    }
+}
+
+impl MembershipState {
+    /// Recomputes statuses and the lease, and reports what changed.
+    fn renew(&self) {
+        let now = Instant::now();
+        let was_valid = self.view.lease_valid(now);
+        let connected: HashSet<ActorId> = ractor::pg::get_members(&PEER_GROUP.to_owned())
+            .iter()
+            .map(|cell| cell.get_id())
+            .collect();
+        let events = self.view.update(
+            now,
+            self.config.heartbeat * 3,
+            self.config.lease,
+            Some(&connected),
+        );
+        let lapsed = was_valid && !self.view.lease_valid(now);
+        if lapsed {
+            warn!(
+                "this node's cluster lease lapsed: tokens and policies are checked against the store"
+            );
+        }
+        if let Some(metrics) = &self.config.metrics {
+            metrics.observe(&self.view, lapsed);
+        }
+        for event in events {
+            match &event {
+                MembershipEvent::Joined { node_id, addr } => {
+                    info!(peer = node_id, addr, "cluster member up");
+                }
+                MembershipEvent::Left { node_id, addr } => {
+                    warn!(peer = node_id, addr, "cluster member down");
+                }
+            }
+            if let Some(events) = &self.config.events {
+                let _ = events.send(event);
+            }
+        }
     }
 }
 
@@ -1243,7 +1414,7 @@ mod tests {
         let view = Arc::new(MembershipView::new("n1"));
         let config = MembershipConfig {
             node_id: "n1".into(),
-            bind: "127.0.0.1:0".parse().unwrap(),
+            bind: Some("127.0.0.1:0".parse().unwrap()),
             cookie: "cookie".into(),
             seeds: Vec::new(),
             lease: Duration::from_secs(5),
@@ -1376,45 +1547,133 @@ mod tests {
         view.heard(peer("a"), t0, None, None);
         view.heard(peer("b"), t0, None, None);
         view.update(t0, lease, lease, None);
-        assert!(!view.lease_fresh(t0), "no peer has answered: 1 of 3");
+        assert!(!view.lease_valid(t0), "no peer has answered: 1 of 3");
+        assert_eq!(view.fencing(t0), Fencing::NoLease);
         view.heard(peer("a"), t0, Some(t0), None);
         view.update(t0, lease, lease, None);
         assert!(view.lease_valid(t0), "2 of 3 answered");
+        assert_eq!(
+            view.fencing(t0),
+            Fencing::Ready,
+            "writes need no settle window"
+        );
         let epoch = view
             .needs_sync()
             .expect("regained with members: catch up first");
         assert!(!view.lease_fresh(t0), "not before the catch-up");
         view.synced(epoch);
+        assert!(view.lease_fresh(t0), "caught up: answers from memory");
         assert!(
-            !view.lease_fresh(t0),
-            "nor before the members had a lease to learn of each other"
-        );
-        assert_eq!(
-            view.fence_ready_at(t0),
-            Some(t0 + lease),
-            "no fencing before the members had a lease to learn of each other"
-        );
-        let renewed = t0 + lease / 2;
-        view.heard(peer("a"), renewed, Some(renewed), None);
-        view.update(renewed, lease, lease, None);
-        assert!(
-            view.lease_fresh(t0 + lease),
-            "settled a lease after the join"
-        );
-        assert_eq!(
-            view.fence_ready_at(t0 + lease / 2),
-            Some(t0 + lease),
-            "fencing waits for the end of the settle window"
-        );
-        assert_eq!(view.fence_ready_at(t0 + lease), Some(t0 + lease));
-        assert_eq!(
-            view.fence_ready_at(renewed + lease),
-            None,
-            "no fencing once the lease lapsed"
-        );
-        assert!(
-            !view.lease_fresh(renewed + lease),
+            !view.lease_fresh(t0 + lease),
             "the lease runs from the answered heartbeat"
+        );
+        assert_eq!(view.fencing(t0 + lease), Fencing::NoLease);
+    }
+
+    /// A view whose lease runs with member `a` up and answering, caught up.
+    fn settled_with_a(t0: Instant, lease: Duration) -> MembershipView {
+        let view = MembershipView::new("me");
+        view.heard(peer("a"), t0, Some(t0), Some(ActorId::Local(1)));
+        view.update(t0, lease, lease, None);
+        view.synced(view.needs_sync().unwrap_or_default());
+        assert!(view.lease_fresh(t0));
+        view
+    }
+
+    #[test]
+    fn a_join_keeps_the_lease_and_writes_ready() {
+        let lease = Duration::from_secs(1);
+        let t0 = Instant::now();
+        let view = settled_with_a(t0, lease);
+        let t1 = t0 + lease / 4;
+        view.heard(peer("a"), t1, Some(t1), Some(ActorId::Local(1)));
+        view.heard(peer("b"), t1, Some(t1), Some(ActorId::Local(2)));
+        let events = view.update(t1, lease, lease, None);
+        assert_eq!(events.len(), 1, "b joined");
+        assert!(view.lease_valid(t1), "a join never takes the lease away");
+        assert_eq!(view.fencing(t1), Fencing::Ready, "nor holds up writes");
+        let epoch = view.needs_sync().expect("a join is caught up with");
+        view.synced(epoch);
+        assert!(view.lease_fresh(t1));
+    }
+
+    #[test]
+    fn a_member_only_others_know_holds_writes_and_local_answers_until_introduced() {
+        let lease = Duration::from_secs(1);
+        let t0 = Instant::now();
+        let view = settled_with_a(t0, lease);
+        let t1 = t0 + lease / 4;
+        let mut a = peer("a");
+        a.node.members = vec!["x:7400".into()];
+        view.heard(a.clone(), t1, Some(t1), Some(ActorId::Local(1)));
+        view.update(t1, lease, lease, None);
+        assert!(view.lease_valid(t1), "still in rotation");
+        assert_eq!(view.fencing(t1), Fencing::Acquainting);
+        assert!(
+            !view.lease_fresh(t1),
+            "x may have broadcast without this node: check the store"
+        );
+        let before = view.needs_sync();
+        view.heard(peer("x"), t1, Some(t1), Some(ActorId::Local(3)));
+        view.heard(a, t1, Some(t1), Some(ActorId::Local(1)));
+        view.update(t1, lease, lease, None);
+        assert_eq!(view.fencing(t1), Fencing::Ready);
+        let epoch = view.needs_sync().expect("introduced: catch up again");
+        assert!(Some(epoch) > before);
+        view.synced(epoch);
+        assert!(view.lease_fresh(t1));
+    }
+
+    #[test]
+    fn a_forgotten_member_stops_counting_and_leaves_the_view() {
+        let lease = Duration::from_secs(1);
+        let t0 = Instant::now();
+        let view = MembershipView::new("me");
+        for (id, cell) in [("a", 1), ("b", 2), ("c", 3)] {
+            view.heard(peer(id), t0, Some(t0), Some(ActorId::Local(cell)));
+        }
+        view.update(t0, lease, lease, None);
+        assert_eq!(view.majority(), 3, "4 members");
+        let stored = |ids: &[&str]| ids.iter().map(|id| (*id).to_owned()).collect();
+        assert!(view.set_voters(stored(&["me", "a", "b", "c"])).is_empty());
+        // b and c die: down after a lease; they still count while they are stored.
+        let t1 = t0 + lease * 2;
+        view.heard(peer("a"), t1, Some(t1), Some(ActorId::Local(1)));
+        view.update(t1, lease, lease, None);
+        assert!(!view.lease_valid(t1), "2 of 4 is no majority");
+        assert_eq!(
+            view.set_voters(stored(&["me", "a", "b"])),
+            ["c"],
+            "c was forgotten in the store: dropped from the view"
+        );
+        assert_eq!(view.majority(), 2, "3 voters");
+        view.update(t1, lease, lease, None);
+        assert!(view.lease_valid(t1), "2 of 3");
+        assert_eq!(view.members().len(), 3, "c is no longer listed");
+        view.heard(peer("c"), t1, Some(t1), Some(ActorId::Local(4)));
+        view.update(t1, lease, lease, None);
+        assert_eq!(
+            view.voters(),
+            4,
+            "a forgotten member that comes back counts again"
+        );
+    }
+
+    #[test]
+    fn a_broadcast_fences_members_that_only_the_answering_members_know() {
+        let lease = Duration::from_secs(1);
+        let t0 = Instant::now();
+        let view = settled_with_a(t0, lease);
+        let answered: HashSet<String> = ["a".to_owned()].into();
+        let heard_elsewhere: BTreeMap<String, Instant> =
+            [("x".to_owned(), t0), ("me".to_owned(), t0)].into();
+        let deadlines = view.fence_deadlines(&answered, &heard_elsewhere, lease, t0);
+        assert_eq!(deadlines, [("x".to_owned(), t0 + lease)]);
+        view.leave("x", t0, lease);
+        assert!(
+            view.fence_deadlines(&answered, &heard_elsewhere, lease, t0)
+                .is_empty(),
+            "a member that left is not waited for"
         );
     }
 }

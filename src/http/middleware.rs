@@ -121,6 +121,11 @@ pub async fn request_context(
     if let Ok(value) = HeaderValue::from_str(&id) {
         headers.insert(HeaderName::from_static("x-request-id"), value);
     }
+    // A draining node closes each connection after its answer, so a load balancer or a
+    // client does not keep a pooled connection to a port about to close.
+    if state.node.draining() {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
 
     let status = response.status();
     let elapsed = started.elapsed();

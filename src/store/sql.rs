@@ -1129,6 +1129,63 @@ macro_rules! impl_portable_store {
                     .map_err($crate::store::db_error)
             }
         }
+
+        #[::async_trait::async_trait]
+        impl $crate::store::MembershipStore for $store {
+            async fn record_member(
+                &self,
+                node_id: &str,
+                addr: &str,
+                now: ::chrono::DateTime<::chrono::Utc>,
+            ) -> $crate::store::StoreResult<()> {
+                ::sqlx::query(
+                    "INSERT INTO cluster_members (node_id, addr, joined_at, last_seen_at) VALUES ($1, $2, $3, $3) \
+                     ON CONFLICT (node_id) DO UPDATE SET addr = excluded.addr, last_seen_at = excluded.last_seen_at",
+                )
+                .bind(node_id)
+                .bind(addr)
+                .bind(now)
+                .execute(self.writer()?)
+                .await
+                .map_err($crate::store::db_error)?;
+                Ok(())
+            }
+
+            async fn cluster_members(&self) -> $crate::store::StoreResult<Vec<$crate::store::StoredMember>> {
+                use ::sqlx::Row as _;
+                let rows = ::sqlx::query("SELECT node_id, addr, last_seen_at FROM cluster_members ORDER BY node_id")
+                    .fetch_all(self.pool()?)
+                    .await
+                    .map_err($crate::store::db_error)?;
+                Self::rows(rows, |row| {
+                    Ok($crate::store::StoredMember {
+                        node_id: row.try_get("node_id")?,
+                        addr: row.try_get("addr")?,
+                        last_seen_at: row.try_get("last_seen_at")?,
+                    })
+                })
+            }
+
+            async fn remove_member(
+                &self,
+                node_id: &str,
+                seen_before: Option<::chrono::DateTime<::chrono::Utc>>,
+            ) -> $crate::store::StoreResult<bool> {
+                let done = match seen_before {
+                    Some(before) => ::sqlx::query("DELETE FROM cluster_members WHERE node_id = $1 AND last_seen_at < $2")
+                        .bind(node_id)
+                        .bind(before)
+                        .execute(self.writer()?)
+                        .await,
+                    None => ::sqlx::query("DELETE FROM cluster_members WHERE node_id = $1")
+                        .bind(node_id)
+                        .execute(self.writer()?)
+                        .await,
+                }
+                .map_err($crate::store::db_error)?;
+                Ok(done.rows_affected() == 1)
+            }
+        }
     };
 }
 

@@ -132,6 +132,7 @@ contract_tests!(
     audit_lists_filter_and_page,
     outbox_leases_are_exclusive_and_complete,
     meta_put_if_absent_keeps_the_first_value,
+    the_voting_membership_records_members_and_forgets_only_the_silent,
     health_reports_the_backend,
     the_first_signing_key_is_created_once_and_rotation_keeps_the_old_one,
     api_keys_need_an_active_user_and_revoke,
@@ -982,6 +983,63 @@ async fn meta_put_if_absent_keeps_the_first_value(store: Arc<dyn Store>) {
         "first"
     );
     assert_eq!(store.meta("k").await.unwrap().as_deref(), Some("first"));
+}
+
+async fn the_voting_membership_records_members_and_forgets_only_the_silent(store: Arc<dyn Store>) {
+    let t0 = now();
+    store
+        .record_member("a", "127.0.0.2:7400", t0)
+        .await
+        .unwrap();
+    store
+        .record_member("b", "127.0.0.3:7400", t0)
+        .await
+        .unwrap();
+    let later = t0 + Duration::seconds(10);
+    store
+        .record_member("a", "127.0.0.9:7400", later)
+        .await
+        .unwrap();
+    let members = store.cluster_members().await.unwrap();
+    assert_eq!(
+        members,
+        [
+            StoredMember {
+                node_id: "a".into(),
+                addr: "127.0.0.9:7400".into(),
+                last_seen_at: later,
+            },
+            StoredMember {
+                node_id: "b".into(),
+                addr: "127.0.0.3:7400".into(),
+                last_seen_at: t0,
+            },
+        ]
+    );
+    let cutoff = t0 + Duration::seconds(5);
+    assert!(
+        !store.remove_member("a", Some(cutoff)).await.unwrap(),
+        "a was seen after the cutoff: kept"
+    );
+    assert!(store.remove_member("b", Some(cutoff)).await.unwrap());
+    assert!(
+        !store.remove_member("b", None).await.unwrap(),
+        "gone already"
+    );
+    store
+        .record_member("b", "127.0.0.3:7400", later)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.cluster_members().await.unwrap().len(),
+        2,
+        "a forgotten member that records itself again is a member again"
+    );
+    assert!(
+        store.remove_member("a", None).await.unwrap(),
+        "a graceful leave"
+    );
+    assert_eq!(store.cluster_members().await.unwrap().len(), 1);
 }
 
 async fn health_reports_the_backend(store: Arc<dyn Store>) {

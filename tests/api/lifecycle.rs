@@ -471,3 +471,144 @@ async fn sigterm_lets_in_flight_requests_finish_and_exits_zero() {
     assert_eq!(node.wait_exit(Duration::from_secs(30)).await, 0);
     pool.close().await;
 }
+
+#[tokio::test]
+async fn single_nodes_with_default_cluster_settings_open_no_cluster_port_and_run_side_by_side() {
+    let (first_dir, second_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // Only the HTTP port is moved: the cluster settings stay at their defaults.
+    let env = vec![("SARK_HTTP__BIND", "127.0.0.1:0".to_owned())];
+    let mut first = SarkProcess::spawn(first_dir.path(), &env, &[]);
+    let mut second = SarkProcess::spawn(second_dir.path(), &env, &[]);
+    for node in [&mut first, &mut second] {
+        let addr = node.wait_listening().await;
+        wait_ready(addr).await;
+        let listening = listening_ports(node.child.id());
+        assert_eq!(
+            listening,
+            [addr.port()],
+            "a single node listens on its HTTP port only"
+        );
+    }
+    for mut node in [first, second] {
+        node.signal("TERM");
+        assert_eq!(node.wait_exit(Duration::from_secs(30)).await, 0);
+        assert!(!node.stdout().contains("panicked"), "{}", node.stdout());
+    }
+}
+
+/// The TCP ports process `pid` listens on, read from /proc.
+fn listening_ports(pid: u32) -> Vec<u16> {
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_string_lossy().into_owned();
+            Some(
+                target
+                    .strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .to_owned(),
+            )
+        })
+        .collect();
+    let mut ports = Vec::new();
+    for table in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap();
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // State 0A is LISTEN; field 9 is the socket's inode.
+            if fields.get(3) == Some(&"0A") && fields.get(9).is_some_and(|i| inodes.contains(*i)) {
+                let port = fields[1].rsplit(':').next().unwrap();
+                ports.push(u16::from_str_radix(port, 16).unwrap());
+            }
+        }
+    }
+    ports.sort_unstable();
+    ports
+}
+
+#[tokio::test]
+async fn a_taken_port_stops_start_up_with_one_line_naming_the_key_and_the_address() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    for (key, env) in [
+        (
+            "http.bind",
+            vec![
+                ("SARK_HTTP__BIND", addr.clone()),
+                ("SARK_CLUSTER__BIND", "127.0.0.1:0".to_owned()),
+            ],
+        ),
+        (
+            "cluster.bind",
+            vec![
+                ("SARK_HTTP__BIND", "127.0.0.1:0".to_owned()),
+                ("SARK_CLUSTER__BIND", addr.clone()),
+            ],
+        ),
+    ] {
+        let cwd = tempfile::tempdir().unwrap();
+        let started = std::time::Instant::now();
+        let (code, stderr) = run_to_exit(cwd.path(), &env);
+        assert_ne!(code, 0, "{key}: {stderr}");
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{key}: one line, not {stderr}");
+        assert!(
+            lines[0].contains(key) && lines[0].contains(&addr),
+            "{key}: `{}` names the key and the address",
+            lines[0]
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{key}: no retry loop"
+        );
+    }
+}
+
+#[tokio::test]
+async fn sigterm_fails_readiness_at_once_keeps_serving_through_the_delay_and_closes_connections() {
+    let cwd = tempfile::tempdir().unwrap();
+    let mut env = ephemeral();
+    env.push(("SARK_HTTP__SHUTDOWN_DELAY_SECONDS", "3".into()));
+    let mut node = SarkProcess::spawn(cwd.path(), &env, &[]);
+    let addr = node.wait_listening().await;
+    wait_ready(addr).await;
+    let client = reqwest::Client::new();
+    let before = client
+        .get(format!("http://{addr}/health"))
+        .send()
+        .await
+        .unwrap();
+    assert!(before.headers().get("connection").is_none());
+    let signalled = std::time::Instant::now();
+    node.signal("TERM");
+    let (status, body) = poll("readiness to fail", Duration::from_secs(2), || async move {
+        let (status, body) = get_json(addr, "/health/ready").await;
+        (status == 503).then_some((status, body))
+    })
+    .await;
+    assert_eq!(status, 503);
+    assert_eq!(
+        body["failing"],
+        serde_json::json!(["shutting_down"]),
+        "{body}"
+    );
+    assert!(signalled.elapsed() < Duration::from_secs(2));
+    // Still serving, and telling each client to close its connection.
+    let during = client
+        .get(format!("http://{addr}/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(during.status(), 200);
+    assert_eq!(
+        during.headers().get("connection").map(|v| v.as_bytes()),
+        Some(&b"close"[..])
+    );
+    assert_eq!(node.wait_exit(Duration::from_secs(30)).await, 0);
+    assert!(
+        signalled.elapsed() >= Duration::from_secs(3),
+        "served through the whole delay"
+    );
+}

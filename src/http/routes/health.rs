@@ -34,11 +34,15 @@ async fn database_up(state: &AppState) -> bool {
         )
 }
 
-fn lease_fresh(state: &AppState) -> bool {
+/// Whether this node holds a valid cluster lease (a single node always does): it is not
+/// cut off from the majority. Catching up with the store, or learning of a member that
+/// just joined, takes it off its fast path (it then checks the store) but not out of
+/// rotation: it serves correctly meanwhile.
+fn lease_valid(state: &AppState) -> bool {
     state
         .node
         .membership
-        .lease_fresh(tokio::time::Instant::now())
+        .lease_valid(tokio::time::Instant::now())
 }
 
 /// `GET /health/ready`: 200 when this node can serve; 503 naming what fails.
@@ -53,7 +57,7 @@ pub async fn get_ready(State(state): State<AppState>) -> Response {
     if !state.node.revocations.loaded() || state.node.tokens().is_none() {
         failing.push("revocations");
     }
-    if !lease_fresh(&state) {
+    if !lease_valid(&state) {
         failing.push("cluster");
     }
     if state.node.draining() {
@@ -98,7 +102,7 @@ async fn detailed(state: &AppState) -> Value {
         },
     };
     let opa = node.policies_loaded();
-    let cluster = lease_fresh(state);
+    let cluster = lease_valid(state);
     let mut services = BTreeMap::new();
     services.insert("database".to_owned(), if database { "UP" } else { "DOWN" });
     services.insert("redis".to_owned(), redis);
@@ -163,6 +167,16 @@ async fn detailed(state: &AppState) -> Value {
             "time_series": node.store.time_series(),
         },
         "policy_versions": node.policies.versions(),
+        "cluster": {
+            "lease": if cluster { "valid" } else { "lapsed" },
+            // Whether tokens and policies are answered from memory, or checked against the
+            // store (after a membership change, until the node has caught up).
+            "local_answers": node.lease_fresh(),
+            // Whether a revocation or policy write can be made to reach every member now.
+            "writes": node.membership.fencing(tokio::time::Instant::now()),
+            "voters": node.membership.voters(),
+            "majority": node.membership.majority(),
+        },
         "metrics": {
             "uptime_seconds": node.started_at.elapsed().as_secs(),
             "active_sessions": active_sessions,
