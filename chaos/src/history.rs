@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 /// One operation of the load.
 #[derive(Clone, Debug)]
 pub struct Record {
-    /// `login`, `refresh`, `evaluate`, `server_write`, `policy_upload`, `revoke`,
+    /// `login`, `refresh`, `evaluate`, `me`, `server_write`, `policy_upload`, `revoke`,
     /// `revoked_check`.
     pub kind: &'static str,
     /// The node (index) it was sent to.
@@ -27,6 +27,34 @@ pub struct Record {
     /// The HTTP status; 0 when the connection failed.
     pub status: u16,
 }
+
+impl Record {
+    /// Whether it failed: no answer (status 0) or a 5xx.
+    pub fn failed(&self) -> bool {
+        self.status == 0 || self.status >= 500
+    }
+}
+
+/// How many requests were sent in a window, and how many of them failed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Failures {
+    /// Requests sent in the window.
+    pub requests: usize,
+    /// Those without an answer (status 0) or answered with a 5xx.
+    pub failed: usize,
+}
+
+/// The kinds of request the load sends, in the order the report lists them.
+pub const KINDS: [&str; 8] = [
+    "login",
+    "refresh",
+    "evaluate",
+    "me",
+    "server_write",
+    "policy_upload",
+    "revoke",
+    "revoked_check",
+];
 
 /// A fault, from its injection until the cluster was whole again.
 #[derive(Clone, Debug)]
@@ -130,6 +158,32 @@ impl History {
         self.with(|h| h.faults.push(window));
     }
 
+    /// The operations sent from `from` until `until` (by when they were sent).
+    pub fn records_between(&self, from: Duration, until: Duration) -> Vec<Record> {
+        self.with(|h| {
+            h.records
+                .iter()
+                .filter(|r| r.started >= from && r.started <= until)
+                .cloned()
+                .collect()
+        })
+    }
+
+    /// How many operations were sent from `from` until `until`, and how many of them
+    /// failed (status 0 or 5xx).
+    pub fn failures_between(&self, from: Duration, until: Duration) -> Failures {
+        self.with(|h| {
+            h.records
+                .iter()
+                .filter(|r| r.started >= from && r.started <= until)
+                .fold(Failures::default(), |mut f, r| {
+                    f.requests += 1;
+                    f.failed += usize::from(r.failed());
+                    f
+                })
+        })
+    }
+
     /// The servers whose creation was acknowledged.
     pub fn acknowledged_servers(&self) -> Vec<String> {
         self.with(|h| h.acknowledged_servers.clone())
@@ -146,21 +200,13 @@ impl History {
                 let mut statuses: BTreeMap<String, usize> = BTreeMap::new();
                 for r in records {
                     n += 1;
-                    bad += usize::from(r.status == 0 || r.status >= 500);
+                    bad += usize::from(r.failed());
                     *statuses.entry(r.status.to_string()).or_default() += 1;
                 }
                 json!({"requests": n, "errors": bad, "error_rate": ratio(bad, n), "statuses": statuses})
             };
             let mut by_kind = BTreeMap::new();
-            for kind in [
-                "login",
-                "refresh",
-                "evaluate",
-                "server_write",
-                "policy_upload",
-                "revoke",
-                "revoked_check",
-            ] {
+            for kind in KINDS {
                 by_kind.insert(
                     kind,
                     errors(&mut h.records.iter().filter(|r| r.kind == kind)),
@@ -203,6 +249,15 @@ impl History {
                 .count();
             let mut propagation = h.propagation_ms.clone();
             propagation.sort_by(f64::total_cmp);
+            // Acknowledged revocations only: a refused one's time says nothing of how long
+            // a revocation takes.
+            let mut revocation: Vec<f64> = h
+                .records
+                .iter()
+                .filter(|r| r.kind == "revoke" && r.status == 200)
+                .map(|r| r.ended.saturating_sub(r.started).as_secs_f64() * 1e3)
+                .collect();
+            revocation.sort_by(f64::total_cmp);
             Report(json!({
                 "scenario": scenario,
                 "duration_s": self.now().as_secs_f64(),
@@ -215,6 +270,12 @@ impl History {
                     "count": propagation.len(),
                     "p50": percentile(&propagation, 0.50),
                     "p99": percentile(&propagation, 0.99),
+                },
+                "revocation_latency_ms": {
+                    "count": revocation.len(),
+                    "p50": percentile(&revocation, 0.50),
+                    "p99": percentile(&revocation, 0.99),
+                    "max": revocation.last(),
                 },
                 "invariants": {
                     "acknowledged_writes": h.acknowledged_servers.len(),
@@ -293,6 +354,11 @@ impl Report {
         out.push_str(&format!(
             "  broadcast propagation: p50 {} ms, p99 {} ms over {} broadcasts\n",
             p["p50"], p["p99"], p["count"]
+        ));
+        let l = &r["revocation_latency_ms"];
+        out.push_str(&format!(
+            "  revocation latency (acknowledged): p50 {} ms, p99 {} ms, max {} ms over {} revocations\n",
+            l["p50"], l["p99"], l["max"], l["count"]
         ));
         let i = &r["invariants"];
         out.push_str(&format!(

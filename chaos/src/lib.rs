@@ -8,13 +8,19 @@
 //! - [`receivers`]: a Splunk HEC and a Datadog logs intake to forward SIEM events to.
 //! - [`load`]: a mixed load on every node, recorded in a [`history::History`], from which
 //!   [`history::Report`] checks the invariants and measures each fault.
+//! - [`balancer`]: [`balancer::Balancer`] runs a real HAProxy in front of the nodes, as a
+//!   Kubernetes Service would be, health-checking their `/health/ready`.
+//! - [`readiness`]: [`readiness::ReadinessMonitor`] records when each node was unready and
+//!   when it was out of the balancer's rotation.
 //!
 //! The `sark` binary is taken from `CHAOS_SARK_BIN`, or from the workspace's target directory.
 
 #![warn(missing_docs)]
 
+pub mod balancer;
 pub mod faults;
 pub mod history;
 pub mod load;
+pub mod readiness;
 pub mod receivers;
 pub mod sandbox;

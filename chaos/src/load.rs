@@ -1,10 +1,11 @@
-//! A mixed load on every node of a cluster: logins, refreshes, evaluations, server writes,
-//! policy uploads and revocations, each recorded in a [`History`].
+//! A mixed load on every node of a cluster: logins, refreshes, evaluations, `me` lookups,
+//! server writes, policy uploads and revocations, each recorded in a [`History`].
 //!
 //! Workers pick a node at random for every request, so requests keep reaching nodes that
 //! are down or paused (and are recorded as failed): the error rate during a fault is what a
 //! client without retries would see. After every acknowledged revocation the worker tries
-//! the revoked token on every node.
+//! the revoked token on every node. A single base (a load balancer's) sends everything
+//! through it; node index 0 in the history then means "through the balancer".
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,7 +20,8 @@ use crate::history::History;
 /// What the workers need to know of the cluster.
 #[derive(Clone, Debug)]
 pub struct Target {
-    /// `http://host:port` of each node (stable across restarts).
+    /// `http://host:port` of each node (stable across restarts), or of one load balancer
+    /// in front of them all.
     pub bases: Vec<String>,
     /// The admin's password.
     pub password: String,
@@ -67,6 +69,10 @@ impl Load {
     }
 }
 
+/// How long a worker waits after a failed request (no answer or a 5xx) before its next:
+/// a balancer with no server up refuses at once, and workers would otherwise spin on it.
+const PAUSE_AFTER_FAILURE: Duration = Duration::from_millis(20);
+
 struct Worker {
     id: usize,
     target: Target,
@@ -107,6 +113,9 @@ impl Worker {
             Err(_) => (0, Value::Null),
         };
         self.history.record(kind, node, started, status);
+        if status == 0 || status >= 500 {
+            tokio::time::sleep(PAUSE_AFTER_FAILURE).await;
+        }
         (status, body)
     }
 
@@ -119,8 +128,9 @@ impl Worker {
             };
             self.sent += 1;
             match self.next() % 100 {
-                0..40 => self.evaluate(node, &access).await,
-                40..60 => self.refresh(node, &refresh).await,
+                0..30 => self.evaluate(node, &access).await,
+                30..45 => self.me(node, &access).await,
+                45..60 => self.refresh(node, &refresh).await,
                 60..85 => self.write_server(node, &access).await,
                 85..95 => self.revoke(node, &access).await,
                 _ => self.upload_policy(node, &access).await,
@@ -160,6 +170,19 @@ impl Worker {
         if let (200, Some(version)) = (status, body["policy_version"].as_i64()) {
             self.history.decision(version, started);
         }
+        self.forget_on_401(status);
+    }
+
+    async fn me(&mut self, node: usize, access: &str) {
+        let (status, _) = self
+            .send(
+                "me",
+                node,
+                self.client
+                    .get(format!("{}/api/v1/auth/me", self.target.bases[node]))
+                    .bearer_auth(access),
+            )
+            .await;
         self.forget_on_401(status);
     }
 

@@ -170,7 +170,7 @@ pub struct ClusterSandbox {
 }
 
 /// Picks a free port on `ip` (the port is released before the node binds it).
-fn free_port(ip: Ipv4Addr) -> anyhow::Result<SocketAddr> {
+pub(crate) fn free_port(ip: Ipv4Addr) -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind((ip, 0)).with_context(|| format!("binding {ip}:0"))?;
     Ok(listener.local_addr()?)
 }
@@ -188,6 +188,36 @@ impl ClusterSandbox {
     /// Starts `n` nodes without waiting for them to be ready (a node that cannot join the
     /// cluster its seeds name never is).
     pub async fn launch(n: usize, options: SandboxOptions) -> anyhow::Result<Self> {
+        let mut sandbox = Self::allocate(n, options)?;
+        for i in 0..n {
+            sandbox.spawn(i)?;
+        }
+        Ok(sandbox)
+    }
+
+    /// Gives `slots` nodes their addresses, ports and data directories, starts the first
+    /// `running` of them and waits until those are ready. The others stay stopped until
+    /// [`Self::start_node`]; every node's seeds name every slot, started or not, as a
+    /// headless Service's DNS names every pod.
+    pub async fn start_with_slots(
+        slots: usize,
+        running: usize,
+        options: SandboxOptions,
+    ) -> anyhow::Result<Self> {
+        if running > slots {
+            bail!("{running} running nodes of {slots} slots");
+        }
+        let mut sandbox = Self::allocate(slots, options)?;
+        for i in 0..running {
+            sandbox.spawn(i)?;
+        }
+        for i in 0..running {
+            sandbox.wait_ready(i, Duration::from_secs(60)).await?;
+        }
+        Ok(sandbox)
+    }
+
+    fn allocate(n: usize, options: SandboxOptions) -> anyhow::Result<Self> {
         let binary = match &options.binary {
             Some(path) => path.clone(),
             None => sark_binary()?,
@@ -212,17 +242,13 @@ impl ClusterSandbox {
                 log: Arc::new(Mutex::new(VecDeque::new())),
             });
         }
-        let mut sandbox = Self {
+        Ok(Self {
             binary,
             root,
             options,
             nodes,
             client,
-        };
-        for i in 0..n {
-            sandbox.spawn(i)?;
-        }
-        Ok(sandbox)
+        })
     }
 
     /// The cluster cookie every node of the sandbox shares.
@@ -247,8 +273,12 @@ impl ClusterSandbox {
         self.root.path()
     }
 
-    fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
-        // Every node knows every other as a seed; one cookie for the sandbox.
+    /// A `sark` command (`serve`, `admin`, …) with exactly the environment node `i` runs
+    /// with: its addresses, name and data directory, the sandbox's variables, the node's
+    /// own, then the seeds and cookie.
+    fn command(&self, i: usize, args: &[&str]) -> anyhow::Result<Command> {
+        let node = self.nodes.get(i).ok_or_else(|| anyhow!("no node {i}"))?;
+        // Every node knows every other slot as a seed; one cookie for the sandbox.
         let seeds: Vec<String> = self
             .nodes
             .iter()
@@ -256,14 +286,9 @@ impl ClusterSandbox {
             .filter(|(j, _)| *j != i)
             .map(|(_, n)| n.cluster.to_string())
             .collect();
-        let cookie = self.cookie();
-        let node = self
-            .nodes
-            .get_mut(i)
-            .ok_or_else(|| anyhow!("no node {i}"))?;
         let mut command = Command::new(&self.binary);
         command
-            .arg("serve")
+            .args(args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("SARK_HTTP__BIND", node.http.to_string())
@@ -271,68 +296,92 @@ impl ClusterSandbox {
             .env("SARK_CLUSTER__NODE_NAME", &node.name)
             .env("SARK_DATA_DIR", &node.data_dir)
             .envs(self.options.env.iter().map(|(k, v)| (k, v)))
-            .envs(node.env.iter().map(|(k, v)| (k, v)))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .envs(node.env.iter().map(|(k, v)| (k, v)));
         if !seeds.is_empty() {
             command
                 .env("SARK_CLUSTER__SEEDS", seeds.join(","))
-                .env("SARK_CLUSTER__COOKIE", cookie);
+                .env("SARK_CLUSTER__COOKIE", self.cookie());
         }
+        Ok(command)
+    }
+
+    fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
+        let mut command = self.command(i, &["serve"])?;
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = command
             .spawn()
             .with_context(|| format!("starting {}", self.binary.display()))?;
-        for stream in [
-            child
-                .stdout
-                .take()
-                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-            child.stderr.take().map(|s| Box::new(s) as _),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let log = node.log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    if let Ok(mut log) = log.lock() {
-                        if log.len() == LOG_LINES {
-                            log.pop_front();
-                        }
-                        log.push_back(line);
-                    }
-                }
-            });
-        }
+        let node = &mut self.nodes[i];
+        capture_output(&mut child, &node.log);
         node.child = Some(child);
         Ok(())
     }
 
+    /// Runs `sark admin ARGS…` with exactly the environment node `i`'s `serve` gets (so a
+    /// break-glass command reaches the same database and data directory) and returns its
+    /// exit status and output; it is killed after 60 s.
+    pub async fn admin(&self, i: usize, args: &[&str]) -> anyhow::Result<std::process::Output> {
+        let mut all = vec!["admin"];
+        all.extend_from_slice(args);
+        let mut command = tokio::process::Command::from(self.command(i, &all)?);
+        command.kill_on_drop(true);
+        tokio::time::timeout(Duration::from_secs(60), command.output())
+            .await
+            .map_err(|_| anyhow!("sark admin {args:?} ran for over 60 s"))?
+            .with_context(|| format!("running {} admin", self.binary.display()))
+    }
+
+    /// Whether node `i` has been started and not stopped or killed since.
+    pub fn is_running(&self, i: usize) -> bool {
+        self.nodes.get(i).is_some_and(|n| n.child.is_some())
+    }
+
     /// Polls `/health/ready` of node `i` until it answers 200.
     pub async fn wait_ready(&mut self, i: usize, timeout: Duration) -> anyhow::Result<Duration> {
-        let started = Instant::now();
-        let url = format!("http://{}/health/ready", self.nodes[i].http);
+        let ready = self.wait_all_ready(&[i], Instant::now(), timeout).await?;
+        Ok(ready[0])
+    }
+
+    /// Polls `/health/ready` of each of `slots` until it answers 200; returns, per slot,
+    /// how long after `started` that was.
+    async fn wait_all_ready(
+        &mut self,
+        slots: &[usize],
+        started: Instant,
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<Duration>> {
+        let mut ready: Vec<Option<Duration>> = vec![None; slots.len()];
         loop {
-            if let Ok(response) = self.client.get(&url).send().await
-                && response.status() == 200
-            {
-                return Ok(started.elapsed());
+            for (k, &i) in slots.iter().enumerate() {
+                if ready[k].is_some() {
+                    continue;
+                }
+                let url = format!("http://{}/health/ready", self.nodes[i].http);
+                if let Ok(response) = self.client.get(&url).send().await
+                    && response.status() == 200
+                {
+                    ready[k] = Some(started.elapsed());
+                    continue;
+                }
+                if let Some(child) = self.nodes[i].child.as_mut()
+                    && let Some(status) = child.try_wait()?
+                {
+                    bail!(
+                        "{} exited with {status}: {:?}",
+                        self.nodes[i].name,
+                        self.nodes[i].log()
+                    );
+                }
+                if started.elapsed() > timeout {
+                    bail!(
+                        "{} not ready after {timeout:?}: {:?}",
+                        self.nodes[i].name,
+                        self.nodes[i].log()
+                    );
+                }
             }
-            if let Some(child) = self.nodes[i].child.as_mut()
-                && let Some(status) = child.try_wait()?
-            {
-                bail!(
-                    "{} exited with {status}: {:?}",
-                    self.nodes[i].name,
-                    self.nodes[i].log()
-                );
-            }
-            if started.elapsed() > timeout {
-                bail!(
-                    "{} not ready after {timeout:?}: {:?}",
-                    self.nodes[i].name,
-                    self.nodes[i].log()
-                );
+            if ready.iter().all(Option::is_some) {
+                return Ok(ready.into_iter().flatten().collect());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -376,11 +425,12 @@ impl ClusterSandbox {
             .unwrap_or((0, serde_json::Value::Null))
     }
 
-    /// Polls every node's `/api/v1/cluster` (with an admin `token`) until each sees all
-    /// nodes `up`; returns how long that took.
+    /// Polls every running node's `/api/v1/cluster` (with an admin `token`) until each
+    /// sees as many members `up` as there are running nodes; returns how long that took.
     pub async fn wait_formed(&self, token: &str, within: Duration) -> anyhow::Result<Duration> {
         let started = Instant::now();
-        for node in &self.nodes {
+        let running = self.nodes.iter().filter(|n| n.child.is_some()).count();
+        for node in self.nodes.iter().filter(|n| n.child.is_some()) {
             loop {
                 let (_, cluster) = send_json(
                     self.client
@@ -392,7 +442,7 @@ impl ClusterSandbox {
                 let up = cluster["members"]
                     .as_array()
                     .map_or(0, |m| m.iter().filter(|m| m["status"] == "up").count());
-                if up == self.nodes.len() {
+                if up == running {
                     break;
                 }
                 if started.elapsed() > within {
@@ -413,13 +463,31 @@ impl ClusterSandbox {
     /// Starts node `i` again (same address, same data directory) and waits until it is
     /// ready; returns how long that took.
     pub async fn restart(&mut self, i: usize) -> anyhow::Result<Duration> {
-        if self.nodes[i].child.is_some() {
-            bail!("{} is still running", self.nodes[i].name);
+        self.start_node(i).await
+    }
+
+    /// Starts slot `i` (one never started, or stopped or killed since) and waits until it
+    /// is ready; returns how long that took.
+    pub async fn start_node(&mut self, i: usize) -> anyhow::Result<Duration> {
+        let ready = self.start_nodes(&[i]).await?;
+        Ok(ready[0])
+    }
+
+    /// Starts every one of `slots` at once (none may be running) and waits until each is
+    /// ready; returns, per slot, how long after their start that was.
+    pub async fn start_nodes(&mut self, slots: &[usize]) -> anyhow::Result<Vec<Duration>> {
+        for &i in slots {
+            let node = self.nodes.get(i).ok_or_else(|| anyhow!("no node {i}"))?;
+            if node.child.is_some() {
+                bail!("{} is still running", node.name);
+            }
         }
         let started = Instant::now();
-        self.spawn(i)?;
-        self.wait_ready(i, Duration::from_secs(60)).await?;
-        Ok(started.elapsed())
+        for &i in slots {
+            self.spawn(i)?;
+        }
+        self.wait_all_ready(slots, started, Duration::from_secs(60))
+            .await
     }
 
     async fn wait_exit(&mut self, i: usize, timeout: Duration) -> anyhow::Result<ExitStatus> {
@@ -518,6 +586,33 @@ impl ClusterSandbox {
             }
         }
         Ok(statuses)
+    }
+}
+
+/// Copies `child`'s stdout and stderr, line by line, into `log` (the last [`LOG_LINES`]
+/// lines), from threads of their own.
+pub(crate) fn capture_output(child: &mut Child, log: &Arc<Mutex<VecDeque<String>>>) {
+    for stream in [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        child.stderr.take().map(|s| Box::new(s) as _),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                if let Ok(mut log) = log.lock() {
+                    if log.len() == LOG_LINES {
+                        log.pop_front();
+                    }
+                    log.push_back(line);
+                }
+            }
+        });
     }
 }
 

@@ -1,0 +1,752 @@
+//! `balancer` scenarios: the nodes behind a real HAProxy (`src/balancer.rs`), as pods behind
+//! a Kubernetes Service, under a mixed load sent through it, while the cluster changes:
+//!
+//! - `scale_up_and_down`: two nodes join a cluster of three at once and leave again with
+//!   SIGTERM; no request through the balancer fails and the three never leave rotation;
+//! - `rolling_restart`: five nodes stopped with SIGTERM and started again one after another;
+//! - `unclean_loss`: three of five nodes killed with SIGKILL one after another, each
+//!   forgotten by the survivors (`SARK_CLUSTER__FORGET_AFTER_SECONDS`) before the next, so
+//!   the survivors keep a majority and stay ready;
+//! - `lone_survivor`: the other of two nodes killed; the survivor is unready and may not
+//!   forget it alone, until `sark admin forget-member` does; then the dead node rejoins.
+//!
+//! A readiness monitor (`src/readiness.rs`) records when each node was unready and out of
+//! rotation. Each scenario writes the load's report, the monitor's summary and its own
+//! figures to `$CHAOS_REPORT_DIR` (default `target/chaos-reports`) as `<scenario>.json` and
+//! `<scenario>.txt`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use sark_chaos::balancer::Balancer;
+use sark_chaos::history::{Failures, FaultWindow, History, Report};
+use sark_chaos::load::{Load, Target};
+use sark_chaos::readiness::{ReadinessMonitor, ReadinessSummary};
+use sark_chaos::sandbox::{ClusterSandbox, SandboxOptions, audit_events, fresh_postgres_database};
+
+const HEARTBEAT_MS: u64 = 200;
+const LEASE_SECONDS: u64 = 2;
+const FORGET_AFTER_SECONDS: u64 = 4;
+/// Longer than HAProxy takes to see a node unready (two checks 500 ms apart), so a stopping
+/// node is out of rotation before it stops serving.
+const SHUTDOWN_DELAY_SECONDS: u64 = 2;
+const ADMIN_PASSWORD: &str = "chaos root passphrase, long enough";
+const WORKERS: usize = 6;
+
+fn options() -> SandboxOptions {
+    SandboxOptions::with_env(&[
+        ("SARK_DATABASE__URL", fresh_postgres_database().unwrap()),
+        ("SARK_SECRETS__KEY", "5e".repeat(32)),
+        ("SARK_BOOTSTRAP_ADMIN_PASSWORD", ADMIN_PASSWORD.to_owned()),
+        ("SARK_CLUSTER__HEARTBEAT_MS", HEARTBEAT_MS.to_string()),
+        ("SARK_CLUSTER__LEASE_SECONDS", LEASE_SECONDS.to_string()),
+        (
+            "SARK_CLUSTER__FORGET_AFTER_SECONDS",
+            FORGET_AFTER_SECONDS.to_string(),
+        ),
+        (
+            "SARK_HTTP__SHUTDOWN_DELAY_SECONDS",
+            SHUTDOWN_DELAY_SECONDS.to_string(),
+        ),
+        (
+            "SARK_RATE_LIMIT__UNAUTHENTICATED_PER_MINUTE",
+            "1000000".to_owned(),
+        ),
+        (
+            "SARK_RATE_LIMIT__AUTHENTICATED_PER_MINUTE",
+            "1000000".to_owned(),
+        ),
+    ])
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// A cluster behind a balancer, under load, watched by a readiness monitor.
+struct Scenario {
+    name: &'static str,
+    sandbox: ClusterSandbox,
+    balancer: Balancer,
+    history: Arc<History>,
+    monitor: ReadinessMonitor,
+    load: Load,
+    client: reqwest::Client,
+    admin: String,
+    figures: BTreeMap<String, Value>,
+}
+
+/// What a scenario's run left to assert on.
+struct Finished {
+    report: Report,
+    readiness: ReadinessSummary,
+    /// Every request of the run through the balancer, and those that failed.
+    failures: Failures,
+    sandbox: ClusterSandbox,
+    /// Kept alive until the end of the test, so the sandbox's nodes stop behind it.
+    _balancer: Balancer,
+}
+
+impl Scenario {
+    /// `slots` nodes, the first `running` started and formed; the balancer in front of all
+    /// slots; the monitor and the load through the balancer started.
+    async fn start(name: &'static str, slots: usize, running: usize) -> Self {
+        let sandbox = ClusterSandbox::start_with_slots(slots, running, options())
+            .await
+            .unwrap();
+        let admin = sandbox.login(0, "admin", ADMIN_PASSWORD).await.unwrap();
+        sandbox
+            .wait_formed(&admin, Duration::from_secs(LEASE_SECONDS * 15))
+            .await
+            .unwrap();
+        let balancer = Balancer::start(&sandbox).await.unwrap();
+        let history = Arc::new(History::new());
+        let monitor = ReadinessMonitor::start(&sandbox, Some(&balancer), history.clone()).unwrap();
+        let target = Target {
+            bases: vec![balancer.base()],
+            password: ADMIN_PASSWORD.to_owned(),
+            policy_source: std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../policies/authorization/authorization.rego"
+            ))
+            .unwrap(),
+        };
+        let load = Load::start(target, WORKERS, history.clone());
+        Self {
+            name,
+            sandbox,
+            balancer,
+            history,
+            monitor,
+            load,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+            admin,
+            figures: BTreeMap::new(),
+        }
+    }
+
+    /// Lets the load run for `seconds` with nothing changing.
+    async fn calm(&self, seconds: f64) {
+        tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+    }
+
+    fn figure(&mut self, key: &str, value: impl Into<Value>) {
+        self.figures.insert(key.to_owned(), value.into());
+    }
+
+    fn window(&self, name: &str, from: Duration, figures: &[(&str, f64)]) {
+        self.history.fault(FaultWindow {
+            name: name.to_owned(),
+            from,
+            until: self.history.now(),
+            figures: figures.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
+        });
+    }
+
+    fn name_of(&self, i: usize) -> String {
+        self.sandbox.nodes()[i].name.clone()
+    }
+
+    /// A node that runs, for the checks at the end.
+    fn running_node(&self) -> usize {
+        (0..self.sandbox.nodes().len())
+            .find(|&i| self.sandbox.is_running(i))
+            .expect("a node runs")
+    }
+
+    /// Logs the admin in through the balancer.
+    async fn login_through_balancer(&self) -> (u16, Value) {
+        let request = self
+            .client
+            .post(format!("{}/api/v1/auth/login", self.balancer.base()))
+            .json(&json!({"username": "admin", "password": ADMIN_PASSWORD}));
+        sark_chaos::sandbox::send_json(request)
+            .await
+            .unwrap_or((0, Value::Null))
+    }
+
+    /// The members node `i` lists (name and status), or `None` while it does not answer.
+    async fn members(&self, i: usize) -> Option<Vec<(String, String)>> {
+        let (status, cluster) = self.sandbox.get_as(i, "/api/v1/cluster", &self.admin).await;
+        if status != 200 {
+            return None;
+        }
+        Some(
+            cluster["members"]
+                .as_array()?
+                .iter()
+                .map(|m| {
+                    (
+                        m["node_id"].as_str().unwrap_or_default().to_owned(),
+                        m["status"].as_str().unwrap_or_default().to_owned(),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    /// Polls every running node's member list until none lists `name`; returns how long
+    /// that took.
+    async fn wait_forgotten(&self, name: &str, within: Duration) -> Duration {
+        let started = Instant::now();
+        for i in (0..self.sandbox.nodes().len()).filter(|&i| self.sandbox.is_running(i)) {
+            loop {
+                let members = self.members(i).await;
+                if members
+                    .as_ref()
+                    .is_some_and(|m| m.iter().all(|(n, _)| n != name))
+                {
+                    break;
+                }
+                assert!(
+                    started.elapsed() < within,
+                    "node-{} still lists {name} after {within:?}: {members:?}",
+                    i + 1
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        started.elapsed()
+    }
+
+    /// Polls node `i`'s `/health/ready` until `wanted` holds for its status; returns how
+    /// long that took, failing after `within`.
+    async fn until_ready_status(
+        &self,
+        i: usize,
+        wanted: impl Fn(u16) -> bool,
+        within: Duration,
+    ) -> Duration {
+        let started = Instant::now();
+        loop {
+            let (status, body) = self
+                .sandbox
+                .get_json(i, "/health/ready")
+                .await
+                .unwrap_or((0, Value::Null));
+            if wanted(status) {
+                return started.elapsed();
+            }
+            assert!(
+                started.elapsed() < within,
+                "node-{} readiness stayed {status} {body} for {within:?}",
+                i + 1
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops the load and the monitor, counts acknowledged writes and audit events that
+    /// are missing, writes the report and prints its summary.
+    async fn finish(self) -> Finished {
+        let node = self.running_node();
+        self.load.stop().await;
+        let readiness = self.monitor.stop().await;
+        let end = self.history.now();
+        let failures = self.history.failures_between(Duration::ZERO, end);
+        let admin = self
+            .sandbox
+            .login(node, "admin", ADMIN_PASSWORD)
+            .await
+            .unwrap();
+        let (lost_writes, lost_events) = lost(
+            &self.sandbox,
+            &self.client,
+            node,
+            &admin,
+            &self.history.acknowledged_servers(),
+        )
+        .await;
+        let mut report = self.history.report(self.name, lost_writes, lost_events);
+        report.0["readiness"] = readiness.to_json();
+        report.0["figures"] = json!(self.figures);
+        report.0["through_balancer"] = json!({
+            "requests": failures.requests,
+            "failed": failures.failed,
+        });
+        let dir = std::env::var_os("CHAOS_REPORT_DIR").map_or_else(
+            || {
+                PathBuf::from(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/../target/chaos-reports"
+                ))
+            },
+            PathBuf::from,
+        );
+        std::fs::create_dir_all(&dir).unwrap();
+        let json_path = dir.join(format!("{}.json", self.name));
+        std::fs::write(&json_path, serde_json::to_vec_pretty(&report.0).unwrap()).unwrap();
+        let paragraph = paragraph(self.name, &report, &readiness, failures, &self.figures);
+        let text = format!(
+            "{paragraph}\n\n{}{}figures: {}\n",
+            report.summary(),
+            readiness.text(),
+            serde_json::to_string_pretty(&self.figures).unwrap()
+        );
+        std::fs::write(dir.join(format!("{}.txt", self.name)), &text).unwrap();
+        println!("{text}report: {}", json_path.display());
+        Finished {
+            report,
+            readiness,
+            failures,
+            sandbox: self.sandbox,
+            _balancer: self.balancer,
+        }
+    }
+}
+
+/// Of the `acknowledged` server writes, those the cluster does not list and those
+/// without their `server_registered` audit event, as node `i` answers.
+async fn lost(
+    sandbox: &ClusterSandbox,
+    client: &reqwest::Client,
+    i: usize,
+    admin: &str,
+    acknowledged: &[String],
+) -> (usize, usize) {
+    let mut stored = HashSet::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut path = "/api/v1/servers?limit=500&name_prefix=w".to_owned();
+        if let Some(c) = &cursor {
+            path.push_str(&format!("&cursor={c}"));
+        }
+        let (status, page) = sandbox.get_as(i, &path, admin).await;
+        assert_eq!(status, 200, "{page}");
+        for item in page["items"].as_array().unwrap() {
+            stored.insert(item["name"].as_str().unwrap().to_owned());
+        }
+        cursor = page["next_cursor"].as_str().map(str::to_owned);
+        if cursor.is_none() {
+            break;
+        }
+    }
+    let base = format!("http://{}", sandbox.nodes()[i].http);
+    let audited: HashSet<String> = audit_events(client, &base, admin)
+        .await
+        .unwrap()
+        .values()
+        .filter(|e| e["event_type"] == "server_registered")
+        .filter_map(|e| e["resource"].as_str().map(str::to_owned))
+        .collect();
+    (
+        acknowledged.iter().filter(|n| !stored.contains(*n)).count(),
+        acknowledged
+            .iter()
+            .filter(|n| !audited.contains(&format!("server:{n}")))
+            .count(),
+    )
+}
+
+/// The one-paragraph summary: failures through the balancer, revocation latency, the
+/// scenario's figures and each node's unready and out-of-rotation time.
+fn paragraph(
+    name: &str,
+    report: &Report,
+    readiness: &ReadinessSummary,
+    failures: Failures,
+    figures: &BTreeMap<String, Value>,
+) -> String {
+    let latency = &report.0["revocation_latency_ms"];
+    let figures: Vec<String> = figures.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    let nodes: Vec<String> = readiness
+        .nodes
+        .iter()
+        .map(|n| {
+            format!(
+                "{} unready {:.2} s in {} intervals, out of rotation {:.2} s in {}",
+                n.name,
+                n.unready_total_s,
+                n.unready.len(),
+                n.out_of_rotation_total_s,
+                n.out_of_rotation.len()
+            )
+        })
+        .collect();
+    format!(
+        "{name}: {} of {} requests through the balancer failed ({:.3} %); revocation latency p50 {} ms, p99 {} ms, max {} ms over {}; {}; {}.",
+        failures.failed,
+        failures.requests,
+        100.0 * failures.failed as f64 / failures.requests.max(1) as f64,
+        latency["p50"],
+        latency["p99"],
+        latency["max"],
+        latency["count"],
+        figures.join(", "),
+        nodes.join("; "),
+    )
+}
+
+impl Finished {
+    /// Asserts that no revoked credential was accepted and no decision was stale, and
+    /// that no acknowledged write or its audit event was lost.
+    fn assert_invariants(&self) {
+        for invariant in [
+            "acknowledged_writes_lost",
+            "audit_events_lost",
+            "revoked_credentials_accepted",
+            "stale_decisions",
+        ] {
+            assert_eq!(
+                self.report.invariant(invariant),
+                0,
+                "{invariant}: {}",
+                self.report.summary()
+            );
+        }
+    }
+
+    fn failure_rate(&self) -> f64 {
+        self.failures.failed as f64 / self.failures.requests.max(1) as f64
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_up_and_down() {
+    let mut s = Scenario::start("scale_up_and_down", 5, 3).await;
+    let watched_from = s.history.now();
+    s.calm(3.0).await;
+
+    // Two nodes join at once, as a Deployment scaled from 3 to 5 starts two pods.
+    let joining = s.history.now();
+    let ready = s.sandbox.start_nodes(&[3, 4]).await.unwrap();
+    s.figure("node-4_time_to_ready_ms", ms(ready[0]));
+    s.figure("node-5_time_to_ready_ms", ms(ready[1]));
+    let in_rotation = s
+        .balancer
+        .wait_in_rotation(|r| r.iter().all(|up| *up), Duration::from_secs(10))
+        .await
+        .unwrap();
+    s.figure("joined_in_rotation_after_ready_ms", ms(in_rotation));
+    s.window(
+        "nodes 4 and 5 join",
+        joining,
+        &[
+            ("node-4_time_to_ready_ms", ms(ready[0])),
+            ("node-5_time_to_ready_ms", ms(ready[1])),
+        ],
+    );
+    s.calm(4.0).await;
+
+    // Scaled back to 3: the newest pods are stopped first, each with SIGTERM.
+    let mut stopped_at = BTreeMap::new();
+    for i in [4, 3] {
+        let from = s.history.now();
+        stopped_at.insert(i, from);
+        let began = Instant::now();
+        let status = s.sandbox.stop(i).await.unwrap();
+        assert!(status.success(), "node-{} exited {status:?}", i + 1);
+        let took = ms(began.elapsed());
+        s.figure(&format!("node-{}_stop_ms", i + 1), took);
+        s.window(
+            &format!("SIGTERM node-{}", i + 1),
+            from,
+            &[("stop_ms", took)],
+        );
+    }
+    s.calm(3.0).await;
+    let until = s.history.now();
+    let f = s.finish().await;
+
+    assert_eq!(
+        f.failures.failed,
+        0,
+        "failed requests through the balancer: {}",
+        f.report.summary()
+    );
+    for i in 0..3 {
+        let node = &f.readiness.nodes[i];
+        assert!(
+            node.unready_between(watched_from, until).is_empty(),
+            "{} was unready: {}",
+            node.name,
+            f.readiness.text()
+        );
+        assert!(
+            node.out_of_rotation_between(watched_from, until).is_empty(),
+            "{} was out of rotation: {}",
+            node.name,
+            f.readiness.text()
+        );
+    }
+    for (i, stopped) in stopped_at {
+        let node = &f.readiness.nodes[i];
+        assert!(
+            node.ready_during(joining, stopped) && node.in_rotation_during(joining, stopped),
+            "{} was not ready and in rotation before its stop: {}",
+            node.name,
+            f.readiness.text()
+        );
+    }
+    f.assert_invariants();
+    let statuses = f.sandbox.shutdown().await.unwrap();
+    assert!(statuses.iter().all(|s| s.success()), "{statuses:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_restart() {
+    let mut s = Scenario::start("rolling_restart", 5, 5).await;
+    s.calm(2.0).await;
+    for i in 0..5 {
+        let from = s.history.now();
+        let began = Instant::now();
+        let status = s.sandbox.stop(i).await.unwrap();
+        assert!(status.success(), "node-{} exited {status:?}", i + 1);
+        let stopped = began.elapsed();
+        let ready = s.sandbox.restart(i).await.unwrap();
+        let down = began.elapsed();
+        s.balancer
+            .wait_in_rotation(|r| r[i], Duration::from_secs(10))
+            .await
+            .unwrap();
+        let back = began.elapsed();
+        let name = s.name_of(i);
+        s.figure(&format!("{name}_stop_ms"), ms(stopped));
+        s.figure(&format!("{name}_time_to_ready_ms"), ms(ready));
+        s.figure(&format!("{name}_downtime_ms"), ms(down));
+        s.figure(&format!("{name}_back_in_rotation_ms"), ms(back));
+        s.window(
+            &format!("restart {name}"),
+            from,
+            &[
+                ("stop_ms", ms(stopped)),
+                ("time_to_ready_ms", ms(ready)),
+                ("downtime_ms", ms(down)),
+                ("back_in_rotation_ms", ms(back)),
+            ],
+        );
+    }
+    s.calm(2.0).await;
+    let f = s.finish().await;
+
+    assert!(
+        f.failure_rate() <= 0.001,
+        "{} of {} requests through the balancer failed: {}",
+        f.failures.failed,
+        f.failures.requests,
+        f.report.summary()
+    );
+    f.assert_invariants();
+    // Every node has already exited 0 on SIGTERM once; five more leaves would only add
+    // 2 s of shutdown delay each.
+    drop(f);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unclean_loss() {
+    let mut s = Scenario::start("unclean_loss", 5, 5).await;
+    s.calm(2.0).await;
+    let first_kill = s.history.now();
+    // Forgotten within the forget delay plus time for a lease holder to act on it.
+    let within = Duration::from_secs(FORGET_AFTER_SECONDS + 3 * LEASE_SECONDS);
+    for victim in [4, 3, 2] {
+        let name = s.name_of(victim);
+        let from = s.history.now();
+        s.sandbox.kill(victim).await.unwrap();
+        let forgotten = s.wait_forgotten(&name, within).await;
+        s.figure(&format!("{name}_forgotten_after_ms"), ms(forgotten));
+        s.window(
+            &format!("kill -9 {name} until forgotten"),
+            from,
+            &[("forgotten_after_ms", ms(forgotten))],
+        );
+    }
+    s.calm(2.0).await;
+    let until = s.history.now();
+    let audit = {
+        let (status, audit) = s
+            .sandbox
+            .get_as(
+                0,
+                "/api/v1/audit?event_type=member_forgotten&limit=500",
+                &s.admin,
+            )
+            .await;
+        assert_eq!(status, 200, "{audit}");
+        audit
+    };
+    let forgotten: HashSet<String> = audit["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["event_type"] == "member_forgotten")
+        .filter_map(|e| e["resource"].as_str().map(str::to_owned))
+        .collect();
+    s.figure(
+        "member_forgotten_resources",
+        json!(forgotten.iter().collect::<Vec<_>>()),
+    );
+    let f = s.finish().await;
+
+    for survivor in 0..2 {
+        let node = &f.readiness.nodes[survivor];
+        let unready = node.unready_between(first_kill + Duration::from_secs(1), until);
+        assert!(
+            unready.is_empty(),
+            "{} was unready after the first kill's first second: {}",
+            node.name,
+            f.readiness.text()
+        );
+    }
+    assert!(
+        f.failure_rate() <= 0.01,
+        "{} of {} requests through the balancer failed: {}",
+        f.failures.failed,
+        f.failures.requests,
+        f.report.summary()
+    );
+    for name in ["node-3", "node-4", "node-5"] {
+        assert!(
+            forgotten.contains(&format!("node:{name}")),
+            "no member_forgotten event for {name}: {audit}"
+        );
+    }
+    f.assert_invariants();
+    let statuses = f.sandbox.shutdown().await.unwrap();
+    assert!(statuses.iter().all(|s| s.success()), "{statuses:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lone_survivor() {
+    let mut s = Scenario::start("lone_survivor", 2, 2).await;
+    s.calm(2.0).await;
+
+    // Alone, node 1 holds no majority: it loses its lease and is unready.
+    let from = s.history.now();
+    s.sandbox.kill(1).await.unwrap();
+    let unready = s
+        .until_ready_status(
+            0,
+            |status| status != 200,
+            Duration::from_secs(LEASE_SECONDS + 1),
+        )
+        .await;
+    s.figure("node-1_unready_after_kill_ms", ms(unready));
+    // Holding no lease, it may not forget node 2 by itself, however long it waits.
+    let hold = Duration::from_secs(FORGET_AFTER_SECONDS + 2 * LEASE_SECONDS);
+    let began = Instant::now();
+    while began.elapsed() < hold {
+        let (status, body) = s
+            .sandbox
+            .get_json(0, "/health/ready")
+            .await
+            .unwrap_or((0, Value::Null));
+        assert_ne!(
+            status,
+            200,
+            "node-1 became ready alone {:?} after it was unready: {body}",
+            began.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let members = s.members(0).await;
+    s.figure("node-1_members_while_alone", json!(members));
+    s.window(
+        "kill -9 node-2, node-1 alone",
+        from,
+        &[("unready_after_kill_ms", ms(unready))],
+    );
+
+    // Break-glass: refused for a member that is up, done for the dead one.
+    let from = s.history.now();
+    let refused = s
+        .sandbox
+        .admin(0, &["forget-member", "node-1"])
+        .await
+        .unwrap();
+    let refusal = format!(
+        "{}{}",
+        String::from_utf8_lossy(&refused.stdout),
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    s.figure("forget_up_member_output", refusal.trim());
+    assert!(
+        !refused.status.success(),
+        "forget-member node-1 (up) was not refused: {refusal}"
+    );
+    let forgot = s
+        .sandbox
+        .admin(0, &["forget-member", "node-2"])
+        .await
+        .unwrap();
+    let output = format!(
+        "{}{}",
+        String::from_utf8_lossy(&forgot.stdout),
+        String::from_utf8_lossy(&forgot.stderr)
+    );
+    s.figure("forget_dead_member_output", output.trim());
+    assert!(
+        forgot.status.success(),
+        "forget-member node-2 failed ({:?}): {output}",
+        forgot.status
+    );
+    let ready = s
+        .until_ready_status(
+            0,
+            |status| status == 200,
+            Duration::from_secs(5 * LEASE_SECONDS),
+        )
+        .await;
+    s.figure("node-1_ready_after_forget_ms", ms(ready));
+    s.balancer
+        .wait_in_rotation(|r| r[0], Duration::from_secs(5))
+        .await
+        .unwrap();
+    let (status, body) = s.login_through_balancer().await;
+    assert_eq!(status, 200, "login through the balancer: {body}");
+    s.window(
+        "forget-member node-2",
+        from,
+        &[("ready_after_forget_ms", ms(ready))],
+    );
+
+    // Node 2 comes back and rejoins.
+    let from = s.history.now();
+    let restart = s.sandbox.restart(1).await.unwrap();
+    s.figure("node-2_time_to_ready_ms", ms(restart));
+    s.admin = s.sandbox.login(0, "admin", ADMIN_PASSWORD).await.unwrap();
+    let formed = s
+        .sandbox
+        .wait_formed(&s.admin, Duration::from_secs(LEASE_SECONDS * 10))
+        .await
+        .unwrap();
+    for i in 0..2 {
+        let members = s.members(i).await.unwrap_or_default();
+        for name in ["node-1", "node-2"] {
+            assert!(
+                members
+                    .iter()
+                    .any(|(n, status)| n == name && status == "up"),
+                "node-{} does not list {name} up: {members:?}",
+                i + 1
+            );
+        }
+    }
+    s.balancer
+        .wait_in_rotation(|r| r[0] && r[1], Duration::from_secs(5))
+        .await
+        .unwrap();
+    s.window(
+        "node-2 rejoins",
+        from,
+        &[
+            ("time_to_ready_ms", ms(restart)),
+            ("formed_after_ready_ms", ms(formed)),
+        ],
+    );
+    s.calm(1.0).await;
+    let f = s.finish().await;
+
+    f.assert_invariants();
+    let statuses = f.sandbox.shutdown().await.unwrap();
+    assert!(statuses.iter().all(|s| s.success()), "{statuses:?}");
+}
