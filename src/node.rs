@@ -150,7 +150,7 @@ pub struct Node {
     pub lockout: crate::auth::lockout::Lockout,
     supervisor: ActorRef<SupervisorMessage>,
     store_ready: Arc<AtomicBool>,
-    policies_in_step: Arc<AtomicBool>,
+    policies_loaded_once: Arc<AtomicBool>,
     policy_control: Arc<PolicyControl>,
     draining: AtomicBool,
     /// Set once this node announced its leave.
@@ -333,7 +333,7 @@ impl Node {
                     ..membership_config(
                         &config,
                         &node_id,
-                        node_summary(&policies, &actor_metrics),
+                        node_summary(&policies, &actor_metrics, &store_ready, &node_cell),
                         membership_events,
                         notice_handler(
                             &revocations,
@@ -394,7 +394,7 @@ impl Node {
                 time_series: chrono::Duration::days(seconds(config.audit.retention_days)),
             },
         )));
-        let policies_in_step = Arc::new(AtomicBool::new(false));
+        let policies_loaded_once = Arc::new(AtomicBool::new(false));
         let policy_control = Arc::new(PolicyControl {
             actors: policy_actors.clone(),
             supervisor: slots.policies.clone(),
@@ -403,7 +403,7 @@ impl Node {
         let _ = control_cell.set(policy_control.clone());
         background.push(tokio::spawn(
             PolicySync {
-                in_step: policies_in_step.clone(),
+                loaded_once: policies_loaded_once.clone(),
                 store: store.clone(),
                 registry: policies.clone(),
                 control: policy_control.clone(),
@@ -461,7 +461,7 @@ impl Node {
             started_at: tokio::time::Instant::now(),
             supervisor,
             store_ready,
-            policies_in_step,
+            policies_loaded_once,
             policy_control,
             draining: AtomicBool::new(false),
             left: AtomicBool::new(false),
@@ -714,11 +714,11 @@ impl Node {
         self.store_ready.load(Ordering::Acquire)
     }
 
-    /// Whether every built-in bundle is compiled here and, at the last anti-entropy check,
-    /// every stored bundle was active here at its stored version.
+    /// Whether every built-in bundle is compiled here and, once since start-up, every stored
+    /// bundle was active here at its stored version.
     pub fn policies_loaded(&self) -> bool {
         let loaded = self.policies.versions();
-        self.policies_in_step.load(Ordering::Acquire)
+        self.policies_loaded_once.load(Ordering::Acquire)
             && BUILTIN_POLICIES
                 .iter()
                 .all(|(name, _)| loaded.contains_key(*name))
@@ -942,11 +942,21 @@ pub(crate) async fn wait_until_true(flag: &mut watch::Receiver<bool>) {
 }
 
 /// What this node reports about itself in heartbeats.
-fn node_summary(policies: &Arc<PolicyRegistry>, metrics: &ActorMetrics) -> SummarySource {
+/// What this node reports in heartbeats; it says it is starting until its store is
+/// initialised and its front door exists, so that no session is placed on it before it can
+/// serve one.
+fn node_summary(
+    policies: &Arc<PolicyRegistry>,
+    metrics: &ActorMetrics,
+    store_ready: &Arc<AtomicBool>,
+    node: &Arc<std::sync::OnceLock<std::sync::Weak<Node>>>,
+) -> SummarySource {
     let (policies, metrics) = (policies.clone(), metrics.clone());
+    let (store_ready, node) = (store_ready.clone(), node.clone());
     Arc::new(move || NodeSummary {
         sessions: u64::try_from(metrics.running.with_label_values(&["session"]).get()).unwrap_or(0),
         policy_versions: policies.versions(),
+        starting: !store_ready.load(Ordering::Acquire) || node.get().is_none(),
         ..NodeSummary::default()
     })
 }
@@ -1178,7 +1188,8 @@ impl PolicyControl {
 /// Anti-entropy for policies: repairs any bundle whose compiled version on this node is
 /// behind the stored active version.
 struct PolicySync {
-    in_step: Arc<AtomicBool>,
+    /// Set once every stored bundle was loaded at its active version.
+    loaded_once: Arc<AtomicBool>,
     store: Arc<dyn Store>,
     registry: Arc<PolicyRegistry>,
     control: Arc<PolicyControl>,
@@ -1190,7 +1201,11 @@ impl PolicySync {
         loop {
             // Until the bundles are first loaded, check often so start-up is not delayed.
             let loaded = self.store_ready.load(Ordering::Acquire) && self.sync().await;
-            self.in_step.store(loaded, Ordering::Release);
+            // Being behind the store later is a moment in a policy write, or a missed
+            // broadcast that the lease check covers: it never takes the node out of rotation.
+            if loaded {
+                self.loaded_once.store(true, Ordering::Release);
+            }
             tokio::time::sleep(if loaded {
                 every
             } else {

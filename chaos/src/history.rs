@@ -78,6 +78,8 @@ struct Inner {
     decisions: Vec<(i64, Duration)>,
     propagation_ms: Vec<f64>,
     revoked_accepted: Vec<String>,
+    /// Failed answers by `kind status code` (the API error code of the body, when any).
+    failure_codes: BTreeMap<String, usize>,
 }
 
 /// The history of one run.
@@ -146,6 +148,11 @@ impl History {
     /// A broadcast's propagation time, as its answer reported it.
     pub fn propagation(&self, ms: f64) {
         self.with(|h| h.propagation_ms.push(ms));
+    }
+
+    /// A failed answer's error code (the body's `error.code`), to tell failures apart.
+    pub fn failure_code(&self, kind: &str, status: u16, code: &str) {
+        self.with(|h| *h.failure_codes.entry(format!("{kind} {status} {code}")).or_default() += 1);
     }
 
     /// A revoked credential that was accepted after its revocation was acknowledged.
@@ -271,6 +278,7 @@ impl History {
                     "p50": percentile(&propagation, 0.50),
                     "p99": percentile(&propagation, 0.99),
                 },
+                "failure_codes": h.failure_codes,
                 "revocation_latency_ms": {
                     "count": revocation.len(),
                     "p50": percentile(&revocation, 0.50),
@@ -355,6 +363,11 @@ impl Report {
             "  broadcast propagation: p50 {} ms, p99 {} ms over {} broadcasts\n",
             p["p50"], p["p99"], p["count"]
         ));
+        if let Some(codes) = r["failure_codes"].as_object()
+            && !codes.is_empty()
+        {
+            out.push_str(&format!("  failures by kind, status and code: {}\n", r["failure_codes"]));
+        }
         let l = &r["revocation_latency_ms"];
         out.push_str(&format!(
             "  revocation latency (acknowledged): p50 {} ms, p99 {} ms, max {} ms over {} revocations\n",

@@ -114,6 +114,8 @@ impl Worker {
         };
         self.history.record(kind, node, started, status);
         if status == 0 || status >= 500 {
+            let code = body["error"]["code"].as_str().unwrap_or("no_answer");
+            self.history.failure_code(kind, status, code);
             tokio::time::sleep(PAUSE_AFTER_FAILURE).await;
         }
         (status, body)

@@ -553,7 +553,8 @@ impl MembershipView {
     }
 
     /// The members not known to be down, this node included: what placement hashes over.
-    /// A suspect member keeps its keys, so a late heartbeat does not move them.
+    /// A suspect member keeps its keys, so a late heartbeat does not move them; a member
+    /// still starting gets none yet.
     pub fn live_members(&self) -> Vec<String> {
         let state = self.read();
         std::iter::once(self.node_id.clone())
@@ -561,7 +562,7 @@ impl MembershipView {
                 state
                     .remotes
                     .values()
-                    .filter(|r| r.status != MemberStatus::Down)
+                    .filter(|r| r.status != MemberStatus::Down && !r.summary.starting)
                     .map(|r| r.summary.node_id.clone()),
             )
             .collect()
@@ -1657,6 +1658,22 @@ mod tests {
             4,
             "a forgotten member that comes back counts again"
         );
+    }
+
+    #[test]
+    fn a_member_still_starting_gets_no_sessions_yet() {
+        let lease = Duration::from_secs(1);
+        let t0 = Instant::now();
+        let view = settled_with_a(t0, lease);
+        let mut b = peer("b");
+        b.node.starting = true;
+        view.heard(b.clone(), t0, Some(t0), Some(ActorId::Local(2)));
+        view.update(t0, lease, lease, None);
+        assert_eq!(view.members_up(), 3, "b is a member");
+        assert_eq!(view.live_members(), ["me", "a"], "but owns no session yet");
+        b.node.starting = false;
+        view.heard(b, t0, Some(t0), Some(ActorId::Local(2)));
+        assert_eq!(view.live_members(), ["me", "a", "b"]);
     }
 
     #[test]

@@ -63,6 +63,11 @@ pub struct NodeSummary {
     /// incarnation, heard at once even if its previous one just left (since version 2).
     #[serde(default)]
     pub incarnation: u64,
+    /// Whether the node is still starting (its store or its front door is not up yet): it
+    /// is a member, but no session is placed on it yet (since version 3; older nodes never
+    /// say so).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub starting: bool,
 }
 
 /// A heartbeat or its answer.
@@ -267,6 +272,7 @@ mod tests {
                 members: vec!["127.0.0.3:7400".into()],
                 broadcasts: BTreeMap::from([("a".into(), 4)]),
                 incarnation: 7,
+                starting: true,
             },
         }
     }
