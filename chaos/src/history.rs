@@ -152,7 +152,11 @@ impl History {
 
     /// A failed answer's error code (the body's `error.code`), to tell failures apart.
     pub fn failure_code(&self, kind: &str, status: u16, code: &str) {
-        self.with(|h| *h.failure_codes.entry(format!("{kind} {status} {code}")).or_default() += 1);
+        self.with(|h| {
+            *h.failure_codes
+                .entry(format!("{kind} {status} {code}"))
+                .or_default() += 1
+        });
     }
 
     /// A revoked credential that was accepted after its revocation was acknowledged.
@@ -366,7 +370,10 @@ impl Report {
         if let Some(codes) = r["failure_codes"].as_object()
             && !codes.is_empty()
         {
-            out.push_str(&format!("  failures by kind, status and code: {}\n", r["failure_codes"]));
+            out.push_str(&format!(
+                "  failures by kind, status and code: {}\n",
+                r["failure_codes"]
+            ));
         }
         let l = &r["revocation_latency_ms"];
         out.push_str(&format!(

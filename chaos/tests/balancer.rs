@@ -38,6 +38,11 @@ const FORGET_AFTER_SECONDS: u64 = 4;
 const SHUTDOWN_DELAY_SECONDS: u64 = 2;
 const ADMIN_PASSWORD: &str = "chaos root passphrase, long enough";
 const WORKERS: usize = 6;
+/// Revocations during joins, graceful leaves and restarts answer within this (p99).
+const REVOCATION_P99: Duration = Duration::from_secs(1);
+/// A joining node is ready within 2 s of its database answering; from its process start,
+/// with a margin for a debug build on a busy machine, within this.
+const JOIN_READY_WITHIN: Duration = Duration::from_secs(4);
 
 fn options() -> SandboxOptions {
     SandboxOptions::with_env(&[
@@ -408,6 +413,19 @@ impl Finished {
     fn failure_rate(&self) -> f64 {
         self.failures.failed as f64 / self.failures.requests.max(1) as f64
     }
+
+    /// Asserts that acknowledged revocations answered within `REVOCATION_P99` (p99): no
+    /// member that stays up, joins, leaves gracefully or restarts is waited out.
+    fn assert_revocations_fast(&self) {
+        let p99 = self.report.0["revocation_latency_ms"]["p99"]
+            .as_f64()
+            .expect("revocations were acknowledged");
+        assert!(
+            p99 <= REVOCATION_P99.as_secs_f64() * 1000.0,
+            "revocation p99 {p99} ms: {}",
+            self.report.summary()
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -419,6 +437,13 @@ async fn scale_up_and_down() {
     // Two nodes join at once, as a Deployment scaled from 3 to 5 starts two pods.
     let joining = s.history.now();
     let ready = s.sandbox.start_nodes(&[3, 4]).await.unwrap();
+    for (i, took) in ready.iter().enumerate() {
+        assert!(
+            *took <= JOIN_READY_WITHIN,
+            "node-{} took {took:?} to be ready",
+            i + 4
+        );
+    }
     s.figure("node-4_time_to_ready_ms", ms(ready[0]));
     s.figure("node-5_time_to_ready_ms", ms(ready[1]));
     let in_rotation = s
@@ -487,6 +512,7 @@ async fn scale_up_and_down() {
             f.readiness.text()
         );
     }
+    f.assert_revocations_fast();
     f.assert_invariants();
     let statuses = f.sandbox.shutdown().await.unwrap();
     assert!(statuses.iter().all(|s| s.success()), "{statuses:?}");
@@ -535,6 +561,7 @@ async fn rolling_restart() {
         f.failures.requests,
         f.report.summary()
     );
+    f.assert_revocations_fast();
     f.assert_invariants();
     // Every node has already exited 0 on SIGTERM once; five more leaves would only add
     // 2 s of shutdown delay each.
