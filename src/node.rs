@@ -484,15 +484,26 @@ impl Node {
         };
         let node = Arc::new(node);
         let _ = node_cell.set(Arc::downgrade(&node));
+        // Tells the members at once that this node no longer starts, so that sessions are
+        // placed on it from now on rather than from the next heartbeat.
+        if let Some(membership) = node.slots.membership.get() {
+            node.slots
+                .membership
+                .mailbox()
+                .cast(&membership, MembershipMessage::Heartbeat);
+        }
         control
             .background
             .push(tokio::spawn(credential_sync(Arc::downgrade(&node))));
         control
             .background
             .push(tokio::spawn(catch_up_after_gaps(Arc::downgrade(&node))));
-        control
-            .background
-            .push(tokio::spawn(voters::run(Arc::downgrade(&node))));
+        // A single node (no cluster port) has no majority to count.
+        if node.config.cluster.listen_addr().is_some() {
+            control
+                .background
+                .push(tokio::spawn(voters::run(Arc::downgrade(&node))));
+        }
         Ok((node, control))
     }
 

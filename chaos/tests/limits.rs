@@ -20,12 +20,13 @@ async fn a_limit_holds_across_three_nodes_without_redis() {
         ),
     ]);
     let sandbox = ClusterSandbox::start(3, options).await.unwrap();
-    // Health endpoints are not rate limited: wait on them until every node sees all three.
+    // Health endpoints are not rate limited: wait on them until every node places keys on
+    // all three (a node still starting owns none yet).
     let deadline = Instant::now() + Duration::from_secs(20);
     for node in 0..3 {
         loop {
             let (_, detailed) = sandbox.get_json(node, "/health/detailed").await.unwrap();
-            if detailed["metrics"]["cluster_members"] == 3 {
+            if detailed["cluster"]["placement_members"] == 3 {
                 break;
             }
             assert!(Instant::now() < deadline, "node {node}: {detailed}");

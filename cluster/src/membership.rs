@@ -65,6 +65,8 @@ pub struct Member {
     pub sessions: u64,
     /// Policy versions loaded on it, as it last reported.
     pub policy_versions: BTreeMap<String, i64>,
+    /// Whether it is still starting (no session is placed on it yet).
+    pub starting: bool,
 }
 
 /// What this node knows of a remote member.
@@ -338,6 +340,7 @@ impl MembershipView {
             protocol_version: self.version,
             sessions: state.me.sessions,
             policy_versions: state.me.policy_versions.clone(),
+            starting: state.me.starting,
         };
         std::iter::once(me)
             .chain(state.remotes.values().map(|r| Member {
@@ -347,6 +350,7 @@ impl MembershipView {
                 protocol_version: r.version,
                 sessions: r.summary.sessions,
                 policy_versions: r.summary.policy_versions.clone(),
+                starting: r.summary.starting,
             }))
             .collect()
     }

@@ -115,7 +115,7 @@ async fn forgotten(node: &Node, member: &crate::store::StoredMember) {
 /// not count it toward their majority.
 pub(super) async fn withdraw(node: &Node) {
     let _voting = node.voting.lock().await;
-    if !node.store_initialized() {
+    if !node.store_initialized() || node.config.cluster.listen_addr().is_none() {
         return;
     }
     match node.store.remove_member(&node.node_id, None).await {

@@ -175,6 +175,8 @@ async fn detailed(state: &AppState) -> Value {
             // Whether a revocation or policy write can be made to reach every member now.
             "writes": node.membership.fencing(tokio::time::Instant::now()),
             "voters": node.membership.voters(),
+            // Members sessions are placed on, this node included (up or suspect, started).
+            "placement_members": node.membership.live_members().len(),
             "majority": node.membership.majority(),
         },
         "metrics": {
