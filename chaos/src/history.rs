@@ -320,6 +320,19 @@ fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
     sorted.get(rank).copied()
 }
 
+/// Where reports go: `$CHAOS_REPORT_DIR`, else the workspace's `target/chaos-reports`.
+pub fn report_dir() -> std::path::PathBuf {
+    std::env::var_os("CHAOS_REPORT_DIR").map_or_else(
+        || {
+            std::path::PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../target/chaos-reports"
+            ))
+        },
+        std::path::PathBuf::from,
+    )
+}
+
 /// The checked figures of a run.
 #[derive(Clone, Debug)]
 pub struct Report(pub Value);

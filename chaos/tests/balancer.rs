@@ -18,7 +18,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -278,15 +277,7 @@ impl Scenario {
             "requests": failures.requests,
             "failed": failures.failed,
         });
-        let dir = std::env::var_os("CHAOS_REPORT_DIR").map_or_else(
-            || {
-                PathBuf::from(concat!(
-                    env!("CARGO_MANIFEST_DIR"),
-                    "/../target/chaos-reports"
-                ))
-            },
-            PathBuf::from,
-        );
+        let dir = sark_chaos::history::report_dir();
         std::fs::create_dir_all(&dir).unwrap();
         let json_path = dir.join(format!("{}.json", self.name));
         std::fs::write(&json_path, serde_json::to_vec_pretty(&report.0).unwrap()).unwrap();

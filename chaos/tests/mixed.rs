@@ -415,15 +415,7 @@ async fn invariants_hold_under_load_through_kills_pauses_redis_loss_a_partition_
     assert_eq!(verify["ok"], true, "the audit chains verify: {verify}");
 
     let report = run.history.report("mixed", lost_writes, lost_events);
-    let dir = std::env::var_os("CHAOS_REPORT_DIR").map_or_else(
-        || {
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../target/chaos-reports"
-            ))
-        },
-        PathBuf::from,
-    );
+    let dir = sark_chaos::history::report_dir();
     report.write(&dir).unwrap();
     println!(
         "{}report: {}",
