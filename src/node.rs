@@ -155,6 +155,8 @@ pub struct Node {
     draining: AtomicBool,
     /// Set once this node announced its leave.
     left: AtomicBool,
+    /// One place for compiling a policy source a caller sent (an upload or a draft).
+    pub(crate) policy_compiles: tokio::sync::Semaphore,
     /// Held while this node records itself in the voting membership, and by its leave, so
     /// that a leave is never followed by a late record.
     voting: tokio::sync::Mutex<()>,
@@ -466,6 +468,7 @@ impl Node {
             draining: AtomicBool::new(false),
             left: AtomicBool::new(false),
             voting: tokio::sync::Mutex::new(()),
+            policy_compiles: tokio::sync::Semaphore::new(1),
             revocations,
             sessions: Sessions::new(slots_sessions, session_store),
             passwords: PasswordHasherPool::default(),

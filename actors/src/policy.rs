@@ -39,7 +39,10 @@ pub enum RegoSyntax {
 }
 
 mod analysis;
+mod bounds;
 mod cache;
+
+pub use bounds::{MAX_NESTING, MAX_NESTING_COST, MAX_SOURCE_BYTES, MAX_STRING_BYTES};
 
 /// Why a policy could not be compiled or evaluated.
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
@@ -53,6 +56,33 @@ pub enum PolicyError {
     /// Evaluation ran past the time limit.
     #[error("evaluation stopped after the {0:?} limit")]
     LimitExceeded(Duration),
+    /// Compiling took longer than its deadline.
+    #[error("compiling took longer than the {0:?} limit")]
+    CompileTimeout(Duration),
+}
+
+/// How long a compile may take before its caller stops waiting. The source bounds keep
+/// any compile well inside it; it is the backstop.
+pub const COMPILE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// [`compile`] on a blocking thread, off the async workers, waited for at most `deadline`.
+pub async fn compile_off_thread(
+    bundle: String,
+    version: i64,
+    sha256: String,
+    source: String,
+    settings: PolicySettings,
+    deadline: Duration,
+) -> Result<CompiledBundle, PolicyError> {
+    let compiling =
+        tokio::task::spawn_blocking(move || compile(&bundle, version, &sha256, &source, &settings));
+    match tokio::time::timeout(deadline, compiling).await {
+        Ok(Ok(compiled)) => compiled,
+        Ok(Err(panicked)) => Err(PolicyError::Invalid(format!(
+            "the compiler failed: {panicked}"
+        ))),
+        Err(_) => Err(PolicyError::CompileTimeout(deadline)),
+    }
 }
 
 /// How bundles are compiled and evaluated on this node.
@@ -131,6 +161,7 @@ pub fn compile(
     source: &str,
     settings: &PolicySettings,
 ) -> Result<CompiledBundle, PolicyError> {
+    bounds::check(source)?;
     let timeout = settings.eval_timeout;
     let (engine, package, syntax) = match load(source, RegoSyntax::V1, timeout) {
         Ok((engine, package)) => (engine, package, RegoSyntax::V1),
@@ -413,7 +444,16 @@ impl PolicyActor {
         {
             return Ok(active.version);
         }
-        let compiled = compile(&active.bundle, active.version, &active.sha256, &active.source, &args.settings).inspect_err(|err| {
+        let compiled = compile_off_thread(
+            active.bundle.clone(),
+            active.version,
+            active.sha256.clone(),
+            active.source.clone(),
+            args.settings,
+            COMPILE_DEADLINE,
+        )
+        .await
+        .inspect_err(|err| {
             // Only compiled versions are ever stored, so this means the engine changed.
             args.metrics.policy_load_failures.with_label_values(&[&args.bundle]).inc();
             warn!(bundle = args.bundle, version = active.version, error = %err, "stored policy does not compile");

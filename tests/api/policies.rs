@@ -642,3 +642,90 @@ async fn the_rate_limiting_policy_shapes_the_limits_and_defaults_apply_elsewhere
     assert_eq!(limit_of(&login), 30, "no longer shaped: the default again");
     app.stop().await;
 }
+
+/// A source whose nested literals would take regorus minutes to compile.
+fn nested_source(depth: usize) -> String {
+    format!(
+        "package x\nv := {}1{}\nallow if v\n",
+        "[".repeat(depth),
+        "]".repeat(depth)
+    )
+}
+
+#[tokio::test]
+async fn a_policy_built_to_hang_the_compiler_is_refused_at_once_and_nobody_waits() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    for depth in [13, 40, 1000] {
+        let started = std::time::Instant::now();
+        let body = json!({"source": nested_source(depth), "input": {}});
+        let (status, refused) = json_of(
+            app.call(Method::POST, "/api/v1/policies/test", &admin, Some(&body))
+                .await,
+        )
+        .await;
+        assert_eq!(status, 400, "depth {depth}: {refused}");
+        assert_eq!(refused["error"]["code"], "policy_invalid", "{refused}");
+        let message = refused["error"]["message"].as_str().unwrap();
+        assert!(message.contains("12 levels"), "names the limit: {message}");
+        assert!(started.elapsed() < Duration::from_secs(2), "depth {depth}");
+        let (status, refused) =
+            json_of(upload(&app, &admin, "deep", &nested_source(depth)).await).await;
+        assert_eq!(status, 400, "upload at depth {depth}: {refused}");
+    }
+    // Many literals each within the depth limit are refused by their total cost.
+    let many: String = (0..40)
+        .map(|i| format!("v{i} := {}1{}\n", "[".repeat(12), "]".repeat(12)))
+        .collect();
+    let body = json!({"source": format!("package x\n{many}allow if v0\n"), "input": {}});
+    let (status, refused) = json_of(
+        app.call(Method::POST, "/api/v1/policies/test", &admin, Some(&body))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 400, "{refused}");
+    // A slow draft within the bounds compiles off the async workers: the node keeps
+    // answering while it runs.
+    let slow: String = (0..60)
+        .map(|i| format!("v{i} := {}1{}\n", "[".repeat(9), "]".repeat(9)))
+        .collect();
+    let body = json!({"source": format!("package x\n{slow}allow if v0\n"), "input": {}});
+    let drafts = {
+        let (client, url, admin) = (
+            app.client.clone(),
+            app.url("/api/v1/policies/test"),
+            admin.clone(),
+        );
+        tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            for _ in 0..3 {
+                let response = client
+                    .post(&url)
+                    .bearer_auth(&admin)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
+                statuses.push(response.status().as_u16());
+            }
+            statuses
+        })
+    };
+    for _ in 0..20 {
+        let started = std::time::Instant::now();
+        assert_eq!(app.get("/health").await.status(), 200);
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "/health waited {:?}",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for status in drafts.await.unwrap() {
+        assert!(
+            [200, 503].contains(&status),
+            "a draft within the bounds compiles (or waits its turn): {status}"
+        );
+    }
+    app.stop().await;
+}

@@ -28,12 +28,16 @@ use crate::secrets::sha256_hex;
 use crate::store::{NewPolicyVersion, PolicyVersion};
 
 /// The largest policy source accepted.
-pub const MAX_POLICY_BYTES: usize = 256 * 1024;
+pub const MAX_POLICY_BYTES: usize = policy::MAX_SOURCE_BYTES;
 
 const MAX_DESCRIPTION: usize = 1000;
 
 fn policy_invalid(err: &PolicyError) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "policy_invalid", err.to_string())
+    let code = match err {
+        PolicyError::CompileTimeout(_) => "policy_too_complex",
+        _ => "policy_invalid",
+    };
+    ApiError::new(StatusCode::BAD_REQUEST, code, err.to_string())
 }
 
 fn too_large(field: &str) -> ApiError {
@@ -42,6 +46,17 @@ fn too_large(field: &str) -> ApiError {
         "payload_too_large",
         format!("`{field}`: a policy is at most 256 KiB"),
     )
+}
+
+/// Takes this node's one place for compiling a policy a caller sent; 503 when another
+/// compile holds it, so a flood of sources costs one core at most and waits for nothing.
+fn compile_slot(node: &Node) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+    node.policy_compiles.try_acquire().map_err(|_| {
+        ApiError::unavailable(
+            "policy_compiler_busy",
+            "another policy is being compiled on this node; retry in a moment",
+        )
+    })
 }
 
 /// A bundle name: a lowercase identifier (it is also a metric label).
@@ -72,12 +87,20 @@ async fn compile_checked(
     bundle: &str,
     source: &str,
 ) -> Result<CompiledBundle, ApiError> {
-    let (bundle, source) = (bundle.to_owned(), source.to_owned());
+    let _compiling = compile_slot(node)?;
     let settings = node.config.policy.settings();
-    let (now, node_id) = (node.clock.now(), node.node_id.clone());
+    let compiled = policy::compile_off_thread(
+        bundle.to_owned(),
+        0,
+        sha256_hex(source),
+        source.to_owned(),
+        settings,
+        policy::COMPILE_DEADLINE,
+    )
+    .await
+    .map_err(|e| policy_invalid(&e))?;
+    let (now, node_id, bundle) = (node.clock.now(), node.node_id.clone(), bundle.to_owned());
     let checked = tokio::task::spawn_blocking(move || {
-        let compiled = policy::compile(&bundle, 0, &sha256_hex(&source), &source, &settings)
-            .map_err(|e| policy_invalid(&e))?;
         if bundle == AUTHORIZATION_BUNDLE {
             crate::policy::safety::admins_keep_policy_writes(&compiled, now, &node_id).map_err(
                 |why| {
@@ -392,9 +415,17 @@ pub async fn post_policy_test(
             if source.len() > MAX_POLICY_BYTES {
                 return Err(too_large("source"));
             }
-            let settings = node.config.policy.settings();
-            let compiled = policy::compile("draft", 0, &sha256_hex(&source), &source, &settings)
-                .map_err(|e| policy_invalid(&e))?;
+            let _compiling = compile_slot(node)?;
+            let compiled = policy::compile_off_thread(
+                "draft".to_owned(),
+                0,
+                sha256_hex(&source),
+                source,
+                node.config.policy.settings(),
+                policy::COMPILE_DEADLINE,
+            )
+            .await
+            .map_err(|e| policy_invalid(&e))?;
             (std::sync::Arc::new(compiled), false)
         }
         _ => {
