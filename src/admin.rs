@@ -25,7 +25,7 @@ use crate::config::Config;
 use crate::idp::{jwt, password};
 use crate::secrets::{self, SecretBox, SecretsKey};
 use crate::store::redis::Redis;
-use crate::store::{Backend, NewPolicyVersion, Store, UserPatch};
+use crate::store::{Backend, CredentialRevocation, NewPolicyVersion, Store, UserPatch};
 
 /// An admin operation.
 #[derive(Debug, clap::Subcommand)]
@@ -218,14 +218,17 @@ async fn execute(
                 is_active: enable.then_some(true),
                 ..Default::default()
             };
-            store
-                .update_user(&username, &patch, now)
+            let revoke = CredentialRevocation {
+                reason: "password_reset",
+                keep: None,
+                api_keys: true,
+            };
+            let updated = store
+                .update_user_revoking(&user.username, &patch, &revoke, now)
                 .await
-                .map_err(failed)?;
-            let revoked = store
-                .revoke_user_sessions(user.id, None, "password_reset", now)
-                .await
-                .map_err(failed)?;
+                .map_err(failed)?
+                .ok_or_else(|| AdminError::new(format!("no user {username}")))?;
+            let (revoked, keys) = (updated.revoked_sessions, updated.revoked_api_keys);
             lockout()?
                 .clear(&lockout_key(&username), now)
                 .await
@@ -234,19 +237,21 @@ async fn execute(
                 audit,
                 "password_changed",
                 format!("user:{username}"),
-                json!({"reason": "admin_reset", "sessions_revoked": revoked.len(), "enabled": enable}),
+                json!({"reason": "admin_reset", "sessions_revoked": revoked.len(), "api_keys_revoked": keys.len(), "enabled": enable}),
             )
             .await?;
             Ok(if generated {
                 format!(
-                    "password of {username} reset; {} sessions revoked; new password: {}",
+                    "password of {username} reset; {} sessions and {} API keys revoked; new password: {}",
                     revoked.len(),
+                    keys.len(),
                     &*new_password
                 )
             } else {
                 format!(
-                    "password of {username} reset; {} sessions revoked",
-                    revoked.len()
+                    "password of {username} reset; {} sessions and {} API keys revoked",
+                    revoked.len(),
+                    keys.len()
                 )
             })
         }

@@ -213,27 +213,37 @@ async fn follow_provider(
     if !email_changed && !role_changed {
         return Ok(user);
     }
-    if role_changed {
-        node.require_cluster().await?;
-    }
     let patch = UserPatch {
         email: email_changed.then(|| identity.email.clone()),
         role: role_changed.then_some(identity.role),
         ..Default::default()
     };
-    let updated = node
-        .store
-        .update_user(&user.username, &patch, node.clock.now())
-        .await?
-        .ok_or_else(service::invalid_credentials)?;
-    // A revocation no majority confirmed is stored; the login goes on, and the audit
-    // event says so.
+    // A role change revokes the user's sessions and API keys with it; a revocation no
+    // majority confirmed is stored, the login goes on, and the audit event says so.
     let mut revocation_confirmed = None;
-    if role_changed {
-        let revoked =
-            service::revoke_user_credentials(node, user.id, None, false, "role_changed").await?;
+    let updated = if role_changed {
+        let revoke = crate::store::CredentialRevocation {
+            reason: "role_changed",
+            keep: None,
+            api_keys: true,
+        };
+        let (updated, revoked) = service::change_credentials(node, &user.username, &patch, &revoke)
+            .await
+            .map_err(|err| {
+                if err.status() == StatusCode::NOT_FOUND {
+                    service::invalid_credentials()
+                } else {
+                    err
+                }
+            })?;
         revocation_confirmed = Some(revoked.confirmed);
-    }
+        updated
+    } else {
+        node.store
+            .update_user(&user.username, &patch, node.clock.now())
+            .await?
+            .ok_or_else(service::invalid_credentials)?
+    };
     service::audit(
         node,
         "user_updated",

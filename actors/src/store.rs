@@ -143,6 +143,28 @@ pub struct UserPatch {
     pub mfa_enabled: Option<bool>,
 }
 
+/// What a credential change revokes with it.
+#[derive(Clone, Copy, Debug)]
+pub struct CredentialRevocation<'a> {
+    /// Recorded as each credential's revocation reason.
+    pub reason: &'a str,
+    /// A session that stays (the one that changed its own password).
+    pub keep: Option<Uuid>,
+    /// Whether the user's API keys go too.
+    pub api_keys: bool,
+}
+
+/// A user after a credential change, and the credentials it revoked.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RevokingUpdate {
+    /// The user as it is now.
+    pub user: User,
+    /// Sessions revoked with the change.
+    pub revoked_sessions: Vec<Uuid>,
+    /// API keys revoked with the change.
+    pub revoked_api_keys: Vec<Uuid>,
+}
+
 /// A deleted user and the credentials its deletion revoked.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DeletedUser {
@@ -184,6 +206,17 @@ pub trait UserStore: Send + Sync {
         patch: &UserPatch,
         now: DateTime<Utc>,
     ) -> StoreResult<Option<User>>;
+    /// Applies a patch and, in the same transaction, revokes the user's live sessions
+    /// (except `revoke.keep`) and, with `revoke.api_keys`, their API keys: a credential
+    /// change and the revocations it causes are stored together or not at all. `None` if
+    /// there is no such user.
+    async fn update_user_revoking(
+        &self,
+        username: &str,
+        patch: &UserPatch,
+        revoke: &CredentialRevocation<'_>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<RevokingUpdate>>;
     /// Deletes a user and, in the same transaction, revokes their live sessions and API keys
     /// (the rows stay until they expire, so nodes keep refusing them). `None` if there is
     /// no such user.

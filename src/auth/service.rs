@@ -735,16 +735,57 @@ pub async fn revoke_user_credentials(
         .store
         .revoke_user_sessions(user_id, keep, reason, now)
         .await?;
-    node.revocations.revoke_sessions(&sessions);
-    let mut revoked_keys = Vec::new();
-    if keys {
-        revoked_keys = node
-            .store
+    let revoked_keys = if keys {
+        node.store
             .revoke_user_api_keys(user_id, reason, now)
-            .await?;
-        node.revocations.revoke_api_keys(&revoked_keys);
-    }
-    let propagation = node.broadcast_revoked(&sessions, &revoked_keys).await;
+            .await?
+    } else {
+        Vec::new()
+    };
+    Ok(publish_revocations(node, started, user_id, reason, &sessions, &revoked_keys).await)
+}
+
+/// Changes a user's credentials (password, role, activation) and, in the same store
+/// transaction, revokes what `revoke` names; then revokes them here and on every member.
+/// A revocation no majority confirmed is stored; the change stands, and the caller audits
+/// `confirmed: false`.
+pub async fn change_credentials(
+    node: &Node,
+    username: &str,
+    patch: &crate::store::UserPatch,
+    revoke: &crate::store::CredentialRevocation<'_>,
+) -> Result<(User, Revoked), ApiError> {
+    node.require_cluster().await?;
+    let started = Instant::now();
+    let updated = node
+        .store
+        .update_user_revoking(username, patch, revoke, node.clock.now())
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no user {username}")))?;
+    let revoked = publish_revocations(
+        node,
+        started,
+        updated.user.id,
+        revoke.reason,
+        &updated.revoked_sessions,
+        &updated.revoked_api_keys,
+    )
+    .await;
+    Ok((updated.user, revoked))
+}
+
+/// Puts revoked sessions and keys into this node's list and broadcasts them.
+async fn publish_revocations(
+    node: &Node,
+    started: Instant,
+    user_id: Uuid,
+    reason: &str,
+    sessions: &[Uuid],
+    api_keys: &[Uuid],
+) -> Revoked {
+    node.revocations.revoke_sessions(sessions);
+    node.revocations.revoke_api_keys(api_keys);
+    let propagation = node.broadcast_revoked(sessions, api_keys).await;
     if !propagation.confirmed {
         warn!(
             user = %user_id,
@@ -752,13 +793,13 @@ pub async fn revoke_user_credentials(
             "credentials revoked in the store, but fewer than a majority of the cluster confirmed it"
         );
     }
-    Ok(Revoked {
-        revoked: !sessions.is_empty() || !revoked_keys.is_empty(),
+    Revoked {
+        revoked: !sessions.is_empty() || !api_keys.is_empty(),
         propagation_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         waited_out: propagation.waited_out,
         acknowledged_by: propagation.acknowledged_by,
         confirmed: propagation.confirmed,
-    })
+    }
 }
 
 #[cfg(test)]

@@ -154,6 +154,37 @@ macro_rules! impl_portable_store {
                     .bind(user.updated_at)
             }
 
+            /// `UPDATE users SET …` for `patch`, returning the whole row.
+            fn user_update(
+                username: &str,
+                patch: &$crate::store::UserPatch,
+                now: ::chrono::DateTime<::chrono::Utc>,
+            ) -> ::sqlx::QueryBuilder<$db> {
+                let mut qb = ::sqlx::QueryBuilder::<$db>::new("UPDATE users SET updated_at = ");
+                qb.push_bind(now);
+                if let Some(email) = &patch.email {
+                    qb.push(", email = ").push_bind(email.clone());
+                }
+                if let Some(role) = patch.role {
+                    qb.push(", role = ").push_bind(role.as_str());
+                }
+                if let Some(teams) = &patch.teams {
+                    qb.push(", teams = ").push_bind(::sqlx::types::Json(teams.clone()));
+                }
+                if let Some(active) = patch.is_active {
+                    qb.push(", is_active = ").push_bind(active);
+                }
+                if let Some(hash) = &patch.password_hash {
+                    qb.push(", password_hash = ").push_bind(hash.clone());
+                }
+                if let Some(mfa) = patch.mfa_enabled {
+                    qb.push(", mfa_enabled = ").push_bind(mfa);
+                }
+                qb.push(" WHERE username = ").push_bind(username.to_owned());
+                qb.push(concat!(" RETURNING ", user_columns!()));
+                qb
+            }
+
             fn rows<T>(
                 rows: Vec<<$db as ::sqlx::Database>::Row>,
                 map: fn(&<$db as ::sqlx::Database>::Row) -> ::sqlx::Result<T>,
@@ -299,30 +330,56 @@ macro_rules! impl_portable_store {
                 patch: &$crate::store::UserPatch,
                 now: ::chrono::DateTime<::chrono::Utc>,
             ) -> $crate::store::StoreResult<Option<$crate::store::User>> {
-                let mut qb = ::sqlx::QueryBuilder::<$db>::new("UPDATE users SET updated_at = ");
-                qb.push_bind(now);
-                if let Some(email) = &patch.email {
-                    qb.push(", email = ").push_bind(email.clone());
-                }
-                if let Some(role) = patch.role {
-                    qb.push(", role = ").push_bind(role.as_str());
-                }
-                if let Some(teams) = &patch.teams {
-                    qb.push(", teams = ").push_bind(::sqlx::types::Json(teams.clone()));
-                }
-                if let Some(active) = patch.is_active {
-                    qb.push(", is_active = ").push_bind(active);
-                }
-                if let Some(hash) = &patch.password_hash {
-                    qb.push(", password_hash = ").push_bind(hash.clone());
-                }
-                if let Some(mfa) = patch.mfa_enabled {
-                    qb.push(", mfa_enabled = ").push_bind(mfa);
-                }
-                qb.push(" WHERE username = ").push_bind(username.to_owned());
-                qb.push(concat!(" RETURNING ", user_columns!()));
+                let mut qb = Self::user_update(username, patch, now);
                 let row = qb.build().fetch_optional(self.writer()?).await.map_err($crate::store::db_error)?;
                 row.as_ref().map(Self::user_row).transpose().map_err($crate::store::db_error)
+            }
+
+            async fn update_user_revoking(
+                &self,
+                username: &str,
+                patch: &$crate::store::UserPatch,
+                revoke: &$crate::store::CredentialRevocation<'_>,
+                now: ::chrono::DateTime<::chrono::Utc>,
+            ) -> $crate::store::StoreResult<Option<$crate::store::RevokingUpdate>> {
+                let mut tx = Self::begin_write(self.writer()?).await.map_err($crate::store::db_error)?;
+                let mut qb = Self::user_update(username, patch, now);
+                let row = qb.build().fetch_optional(&mut *tx).await.map_err($crate::store::db_error)?;
+                let Some(row) = row else {
+                    return Ok(None);
+                };
+                let user = Self::user_row(&row).map_err($crate::store::db_error)?;
+                let ids = |rows: Vec<<$db as ::sqlx::Database>::Row>| {
+                    rows.iter()
+                        .map(|r| ::sqlx::Row::try_get(r, "id"))
+                        .collect::<::sqlx::Result<Vec<::uuid::Uuid>>>()
+                        .map_err($crate::store::db_error)
+                };
+                let mut sessions = ::sqlx::QueryBuilder::<$db>::new("UPDATE sessions SET revoked_at = ");
+                sessions.push_bind(now).push(", revoked_reason = ").push_bind(revoke.reason.to_owned());
+                sessions.push(" WHERE user_id = ").push_bind(user.id);
+                sessions.push(" AND revoked_at IS NULL AND expires_at > ").push_bind(now);
+                if let Some(keep) = revoke.keep {
+                    sessions.push(" AND id <> ").push_bind(keep);
+                }
+                sessions.push(" RETURNING id");
+                let revoked_sessions = ids(sessions.build().fetch_all(&mut *tx).await.map_err($crate::store::db_error)?)?;
+                let revoked_api_keys = if revoke.api_keys {
+                    ids(::sqlx::query(
+                        "UPDATE api_keys SET revoked_at = $1, revoked_reason = $2 \
+                         WHERE user_id = $3 AND revoked_at IS NULL RETURNING id",
+                    )
+                    .bind(now)
+                    .bind(revoke.reason)
+                    .bind(user.id)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err($crate::store::db_error)?)?
+                } else {
+                    Vec::new()
+                };
+                tx.commit().await.map_err($crate::store::db_error)?;
+                Ok(Some($crate::store::RevokingUpdate { user, revoked_sessions, revoked_api_keys }))
             }
 
             async fn delete_user(

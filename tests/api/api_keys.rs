@@ -176,3 +176,77 @@ async fn scopes_never_exceed_the_creators_rights_and_bad_input_names_the_field()
     assert_eq!(response.status(), 404, "other users' keys are invisible");
     app.stop().await;
 }
+
+/// Logs `username` in and mints an API key from that session; returns (session, key).
+async fn key_from_session(
+    app: &crate::helpers::TestApp,
+    username: &str,
+    password: &str,
+) -> (String, String) {
+    let session = app.login(username, password).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let response = app
+        .post(
+            "/api/v1/api-keys",
+            &json!({"name": "minted", "scopes": ["read:servers"]}),
+            Some(&session),
+        )
+        .await;
+    assert_eq!(response.status(), 201);
+    let created: Value = response.json().await.unwrap();
+    let key = created["key"].as_str().unwrap().to_owned();
+    assert_eq!(app.get_as("/api/v1/auth/me", &key).await.0, 200);
+    (session, key)
+}
+
+#[tokio::test]
+async fn a_new_password_or_role_revokes_every_api_key_of_the_user() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    app.create_user(&admin, "victim", "operator", PASSWORD)
+        .await;
+
+    // Self-service: the victim changes the password a thief knew.
+    let (session, key) = key_from_session(&app, "victim", PASSWORD).await;
+    let new_password = "a different kettle at dusk";
+    let response = app
+        .post(
+            "/api/v1/auth/password",
+            &json!({"current_password": PASSWORD, "new_password": new_password}),
+            Some(&session),
+        )
+        .await;
+    assert_eq!(response.status(), 204);
+    let (status, body) = app.get_as("/api/v1/auth/me", &key).await;
+    assert_eq!(status, 401, "a key minted before the new password: {body}");
+
+    // An admin sets a new password.
+    let (_, key) = key_from_session(&app, "victim", new_password).await;
+    let admin_password = "an admin chose this one";
+    let response = app
+        .call(
+            Method::PATCH,
+            "/api/v1/users/victim",
+            &admin,
+            Some(&json!({"password": admin_password})),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(app.get_as("/api/v1/auth/me", &key).await.0, 401);
+
+    // An admin changes the role.
+    let (_, key) = key_from_session(&app, "victim", admin_password).await;
+    let response = app
+        .call(
+            Method::PATCH,
+            "/api/v1/users/victim",
+            &admin,
+            Some(&json!({"role": "viewer"})),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(app.get_as("/api/v1/auth/me", &key).await.0, 401);
+    app.stop().await;
+}

@@ -20,7 +20,7 @@ use crate::http::errors::ApiError;
 use crate::http::extract::AppJson;
 use crate::http::validate::ClientAddr;
 use crate::idp::{password, totp};
-use crate::store::{StoreError, UserPatch};
+use crate::store::{CredentialRevocation, StoreError, UserPatch};
 
 /// `POST /api/v1/auth/login` body.
 #[derive(Deserialize)]
@@ -254,7 +254,7 @@ pub async fn post_password(
 }
 
 /// Checks the policy, stores the new hash and revokes the user's sessions (except
-/// `keep`); shared by self-service and admin password changes.
+/// `keep`) and API keys with it; shared by self-service and admin password changes.
 pub async fn set_password(
     node: &crate::node::Node,
     username: &str,
@@ -279,17 +279,19 @@ pub async fn set_password(
         password_hash: Some(hash),
         ..Default::default()
     };
-    // The other sessions are revoked with the change: both, or neither.
-    node.require_cluster().await?;
-    let user = node
-        .store
-        .update_user(username, &patch, node.clock.now())
-        .await?
-        .ok_or_else(|| ApiError::not_found("no such user"))?;
-    // A revocation no majority confirmed is stored; the change it came with stands, and
-    // the audit event says so.
-    let revoked =
-        service::revoke_user_credentials(node, user.id, keep, false, "password_changed").await?;
+    // The other sessions and every API key (one minted from a stolen session included)
+    // are revoked in the transaction that stores the new hash: both, or neither.
+    let (_, revoked) = service::change_credentials(
+        node,
+        username,
+        &patch,
+        &CredentialRevocation {
+            reason: "password_changed",
+            keep,
+            api_keys: true,
+        },
+    )
+    .await?;
     let mut event = node.audit.event("password_changed", "success");
     event.actor = Some(actor.to_owned());
     event.ip = ip.map(|ip| ip.to_string());

@@ -18,7 +18,7 @@ use crate::http::errors::ApiError;
 use crate::http::extract::AppJson;
 use crate::http::validate::{self, ClientAddr};
 use crate::node::Node;
-use crate::store::{PageRequest, Role, StoreError, User, UserPatch};
+use crate::store::{CredentialRevocation, PageRequest, Role, StoreError, User, UserPatch};
 
 /// A user as the API shows it: never a hash or a secret.
 pub fn user_json(user: &User) -> Value {
@@ -256,9 +256,6 @@ pub async fn patch_user(
         )
         .await?;
     }
-    if body.is_active == Some(false) || new_role.is_some() {
-        node.require_cluster().await?;
-    }
     let patch = UserPatch {
         email,
         role: new_role,
@@ -266,29 +263,37 @@ pub async fn patch_user(
         is_active: body.is_active,
         ..Default::default()
     };
-    let updated = node
-        .store
-        .update_user(&user.username, &patch, node.clock.now())
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no user {}", user.username)))?;
-    let mut response = user_json(&updated);
     // Revoked whenever asked for, not only on a change: a retry after a failed
-    // revocation must revoke again.
+    // revocation must revoke again. Sessions and API keys go in the transaction that
+    // stores the change.
     let disabled = body.is_active == Some(false);
     let mut revocation_confirmed = None;
-    if disabled || new_role.is_some() {
+    let updated = if disabled || new_role.is_some() {
         let reason = if disabled {
             "user_disabled"
         } else {
             "role_changed"
         };
-        // A revocation no majority confirmed is stored; the change stands, and the audit
-        // event says so.
-        let revoked =
-            service::revoke_user_credentials(node, user.id, None, disabled, reason).await?;
+        let revoke = CredentialRevocation {
+            reason,
+            keep: None,
+            api_keys: true,
+        };
+        let (updated, revoked) =
+            service::change_credentials(node, &user.username, &patch, &revoke).await?;
+        revocation_confirmed = Some(revoked);
+        updated
+    } else {
+        node.store
+            .update_user(&user.username, &patch, node.clock.now())
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("no user {}", user.username)))?
+    };
+    let mut response = user_json(&updated);
+    let revocation_confirmed = revocation_confirmed.map(|revoked| {
         response["propagation_ms"] = json!(revoked.propagation_ms);
-        revocation_confirmed = Some(revoked.confirmed);
-    }
+        revoked.confirmed
+    });
     let changed: Vec<&str> = [
         ("email", patch.email.is_some()),
         ("role", patch.role.is_some()),
