@@ -207,6 +207,9 @@ pub struct AuthConfig {
     pub mfa_challenge_seconds: u64,
     /// How often the node reloads revocations and signing keys from the store.
     pub sync_seconds: u64,
+    /// How recent a login must be to enrol a second factor or create an API key without
+    /// `current_password` in the request.
+    pub reauth_seconds: u64,
 }
 
 /// Policy engine.
@@ -517,6 +520,7 @@ impl Default for Config {
                 issuer: "sark".into(),
                 audience: "sark-api".into(),
                 mfa_challenge_seconds: 300,
+                reauth_seconds: 300,
                 sync_seconds: 5,
             },
             session: SessionConfig {
@@ -821,6 +825,7 @@ impl Config {
             ("siem.breaker_open_seconds", self.siem.breaker_open_seconds),
             ("policy.eval_timeout_ms", self.policy.eval_timeout_ms),
             ("auth.sync_seconds", self.auth.sync_seconds),
+            ("auth.reauth_seconds", self.auth.reauth_seconds),
             (
                 "session.actor_idle_seconds",
                 self.session.actor_idle_seconds,

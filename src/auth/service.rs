@@ -720,6 +720,77 @@ pub async fn revoke_session(
     })
 }
 
+/// Checks `password` against `user`'s own, as a login does: it counts toward the lockout,
+/// and a wrong one is 403 `invalid_current_password` (the caller's token is fine).
+pub async fn verify_current_password(
+    node: &Node,
+    user: &User,
+    password: Zeroizing<String>,
+    ip: Option<IpAddr>,
+) -> Result<(), ApiError> {
+    if password.is_empty() || password.chars().count() > crate::idp::password::MAX_LENGTH {
+        return Err(ApiError::invalid_field(
+            "current_password",
+            format!("must be 1-{} characters", crate::idp::password::MAX_LENGTH),
+        ));
+    }
+    if user.provider != "local" {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "external_account",
+            "this account's password is managed by its identity provider: log in again instead",
+        ));
+    }
+    let attempt = Attempt::begin(node, &lockout_key(&user.username)).await?;
+    if !node
+        .passwords
+        .verify(password, user.password_hash.clone())
+        .await
+    {
+        let wrong = ApiError::new(
+            StatusCode::FORBIDDEN,
+            "invalid_current_password",
+            "the current password is wrong",
+        );
+        return Err(attempt.failed(node, ip, wrong).await);
+    }
+    attempt.succeeded(node).await
+}
+
+/// Requires a recent authentication for a change a stolen access token must not make
+/// (enrolling a second factor, creating an API key): `current_password` in the request,
+/// or a login of session `session_id` within `auth.reauth_seconds`; otherwise 403
+/// `reauthentication_required`.
+pub async fn reauthenticate(
+    node: &Node,
+    user_id: Uuid,
+    session_id: Uuid,
+    current_password: Option<Zeroizing<String>>,
+    ip: Option<IpAddr>,
+) -> Result<(), ApiError> {
+    if let Some(password) = current_password {
+        let user = node
+            .store
+            .user_by_id(user_id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("no such user"))?;
+        return verify_current_password(node, &user, password, ip).await;
+    }
+    let window = node.config.auth.reauth_seconds;
+    let logged_in_since = node.clock.now() - Duration::seconds(seconds(window));
+    let session = node.store.session(session_id).await?;
+    if session.is_some_and(|s| s.created_at >= logged_in_since) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "reauthentication_required",
+        format!(
+            "this change needs a login within the last {window} s: send `current_password`, or log in again"
+        ),
+    ))
+}
+
 /// Revokes every live session (except `keep`) and, with `keys`, every API key of a user.
 pub async fn revoke_user_credentials(
     node: &Node,

@@ -205,3 +205,77 @@ async fn an_admin_with_mfa_must_verify_it_before_writing_users() {
     assert_eq!(response.status(), 201, "a verified admin may write users");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_stolen_token_can_neither_enrol_a_second_factor_nor_mint_a_key_without_a_recent_login() {
+    let app = crate::helpers::spawn_app_with(|c| c.auth.reauth_seconds = 1).await;
+    let admin = app.admin_token().await;
+    let password = "a long and quiet password";
+    app.create_user(&admin, "victim", "operator", password)
+        .await;
+    let stolen = app.login("victim", password).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The thief uses the token after the re-authentication window.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let enrol = app
+        .client
+        .post(app.url("/api/v1/auth/mfa/totp/enroll"))
+        .bearer_auth(&stolen)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(enrol.status(), 403);
+    let body: serde_json::Value = enrol.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "reauthentication_required", "{body}");
+    let key = app
+        .post(
+            "/api/v1/api-keys",
+            &serde_json::json!({"name": "thief", "scopes": ["read:servers"]}),
+            Some(&stolen),
+        )
+        .await;
+    assert_eq!(key.status(), 403);
+    let wrong = app
+        .post(
+            "/api/v1/auth/mfa/totp/enroll",
+            &serde_json::json!({"current_password": "not the password"}),
+            Some(&stolen),
+        )
+        .await;
+    assert_eq!(wrong.status(), 403);
+    let body: serde_json::Value = wrong.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_current_password", "{body}");
+    // The owner, who knows the password, can.
+    let enrol = app
+        .post(
+            "/api/v1/auth/mfa/totp/enroll",
+            &serde_json::json!({"current_password": password}),
+            Some(&stolen),
+        )
+        .await;
+    assert_eq!(enrol.status(), 200);
+    let key = app
+        .post(
+            "/api/v1/api-keys",
+            &serde_json::json!({"name": "owner", "scopes": ["read:servers"], "current_password": password}),
+            Some(&stolen),
+        )
+        .await;
+    assert_eq!(key.status(), 201);
+    // A fresh login is recent enough without the password.
+    let fresh = app.login("victim", password).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let key = app
+        .post(
+            "/api/v1/api-keys",
+            &serde_json::json!({"name": "fresh", "scopes": ["read:servers"]}),
+            Some(&fresh),
+        )
+        .await;
+    assert_eq!(key.status(), 201);
+    app.stop().await;
+}

@@ -13,7 +13,7 @@ use super::auth::session_of;
 use crate::auth::api_keys::{self, SCOPES};
 use crate::auth::guard::allowed;
 use crate::auth::principal::Principal;
-use crate::auth::service::Revoked;
+use crate::auth::service::{self, Revoked};
 use crate::http::AppState;
 use crate::http::errors::ApiError;
 use crate::http::extract::AppJson;
@@ -30,6 +30,8 @@ pub struct NewApiKey {
     name: String,
     scopes: Vec<String>,
     expires_in_days: Option<u32>,
+    /// Needed unless the session logged in within `auth.reauth_seconds`.
+    current_password: Option<zeroize::Zeroizing<String>>,
 }
 
 fn key_json(key: &ApiKeyRecord) -> Value {
@@ -54,7 +56,7 @@ pub async fn post_api_key(
     AppJson(body): AppJson<NewApiKey>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let node = &state.node;
-    session_of(&principal)?;
+    let session_id = session_of(&principal)?;
     let name = validate::text("name", body.name.trim(), 100)?;
     if name.is_empty() {
         return Err(ApiError::invalid_field("name", "must not be empty"));
@@ -98,6 +100,15 @@ pub async fn post_api_key(
             ));
         }
     };
+    // Last, so that a malformed request is told what is wrong with it first.
+    service::reauthenticate(
+        node,
+        principal.user_id,
+        session_id,
+        body.current_password,
+        ip,
+    )
+    .await?;
     let now = node.clock.now();
     let live = node
         .store

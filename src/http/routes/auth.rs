@@ -194,7 +194,14 @@ pub async fn get_me(principal: Principal) -> Json<Value> {
     }))
 }
 
-/// `POST /api/v1/auth/password` body.
+/// The optional body of a change that needs a recent authentication.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reauthentication {
+    current_password: Option<Zeroizing<String>>,
+}
+
+/// `POST /api/v1/auth/password`'s body.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PasswordChange {
@@ -211,36 +218,13 @@ pub async fn post_password(
     AppJson(body): AppJson<PasswordChange>,
 ) -> Result<StatusCode, ApiError> {
     let session_id = session_of(&principal)?;
-    check_credentials(&principal.username, &body.current_password)
-        .map_err(|_| ApiError::invalid_field("current_password", "must be 1-1024 characters"))?;
     let node = &state.node;
     let user = node
         .store
         .user_by_id(principal.user_id)
         .await?
         .ok_or_else(|| ApiError::not_found("no such user"))?;
-    if user.provider != "local" {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "external_account",
-            "this account's password is managed by its identity provider",
-        ));
-    }
-    let attempt = service::Attempt::begin(node, &service::lockout_key(&user.username)).await?;
-    if !node
-        .passwords
-        .verify(body.current_password, user.password_hash.clone())
-        .await
-    {
-        // Not 401: the caller's token is fine, the password in the body is not.
-        let wrong = ApiError::new(
-            StatusCode::FORBIDDEN,
-            "invalid_current_password",
-            "the current password is wrong",
-        );
-        return Err(attempt.failed(node, ip, wrong).await);
-    }
-    attempt.succeeded(node).await?;
+    service::verify_current_password(node, &user, body.current_password, ip).await?;
     set_password(
         node,
         &user.username,
@@ -304,10 +288,14 @@ pub async fn set_password(
 /// `POST /api/v1/auth/mfa/totp/enroll`: a new secret, not active until confirmed.
 pub async fn post_totp_enroll(
     State(state): State<AppState>,
+    ClientAddr(ip): ClientAddr,
     principal: Principal,
+    body: Option<AppJson<Reauthentication>>,
 ) -> Result<Json<Value>, ApiError> {
-    session_of(&principal)?;
+    let session_id = session_of(&principal)?;
     let node = &state.node;
+    let current_password = body.and_then(|AppJson(body)| body.current_password);
+    service::reauthenticate(node, principal.user_id, session_id, current_password, ip).await?;
     let user = node
         .store
         .user_by_id(principal.user_id)
