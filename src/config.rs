@@ -118,9 +118,12 @@ pub struct HttpConfig {
     pub tls_cert_file: Option<PathBuf>,
     /// PEM private key.
     pub tls_key_file: Option<PathBuf>,
-    /// Proxies whose `X-Forwarded-For` / `Forwarded` client address is believed.
+    /// Proxies whose forwarded client address is believed.
     #[serde(deserialize_with = "cidr_list", serialize_with = "serialize_cidrs")]
     pub trusted_proxies: Vec<IpNet>,
+    /// The one header those proxies put the client's address in.
+    #[serde(default)]
+    pub client_ip_header: ClientIpHeader,
     /// Origins allowed by CORS (exact match); empty means no cross-origin access.
     #[serde(deserialize_with = "comma_list")]
     pub cors_allowed_origins: Vec<String>,
@@ -428,6 +431,19 @@ pub struct LogConfig {
     pub format: LogFormat,
 }
 
+/// The header trusted proxies put the client's address in; the other one is never read
+/// (a client can send it through the proxy).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub enum ClientIpHeader {
+    /// `X-Forwarded-For: client, proxy1, …`.
+    #[default]
+    #[serde(rename = "x-forwarded-for")]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=client, for=proxy1, …`.
+    #[serde(rename = "forwarded")]
+    Forwarded,
+}
+
 /// Log line format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -491,6 +507,7 @@ impl Default for Config {
                 tls_cert_file: None,
                 tls_key_file: None,
                 trusted_proxies: Vec::new(),
+                client_ip_header: ClientIpHeader::default(),
                 cors_allowed_origins: Vec::new(),
                 body_limit_bytes: 1024 * 1024,
                 request_timeout_seconds: 30,

@@ -13,6 +13,7 @@ use tracing::{error, info, warn};
 
 use super::AppState;
 use super::errors::{ApiError, InternalDetail, REQUEST_ID};
+use crate::config::ClientIpHeader;
 use crate::store::ApiRequestRow;
 
 /// The client's address, after trusted-proxy resolution.
@@ -94,8 +95,15 @@ pub async fn request_context(
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
-    let client =
-        peer.map(|peer| client_ip(peer, req.headers(), &state.node.config.http.trusted_proxies));
+    let client = peer.map(|peer| {
+        let http = &state.node.config.http;
+        client_ip(
+            peer,
+            req.headers(),
+            &http.trusted_proxies,
+            http.client_ip_header,
+        )
+    });
     if let Some(client) = client {
         req.extensions_mut().insert(ClientIp(client));
     }
@@ -186,18 +194,28 @@ fn shape_error(response: Response) -> Response {
 }
 
 /// The client address: the peer, or, when the peer is a trusted proxy, the nearest
-/// untrusted address of `X-Forwarded-For` (else `Forwarded`).
-pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+/// untrusted address of the one configured header, read right to left through the trusted
+/// hops. A header with an item that does not parse is ignored whole (the peer is the
+/// client then): nothing falls back to a header the client controls.
+pub fn client_ip(
+    peer: IpAddr,
+    headers: &HeaderMap,
+    trusted: &[IpNet],
+    header: ClientIpHeader,
+) -> IpAddr {
     // A dual-stack listener reports IPv4 peers as ::ffff:a.b.c.d.
     let peer = peer.to_canonical();
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     if !is_trusted(&peer) {
         return peer;
     }
-    let mut chain = forwarded_for(headers, "x-forwarded-for", parse_xff_item);
-    if chain.is_empty() {
-        chain = forwarded_for(headers, "forwarded", parse_forwarded_item);
-    }
+    let chain = match header {
+        ClientIpHeader::XForwardedFor => forwarded_for(headers, "x-forwarded-for", parse_xff_item),
+        ClientIpHeader::Forwarded => forwarded_for(headers, "forwarded", parse_forwarded_item),
+    };
+    let Some(chain) = chain else {
+        return peer;
+    };
     chain
         .iter()
         .rev()
@@ -207,19 +225,27 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
         .unwrap_or(peer)
 }
 
+/// Every address of header `name` (all its lines, in order); `None` when an item does
+/// not parse, or when there are more than [`MAX_FORWARDED_HOPS`].
 fn forwarded_for(
     headers: &HeaderMap,
     name: &str,
     parse: fn(&str) -> Option<IpAddr>,
-) -> Vec<IpAddr> {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|item| parse(item.trim()))
-        .collect()
+) -> Option<Vec<IpAddr>> {
+    let mut chain = Vec::new();
+    for value in headers.get_all(name) {
+        for item in value.to_str().ok()?.split(',') {
+            if chain.len() == MAX_FORWARDED_HOPS {
+                return None;
+            }
+            chain.push(parse(item.trim())?);
+        }
+    }
+    Some(chain)
 }
+
+/// Hops a forwarded header may list; past that it is ignored.
+const MAX_FORWARDED_HOPS: usize = 32;
 
 fn parse_xff_item(item: &str) -> Option<IpAddr> {
     item.parse::<IpAddr>()
@@ -417,6 +443,8 @@ pub fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Respons
 mod tests {
     use super::*;
 
+    const XFF: ClientIpHeader = ClientIpHeader::XForwardedFor;
+
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
         for (k, v) in pairs {
@@ -432,11 +460,11 @@ mod tests {
         let outsider: IpAddr = "203.0.113.9".parse().unwrap();
         let h = headers(&[("x-forwarded-for", "198.51.100.7, 10.2.2.2")]);
         assert_eq!(
-            client_ip(peer, &h, &trusted),
+            client_ip(peer, &h, &trusted, XFF),
             "198.51.100.7".parse::<IpAddr>().unwrap()
         );
-        assert_eq!(client_ip(outsider, &h, &trusted), outsider);
-        assert_eq!(client_ip(peer, &h, &[]), peer);
+        assert_eq!(client_ip(outsider, &h, &trusted, XFF), outsider);
+        assert_eq!(client_ip(peer, &h, &[], XFF), peer);
     }
 
     #[test]
@@ -445,7 +473,7 @@ mod tests {
         let peer: IpAddr = "10.1.1.1".parse().unwrap();
         let h = headers(&[("x-forwarded-for", "1.2.3.4, 198.51.100.7")]);
         assert_eq!(
-            client_ip(peer, &h, &trusted),
+            client_ip(peer, &h, &trusted, XFF),
             "198.51.100.7".parse::<IpAddr>().unwrap()
         );
     }
@@ -459,8 +487,49 @@ mod tests {
             r#"for="[2001:db8::1]:4711";proto=https, for=127.0.0.5"#,
         )]);
         assert_eq!(
-            client_ip(peer, &h, &trusted),
+            client_ip(peer, &h, &trusted, ClientIpHeader::Forwarded),
             "2001:db8::1".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn only_the_configured_header_is_read_and_a_malformed_one_is_ignored() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let peer: IpAddr = "10.1.1.1".parse().unwrap();
+        let real: IpAddr = "198.51.100.7".parse().unwrap();
+        // The proxy writes Forwarded; the client added an X-Forwarded-For of its choosing.
+        let h = headers(&[
+            ("forwarded", "for=198.51.100.7"),
+            ("x-forwarded-for", "203.0.113.66"),
+        ]);
+        assert_eq!(
+            client_ip(peer, &h, &trusted, ClientIpHeader::Forwarded),
+            real
+        );
+        // Configured for X-Forwarded-For, a proxy that appends to it gives the real one.
+        let h = headers(&[
+            ("x-forwarded-for", "203.0.113.66, 198.51.100.7"),
+            ("forwarded", "for=192.0.2.99"),
+        ]);
+        assert_eq!(client_ip(peer, &h, &trusted, XFF), real);
+        for malformed in [
+            "198.51.100.7, not-an-address",
+            "unknown",
+            ", ,",
+            &"10.0.0.1,".repeat(40),
+        ] {
+            let h = headers(&[("x-forwarded-for", malformed)]);
+            assert_eq!(client_ip(peer, &h, &trusted, XFF), peer, "{malformed}");
+        }
+        let h = headers(&[("forwarded", "proto=https")]);
+        assert_eq!(
+            client_ip(peer, &h, &trusted, ClientIpHeader::Forwarded),
+            peer
+        );
+        let missing = HeaderMap::new();
+        assert_eq!(
+            client_ip(peer, &missing, &trusted, ClientIpHeader::Forwarded),
+            peer
         );
     }
 
@@ -470,7 +539,7 @@ mod tests {
         let mapped: IpAddr = "::ffff:10.1.1.1".parse().unwrap();
         let h = headers(&[("x-forwarded-for", "198.51.100.7")]);
         assert_eq!(
-            client_ip(mapped, &h, &trusted),
+            client_ip(mapped, &h, &trusted, XFF),
             "198.51.100.7".parse::<IpAddr>().unwrap()
         );
         let a = client_key("2001:db8:1:2:aaaa::1".parse().unwrap());

@@ -196,6 +196,17 @@ async fn invalid_configuration_exits_nonzero_naming_the_key() {
             "database.url",
         ),
         (
+            vec![("SARK_HTTP__CLIENT_IP_HEADER", "x-real-ip".into())],
+            "http.client_ip_header",
+        ),
+        (
+            vec![
+                ("SARK_CLUSTER__LEASE_SECONDS", "10".into()),
+                ("SARK_CLUSTER__FORGET_AFTER_SECONDS", "5".into()),
+            ],
+            "cluster.forget_after_seconds",
+        ),
+        (
             vec![("SARK_RATE_LIMIT__UNAUTHENTICATED_PER_MINUTE", "-3".into())],
             "rate_limit.unauthenticated_per_minute",
         ),
