@@ -147,7 +147,6 @@ impl OidcProvider {
     pub async fn start(
         &self,
         node: &Node,
-        browser: Option<String>,
         redirect: Option<url::Url>,
     ) -> Result<Started, ApiError> {
         let client = self.client(self.metadata(false).await?)?;
@@ -173,7 +172,9 @@ impl OidcProvider {
             .sealer
             .seal(&format!("oidc:{id}"), &pending)
             .map_err(|e| ApiError::internal(e.to_string()))?;
-        let browser = browser.unwrap_or_else(random_token);
+        // A fresh binding for every login: a value planted in the browser earlier (a
+        // login-fixation attempt) is never taken over.
+        let browser = random_token();
         let now = node.clock.now();
         node.store
             .put_auth_request(&AuthRequestRecord {

@@ -535,3 +535,58 @@ fn incomplete_oidc_configuration_names_the_missing_key() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planted_binding_is_never_reused_and_a_provider_error_is_not_echoed() {
+    let app = oidc_app().await;
+    let mut browser = Browser::new();
+    let planted = "P".repeat(43);
+    browser
+        .cookies
+        .insert("sark_login".to_owned(), planted.clone());
+    start(&app, &mut browser, None).await;
+    let minted = browser.cookies["sark_login"].clone();
+    assert_ne!(minted, planted, "a fresh binding for every login");
+    assert_eq!(minted.len(), 43);
+    start(&app, &mut browser, None).await;
+    assert_ne!(browser.cookies["sark_login"], minted, "and again");
+
+    let authorize = start(&app, &mut browser, None).await;
+    let state = param(&authorize, "state").unwrap();
+    let hostile = format!("<script>alert(1)</script>{}", "x".repeat(500));
+    let mut url = url::Url::parse(&app.url("/api/v1/auth/oidc/callback")).unwrap();
+    url.query_pairs_mut()
+        .append_pair("state", &state)
+        .append_pair("error", &hostile);
+    let response = browser.get(url.as_str()).await;
+    let status = response.status();
+    let body: Value = response.json().await.unwrap();
+    assert!(status.is_client_error(), "{status} {body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("an unrecognised error") && !message.contains("script"),
+        "{message}"
+    );
+    let events = app.audit_events(100).await;
+    assert!(
+        events
+            .iter()
+            .all(|e| !e.event.details.to_string().contains("<script>")),
+        "the provider's text stays out of the audit log"
+    );
+    let mut url = url::Url::parse(&app.url("/api/v1/auth/oidc/callback")).unwrap();
+    let authorize = start(&app, &mut browser, None).await;
+    url.query_pairs_mut()
+        .append_pair("state", &param(&authorize, "state").unwrap())
+        .append_pair("error", "access_denied");
+    let response = browser.get(url.as_str()).await;
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("access_denied"),
+        "{body}"
+    );
+    app.stop().await;
+}

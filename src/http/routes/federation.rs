@@ -145,6 +145,9 @@ fn query(raw: Option<&str>, allowed: &[&str]) -> Result<HashMap<String, String>,
 /// A cookie that binds a started external login to the browser that started it.
 struct Binding {
     name: &'static str,
+    /// The name over https, where the browser then pins the cookie to this host and path
+    /// `/` (`__Host-`), so no sibling domain or plain-http page can plant or read it.
+    host_name: Option<&'static str>,
     path: &'static str,
     /// Whether the provider brings the browser back with a cross-site POST (SAML), which
     /// carries only `SameSite=None` cookies (and browsers want those `Secure`).
@@ -153,26 +156,37 @@ struct Binding {
 
 const OIDC_BINDING: Binding = Binding {
     name: "sark_login",
+    host_name: Some("__Host-sark_login"),
     path: "/api/v1/auth/oidc",
     cross_site: false,
 };
 
 const SAML_BINDING: Binding = Binding {
     name: "sark_saml",
+    host_name: None,
     path: "/api/v1/auth/saml",
     cross_site: true,
 };
 
 impl Binding {
+    /// The cookie's name and path: `__Host-` and `/` over https where the binding has it.
+    fn name_and_path(&self, secure: bool) -> (&'static str, &'static str) {
+        match self.host_name {
+            Some(host_name) if secure => (host_name, "/"),
+            _ => (self.name, self.path),
+        }
+    }
+
     /// The cookie's value, if the request carries one.
-    fn read(&self, headers: &HeaderMap) -> Option<String> {
+    fn read(&self, headers: &HeaderMap, secure: bool) -> Option<String> {
+        let (wanted, _) = self.name_and_path(secure);
         headers
             .get_all(header::COOKIE)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(';'))
             .filter_map(|pair| pair.trim().split_once('='))
-            .find(|(name, value)| *name == self.name && value.len() == 43)
+            .find(|(name, value)| *name == wanted && value.len() == 43)
             .map(|(_, value)| value.to_owned())
     }
 
@@ -185,9 +199,9 @@ impl Binding {
         } else {
             "Lax"
         };
+        let (name, path) = self.name_and_path(secure);
         HeaderValue::from_str(&format!(
-            "{}={value}; Path={}; HttpOnly; SameSite={same_site}; Max-Age={max_age}",
-            self.name, self.path
+            "{name}={value}; Path={path}; HttpOnly; SameSite={same_site}; Max-Age={max_age}"
         ))
         .map_err(|e| ApiError::internal(e.to_string()))
     }
@@ -210,7 +224,6 @@ fn location(url: &url::Url) -> Result<HeaderValue, ApiError> {
 /// `GET /api/v1/auth/oidc/login?redirect_uri=`: 302 to the provider.
 pub async fn get_oidc_login(
     State(state): State<AppState>,
-    headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let node = &state.node;
@@ -220,9 +233,7 @@ pub async fn get_oidc_login(
         .get("redirect_uri")
         .map(|uri| federation::allowed_redirect(&node.config, "redirect_uri", uri))
         .transpose()?;
-    let started = oidc
-        .start(node, OIDC_BINDING.read(&headers), redirect)
-        .await?;
+    let started = oidc.start(node, redirect).await?;
     let location = location(&started.url)?;
     Ok((
         StatusCode::FOUND,
@@ -269,14 +280,22 @@ pub async fn get_oidc_callback(
             .store
             .take_auth_request(&federation::sha256_hex(state_param), node.clock.now())
             .await;
-        let message = format!("the provider refused the login: {error}");
+        // The provider's word goes into a message and the audit log: only a code of the
+        // form RFC 6749 gives its errors (`access_denied`, …) is repeated.
+        let code = Some(error.as_str())
+            .filter(|e| {
+                (1..=64).contains(&e.len())
+                    && e.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+            })
+            .unwrap_or("an unrecognised error");
+        let message = format!("the provider refused the login: {code}");
         return Err(federation::oidc::refuse(node, ip, "provider_error", &message).await);
     }
     let code = params
         .get("code")
         .filter(|c| !c.is_empty())
         .ok_or_else(|| ApiError::invalid_field("code", "is required"))?;
-    let browser = OIDC_BINDING.read(&headers);
+    let browser = OIDC_BINDING.read(&headers, oidc_secure(node));
     let (identity, redirect) = oidc
         .finish(node, code, state_param, browser.as_deref(), ip)
         .await?;
@@ -338,7 +357,6 @@ pub async fn get_saml_metadata(State(state): State<AppState>) -> Result<Response
 /// `GET /api/v1/auth/saml/login?relay_state=`: 302 to the IdP with an AuthnRequest.
 pub async fn get_saml_login(
     State(state): State<AppState>,
-    headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let node = &state.node;
@@ -348,9 +366,8 @@ pub async fn get_saml_login(
         .get("relay_state")
         .map(|r| federation::allowed_redirect(&node.config, "relay_state", r))
         .transpose()?;
-    let browser = SAML_BINDING
-        .read(&headers)
-        .unwrap_or_else(federation::random_token);
+    // A fresh binding for every login, as for OIDC.
+    let browser = federation::random_token();
     let to = saml.start(node, &browser, relay).await?;
     Ok((
         StatusCode::FOUND,
@@ -409,7 +426,7 @@ pub async fn post_saml_acs(
         },
         None => None,
     };
-    let browser = SAML_BINDING.read(&headers);
+    let browser = SAML_BINDING.read(&headers, true);
     let (identity, relay) = saml.consume(node, xml, browser.as_deref(), ip).await?;
     if posted_relay.is_some() && posted_relay != relay {
         let err = ApiError::invalid_field("RelayState", "is not the one the login started with");
