@@ -357,6 +357,7 @@ pub async fn get_saml_metadata(State(state): State<AppState>) -> Result<Response
 /// `GET /api/v1/auth/saml/login?relay_state=`: 302 to the IdP with an AuthnRequest.
 pub async fn get_saml_login(
     State(state): State<AppState>,
+    headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let node = &state.node;
@@ -366,8 +367,9 @@ pub async fn get_saml_login(
         .get("relay_state")
         .map(|r| federation::allowed_redirect(&node.config, "relay_state", r))
         .transpose()?;
-    // A fresh binding for every login, as for OIDC.
-    let browser = federation::random_token();
+    let browser = SAML_BINDING
+        .read(&headers, true)
+        .unwrap_or_else(federation::random_token);
     let to = saml.start(node, &browser, relay).await?;
     Ok((
         StatusCode::FOUND,
