@@ -488,9 +488,29 @@ async fn ask<M: Message, T: Send + 'static>(
     actor: &ActorRef<M>,
     build: impl FnOnce(RpcReplyPort<T>) -> M,
 ) -> Result<T, SessionError> {
+    match asked(actor, build).await {
+        Asked::Answered(answer) => Ok(answer),
+        Asked::Gone | Asked::TimedOut => Err(SessionError::Unavailable),
+    }
+}
+
+/// How a request to an actor went.
+enum Asked<T> {
+    Answered(T),
+    /// The actor ended before it answered: it stopped with the request still queued (a
+    /// session ends after a reuse or a revocation), or was gone already.
+    Gone,
+    TimedOut,
+}
+
+async fn asked<M: Message, T: Send + 'static>(
+    actor: &ActorRef<M>,
+    build: impl FnOnce(RpcReplyPort<T>) -> M,
+) -> Asked<T> {
     match actor.call(build, Some(CALL_TIMEOUT)).await {
-        Ok(ractor::rpc::CallResult::Success(answer)) => Ok(answer),
-        _ => Err(SessionError::Unavailable),
+        Ok(ractor::rpc::CallResult::Success(answer)) => Asked::Answered(answer),
+        Ok(ractor::rpc::CallResult::Timeout) => Asked::TimedOut,
+        Ok(ractor::rpc::CallResult::SenderError) | Err(_) => Asked::Gone,
     }
 }
 
@@ -535,6 +555,25 @@ impl Sessions {
             .ok_or(SessionError::Unavailable)?
     }
 
+    /// Asks the session's actor, activated from the store if needed. When that actor ended
+    /// before it took the request (a concurrent request ended the session a moment ago), the
+    /// request was never handled, so the next instance, loaded from the store, is asked once.
+    async fn ask_session<T: Send + 'static>(
+        &self,
+        id: Uuid,
+        build: impl Fn(RpcReplyPort<T>) -> SessionMessage,
+    ) -> Result<T, SessionError> {
+        for _ in 0..2 {
+            let actor = self.actor(id).await?;
+            match asked(&actor, &build).await {
+                Asked::Answered(answer) => return Ok(answer),
+                Asked::TimedOut => return Err(SessionError::Unavailable),
+                Asked::Gone => {}
+            }
+        }
+        Err(SessionError::Unavailable)
+    }
+
     /// Rotates a session's refresh token.
     pub async fn refresh(
         &self,
@@ -542,10 +581,9 @@ impl Sessions {
         presented: String,
         replacement: String,
     ) -> Result<RefreshOutcome, SessionError> {
-        let actor = self.actor(id).await?;
-        ask(&actor, |reply| SessionMessage::Refresh {
-            presented,
-            replacement,
+        self.ask_session(id, |reply| SessionMessage::Refresh {
+            presented: presented.clone(),
+            replacement: replacement.clone(),
             reply,
         })
         .await?
@@ -553,13 +591,17 @@ impl Sessions {
 
     /// Revokes a session through its actor; returns whether it was live.
     pub async fn revoke(&self, id: Uuid, reason: &str) -> Result<bool, SessionError> {
-        let actor = match self.actor(id).await {
-            Ok(actor) => actor,
-            Err(SessionError::NotFound) => return Ok(false),
-            Err(err) => return Err(err),
-        };
-        let reason = reason.to_owned();
-        ask(&actor, |reply| SessionMessage::Revoke { reason, reply }).await?
+        let revoked = self
+            .ask_session(id, |reply| SessionMessage::Revoke {
+                reason: reason.to_owned(),
+                reply,
+            })
+            .await;
+        match revoked {
+            Ok(result) => result,
+            Err(SessionError::NotFound) => Ok(false),
+            Err(err) => Err(err),
+        }
     }
 
     /// The state of each of `ids` whose actor runs on this node, as the actor holds it.

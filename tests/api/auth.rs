@@ -133,6 +133,11 @@ async fn concurrent_refreshes_with_one_token_accept_it_at_most_once() {
         "{statuses:?}"
     );
     assert!(statuses.contains(&401), "{statuses:?}");
+    // The losers are told their token is dead, not to retry a session that has ended.
+    assert!(
+        statuses.iter().all(|s| [200, 401].contains(s)),
+        "{statuses:?}"
+    );
     app.stop().await;
 }
 
