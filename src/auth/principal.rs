@@ -11,7 +11,7 @@ use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use uuid::Uuid;
 
 use super::api_keys;
@@ -175,7 +175,16 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
         None => None,
         Some(Err(failure)) => Some(Err(failure)),
         Some(Ok(Credential::Bearer(token))) => Some(from_access_token(&state.node, token).await),
-        Some(Ok(Credential::ApiKey(key))) => Some(from_api_key(&state.node, key).await),
+        Some(Ok(Credential::ApiKey(key))) => {
+            let client = req
+                .extensions()
+                .get::<crate::http::middleware::ClientIp>()
+                .map(|c| c.0);
+            if let Some(refused) = limit_key_lookups(&state.node, client).await {
+                return refused;
+            }
+            Some(from_api_key(&state.node, key).await)
+        }
     };
     let mut who = None;
     match outcome {
@@ -193,6 +202,38 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
         response.extensions_mut().insert(who);
     }
     response
+}
+
+/// Counts an API key's lookup against its client address before the lookup reaches the
+/// store: guessed keys cost no more database reads than the authenticated rate allows.
+/// `Some(429)` past it.
+async fn limit_key_lookups(node: &Node, client: Option<std::net::IpAddr>) -> Option<Response> {
+    let ip = client?;
+    let limit = node.config.rate_limit.authenticated_per_minute;
+    let key = format!(
+        "{}|api_key_lookups|{limit}",
+        crate::http::middleware::client_key(ip)
+    );
+    let decision = node.rate_limiter.check(&key, limit).await;
+    if decision.allowed {
+        return None;
+    }
+    node.actor_metrics
+        .rate_limited
+        .with_label_values(&["api_key_lookup"])
+        .inc();
+    Some(
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("more than {limit} API key lookups per minute from this address; retry later"),
+        )
+        .with_header(
+            header::RETRY_AFTER,
+            HeaderValue::from(decision.retry_after_secs),
+        )
+        .into_response(),
+    )
 }
 
 /// Who made a request (a username), on its response, for the request log.

@@ -256,7 +256,7 @@ fn parse_xff_item(item: &str) -> Option<IpAddr> {
 
 /// The rate-limit key of a client address: IPv4 per address, IPv6 per /64 (one
 /// subscriber's allocation), so rotating addresses within a prefix buys no extra quota.
-fn client_key(ip: IpAddr) -> String {
+pub(crate) fn client_key(ip: IpAddr) -> String {
     match ip {
         IpAddr::V4(v4) => format!("ip:{v4}"),
         IpAddr::V6(v6) => {

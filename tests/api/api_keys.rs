@@ -250,3 +250,22 @@ async fn a_new_password_or_role_revokes_every_api_key_of_the_user() {
     assert_eq!(app.get_as("/api/v1/auth/me", &key).await.0, 401);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn guessed_api_keys_are_rate_limited_by_address_before_any_lookup() {
+    let app = crate::helpers::spawn_app_with(|c| c.rate_limit.authenticated_per_minute = 5).await;
+    let mut statuses = Vec::new();
+    for i in 0..8 {
+        let response = app
+            .client
+            .get(app.url("/api/v1/servers"))
+            .header("x-api-key", format!("sark_guess{i:03}_{}", "x".repeat(40)))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(response.status().as_u16());
+    }
+    assert_eq!(&statuses[..5], [401; 5], "{statuses:?}");
+    assert_eq!(&statuses[5..], [429; 3], "{statuses:?}");
+    app.stop().await;
+}
