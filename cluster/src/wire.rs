@@ -320,4 +320,39 @@ mod tests {
         assert!(compatible(PROTOCOL_VERSION.saturating_sub(1)));
         assert!(!compatible(PROTOCOL_VERSION + 2));
     }
+
+    /// Every frame type a peer can send, decoded from `bytes`: none may panic.
+    fn decode_all(bytes: &[u8]) {
+        let _ = Frame::<Hello>::from_bytes(bytes.to_vec());
+        let _ = Frame::<Announcement>::from_bytes(bytes.to_vec());
+        let _ = Frame::<Ack>::from_bytes(bytes.to_vec());
+        let _ = Frame::<RateQuery>::from_bytes(bytes.to_vec());
+        let _ = Frame::<RateDecision>::from_bytes(bytes.to_vec());
+        let _ = Frame::<SessionCall>::from_bytes(bytes.to_vec());
+        let _ = Frame::<SessionAnswer>::from_bytes(bytes.to_vec());
+    }
+
+    #[test]
+    fn the_fuzz_corpus_decodes_without_panicking() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/corpus/wire");
+        for entry in std::fs::read_dir(dir).unwrap() {
+            decode_all(&std::fs::read(entry.unwrap().path()).unwrap());
+        }
+    }
+
+    proptest::proptest! {
+        // Cases: PROPTEST_CASES (scripts/test bounds it); a failure is kept next to this
+        // file in proptest-regressions/ and replayed first from then on.
+        #[test]
+        fn fuzz_any_bytes_decode_without_panicking(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..2048)) {
+            decode_all(&bytes);
+        }
+
+        #[test]
+        fn fuzz_json_shaped_frames_decode_without_panicking(text in r#"[\[\]{}":,0-9a-zA-Z_ .\-]{0,600}"#) {
+            decode_all(text.as_bytes());
+            decode_all(format!(r#"{{"Ok":{text}}}"#).as_bytes());
+            decode_all(format!(r#"{{"Ok":{{"version":3,"node":{text}}}}}"#).as_bytes());
+        }
+    }
 }

@@ -572,4 +572,56 @@ mod tests {
         );
         assert_eq!(request_id(&HeaderMap::new()).len(), 32);
     }
+
+    /// Headers from a corpus file: `name: value` lines.
+    fn corpus_headers(text: &str) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for line in text.lines() {
+            if let Some((name, value)) = line.split_once(": ")
+                && let (Ok(name), Ok(value)) = (
+                    HeaderName::from_bytes(name.as_bytes()),
+                    HeaderValue::from_bytes(value.as_bytes()),
+                )
+            {
+                map.append(name, value);
+            }
+        }
+        map
+    }
+
+    #[test]
+    fn the_fuzz_corpus_of_forwarded_headers_never_panics() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let peer: IpAddr = "10.1.1.1".parse().unwrap();
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/forwarded");
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let h = corpus_headers(&std::fs::read_to_string(entry.unwrap().path()).unwrap());
+            for header in [XFF, ClientIpHeader::Forwarded] {
+                let _ = client_ip(peer, &h, &trusted, header);
+            }
+        }
+    }
+
+    proptest::proptest! {
+        // Whatever a client sends, an untrusted peer is the client, and a trusted one
+        // yields the peer or an address the header names.
+        #[test]
+        fn fuzz_forwarded_headers(
+            value in r#"[0-9a-fA-F:.,; "=\[\]forFOR_-]{0,300}"#,
+            trusted_peer in proptest::bool::ANY,
+        ) {
+            let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+            let peer: IpAddr = if trusted_peer { "10.1.1.1" } else { "203.0.113.9" }.parse().unwrap();
+            for (name, header) in [("x-forwarded-for", XFF), ("forwarded", ClientIpHeader::Forwarded)] {
+                let mut h = HeaderMap::new();
+                if let Ok(v) = HeaderValue::from_str(&value) {
+                    h.insert(name, v);
+                }
+                let client = client_ip(peer, &h, &trusted, header);
+                if !trusted_peer {
+                    proptest::prop_assert_eq!(client, peer);
+                }
+            }
+        }
+    }
 }

@@ -247,4 +247,27 @@ mod tests {
         assert!(limit(Some(0)).is_err() && limit(Some(501)).is_err());
         assert_eq!(limit(None).unwrap(), 50);
     }
+
+    #[test]
+    fn the_fuzz_corpus_of_cursors_is_refused_or_read_without_panicking() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/cursor");
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let cursor = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+            let _ = decode_cursor(Some(&cursor));
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn fuzz_any_cursor_is_refused_or_read(cursor in proptest::string::string_regex("(?s).{0,700}").unwrap()) {
+            if let Ok(Some(position)) = decode_cursor(Some(&cursor)) {
+                proptest::prop_assert_eq!(encode_cursor(&position), cursor);
+            }
+        }
+
+        #[test]
+        fn fuzz_cursors_round_trip(position in "[ -~]{0,380}") {
+            proptest::prop_assert_eq!(decode_cursor(Some(&encode_cursor(&position))).unwrap(), Some(position));
+        }
+    }
 }

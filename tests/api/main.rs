@@ -7,6 +7,7 @@ mod api_keys;
 mod audit;
 mod auth;
 mod front_door;
+mod fuzz;
 mod health;
 mod helpers;
 mod ldap;

@@ -169,4 +169,51 @@ mod tests {
         let message = refused(&"#".repeat(MAX_SOURCE_BYTES + 1));
         assert!(message.contains(&MAX_SOURCE_BYTES.to_string()), "{message}");
     }
+
+    /// The deepest run of opening brackets with nothing else between them: such a run is
+    /// nesting whatever else the source holds.
+    fn longest_bracket_run(source: &str) -> usize {
+        source
+            .split(|c: char| !matches!(c, '(' | '[' | '{'))
+            .map(str::len)
+            .max()
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn the_fuzz_corpus_is_checked_without_panicking() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/corpus/policy_source");
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let source = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+            let _ = check(&source);
+        }
+    }
+
+    proptest::proptest! {
+        // A run of more than MAX_NESTING opening brackets outside strings and comments is
+        // refused; the check itself never panics, whatever the source.
+        #[test]
+        fn fuzz_bracket_heavy_sources(source in r#"[\[\](){}"`#\\\na-z1 ]{0,3000}"#) {
+            let verdict = check(&source);
+            let plain = !source.contains(['"', '`', '#']);
+            if plain && longest_bracket_run(&source) > MAX_NESTING {
+                proptest::prop_assert!(verdict.is_err(), "{source:?} was accepted");
+            }
+        }
+
+        #[test]
+        fn fuzz_deep_runs_anywhere_are_refused(
+            before in r#"[\[\](){}a-z1 \n]{0,300}"#,
+            depth in (MAX_NESTING + 1)..400,
+            after in r#"[\[\](){}"`#a-z1 \n]{0,300}"#,
+        ) {
+            let source = format!("{before}{}{after}", "[".repeat(depth));
+            proptest::prop_assert!(check(&source).is_err(), "{source:?} was accepted");
+        }
+
+        #[test]
+        fn fuzz_any_text(source in proptest::string::string_regex("(?s).{0,2000}").unwrap()) {
+            let _ = check(&source);
+        }
+    }
 }
