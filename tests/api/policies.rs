@@ -729,3 +729,32 @@ async fn a_policy_built_to_hang_the_compiler_is_refused_at_once_and_nobody_waits
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_rate_limiting_version_that_cannot_be_cached_is_refused() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    for source in [
+        "package sark.rate_limiting\nimport rego.v1\nlimit := 5 if time.now_ns() > 0\n",
+        "package sark.rate_limiting\nimport rego.v1\nlimit := 5 if input.context.time\n",
+    ] {
+        let (status, refused) = json_of(upload(&app, &admin, "rate_limiting", source).await).await;
+        assert_eq!(status, 400, "{source}: {refused}");
+        assert_eq!(
+            refused["error"]["code"], "policy_not_cacheable",
+            "{refused}"
+        );
+    }
+    let (status, _) = json_of(
+        upload(
+            &app,
+            &admin,
+            "rate_limiting",
+            "package sark.rate_limiting\nimport rego.v1\nlimit := 5 if input.route == \"/x\"\n",
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 201, "a cacheable version is taken");
+    app.stop().await;
+}

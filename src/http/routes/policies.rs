@@ -99,6 +99,15 @@ async fn compile_checked(
     )
     .await
     .map_err(|e| policy_invalid(&e))?;
+    // The rate_limiting bundle is asked on every request: only a version whose decisions
+    // can be cached, so that each distinct question is evaluated once, may shape limits.
+    if bundle == crate::http::middleware::RATE_LIMITING_BUNDLE && !compiled.traits.cacheable() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "policy_not_cacheable",
+            "the rate_limiting bundle runs on every request, so it must not read the time or the node, nor call a non-deterministic builtin: its decisions must be cacheable",
+        ));
+    }
     let (now, node_id, bundle) = (node.clock.now(), node.node_id.clone(), bundle.to_owned());
     let checked = tokio::task::spawn_blocking(move || {
         if bundle == AUTHORIZATION_BUNDLE {
