@@ -565,6 +565,51 @@ impl ClusterSandbox {
             .await
     }
 
+    /// Of the `acknowledged` server writes (the load's `w…` names), how many node `i` does
+    /// not list, and how many lack their `server_registered` audit event.
+    pub async fn lost_writes(
+        &self,
+        i: usize,
+        admin: &str,
+        acknowledged: &[String],
+    ) -> anyhow::Result<(usize, usize)> {
+        let mut stored = std::collections::HashSet::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut path = "/api/v1/servers?limit=500&name_prefix=w".to_owned();
+            if let Some(c) = &cursor {
+                path.push_str(&format!("&cursor={c}"));
+            }
+            let (status, page) = self.get_as(i, &path, admin).await;
+            if status != 200 {
+                bail!("server listing: {status} {page}");
+            }
+            for item in page["items"].as_array().into_iter().flatten() {
+                if let Some(name) = item["name"].as_str() {
+                    stored.insert(name.to_owned());
+                }
+            }
+            cursor = page["next_cursor"].as_str().map(str::to_owned);
+            if cursor.is_none() {
+                break;
+            }
+        }
+        let base = format!("http://{}", self.nodes[i].http);
+        let audited: std::collections::HashSet<String> = audit_events(&self.client, &base, admin)
+            .await?
+            .values()
+            .filter(|e| e["event_type"] == "server_registered")
+            .filter_map(|e| e["resource"].as_str().map(str::to_owned))
+            .collect();
+        Ok((
+            acknowledged.iter().filter(|n| !stored.contains(*n)).count(),
+            acknowledged
+                .iter()
+                .filter(|n| !audited.contains(&format!("server:{n}")))
+                .count(),
+        ))
+    }
+
     /// The member (by name) that owns `session`, as node `i` lists the sessions of the
     /// holder of `token`.
     pub async fn session_owner(&self, i: usize, token: &str, session: &str) -> Option<String> {

@@ -27,7 +27,7 @@ use sark_chaos::balancer::Balancer;
 use sark_chaos::history::{Failures, FaultWindow, History, Report};
 use sark_chaos::load::{Load, Target};
 use sark_chaos::readiness::{ReadinessMonitor, ReadinessSummary};
-use sark_chaos::sandbox::{ClusterSandbox, SandboxOptions, audit_events, fresh_postgres_database};
+use sark_chaos::sandbox::{ClusterSandbox, SandboxOptions, fresh_postgres_database};
 
 const HEARTBEAT_MS: u64 = 200;
 const LEASE_SECONDS: u64 = 2;
@@ -262,14 +262,11 @@ impl Scenario {
             .login(node, "admin", ADMIN_PASSWORD)
             .await
             .unwrap();
-        let (lost_writes, lost_events) = lost(
-            &self.sandbox,
-            &self.client,
-            node,
-            &admin,
-            &self.history.acknowledged_servers(),
-        )
-        .await;
+        let (lost_writes, lost_events) = self
+            .sandbox
+            .lost_writes(node, &admin, &self.history.acknowledged_servers())
+            .await
+            .unwrap();
         let mut report = self.history.report(self.name, lost_writes, lost_events);
         report.0["readiness"] = readiness.to_json();
         report.0["figures"] = json!(self.figures);
@@ -298,49 +295,6 @@ impl Scenario {
             _balancer: self.balancer,
         }
     }
-}
-
-/// Of the `acknowledged` server writes, those the cluster does not list and those
-/// without their `server_registered` audit event, as node `i` answers.
-async fn lost(
-    sandbox: &ClusterSandbox,
-    client: &reqwest::Client,
-    i: usize,
-    admin: &str,
-    acknowledged: &[String],
-) -> (usize, usize) {
-    let mut stored = HashSet::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let mut path = "/api/v1/servers?limit=500&name_prefix=w".to_owned();
-        if let Some(c) = &cursor {
-            path.push_str(&format!("&cursor={c}"));
-        }
-        let (status, page) = sandbox.get_as(i, &path, admin).await;
-        assert_eq!(status, 200, "{page}");
-        for item in page["items"].as_array().unwrap() {
-            stored.insert(item["name"].as_str().unwrap().to_owned());
-        }
-        cursor = page["next_cursor"].as_str().map(str::to_owned);
-        if cursor.is_none() {
-            break;
-        }
-    }
-    let base = format!("http://{}", sandbox.nodes()[i].http);
-    let audited: HashSet<String> = audit_events(client, &base, admin)
-        .await
-        .unwrap()
-        .values()
-        .filter(|e| e["event_type"] == "server_registered")
-        .filter_map(|e| e["resource"].as_str().map(str::to_owned))
-        .collect();
-    (
-        acknowledged.iter().filter(|n| !stored.contains(*n)).count(),
-        acknowledged
-            .iter()
-            .filter(|n| !audited.contains(&format!("server:{n}")))
-            .count(),
-    )
 }
 
 /// The one-paragraph summary: failures through the balancer, revocation latency, the

@@ -7,7 +7,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use sark_chaos::faults::{Partition, Signal};
 use sark_chaos::history::{FaultWindow, History};
 use sark_chaos::load::{Load, Target};
-use sark_chaos::sandbox::{ClusterSandbox, SandboxOptions, audit_events, fresh_postgres_database};
+use sark_chaos::sandbox::{ClusterSandbox, SandboxOptions, fresh_postgres_database};
 
 const HEARTBEAT_MS: u64 = 200;
 const LEASE_SECONDS: u64 = 2;
@@ -82,7 +82,6 @@ impl Drop for OwnRedis {
 
 struct Run {
     sandbox: ClusterSandbox,
-    client: reqwest::Client,
     history: Arc<History>,
 }
 
@@ -190,10 +189,6 @@ async fn invariants_hold_under_load_through_kills_pauses_redis_loss_a_partition_
     ]);
     let mut run = Run {
         sandbox: ClusterSandbox::start(3, options).await.unwrap(),
-        client: reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap(),
         history: Arc::new(History::new()),
     };
     let admin = run.login(0).await["access_token"]
@@ -380,36 +375,11 @@ async fn invariants_hold_under_load_through_kills_pauses_redis_loss_a_partition_
         .unwrap()
         .to_owned();
     let acknowledged = run.history.acknowledged_servers();
-    let mut stored = HashSet::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let mut path = "/api/v1/servers?limit=500&name_prefix=w".to_owned();
-        if let Some(c) = &cursor {
-            path.push_str(&format!("&cursor={c}"));
-        }
-        let (status, page) = run.get(0, &path, &admin).await;
-        assert_eq!(status, 200, "{page}");
-        for item in page["items"].as_array().unwrap() {
-            stored.insert(item["name"].as_str().unwrap().to_owned());
-        }
-        cursor = page["next_cursor"].as_str().map(str::to_owned);
-        if cursor.is_none() {
-            break;
-        }
-    }
-    let lost_writes = acknowledged.iter().filter(|n| !stored.contains(*n)).count();
-    let events = audit_events(&run.client, &run.base(0), &admin)
+    let (lost_writes, lost_events) = run
+        .sandbox
+        .lost_writes(0, &admin, &acknowledged)
         .await
         .unwrap();
-    let audited: HashSet<String> = events
-        .values()
-        .filter(|e| e["event_type"] == "server_registered")
-        .filter_map(|e| e["resource"].as_str().map(str::to_owned))
-        .collect();
-    let lost_events = acknowledged
-        .iter()
-        .filter(|n| !audited.contains(&format!("server:{n}")))
-        .count();
     let (status, verify) = run.get(0, "/api/v1/audit/verify", &admin).await;
     assert_eq!(status, 200);
     assert_eq!(verify["ok"], true, "the audit chains verify: {verify}");
