@@ -228,9 +228,16 @@ impl Node {
         let rate_table = Arc::new(RateTable::default());
         let policies = Arc::new(PolicyRegistry::default());
         let policy_actors = PolicyActors::default();
-        let membership = Arc::new(
-            MembershipView::new(node_id.clone()).speaking(config.cluster.protocol_version),
-        );
+        let membership = {
+            let view =
+                MembershipView::new(node_id.clone()).speaking(config.cluster.protocol_version);
+            // A node of a cluster (it has seeds) counts its majority from the stored membership.
+            Arc::new(if !config.cluster.seeds.is_empty() {
+                view.with_stored_voters()
+            } else {
+                view
+            })
+        };
         let (membership_events, membership_changes) = tokio::sync::mpsc::unbounded_channel();
         let control_cell: Arc<std::sync::OnceLock<Arc<PolicyControl>>> = Arc::default();
         let node_cell: Arc<std::sync::OnceLock<std::sync::Weak<Node>>> = Arc::default();
@@ -501,8 +508,9 @@ impl Node {
         control
             .background
             .push(tokio::spawn(catch_up_after_gaps(Arc::downgrade(&node))));
-        // A single node (no cluster port) has no majority to count.
-        if node.config.cluster.listen_addr().is_some() {
+        // A node without seeds is a cluster of its own: it has no majority to count.
+        if !node.config.cluster.seeds.is_empty() {
+            voters::first_read(&node).await;
             control
                 .background
                 .push(tokio::spawn(voters::run(Arc::downgrade(&node))));

@@ -110,6 +110,9 @@ struct ViewState {
     /// Whether seeds name other nodes: then, until one was heard, this node has not joined
     /// its cluster and holds no lease (alone it would be its own majority).
     expects_peers: bool,
+    /// Whether the voting membership is kept in a store: then, until it was read, this node
+    /// holds no lease (the members it happens to hear are not the majority's measure).
+    stored_voters: bool,
     /// Whether any peer was ever heard.
     ever_heard: bool,
     /// The voting membership as last read from the store (`None` until it was read): with
@@ -219,6 +222,7 @@ impl MembershipView {
                 synced_epoch: 0,
                 broadcasts: BTreeMap::new(),
                 expects_peers: false,
+                stored_voters: false,
                 ever_heard: false,
                 voters: None,
                 acquainted: true,
@@ -233,6 +237,18 @@ impl MembershipView {
     pub fn speaking(mut self, version: u32) -> Self {
         self.version = version;
         self
+    }
+
+    /// The same view, holding no lease until the voting membership was read from the store
+    /// ([`MembershipView::set_voters`]).
+    pub fn with_stored_voters(self) -> Self {
+        self.write().stored_voters = true;
+        self
+    }
+
+    /// Whether the voting membership has been read from the store.
+    pub fn has_voters(&self) -> bool {
+        self.read().voters.is_some()
     }
 
     /// The protocol version this node speaks.
@@ -287,6 +303,11 @@ impl MembershipView {
             .collect();
         for id in &forgotten {
             state.remotes.remove(id);
+        }
+        // A smaller majority may let this node's lease run where it did not: what the
+        // members it no longer counts broadcast meanwhile is caught up with first.
+        if !forgotten.is_empty() {
+            state.epoch += 1;
         }
         state.voters = Some(voters);
         forgotten
@@ -488,14 +509,16 @@ impl MembershipView {
         acks.push(now);
         acks.sort_unstable_by(|a, b| b.cmp(a));
         let majority = majority_of(state.voter_count());
-        state.lease_expires_at = if state.expects_peers && !state.ever_heard {
+        state.lease_expires_at = if (state.expects_peers && !state.ever_heard)
+            || (state.stored_voters && state.voters.is_none())
+        {
             None
         } else {
             acks.get(majority - 1).map(|oldest| *oldest + lease)
         };
-        let regained = !was_valid
-            && state.lease_expires_at.is_some_and(|at| at > now)
-            && !state.remotes.is_empty();
+        // Whatever was broadcast while it held no lease is caught up with first, even
+        // with no member left to hear (the others were forgotten meanwhile).
+        let regained = !was_valid && state.lease_expires_at.is_some_and(|at| at > now);
         // Broadcasts sent before a member knew this node did not reach it: catch up from
         // the store once every member knows it.
         let acquainted = state.knows_every_member();
@@ -1547,8 +1570,12 @@ mod tests {
         let lease = Duration::from_secs(1);
         let t0 = Instant::now();
         view.update(t0, lease, lease, None);
-        assert!(view.lease_fresh(t0), "alone, a node is its own majority");
-        assert_eq!(view.needs_sync(), None, "alone, it can have missed nothing");
+        assert!(view.lease_valid(t0), "alone, a node is its own majority");
+        let epoch = view
+            .needs_sync()
+            .expect("a gained lease is caught up with first");
+        view.synced(epoch);
+        assert!(view.lease_fresh(t0));
         view.heard(peer("a"), t0, None, None);
         view.heard(peer("b"), t0, None, None);
         view.update(t0, lease, lease, None);
@@ -1662,6 +1689,48 @@ mod tests {
             4,
             "a forgotten member that comes back counts again"
         );
+    }
+
+    #[test]
+    fn with_a_stored_membership_no_lease_runs_before_it_is_read() {
+        let lease = Duration::from_secs(1);
+        let t0 = Instant::now();
+        let view = MembershipView::new("me").with_stored_voters();
+        view.heard(peer("a"), t0, Some(t0), Some(ActorId::Local(1)));
+        view.update(t0, lease, lease, None);
+        assert!(
+            !view.lease_valid(t0),
+            "two nodes that hear each other are not a majority of a membership not read yet"
+        );
+        let stored = ["me", "a", "b", "c", "d"].map(str::to_owned).into();
+        view.set_voters(stored);
+        view.update(t0, lease, lease, None);
+        assert!(!view.lease_valid(t0), "2 of 5");
+        view.set_voters(["me", "a"].map(str::to_owned).into());
+        view.update(t0, lease, lease, None);
+        assert!(
+            view.lease_valid(t0),
+            "2 of 2 once the others were forgotten"
+        );
+    }
+
+    #[test]
+    fn dropping_forgotten_members_and_regaining_the_lease_alone_catch_up_first() {
+        let lease = Duration::from_secs(1);
+        let t0 = Instant::now();
+        let view = settled_with_a(t0, lease);
+        let later = t0 + lease * 2;
+        view.update(later, lease, lease, None);
+        assert!(!view.lease_valid(later), "a is down: 1 of 2");
+        let before = view.needs_sync();
+        assert_eq!(view.set_voters(["me".to_owned()].into()), ["a"]);
+        view.update(later, lease, lease, None);
+        assert!(view.lease_valid(later), "alone in the membership");
+        assert!(
+            view.needs_sync() > before,
+            "what was broadcast while it was fenced is caught up with first"
+        );
+        assert!(!view.lease_fresh(later));
     }
 
     #[test]

@@ -48,16 +48,24 @@ fn too_large(field: &str) -> ApiError {
     )
 }
 
-/// Takes this node's one place for compiling a policy a caller sent; 503 when another
-/// compile holds it, so a flood of sources costs one core at most and waits for nothing.
-fn compile_slot(node: &Node) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
-    node.policy_compiles.try_acquire().map_err(|_| {
+/// Takes this node's one place for compiling a policy a caller sent, waiting for it a
+/// moment (compiles are bounded and short); 503 when other compiles keep it, so a flood of
+/// sources costs one core at most and holds up no other request.
+async fn compile_slot(node: &Node) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+    let busy = || {
         ApiError::unavailable(
             "policy_compiler_busy",
-            "another policy is being compiled on this node; retry in a moment",
+            "other policies are being compiled on this node; retry in a moment",
         )
-    })
+    };
+    tokio::time::timeout(COMPILE_SLOT_WAIT, node.policy_compiles.acquire())
+        .await
+        .map_err(|_| busy())?
+        .map_err(|_| busy())
 }
+
+/// How long a caller waits for the compile slot.
+const COMPILE_SLOT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A bundle name: a lowercase identifier (it is also a metric label).
 fn bundle_name(field: &str, value: &str) -> Result<String, ApiError> {
@@ -87,7 +95,7 @@ async fn compile_checked(
     bundle: &str,
     source: &str,
 ) -> Result<CompiledBundle, ApiError> {
-    let _compiling = compile_slot(node)?;
+    let _compiling = compile_slot(node).await?;
     let settings = node.config.policy.settings();
     let compiled = policy::compile_off_thread(
         bundle.to_owned(),
@@ -424,7 +432,7 @@ pub async fn post_policy_test(
             if source.len() > MAX_POLICY_BYTES {
                 return Err(too_large("source"));
             }
-            let _compiling = compile_slot(node)?;
+            let _compiling = compile_slot(node).await?;
             let compiled = policy::compile_off_thread(
                 "draft".to_owned(),
                 0,
