@@ -343,6 +343,21 @@ impl Report {
         self.0["invariants"][name].as_u64().unwrap_or(u64::MAX)
     }
 
+    /// The invariants of DESIGN.md this run broke, with how often: acknowledged writes or
+    /// their audit events lost, revoked credentials accepted, stale decisions.
+    pub fn broken_invariants(&self) -> Vec<(&'static str, u64)> {
+        [
+            "acknowledged_writes_lost",
+            "audit_events_lost",
+            "revoked_credentials_accepted",
+            "stale_decisions",
+        ]
+        .into_iter()
+        .map(|name| (name, self.invariant(name)))
+        .filter(|(_, count)| *count != 0)
+        .collect()
+    }
+
     /// A readable summary.
     pub fn summary(&self) -> String {
         let r = &self.0;
