@@ -557,13 +557,14 @@ impl Sessions {
 
     /// Asks the session's actor, activated from the store if needed. When that actor ended
     /// before it took the request (a concurrent request ended the session a moment ago), the
-    /// request was never handled, so the next instance, loaded from the store, is asked once.
+    /// request was never handled, so the next instance, loaded from the store, is asked (up
+    /// to three instances in all).
     async fn ask_session<T: Send + 'static>(
         &self,
         id: Uuid,
         build: impl Fn(RpcReplyPort<T>) -> SessionMessage,
     ) -> Result<T, SessionError> {
-        for _ in 0..2 {
+        for _ in 0..3 {
             let actor = self.actor(id).await?;
             match asked(&actor, &build).await {
                 Asked::Answered(answer) => return Ok(answer),
@@ -581,12 +582,30 @@ impl Sessions {
         presented: String,
         replacement: String,
     ) -> Result<RefreshOutcome, SessionError> {
-        self.ask_session(id, |reply| SessionMessage::Refresh {
-            presented: presented.clone(),
-            replacement: replacement.clone(),
-            reply,
-        })
-        .await?
+        let asked = self
+            .ask_session(id, |reply| SessionMessage::Refresh {
+                presented: presented.clone(),
+                replacement: replacement.clone(),
+                reply,
+            })
+            .await;
+        match asked {
+            // Its instances kept ending under concurrent requests: the store says why.
+            Err(SessionError::Unavailable) if self.ended(id).await => Ok(RefreshOutcome::Expired),
+            other => other?,
+        }
+    }
+
+    /// Whether the store holds session `id` as revoked (or holds it no more).
+    async fn ended(&self, id: Uuid) -> bool {
+        matches!(
+            self.store.session(id).await,
+            Ok(None)
+                | Ok(Some(SessionRecord {
+                    revoked_at: Some(_),
+                    ..
+                }))
+        )
     }
 
     /// Revokes a session through its actor; returns whether it was live.
