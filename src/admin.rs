@@ -13,7 +13,9 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use sark_actors::audit::{AuditHandle, AuditWriter, AuditWriterArguments, ChainKey};
+use sark_actors::audit::{
+    AuditHandle, AuditWriter, AuditWriterArguments, ChainKey, compare_with_siem, verify_chains,
+};
 use sark_actors::clock::{SharedClock, SystemClock};
 use sark_actors::metrics::ActorMetrics;
 use sark_actors::policy;
@@ -24,6 +26,7 @@ use crate::auth::service::lockout_key;
 use crate::config::Config;
 use crate::idp::{jwt, password};
 use crate::secrets::{self, SecretBox, SecretsKey};
+use crate::siem::export::read_export;
 use crate::store::redis::Redis;
 use crate::store::{Backend, CredentialRevocation, NewPolicyVersion, Store, UserPatch};
 
@@ -68,6 +71,14 @@ pub enum AdminCommand {
         /// The members' node names.
         #[arg(required = true)]
         names: Vec<String>,
+    },
+    /// Verifies every audit chain in the store (events, links, sealed heads and
+    /// checkpoints) and, given a SIEM export, that the store still holds every authentic
+    /// event and stated head the SIEM received. Prints the result; fails when a chain breaks.
+    AuditVerify {
+        /// An export of the audit events from Splunk or Datadog (JSON lines or a JSON array).
+        #[arg(long)]
+        siem_export: Option<PathBuf>,
     },
 }
 
@@ -127,7 +138,14 @@ pub async fn run(command: AdminCommand, config: Config) -> Result<String, AdminE
             .filter(|c| c.is_ascii_alphanumeric() || "._-".contains(*c))
             .collect::<String>()
     );
-    let audit = audit_writer(&store, &key, chain, clock.clone()).await?;
+    // Break-glass events reach the SIEM like the nodes' own: the nodes' forwarders deliver
+    // them from the outbox.
+    let sinks = crate::siem::sinks(&config, &hostname)
+        .map_err(|e| AdminError::new(e.to_string()))?
+        .iter()
+        .map(|sink| sink.name().to_owned())
+        .collect();
+    let audit = audit_writer(&store, &key, chain, sinks, clock.clone()).await?;
     let outcome = execute(command, &config, &store, &key, &audit, clock.now()).await;
     backend.close().await;
     outcome
@@ -137,17 +155,21 @@ async fn audit_writer(
     store: &Arc<dyn Store>,
     key: &SecretsKey,
     chain: String,
+    sinks: Vec<String>,
     clock: SharedClock,
 ) -> Result<AuditHandle, AdminError> {
     let slot = Slot::default();
     let args = AuditWriterArguments {
         store: store.clone(),
         chain: chain.clone(),
-        key: ChainKey::derive(&key.derive("audit chain")),
-        sinks: Vec::new(),
+        key: chain_key(key),
+        sinks,
         max_batch: 16,
         metrics: ActorMetrics::register(&prometheus::Registry::new())
             .map_err(|e| AdminError::new(e.to_string()))?,
+        clock: clock.clone(),
+        node_id: chain.clone(),
+        head_statements: None,
     };
     let (writer, _) = Actor::spawn(None, AuditWriter::default(), args)
         .await
@@ -351,6 +373,48 @@ async fn execute(
         AdminCommand::ForgetMember { names } => {
             forget_members(&names, config, store, audit, now).await
         }
+        AdminCommand::AuditVerify { siem_export } => {
+            audit_verify(store.as_ref(), &chain_key(key), siem_export.as_deref()).await
+        }
+    }
+}
+
+/// The audit chains' key, derived from the secrets key as the nodes derive it.
+fn chain_key(key: &SecretsKey) -> ChainKey {
+    ChainKey::derive(&key.derive("audit chain"))
+}
+
+/// Verifies the chains, against a SIEM export when one is given.
+async fn audit_verify(
+    store: &dyn Store,
+    key: &ChainKey,
+    siem_export: Option<&std::path::Path>,
+) -> Result<String, AdminError> {
+    let failed = |e: crate::store::StoreError| AdminError::new(e.to_string());
+    let mut verification = verify_chains(store, key).await.map_err(failed)?;
+    let mut skipped = None;
+    if let Some(path) = siem_export {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| AdminError::new(format!("--siem-export {}: {e}", path.display())))?;
+        let export = read_export(&text)
+            .map_err(|e| AdminError::new(format!("--siem-export {}: {e}", path.display())))?;
+        compare_with_siem(store, key, &export.events, &mut verification)
+            .await
+            .map_err(failed)?;
+        skipped = Some(export.skipped);
+    }
+    let mut report = json!(verification);
+    if let Some(skipped) = skipped {
+        report["siem"]["skipped"] = json!(skipped);
+    }
+    let report =
+        serde_json::to_string_pretty(&report).map_err(|e| AdminError::new(e.to_string()))?;
+    if verification.ok {
+        Ok(report)
+    } else {
+        Err(AdminError::new(format!(
+            "the audit chains do not verify:\n{report}"
+        )))
     }
 }
 

@@ -245,6 +245,9 @@ pub struct AuditConfig {
     /// Audit events and API request rows older than this many days are removed (whole
     /// partitions on PostgreSQL); each chain keeps a checkpoint so it still verifies.
     pub retention_days: u64,
+    /// While its chain moves, each node records a sealed statement of its chain head this
+    /// often; the statements reach the SIEM with the events, out of the database's reach.
+    pub head_statement_seconds: u64,
 }
 
 /// SIEM forwarding: at most one Splunk HEC and one Datadog sink.
@@ -545,7 +548,10 @@ impl Default for Config {
                 absolute_seconds: 43_200,
                 actor_idle_seconds: 300,
             },
-            audit: AuditConfig { retention_days: 90 },
+            audit: AuditConfig {
+                retention_days: 90,
+                head_statement_seconds: 60,
+            },
             siem: SiemConfig::default(),
             ldap: None,
             oidc: None,
@@ -831,6 +837,10 @@ impl Config {
             ("cluster.lease_seconds", self.cluster.lease_seconds),
             ("policy.sync_seconds", self.policy.sync_seconds),
             ("audit.retention_days", self.audit.retention_days),
+            (
+                "audit.head_statement_seconds",
+                self.audit.head_statement_seconds,
+            ),
             ("siem.batch_size", self.siem.batch_size as u64),
             ("siem.timeout_seconds", self.siem.timeout_seconds),
             ("siem.lease_seconds", self.siem.lease_seconds),

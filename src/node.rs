@@ -330,6 +330,8 @@ impl Node {
                 sinks: sinks.iter().map(|s| s.name().to_owned()).collect(),
                 slot: slots.audit.clone(),
                 metrics: actor_metrics.clone(),
+                clock: clock.clone(),
+                head_statements: Duration::from_secs(config.audit.head_statement_seconds),
             }),
             Arc::new(LimiterSpec {
                 table: rate_table.clone(),
@@ -398,6 +400,7 @@ impl Node {
             store.clone(),
             clock.clone(),
             store_ready.clone(),
+            audit_chain_key.clone(),
             Retention {
                 lockout_window: chrono::Duration::seconds(seconds(config.auth.lockout_seconds)),
                 time_series: chrono::Duration::days(seconds(config.audit.retention_days)),
@@ -898,6 +901,7 @@ async fn housekeeping(
     store: Arc<dyn Store>,
     clock: SharedClock,
     store_ready: Arc<AtomicBool>,
+    audit_key: ChainKey,
     keep: Retention,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(3600));
@@ -918,7 +922,10 @@ async fn housekeeping(
             Ok(removed) => debug!(removed, "housekeeping pruned expired rows"),
             Err(err) => warn!(error = %err, "housekeeping could not prune expired rows"),
         }
-        match store.prune_time_series(now - keep.time_series, now).await {
+        match store
+            .prune_time_series(now - keep.time_series, now, &audit_key)
+            .await
+        {
             Ok(pruned) => debug!(
                 audit_events = pruned.audit_events,
                 api_requests = pruned.api_requests,

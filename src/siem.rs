@@ -10,6 +10,7 @@ use sark_actors::siem::{DeliveryError, SiemSink};
 use crate::config::{Config, Secret};
 
 mod datadog;
+pub mod export;
 mod splunk;
 
 pub use datadog::DatadogSink;

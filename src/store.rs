@@ -136,6 +136,11 @@ const SQLITE_MIGRATIONS: &[EmbeddedMigration] = &[
         description: "cluster_members",
         sql: include_str!("../migrations/sqlite/20261204000001_cluster_members.sql"),
     },
+    EmbeddedMigration {
+        version: 20261204000002,
+        description: "sealed_chain_positions",
+        sql: include_str!("../migrations/sqlite/20261204000002_sealed_chain_positions.sql"),
+    },
 ];
 
 const POSTGRES_MIGRATIONS: &[EmbeddedMigration] = &[
@@ -168,6 +173,11 @@ const POSTGRES_MIGRATIONS: &[EmbeddedMigration] = &[
         version: 20261204000001,
         description: "cluster_members",
         sql: include_str!("../migrations/postgres/20261204000001_cluster_members.sql"),
+    },
+    EmbeddedMigration {
+        version: 20261204000002,
+        description: "sealed_chain_positions",
+        sql: include_str!("../migrations/postgres/20261204000002_sealed_chain_positions.sql"),
     },
 ];
 

@@ -26,7 +26,9 @@ use uuid::Uuid;
 use crate::clock::SharedClock;
 use crate::mailbox::Mailbox;
 use crate::metrics::ActorMetrics;
-use crate::store::{AuditEvent, AuditStore, ChainedEvent, StoreError};
+use crate::store::{
+    AuditEvent, AuditStore, ChainedEvent, PositionKind, PositionSeal, SealedPosition, StoreError,
+};
 use crate::supervisor::{ChildSpec, Slot, spawn_into};
 
 /// How often a caller looks for a writer that is being restarted.
@@ -57,6 +59,59 @@ impl ChainKey {
             .unwrap_or_else(|_| unreachable_hmac_key());
         mac.update(canonical_encoding(chain, seq, prev_hash, event).as_bytes());
         hex::encode(mac.finalize().into_bytes())
+    }
+
+    fn position_mac(
+        &self,
+        kind: PositionKind,
+        chain: &str,
+        seq: i64,
+        hash: &str,
+        at: DateTime<Utc>,
+    ) -> Hmac<Sha256> {
+        let kind = match kind {
+            PositionKind::Head => "head",
+            PositionKind::Checkpoint => "checkpoint",
+        };
+        let fields = Value::Array(vec![
+            Value::from("sark chain position v1"),
+            Value::from(kind),
+            Value::from(chain),
+            Value::from(seq),
+            Value::from(hash),
+            Value::from(at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
+        ]);
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0)
+            .unwrap_or_else(|_| unreachable_hmac_key());
+        mac.update(fields.to_string().as_bytes());
+        mac
+    }
+
+    /// Whether `position` carries the seal of `chain`'s `kind` position (constant time).
+    pub fn verify_seal(&self, kind: PositionKind, chain: &str, position: &SealedPosition) -> bool {
+        let Some(Ok(mac)) = position.mac.as_deref().map(hex::decode) else {
+            return false;
+        };
+        self.position_mac(kind, chain, position.seq, &position.hash, position.at)
+            .verify_slice(&mac)
+            .is_ok()
+    }
+}
+
+impl PositionSeal for ChainKey {
+    fn seal(
+        &self,
+        kind: PositionKind,
+        chain: &str,
+        seq: i64,
+        hash: &str,
+        at: DateTime<Utc>,
+    ) -> String {
+        hex::encode(
+            self.position_mac(kind, chain, seq, hash, at)
+                .finalize()
+                .into_bytes(),
+        )
     }
 }
 
@@ -127,14 +182,57 @@ fn write_canonical(value: &Value, out: &mut String) {
     }
 }
 
+/// Why a chain does not verify at a position.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BreakReason {
+    /// The event's hash is not the HMAC of its content: it was edited, forged or is
+    /// unreadable.
+    Tampered,
+    /// The event does not name its predecessor's hash.
+    Unlinked,
+    /// Events are missing from here.
+    Missing,
+    /// The recorded head is ahead of the stored events: the newest events are gone.
+    Truncated,
+    /// The recorded head names another hash than the event at its position.
+    HeadMismatch,
+    /// Events exist beyond the recorded head: the head was moved back.
+    HeadBehind,
+    /// Events or a checkpoint exist but the chain has no recorded head.
+    HeadMissing,
+    /// The recorded head carries no valid seal (it was rewritten, or predates seals).
+    HeadUnsealed,
+    /// The retention checkpoint carries no valid seal (it was rewritten, or predates seals).
+    CheckpointUnsealed,
+    /// The SIEM holds an authentic event (or head statement) at this position that the
+    /// store does not have.
+    MissingFromStore,
+    /// The store's event at this position differs from the SIEM's authentic copy.
+    DiffersFromSiem,
+}
+
 /// A position where a stored chain does not verify.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct ChainBreak {
     /// The chain.
     pub chain: String,
-    /// The first sequence number at which it does not verify (an edited event, a missing one,
-    /// or one whose link to its predecessor is broken).
+    /// The first sequence number at which it does not verify.
     pub seq: i64,
+    /// Why.
+    pub reason: BreakReason,
+}
+
+/// What comparing the store with a SIEM's copy of the chains found.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SiemComparison {
+    /// Authentic events of the export compared with the store.
+    pub events: u64,
+    /// Authentic head statements among them.
+    pub statements: u64,
+    /// Export entries whose hash is not the audit key's HMAC of their content: ignored, as
+    /// anyone could have written them.
+    pub not_authentic: u64,
 }
 
 /// What verifying every stored chain found.
@@ -148,6 +246,26 @@ pub struct Verification {
     pub chains: u64,
     /// Where chains break (at most [`MAX_BREAKS`]).
     pub broken: Vec<ChainBreak>,
+    /// The comparison with a SIEM export, when one was supplied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub siem: Option<SiemComparison>,
+}
+
+impl Verification {
+    fn report(&mut self, chain: &str, seq: i64, reason: BreakReason) {
+        let duplicate = self
+            .broken
+            .last()
+            .is_some_and(|b| b.chain == chain && b.seq == seq);
+        if !duplicate && self.broken.len() < MAX_BREAKS {
+            self.broken.push(ChainBreak {
+                chain: chain.to_owned(),
+                seq,
+                reason,
+            });
+        }
+        self.ok = false;
+    }
 }
 
 /// Most breaks reported by one verification.
@@ -156,59 +274,168 @@ pub const MAX_BREAKS: usize = 1000;
 /// Events read per query while verifying.
 const VERIFY_SEGMENT: u32 = 1000;
 
+/// The event type of a writer's sealed statement of its chain head.
+pub const HEAD_STATEMENT_EVENT: &str = "audit_chain_head";
+
+/// The event type a writer records when it finds its chain's recorded head without a valid
+/// seal, before it extends the chain from there.
+pub const HEAD_UNSEALED_EVENT: &str = "audit_head_unsealed";
+
 /// Verifies every chain from its retention checkpoint (or its start) to its recorded head:
-/// each event's HMAC, each link to the previous hash, and that no sequence number is missing.
+/// each event's HMAC, each link to the previous hash, that no sequence number is missing,
+/// and the seals of the head and the checkpoint.
 pub async fn verify_chains(
     store: &dyn AuditStore,
     key: &ChainKey,
 ) -> Result<Verification, StoreError> {
-    let mut result = Verification::default();
+    let mut result = Verification {
+        ok: true,
+        ..Verification::default()
+    };
     for chain in store.audit_chains().await? {
         result.chains += 1;
-        let mut report = |seq: i64| {
-            let duplicate = result
-                .broken
-                .last()
-                .is_some_and(|b| b.chain == chain && b.seq == seq);
-            if !duplicate && result.broken.len() < MAX_BREAKS {
-                result.broken.push(ChainBreak {
-                    chain: chain.clone(),
-                    seq,
-                });
+        verify_chain(store, key, &chain, &mut result).await?;
+    }
+    Ok(result)
+}
+
+async fn verify_chain(
+    store: &dyn AuditStore,
+    key: &ChainKey,
+    chain: &str,
+    result: &mut Verification,
+) -> Result<(), StoreError> {
+    let checkpoint = store.audit_checkpoint(chain).await?;
+    let (mut seq, mut hash) = match &checkpoint {
+        Some(position) => {
+            if !key.verify_seal(PositionKind::Checkpoint, chain, position) {
+                result.report(chain, position.seq, BreakReason::CheckpointUnsealed);
             }
-        };
-        let (mut seq, mut hash) = store
-            .audit_checkpoint(&chain)
-            .await?
-            .unwrap_or_else(|| (0, GENESIS_HASH.to_owned()));
-        loop {
-            let segment = store.chain_segment(&chain, seq, VERIFY_SEGMENT).await?;
-            if segment.is_empty() {
-                break;
-            }
-            for stored in segment {
-                result.checked += 1;
-                if stored.seq > seq + 1 {
-                    // Events are missing: the gap's first sequence number.
-                    report(seq + 1);
-                } else if stored.prev_hash != hash {
-                    report(stored.seq);
-                }
-                if key.hash(&chain, stored.seq, &stored.prev_hash, &stored.event) != stored.hash {
-                    report(stored.seq);
-                }
-                seq = stored.seq;
-                hash = stored.hash;
-            }
+            (position.seq, position.hash.clone())
         }
-        match store.chain_head(&chain).await? {
-            Some((head_seq, _)) if head_seq > seq => report(seq + 1),
-            Some((head_seq, head_hash)) if head_seq == seq && head_hash != hash => report(seq),
-            _ => {}
+        None => (0, GENESIS_HASH.to_owned()),
+    };
+    // The head is read first: events past it were appended while verifying.
+    let head = store.chain_head(chain).await?;
+    if let Some(position) = &head
+        && !key.verify_seal(PositionKind::Head, chain, position)
+    {
+        result.report(chain, position.seq, BreakReason::HeadUnsealed);
+    }
+    let limit = head.as_ref().map(|h| h.seq);
+    let mut seen = 0_u64;
+    let mut past_head = false;
+    'segments: loop {
+        let segment = store.chain_segment(chain, seq, VERIFY_SEGMENT).await?;
+        if segment.is_empty() {
+            break;
+        }
+        for stored in segment {
+            if limit.is_some_and(|limit| stored.seq > limit) {
+                past_head = true;
+                break 'segments;
+            }
+            seen += 1;
+            if stored.seq > seq + 1 {
+                result.report(chain, seq + 1, BreakReason::Missing);
+            } else if stored.prev_hash != hash {
+                result.report(chain, stored.seq, BreakReason::Unlinked);
+            }
+            if key.hash(chain, stored.seq, &stored.prev_hash, &stored.event) != stored.hash {
+                result.report(chain, stored.seq, BreakReason::Tampered);
+            }
+            seq = stored.seq;
+            hash = stored.hash;
         }
     }
-    result.ok = result.broken.is_empty();
-    Ok(result)
+    result.checked += seen;
+    match &head {
+        None if seen > 0 || checkpoint.is_some() => {
+            result.report(chain, seq, BreakReason::HeadMissing);
+        }
+        None => {}
+        Some(head) if head.seq > seq => result.report(chain, seq + 1, BreakReason::Truncated),
+        Some(head) if head.seq < seq => result.report(chain, head.seq + 1, BreakReason::HeadBehind),
+        Some(head) if head.hash != hash => result.report(chain, seq, BreakReason::HeadMismatch),
+        Some(_) => {}
+    }
+    // Events past the head are legitimate only if the head has moved since it was read:
+    // the writer moves both in one transaction.
+    if past_head && store.chain_head(chain).await?.map(|h| h.seq) == limit {
+        result.report(chain, seq + 1, BreakReason::HeadBehind);
+    }
+    Ok(())
+}
+
+/// Compares the store with a SIEM's copy of the chains: every authentic exported event (its
+/// hash is the audit key's HMAC of its content) and every position an authentic head
+/// statement names must be in the store with the same hash, unless retention has removed it
+/// (at or before the chain's sealed checkpoint). This catches what the store alone cannot:
+/// a chain cut back to an earlier head together with that head's old, validly sealed row,
+/// or a chain deleted outright.
+pub async fn compare_with_siem(
+    store: &dyn AuditStore,
+    key: &ChainKey,
+    exported: &[ChainedEvent],
+    result: &mut Verification,
+) -> Result<(), StoreError> {
+    let mut comparison = SiemComparison::default();
+    let mut expected: std::collections::BTreeMap<&str, std::collections::BTreeMap<i64, String>> =
+        Default::default();
+    for entry in exported {
+        if key.hash(&entry.chain, entry.seq, &entry.prev_hash, &entry.event) != entry.hash {
+            comparison.not_authentic += 1;
+            continue;
+        }
+        comparison.events += 1;
+        let positions = expected.entry(entry.chain.as_str()).or_default();
+        positions.insert(entry.seq, entry.hash.clone());
+        if entry.event.event_type == HEAD_STATEMENT_EVENT
+            && let (Some(seq), Some(hash)) = (
+                entry.event.details["seq"].as_i64(),
+                entry.event.details["hash"].as_str(),
+            )
+        {
+            comparison.statements += 1;
+            positions.insert(seq, hash.to_owned());
+        }
+    }
+    for (chain, positions) in expected {
+        let removed = match store.audit_checkpoint(chain).await? {
+            Some(cp) if key.verify_seal(PositionKind::Checkpoint, chain, &cp) => cp.seq,
+            _ => 0,
+        };
+        let mut wanted = positions.range(removed + 1..).peekable();
+        let Some(first) = wanted.peek().map(|(seq, _)| **seq) else {
+            continue;
+        };
+        let mut after = first - 1;
+        while wanted.peek().is_some() {
+            let segment = store.chain_segment(chain, after, VERIFY_SEGMENT).await?;
+            let Some(last) = segment.last().map(|e| e.seq) else {
+                break;
+            };
+            for stored in &segment {
+                while let Some((seq, hash)) = wanted.peek().map(|(s, h)| (**s, *h)) {
+                    if seq > stored.seq {
+                        break;
+                    }
+                    if seq < stored.seq {
+                        result.report(chain, seq, BreakReason::MissingFromStore);
+                    } else if *hash != stored.hash {
+                        result.report(chain, seq, BreakReason::DiffersFromSiem);
+                    }
+                    wanted.next();
+                }
+            }
+            after = last;
+        }
+        for (&seq, _) in wanted {
+            result.report(chain, seq, BreakReason::MissingFromStore);
+        }
+    }
+    result.siem = Some(comparison);
+    Ok(())
 }
 
 /// Where an event landed on its chain.
@@ -238,6 +465,8 @@ pub enum AuditMessage {
     Record(Box<AuditEvent>, Instant, Reply),
     /// Commits every pending event.
     Flush,
+    /// Records a sealed statement of the chain head if the chain moved since the last one.
+    StateHead,
     /// Makes the writer panic, to prove supervision restarts it.
     #[cfg(feature = "fault-injection")]
     Panic,
@@ -266,6 +495,12 @@ pub struct AuditWriterArguments {
     pub max_batch: usize,
     /// Metrics.
     pub metrics: ActorMetrics,
+    /// Stamps the events the writer records itself.
+    pub clock: SharedClock,
+    /// The node named on the events the writer records itself.
+    pub node_id: String,
+    /// How often to state the chain head while the chain moves; `None` for never.
+    pub head_statements: Option<Duration>,
 }
 
 type Reply = RpcReplyPort<Result<ChainPosition, AuditError>>;
@@ -273,7 +508,8 @@ type Reply = RpcReplyPort<Result<ChainPosition, AuditError>>;
 struct Pending {
     event: AuditEvent,
     deadline: Instant,
-    reply: Reply,
+    /// `None` for the events the writer records itself.
+    reply: Option<Reply>,
 }
 
 /// The writer's state: the chain head as committed, and the events waiting for a commit.
@@ -281,7 +517,10 @@ pub struct AuditWriterState {
     args: AuditWriterArguments,
     head_seq: i64,
     head_hash: String,
+    /// The sequence number of the last head statement this instance recorded.
+    stated_seq: i64,
     pending: Vec<Pending>,
+    timer: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl AuditWriter {
@@ -298,7 +537,7 @@ impl AuditWriter {
         match Self::commit(state, &events).await {
             Ok(positions) => {
                 for (p, position) in pending.into_iter().zip(positions) {
-                    let _ = p.reply.send(Ok(position));
+                    p.answer(Ok(position));
                 }
                 Ok(())
             }
@@ -308,9 +547,7 @@ impl AuditWriter {
                     let result = Self::commit(state, std::slice::from_ref(&p.event)).await;
                     match result {
                         Ok(mut positions) => {
-                            let _ = p
-                                .reply
-                                .send(positions.pop().ok_or(AuditError::WriterUnavailable));
+                            p.answer(positions.pop().ok_or(AuditError::WriterUnavailable));
                         }
                         Err(err) => Self::failed(state, vec![p], err)?,
                     }
@@ -331,7 +568,7 @@ impl AuditWriter {
         state.args.metrics.audit_commit_failures.inc();
         let reply_err = AuditError::Unavailable(err.to_string());
         for p in pending {
-            let _ = p.reply.send(Err(reply_err.clone()));
+            p.answer(Err(reply_err.clone()));
         }
         if let StoreError::Contended(_) = err {
             error!(chain = state.args.chain, error = %err, "audit chain head uncertain; restarting the writer");
@@ -366,11 +603,22 @@ impl AuditWriter {
             .metrics
             .audit_batch_size
             .observe(chained.len() as f64);
-        let append =
-            state
-                .args
-                .store
-                .append_audit(&chain, state.head_seq, &chained, &state.args.sinks);
+        let head_mac = chained.last().map_or_else(String::new, |last| {
+            state.args.key.seal(
+                PositionKind::Head,
+                &chain,
+                last.seq,
+                &last.hash,
+                last.event.timestamp,
+            )
+        });
+        let append = state.args.store.append_audit(
+            &chain,
+            state.head_seq,
+            &chained,
+            &head_mac,
+            &state.args.sinks,
+        );
         match tokio::time::timeout(COMMIT_TIMEOUT, append).await {
             Ok(Ok(())) => {}
             Ok(Err(err)) => return Err(err),
@@ -395,6 +643,65 @@ impl AuditWriter {
                 seq: e.seq,
             })
             .collect())
+    }
+}
+
+impl Pending {
+    fn answer(self, result: Result<ChainPosition, AuditError>) {
+        if let Some(reply) = self.reply {
+            let _ = reply.send(result);
+        }
+    }
+}
+
+impl AuditWriterState {
+    /// An event the writer records itself, about its own chain.
+    fn own_event(&self, event_type: &str, outcome: &str, details: Value) -> AuditEvent {
+        AuditEvent {
+            id: Uuid::now_v7(),
+            timestamp: self.args.clock.now().trunc_subsecs(6),
+            event_type: event_type.to_owned(),
+            actor: None,
+            ip: None,
+            resource: Some(format!("audit_chain:{}", self.args.chain)),
+            outcome: outcome.to_owned(),
+            details,
+            node_id: self.args.node_id.clone(),
+        }
+    }
+
+    /// Queues an event the writer records itself; no one waits for it.
+    fn queue_own(&mut self, event: AuditEvent) {
+        self.pending.push(Pending {
+            event,
+            deadline: Instant::now() + COMMIT_TIMEOUT,
+            reply: None,
+        });
+    }
+
+    /// A sealed statement of the current head, unless nothing moved since the last one.
+    fn state_head(&mut self) {
+        if self.head_seq <= self.stated_seq {
+            return;
+        }
+        let at = self.args.clock.now().trunc_subsecs(6);
+        let mac = self.args.key.seal(
+            PositionKind::Head,
+            &self.args.chain,
+            self.head_seq,
+            &self.head_hash,
+            at,
+        );
+        let details = serde_json::json!({
+            "seq": self.head_seq,
+            "hash": self.head_hash,
+            "at": at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            "mac": mac,
+        });
+        let event = self.own_event(HEAD_STATEMENT_EVENT, "success", details);
+        self.queue_own(event);
+        // The statement itself moves the head by one: that is not news for the next one.
+        self.stated_seq = self.head_seq + 1;
     }
 }
 
@@ -441,20 +748,49 @@ impl Actor for AuditWriter {
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let (head_seq, head_hash) = args
-            .store
-            .chain_head(&args.chain)
-            .await?
-            .unwrap_or_else(|| (0, GENESIS_HASH.to_owned()));
-        Ok(AuditWriterState {
-            args,
-            head_seq,
-            head_hash,
+        let head = args.store.chain_head(&args.chain).await?;
+        let timer = args.head_statements.map(|every| {
+            let mailbox = self.mailbox.clone();
+            myself.send_interval(every, move || mailbox.post(AuditMessage::StateHead))
+        });
+        let mut state = AuditWriterState {
+            head_seq: head.as_ref().map_or(0, |h| h.seq),
+            head_hash: head
+                .as_ref()
+                .map_or_else(|| GENESIS_HASH.to_owned(), |h| h.hash.clone()),
+            stated_seq: 0,
             pending: Vec::new(),
-        })
+            timer,
+            args,
+        };
+        // The chain goes on from the recorded head either way (refusing to audit helps no
+        // one), but a head without a valid seal is put on the chain itself, and so reaches
+        // the SIEM, before anything follows it.
+        if let Some(head) = head
+            && !state
+                .args
+                .key
+                .verify_seal(PositionKind::Head, &state.args.chain, &head)
+        {
+            error!(
+                chain = state.args.chain,
+                seq = head.seq,
+                "the recorded audit chain head has no valid seal"
+            );
+            let details = serde_json::json!({
+                "seq": head.seq,
+                "hash": head.hash,
+                "recorded_at": head.at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                "sealed": head.mac.is_some(),
+            });
+            let event = state.own_event(HEAD_UNSEALED_EVENT, "failure", details);
+            state.queue_own(event);
+            myself.cast(self.mailbox.post(AuditMessage::Flush))?;
+        }
+        Ok(state)
     }
 
     async fn post_stop(
@@ -462,6 +798,9 @@ impl Actor for AuditWriter {
         _myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        if let Some(timer) = state.timer.take() {
+            timer.abort();
+        }
         // A graceful stop commits what is pending rather than dropping acknowledged work.
         Self::flush(state).await
     }
@@ -484,13 +823,17 @@ impl Actor for AuditWriter {
                 state.pending.push(Pending {
                     event: *event,
                     deadline,
-                    reply,
+                    reply: Some(reply),
                 });
                 if state.pending.len() >= state.args.max_batch {
                     Self::flush(state).await?;
                 }
             }
             AuditMessage::Flush => Self::flush(state).await?,
+            AuditMessage::StateHead => {
+                state.state_head();
+                Self::flush(state).await?;
+            }
             #[cfg(feature = "fault-injection")]
             AuditMessage::Panic => {
                 #[allow(clippy::panic)]
@@ -517,6 +860,10 @@ pub struct AuditWriterSpec {
     pub slot: Slot<AuditMessage>,
     /// Metrics.
     pub metrics: ActorMetrics,
+    /// Stamps the events the writer records itself.
+    pub clock: SharedClock,
+    /// How often to state the chain head while the chain moves.
+    pub head_statements: Duration,
 }
 
 #[async_trait]
@@ -537,6 +884,9 @@ impl ChildSpec for AuditWriterSpec {
             sinks: self.sinks.clone(),
             max_batch: 256,
             metrics: self.metrics.clone(),
+            clock: self.clock.clone(),
+            node_id: self.chain.clone(),
+            head_statements: Some(self.head_statements),
         };
         spawn_into(
             |mailbox| AuditWriter { mailbox },

@@ -489,28 +489,68 @@ pub struct AuditQuery {
     pub limit: u32,
 }
 
+/// A recorded position on an audit chain (its head, or its retention checkpoint), with the
+/// seal that authenticates it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SealedPosition {
+    /// Sequence number of the event at the position.
+    pub seq: i64,
+    /// That event's chain hash.
+    pub hash: String,
+    /// When the position was recorded (microsecond precision).
+    pub at: DateTime<Utc>,
+    /// The seal over chain, kind, `seq`, `hash` and `at`; `None` on rows written before
+    /// positions were sealed.
+    pub mac: Option<String>,
+}
+
+/// Which recorded position of a chain a seal covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PositionKind {
+    /// The chain's last event.
+    Head,
+    /// The last event that retention removed.
+    Checkpoint,
+}
+
+/// Computes the seal of a recorded chain position, so that the store can record one
+/// without holding the audit key itself.
+pub trait PositionSeal: Send + Sync {
+    /// The seal of `chain`'s `kind` position at `seq` with `hash`, recorded at `at`.
+    fn seal(
+        &self,
+        kind: PositionKind,
+        chain: &str,
+        seq: i64,
+        hash: &str,
+        at: DateTime<Utc>,
+    ) -> String;
+}
+
 /// The tamper-evident audit log.
 #[async_trait]
 pub trait AuditStore: Send + Sync {
-    /// Appends events that extend `chain` from the head `(prev_seq, prev_hash)`, and queues
-    /// each for every sink in `sinks`, in one transaction. Fails with `Contended` if the
-    /// chain's head moved, so two writers can never fork one chain.
+    /// Appends events that extend `chain` from the head `(prev_seq, prev_hash)`, records
+    /// the last one as the chain's head sealed with `head_mac`, and queues each event for
+    /// every sink in `sinks`, in one transaction. Fails with `Contended` if the chain's
+    /// head moved, so two writers can never fork one chain.
     async fn append_audit(
         &self,
         chain: &str,
         prev_seq: i64,
         events: &[ChainedEvent],
+        head_mac: &str,
         sinks: &[String],
     ) -> StoreResult<()>;
-    /// The last `(seq, hash)` of a chain, or `None` for a new chain.
-    async fn chain_head(&self, chain: &str) -> StoreResult<Option<(i64, String)>>;
+    /// The recorded head of a chain, or `None` for a new chain.
+    async fn chain_head(&self, chain: &str) -> StoreResult<Option<SealedPosition>>;
     /// Lists events.
     async fn list_audit(&self, query: &AuditQuery) -> StoreResult<Vec<ChainedEvent>>;
-    /// Every chain name.
+    /// Every chain that has a head, a checkpoint or an event.
     async fn audit_chains(&self) -> StoreResult<Vec<String>>;
-    /// Where verification of a chain starts: the `(seq, hash)` of the last event retention
-    /// removed, or `None` when nothing was removed.
-    async fn audit_checkpoint(&self, chain: &str) -> StoreResult<Option<(i64, String)>>;
+    /// Where verification of a chain starts: the last event retention removed, or `None`
+    /// when nothing was removed.
+    async fn audit_checkpoint(&self, chain: &str) -> StoreResult<Option<SealedPosition>>;
     /// Events of one chain with `seq > after_seq`, in order.
     async fn chain_segment(
         &self,
@@ -964,11 +1004,13 @@ pub struct Pruned {
 pub trait RetentionStore: Send + Sync {
     /// Removes audit events and API request rows older than `before`: whole daily
     /// partitions or chunks where the backend has them, rows otherwise. Before a chain loses
-    /// events, its checkpoint moves to the last removed one, so verification starts there.
+    /// events, its checkpoint moves to the last removed one, sealed by `seal`, so
+    /// verification starts there.
     async fn prune_time_series(
         &self,
         before: DateTime<Utc>,
         now: DateTime<Utc>,
+        seal: &dyn PositionSeal,
     ) -> StoreResult<Pruned>;
 }
 

@@ -17,7 +17,7 @@ use serde_json::json;
 
 use sark::config::{Config, Secret, SplunkConfig};
 use sark::siem::SplunkSink;
-use sark::store::{AuditEvent, Backend, ChainedEvent, Store};
+use sark::store::{AuditEvent, Backend, ChainedEvent, PositionKind, PositionSeal, Store};
 use sark_actors::audit::{AuditMessage, AuditWriter, AuditWriterArguments, ChainKey};
 use sark_actors::clock::{SharedClock, SystemClock};
 use sark_actors::metrics::ActorMetrics;
@@ -158,6 +158,9 @@ pub async fn group_commits(
         sinks: Vec::new(),
         max_batch: 256,
         metrics: ActorMetrics::register(&Registry::new())?,
+        clock: clock(),
+        node_id: "bench".into(),
+        head_statements: None,
     };
     let (writer, handle) = Actor::spawn(None, AuditWriter::default(), args)
         .await
@@ -214,8 +217,9 @@ pub async fn single_commits(store: &BenchStore, seconds: u64) -> anyhow::Result<
     while Instant::now() < deadline {
         let sent = Instant::now();
         let chained = link(&key, &chain, seq + 1, &mut prev_hash, event(&clock, 0));
+        let head_mac = head_seal(&key, &chained);
         store
-            .append_audit(&chain, seq, &[chained], &[])
+            .append_audit(&chain, seq, &[chained], &head_mac, &[])
             .await
             .map_err(|e| anyhow!("append_audit: {e}"))?;
         seq += 1;
@@ -262,8 +266,9 @@ pub async fn outbox_delivery(store: &BenchStore, events: usize) -> anyhow::Resul
     let store_port = store.store();
     for (i, chunk) in batch.chunks(SIEM_BATCH).enumerate() {
         let prev = i64::try_from(i * SIEM_BATCH).unwrap_or(i64::MAX);
+        let head_mac = chunk.last().map(|e| head_seal(&key, e)).unwrap_or_default();
         store_port
-            .append_audit(&chain, prev, chunk, &queue)
+            .append_audit(&chain, prev, chunk, &head_mac, &queue)
             .await
             .map_err(|e| anyhow!("filling the outbox: {e}"))?;
     }
@@ -312,4 +317,15 @@ pub async fn direct_delivery(events: usize) -> anyhow::Result<Sample> {
         per_second: events as f64 / started.elapsed().as_secs_f64(),
         ..Sample::default()
     })
+}
+
+/// The seal of the head that `last` becomes, as the writer computes it.
+fn head_seal(key: &ChainKey, last: &ChainedEvent) -> String {
+    key.seal(
+        PositionKind::Head,
+        &last.chain,
+        last.seq,
+        &last.hash,
+        last.event.timestamp,
+    )
 }

@@ -312,6 +312,7 @@ impl PgStore {
         table: &str,
         partition: &str,
         now: DateTime<Utc>,
+        seal: &dyn super::PositionSeal,
     ) -> Result<u64, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext('sark.partitions'))")
@@ -325,7 +326,7 @@ impl PgStore {
             .fetch_all(&mut *tx)
             .await?;
             for (chain, seq) in ends {
-                Self::checkpoint(&mut tx, &chain, seq, now).await?;
+                Self::checkpoint(&mut tx, &chain, seq, now, seal).await?;
             }
         }
         let rows: i64 =
@@ -345,6 +346,7 @@ impl PgStore {
         &self,
         before: DateTime<Utc>,
         now: DateTime<Utc>,
+        seal: &dyn super::PositionSeal,
     ) -> Result<(), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let ends: Vec<(String, i64)> = sqlx::query_as(
@@ -354,7 +356,7 @@ impl PgStore {
         .fetch_all(&mut *tx)
         .await?;
         for (chain, seq) in ends {
-            Self::checkpoint(&mut tx, &chain, seq, now).await?;
+            Self::checkpoint(&mut tx, &chain, seq, now, seal).await?;
         }
         for table in ["audit_logs", "api_requests"] {
             sqlx::query("SELECT drop_chunks($1, older_than => $2)")
@@ -373,17 +375,20 @@ impl super::RetentionStore for PgStore {
         &self,
         before: DateTime<Utc>,
         now: DateTime<Utc>,
+        seal: &dyn super::PositionSeal,
     ) -> StoreResult<super::Pruned> {
         let pool = self.pool()?;
         let mut pruned = super::Pruned::default();
         if self.layout.get() == Some(&TimeSeriesLayout::Timescaledb) {
-            self.drop_chunks(before, now).await.map_err(db_error)?;
+            self.drop_chunks(before, now, seal)
+                .await
+                .map_err(db_error)?;
             return Ok(pruned);
         }
         for table in ["audit_logs", "api_requests"] {
             for partition in self.old_partitions(table, before).await.map_err(db_error)? {
                 let rows = self
-                    .drop_partition(table, &partition, now)
+                    .drop_partition(table, &partition, now, seal)
                     .await
                     .map_err(db_error)?;
                 if table == "audit_logs" {
@@ -395,7 +400,7 @@ impl super::RetentionStore for PgStore {
         }
         // Rows outside the daily partitions (the default partition) go row by row.
         let mut tx = pool.begin().await.map_err(db_error)?;
-        let (events, requests) = Self::prune_rows_before(&mut tx, before, now)
+        let (events, requests) = Self::prune_rows_before(&mut tx, before, now, seal)
             .await
             .map_err(db_error)?;
         tx.commit().await.map_err(db_error)?;

@@ -204,6 +204,7 @@ macro_rules! impl_portable_store {
                 tx: &mut ::sqlx::Transaction<'_, $db>,
                 before: ::chrono::DateTime<::chrono::Utc>,
                 now: ::chrono::DateTime<::chrono::Utc>,
+                seal: &dyn $crate::store::PositionSeal,
             ) -> ::sqlx::Result<(u64, u64)> {
                 let ends: Vec<(String, i64)> = ::sqlx::query_as(
                     r#"SELECT chain, MAX(seq) FROM audit_logs WHERE "timestamp" < $1 GROUP BY chain"#,
@@ -213,7 +214,7 @@ macro_rules! impl_portable_store {
                 .await?;
                 let mut events = 0;
                 for (chain, seq) in ends {
-                    Self::checkpoint(tx, &chain, seq, now).await?;
+                    Self::checkpoint(tx, &chain, seq, now, seal).await?;
                     events += ::sqlx::query("DELETE FROM audit_logs WHERE chain = $1 AND seq <= $2")
                         .bind(&chain)
                         .bind(seq)
@@ -229,46 +230,59 @@ macro_rules! impl_portable_store {
                 Ok((events, requests))
             }
 
-            /// Moves a chain's checkpoint forward to the stored event at `seq`.
+            /// Moves a chain's checkpoint forward to the stored event at `seq`, sealed.
             async fn checkpoint(
                 tx: &mut ::sqlx::Transaction<'_, $db>,
                 chain: &str,
                 seq: i64,
                 now: ::chrono::DateTime<::chrono::Utc>,
+                seal: &dyn $crate::store::PositionSeal,
             ) -> ::sqlx::Result<()> {
                 let hash: String = ::sqlx::query_scalar("SELECT hash FROM audit_logs WHERE chain = $1 AND seq = $2")
                     .bind(chain)
                     .bind(seq)
                     .fetch_one(&mut **tx)
                     .await?;
+                // The seal covers the time as it reads back (microseconds).
+                let now = ::chrono::SubsecRound::trunc_subsecs(now, 6);
+                let mac = seal.seal($crate::store::PositionKind::Checkpoint, chain, seq, &hash, now);
                 ::sqlx::query(
-                    "INSERT INTO audit_checkpoints (chain, seq, hash, updated_at) VALUES ($1, $2, $3, $4) \
+                    "INSERT INTO audit_checkpoints (chain, seq, hash, updated_at, mac) VALUES ($1, $2, $3, $4, $5) \
                      ON CONFLICT (chain) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, \
-                     updated_at = excluded.updated_at WHERE excluded.seq > audit_checkpoints.seq",
+                     updated_at = excluded.updated_at, mac = excluded.mac WHERE excluded.seq > audit_checkpoints.seq",
                 )
                 .bind(chain)
                 .bind(seq)
                 .bind(hash)
                 .bind(now)
+                .bind(mac)
                 .execute(&mut **tx)
                 .await?;
                 Ok(())
             }
 
-            /// The `(seq, hash)` row of a chain in `audit_chain_heads` or `audit_checkpoints`.
+            /// A chain's row in `audit_chain_heads` or `audit_checkpoints`.
             async fn chain_position(
                 &self,
                 sql: &'static str,
                 chain: &str,
-            ) -> $crate::store::StoreResult<Option<(i64, String)>> {
+            ) -> $crate::store::StoreResult<Option<$crate::store::SealedPosition>> {
                 let row = ::sqlx::query(sql)
                     .bind(chain)
                     .fetch_optional(self.pool()?)
                     .await
                     .map_err($crate::store::db_error)?;
-                row.map(|r| Ok((::sqlx::Row::try_get(&r, "seq")?, ::sqlx::Row::try_get(&r, "hash")?)))
-                    .transpose()
-                    .map_err($crate::store::db_error)
+                row.map(|r| {
+                    use ::sqlx::Row;
+                    Ok($crate::store::SealedPosition {
+                        seq: r.try_get("seq")?,
+                        hash: r.try_get("hash")?,
+                        at: r.try_get("updated_at")?,
+                        mac: r.try_get("mac")?,
+                    })
+                })
+                .transpose()
+                .map_err($crate::store::db_error)
             }
         }
 
@@ -859,6 +873,7 @@ macro_rules! impl_portable_store {
                 chain: &str,
                 prev_seq: i64,
                 events: &[$crate::store::ChainedEvent],
+                head_mac: &str,
                 sinks: &[String],
             ) -> $crate::store::StoreResult<()> {
                 let Some(last) = events.last() else {
@@ -868,22 +883,24 @@ macro_rules! impl_portable_store {
                 let mut tx = Self::begin_write(self.writer()?).await.map_err($crate::store::db_error)?;
                 let moved = if prev_seq == 0 {
                     ::sqlx::query(
-                        "INSERT INTO audit_chain_heads (chain, seq, hash, updated_at) VALUES ($1, $2, $3, $4) \
+                        "INSERT INTO audit_chain_heads (chain, seq, hash, updated_at, mac) VALUES ($1, $2, $3, $4, $5) \
                          ON CONFLICT DO NOTHING",
                     )
                     .bind(chain)
                     .bind(last.seq)
                     .bind(&last.hash)
                     .bind(now)
+                    .bind(head_mac)
                     .execute(&mut *tx)
                     .await
                 } else {
                     ::sqlx::query(
-                        "UPDATE audit_chain_heads SET seq = $1, hash = $2, updated_at = $3 WHERE chain = $4 AND seq = $5",
+                        "UPDATE audit_chain_heads SET seq = $1, hash = $2, updated_at = $3, mac = $4 WHERE chain = $5 AND seq = $6",
                     )
                     .bind(last.seq)
                     .bind(&last.hash)
                     .bind(now)
+                    .bind(head_mac)
                     .bind(chain)
                     .bind(prev_seq)
                     .execute(&mut *tx)
@@ -929,12 +946,12 @@ macro_rules! impl_portable_store {
                 Ok(())
             }
 
-            async fn chain_head(&self, chain: &str) -> $crate::store::StoreResult<Option<(i64, String)>> {
-                self.chain_position("SELECT seq, hash FROM audit_chain_heads WHERE chain = $1", chain).await
+            async fn chain_head(&self, chain: &str) -> $crate::store::StoreResult<Option<$crate::store::SealedPosition>> {
+                self.chain_position("SELECT seq, hash, updated_at, mac FROM audit_chain_heads WHERE chain = $1", chain).await
             }
 
-            async fn audit_checkpoint(&self, chain: &str) -> $crate::store::StoreResult<Option<(i64, String)>> {
-                self.chain_position("SELECT seq, hash FROM audit_checkpoints WHERE chain = $1", chain).await
+            async fn audit_checkpoint(&self, chain: &str) -> $crate::store::StoreResult<Option<$crate::store::SealedPosition>> {
+                self.chain_position("SELECT seq, hash, updated_at, mac FROM audit_checkpoints WHERE chain = $1", chain).await
             }
 
             async fn list_audit(&self, q: &$crate::store::AuditQuery) -> $crate::store::StoreResult<Vec<$crate::store::ChainedEvent>> {
@@ -962,7 +979,11 @@ macro_rules! impl_portable_store {
             }
 
             async fn audit_chains(&self) -> $crate::store::StoreResult<Vec<String>> {
-                ::sqlx::query_scalar("SELECT chain FROM audit_chain_heads ORDER BY chain")
+                // A chain whose head row was deleted is still found by its events.
+                ::sqlx::query_scalar(
+                    "SELECT chain FROM audit_chain_heads UNION SELECT chain FROM audit_checkpoints \
+                     UNION SELECT DISTINCT chain FROM audit_logs ORDER BY chain",
+                )
                     .fetch_all(self.pool()?)
                     .await
                     .map_err($crate::store::db_error)

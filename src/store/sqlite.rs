@@ -180,11 +180,12 @@ impl super::RetentionStore for SqliteStore {
         &self,
         before: DateTime<Utc>,
         now: DateTime<Utc>,
+        seal: &dyn super::PositionSeal,
     ) -> StoreResult<super::Pruned> {
         let mut tx = Self::begin_write(&self.writer)
             .await
             .map_err(super::db_error)?;
-        let (audit_events, api_requests) = Self::prune_rows_before(&mut tx, before, now)
+        let (audit_events, api_requests) = Self::prune_rows_before(&mut tx, before, now, seal)
             .await
             .map_err(super::db_error)?;
         tx.commit().await.map_err(super::db_error)?;

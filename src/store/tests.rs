@@ -674,25 +674,31 @@ async fn audit_chain_appends_and_refuses_forks(store: Arc<dyn Store>) {
         chained("n1", 2, "login_failed", "b", t),
     ];
     store
-        .append_audit("n1", 0, &batch1, &["splunk".into(), "datadog".into()])
+        .append_audit(
+            "n1",
+            0,
+            &batch1,
+            "mac",
+            &["splunk".into(), "datadog".into()],
+        )
         .await
         .unwrap();
     assert_eq!(
-        store.chain_head("n1").await.unwrap(),
+        position(store.chain_head("n1").await.unwrap()),
         Some((2, "h2".into()))
     );
     let fork = vec![chained("n1", 2, "server_deleted", "evil", t)];
     assert!(matches!(
-        store.append_audit("n1", 1, &fork, &[]).await,
+        store.append_audit("n1", 1, &fork, "mac", &[]).await,
         Err(StoreError::Contended(_))
     ));
     assert!(matches!(
-        store.append_audit("n1", 0, &fork, &[]).await,
+        store.append_audit("n1", 0, &fork, "mac", &[]).await,
         Err(StoreError::Contended(_))
     ));
     let batch2 = vec![chained("n1", 3, "server_registered", "a", t)];
     store
-        .append_audit("n1", 2, &batch2, &["splunk".into()])
+        .append_audit("n1", 2, &batch2, "mac", &["splunk".into()])
         .await
         .unwrap();
     store
@@ -700,6 +706,7 @@ async fn audit_chain_appends_and_refuses_forks(store: Arc<dyn Store>) {
             "n2",
             0,
             &[chained("n2", 1, "node_joined", "system", t)],
+            "mac",
             &[],
         )
         .await
@@ -738,7 +745,10 @@ async fn audit_lists_filter_and_page(store: Arc<dyn Store>) {
             )
         })
         .collect();
-    store.append_audit("n1", 0, &events, &[]).await.unwrap();
+    store
+        .append_audit("n1", 0, &events, "mac", &[])
+        .await
+        .unwrap();
     let q = |f: fn(&mut AuditQuery)| {
         let mut query = AuditQuery {
             limit: 10,
@@ -799,7 +809,7 @@ async fn outbox_leases_are_exclusive_and_complete(store: Arc<dyn Store>) {
         .map(|i| chained("n1", i, "login_succeeded", "a", t))
         .collect();
     store
-        .append_audit("n1", 0, &events, &["hec".into()])
+        .append_audit("n1", 0, &events, "mac", &["hec".into()])
         .await
         .unwrap();
     let lease = t + Duration::seconds(30);
@@ -1594,11 +1604,35 @@ async fn old_and_new_events(
         (0, sark_actors::audit::GENESIS_HASH.into()),
         &old,
     );
-    store.append_audit("n1", 0, &first, &[]).await.unwrap();
+    store
+        .append_audit("n1", 0, &first, &head_seal(key, &first), &[])
+        .await
+        .unwrap();
     let head = (5, first[4].hash.clone());
     let second = signed_chain(key, "n1", head, &[t, t, t]);
-    store.append_audit("n1", 5, &second, &[]).await.unwrap();
+    store
+        .append_audit("n1", 5, &second, &head_seal(key, &second), &[])
+        .await
+        .unwrap();
     first.into_iter().chain(second).collect()
+}
+
+/// The seal of the head that the last of `events` becomes, as the writer computes it.
+fn head_seal(key: &sark_actors::audit::ChainKey, events: &[ChainedEvent]) -> String {
+    use sark_actors::store::PositionSeal;
+    let last = events.last().unwrap();
+    key.seal(
+        sark_actors::store::PositionKind::Head,
+        &last.chain,
+        last.seq,
+        &last.hash,
+        last.event.timestamp,
+    )
+}
+
+/// The `(seq, hash)` of a recorded position.
+fn position(p: Option<SealedPosition>) -> Option<(i64, String)> {
+    p.map(|p| (p.seq, p.hash))
 }
 
 async fn retention_moves_checkpoints_and_keeps_chains_verifiable(store: Arc<dyn Store>) {
@@ -1611,12 +1645,12 @@ async fn retention_moves_checkpoints_and_keeps_chains_verifiable(store: Arc<dyn 
     assert_eq!((before.ok, before.checked), (true, 8), "{before:?}");
 
     let pruned = store
-        .prune_time_series(t - Duration::days(90), t)
+        .prune_time_series(t - Duration::days(90), t, &key)
         .await
         .unwrap();
     assert_eq!(pruned.audit_events, 5);
     assert_eq!(
-        store.audit_checkpoint("n1").await.unwrap(),
+        position(store.audit_checkpoint("n1").await.unwrap()),
         Some((5, events[4].hash.clone()))
     );
     assert_eq!(store.chain_segment("n1", 0, 100).await.unwrap().len(), 3);
@@ -1626,12 +1660,12 @@ async fn retention_moves_checkpoints_and_keeps_chains_verifiable(store: Arc<dyn 
     assert_eq!((after.ok, after.checked), (true, 3), "{after:?}");
 
     let again = store
-        .prune_time_series(t - Duration::days(90), t)
+        .prune_time_series(t - Duration::days(90), t, &key)
         .await
         .unwrap();
     assert_eq!(again, Pruned::default(), "nothing more to remove");
     assert_eq!(
-        store.audit_checkpoint("n1").await.unwrap(),
+        position(store.audit_checkpoint("n1").await.unwrap()),
         Some((5, events[4].hash.clone()))
     );
 }
@@ -1667,7 +1701,7 @@ async fn postgres_retention_drops_old_daily_partitions_whole() {
     );
 
     let pruned = store
-        .prune_time_series(t - Duration::days(90), t)
+        .prune_time_series(t - Duration::days(90), t, &key)
         .await
         .unwrap();
     assert_eq!(pruned.audit_events, 5);
@@ -1679,7 +1713,7 @@ async fn postgres_retention_drops_old_daily_partitions_whole() {
             .unwrap();
     assert!(!exists, "the whole partition was dropped");
     assert_eq!(
-        store.audit_checkpoint("n1").await.unwrap(),
+        position(store.audit_checkpoint("n1").await.unwrap()),
         Some((5, events[4].hash.clone()))
     );
     let verified = sark_actors::audit::verify_chains(&store, &key)

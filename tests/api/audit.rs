@@ -5,9 +5,13 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use sark::store::ChainedEvent;
+use std::time::Duration;
 
-use crate::helpers::{TestApp, spawn_app, spawn_pg_app_with};
+use sark::store::ChainedEvent;
+use sark_actors::audit::{HEAD_STATEMENT_EVENT, HEAD_UNSEALED_EVENT};
+use sark_chaos::receivers::HecReceiver;
+
+use crate::helpers::{TestApp, poll, spawn_app, spawn_app_with, spawn_pg_app_with};
 
 const PASSWORD: &str = "violet kettle swims at dawn";
 
@@ -113,6 +117,14 @@ async fn tampering_is_reported(app: &TestApp) {
     let (status, verified) = get(app, &admin, "/api/v1/audit/verify").await;
     assert_eq!(status, 200);
     assert_eq!(verified["ok"], false, "{verified}");
+    assert!(
+        reasons(&verified).contains(&("tampered".into(), events[2].seq)),
+        "{verified}"
+    );
+    assert!(
+        reasons(&verified).contains(&("missing".into(), events[4].seq)),
+        "{verified}"
+    );
     let broken: Vec<(String, i64)> = verified["broken"]
         .as_array()
         .unwrap()
@@ -137,6 +149,76 @@ async fn tampering_is_reported(app: &TestApp) {
         !broken.contains(&(chain.clone(), events[1].seq)),
         "{broken:?}"
     );
+
+    // The newest events deleted and the head moved back onto the last one left: the head's
+    // seal no longer matches. The node is writing meanwhile, so the head is read at once.
+    let pg = app.node().config.database.url.is_some();
+    let truncate = if pg {
+        "WITH head AS (SELECT hash FROM audit_logs WHERE chain = $1 AND seq = $2::bigint), \
+         gone AS (DELETE FROM audit_logs WHERE chain = $1 AND seq > $2::bigint) \
+         UPDATE audit_chain_heads SET seq = $2::bigint, hash = (SELECT hash FROM head) WHERE chain = $1"
+    } else {
+        "UPDATE audit_chain_heads SET seq = CAST($2 AS INTEGER), hash = \
+         (SELECT hash FROM audit_logs WHERE chain = $1 AND seq = CAST($2 AS INTEGER)) WHERE chain = $1"
+    };
+    tamper(app, truncate, &[&chain, &seq(5)]).await;
+    if !pg {
+        sqlx_sqlite(
+            app,
+            "DELETE FROM audit_logs WHERE chain = $1 AND seq > CAST($2 AS INTEGER)",
+            &[&chain, &seq(5)],
+        )
+        .await;
+    }
+    // Retention's checkpoint moved forward by hand over deleted oldest events.
+    let forward = if pg {
+        "INSERT INTO audit_checkpoints (chain, seq, hash, updated_at, mac) \
+         SELECT chain, seq, hash, now(), 'ab12' FROM audit_logs WHERE chain = $1 AND seq = $2::bigint"
+    } else {
+        "INSERT INTO audit_checkpoints (chain, seq, hash, updated_at, mac) \
+         SELECT chain, seq, hash, '2026-12-04 10:00:00+00:00', 'ab12' FROM audit_logs \
+         WHERE chain = $1 AND seq = CAST($2 AS INTEGER)"
+    };
+    tamper(app, forward, &[&chain, &seq(1)]).await;
+    let (_, verified) = get(app, &admin, "/api/v1/audit/verify").await;
+    let found = reasons(&verified);
+    assert!(
+        found.contains(&("head_unsealed".into(), events[5].seq)),
+        "{verified}"
+    );
+    assert!(
+        found.contains(&("checkpoint_unsealed".into(), events[1].seq)),
+        "{verified}"
+    );
+}
+
+/// `(reason, seq)` of every break a verification reports.
+fn reasons(verified: &Value) -> Vec<(String, i64)> {
+    verified["broken"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["reason"].as_str().unwrap().to_owned(),
+                b["seq"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Runs SQL on a SQLite node's database, whatever it affects.
+async fn sqlx_sqlite(app: &TestApp, sql: &'static str, binds: &[&str]) {
+    let url = format!(
+        "sqlite://{}",
+        app.node().config.data_dir.join("sark.db").display()
+    );
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    let mut query = sqlx::query(sql);
+    for b in binds {
+        query = query.bind(*b);
+    }
+    query.execute(&pool).await.unwrap();
 }
 
 #[tokio::test]
@@ -313,4 +395,187 @@ async fn every_api_request_gets_a_row_but_probes_do_not() {
         )
     );
     app.stop().await;
+}
+
+/// Runs `sark admin audit-verify` on a stopped node's data directory; returns whether it
+/// passed and what it printed.
+fn audit_verify_cli(
+    data_dir: &std::path::Path,
+    export: Option<&std::path::Path>,
+) -> (bool, String) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sark"));
+    command
+        .args(["admin", "--data-dir"])
+        .arg(data_dir)
+        .arg("audit-verify")
+        .env_clear();
+    if let Some(export) = export {
+        command.arg("--siem-export").arg(export);
+    }
+    let output = command.output().unwrap();
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), printed)
+}
+
+/// Events of `chain` the collector received, up to which seq.
+fn received_up_to(hec: &HecReceiver, chain: &str) -> i64 {
+    hec.received()
+        .events()
+        .iter()
+        .filter(|e| e["chain"] == chain)
+        .filter_map(|e| e["seq"].as_i64())
+        .max()
+        .unwrap_or(0)
+}
+
+/// The head row of `chain`, as stored text.
+async fn head_row(pool: &sqlx::SqlitePool, chain: &str) -> (i64, String, String, Option<String>) {
+    sqlx::query_as("SELECT seq, hash, updated_at, mac FROM audit_chain_heads WHERE chain = $1")
+        .bind(chain)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_chain_cut_back_to_an_old_sealed_head_is_caught_by_the_siem_copy() {
+    let hec = HecReceiver::local(crate::siem::HEC_TOKEN).await.unwrap();
+    let app = spawn_app_with(|c| {
+        c.siem.splunk = Some(crate::siem::splunk(hec.url()));
+        c.audit.head_statement_seconds = 1;
+    })
+    .await;
+    let admin = app.admin_token().await;
+    let chain = app.node().node_id.clone();
+    let db = format!(
+        "sqlite://{}",
+        app.node().config.data_dir.join("sark.db").display()
+    );
+    let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
+    for i in 0..3 {
+        app.create_user(&admin, &format!("early-{i}"), "viewer", PASSWORD)
+            .await;
+    }
+    // A head statement reaches the SIEM while the chain moves.
+    poll(
+        "a head statement at the collector",
+        Duration::from_secs(20),
+        || async {
+            hec.received()
+                .events()
+                .iter()
+                .any(|e| e["event_type"] == HEAD_STATEMENT_EVENT && e["chain"] == chain)
+                .then_some(())
+        },
+    )
+    .await;
+    // What an attacker copied from the database at this point: the head row, sealed.
+    let old_head = head_row(&pool, &chain).await;
+    for i in 0..3 {
+        app.create_user(&admin, &format!("late-{i}"), "viewer", PASSWORD)
+            .await;
+    }
+    let newest = head_row(&pool, &chain).await.0;
+    poll(
+        "every event at the collector",
+        Duration::from_secs(20),
+        || async { (received_up_to(&hec, &chain) >= newest).then_some(()) },
+    )
+    .await;
+    pool.close().await;
+    let data = app.stop_keeping_data().await;
+    let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
+    let export = data.path().join("splunk-export.json");
+    let lines: Vec<String> = hec
+        .received()
+        .events()
+        .into_iter()
+        .map(|e| json!({"result": {"_raw": e.to_string()}}).to_string())
+        .collect();
+    std::fs::write(&export, lines.join("\n")).unwrap();
+
+    let (ok, printed) = audit_verify_cli(data.path(), Some(&export));
+    assert!(ok, "untouched, the store and the SIEM agree: {printed}");
+    assert!(printed.contains("\"statements\""), "{printed}");
+
+    // The newest events deleted and the head row pointed at the last one left.
+    let (k, _, _, _) = old_head;
+    sqlx::query("DELETE FROM audit_logs WHERE chain = $1 AND seq > $2")
+        .bind(&chain)
+        .bind(k)
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE audit_chain_heads SET seq = $2, \
+         hash = (SELECT hash FROM audit_logs WHERE chain = $1 AND seq = $2) WHERE chain = $1",
+    )
+    .bind(&chain)
+    .bind(k)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let (ok, printed) = audit_verify_cli(data.path(), None);
+    assert!(!ok, "{printed}");
+    assert!(printed.contains("\"head_unsealed\""), "{printed}");
+
+    // The old head row put back whole, seal included: the store alone is consistent again,
+    // as docs/security.md says; the SIEM's copy is not.
+    sqlx::query("UPDATE audit_chain_heads SET updated_at = $2, mac = $3 WHERE chain = $1")
+        .bind(&chain)
+        .bind(&old_head.2)
+        .bind(&old_head.3)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let (ok, printed) = audit_verify_cli(data.path(), None);
+    assert!(ok, "{printed}");
+    let (ok, printed) = audit_verify_cli(data.path(), Some(&export));
+    assert!(!ok, "{printed}");
+    let report: Value = serde_json::from_str(printed.split_once('\n').unwrap().1).unwrap();
+    let missing: Vec<i64> = report["broken"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["reason"] == "missing_from_store")
+        .map(|b| b["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(missing.first(), Some(&(k + 1)), "{report}");
+    assert_eq!(missing.len() as i64, newest - k, "{report}");
+
+    // A head whose seal was removed: the next node to start says so on its chain, which the
+    // SIEM receives, before it writes anything after it.
+    sqlx::query("UPDATE audit_chain_heads SET mac = NULL WHERE chain = $1")
+        .bind(&chain)
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let dir = data.path().to_path_buf();
+    let restarted = spawn_app_with(|c| {
+        c.data_dir = dir;
+        c.siem.splunk = Some(crate::siem::splunk(hec.url()));
+    })
+    .await;
+    let flagged = poll(
+        "the unsealed head at the collector",
+        Duration::from_secs(20),
+        || async {
+            hec.received()
+                .events()
+                .into_iter()
+                .find(|e| e["event_type"] == HEAD_UNSEALED_EVENT)
+        },
+    )
+    .await;
+    assert_eq!(flagged["chain"], chain.as_str());
+    assert_eq!(flagged["seq"], k + 1, "{flagged}");
+    assert_eq!(flagged["details"]["seq"], k, "{flagged}");
+    assert_eq!(flagged["details"]["sealed"], false, "{flagged}");
+    restarted.stop().await;
+    drop(data);
 }

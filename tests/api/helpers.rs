@@ -253,6 +253,14 @@ impl TestApp {
             server.stop().await.expect("clean stop");
         }
     }
+
+    /// Stops the node and hands over its data directory, for a look at what it left.
+    pub async fn stop_keeping_data(mut self) -> tempfile::TempDir {
+        if let Some(server) = self.server.take() {
+            server.stop().await.expect("clean stop");
+        }
+        self._data_dir
+    }
 }
 
 /// A node on a fresh PostgreSQL database of the test server.

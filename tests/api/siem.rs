@@ -15,7 +15,7 @@ use sark_chaos::receivers::{DatadogReceiver, HecOptions, HecReceiver, Received};
 
 use crate::helpers::{TestApp, poll, spawn_app_with, spawn_pg_app_with};
 
-const HEC_TOKEN: &str = "3c1a7f4e-hec-token-for-tests";
+pub(crate) const HEC_TOKEN: &str = "3c1a7f4e-hec-token-for-tests";
 const DD_KEY: &str = "dd-api-key-for-tests";
 const DELIVERY: Duration = Duration::from_secs(30);
 
@@ -23,7 +23,7 @@ fn any_port() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
-fn splunk(url: String) -> SplunkConfig {
+pub(crate) fn splunk(url: String) -> SplunkConfig {
     SplunkConfig {
         url,
         token: Secret::new(HEC_TOKEN),
