@@ -17,6 +17,7 @@ use tower_http::limit::RequestBodyLimitLayer;
 
 use crate::node::Node;
 
+mod early_errors;
 pub mod errors;
 pub mod extract;
 pub mod middleware;

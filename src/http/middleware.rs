@@ -24,7 +24,8 @@ pub struct ClientIp(pub IpAddr);
 #[derive(Clone, Debug)]
 pub struct RouteTemplate(pub String);
 
-const SECURITY_HEADERS: &[(&str, &str)] = &[
+/// Headers on every response, the router's and the connection layer's.
+pub(crate) const SECURITY_HEADERS: &[(&str, &str)] = &[
     (
         "strict-transport-security",
         "max-age=63072000; includeSubDomains",
@@ -42,6 +43,39 @@ const SECURITY_HEADERS: &[(&str, &str)] = &[
     ),
     ("cross-origin-opener-policy", "same-origin"),
 ];
+
+/// The longest request target (path and query) the API reads.
+pub const MAX_URI: usize = 8 * 1024;
+
+/// The largest header section (names, values and their separators) the API reads.
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+/// A refusal for a request target or header section over the API's limits.
+fn oversized_head(req: &Request) -> Option<ApiError> {
+    let uri = req
+        .uri()
+        .path_and_query()
+        .map_or(0, |target| target.as_str().len());
+    if uri > MAX_URI {
+        return Some(ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            format!("the request target is {uri} bytes; at most {MAX_URI}"),
+        ));
+    }
+    let headers: usize = req
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    (headers > MAX_HEADER_BYTES).then(|| {
+        ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!("the header section is {headers} bytes; at most {MAX_HEADER_BYTES}"),
+        )
+    })
+}
 
 /// The method as a metric label and log field: any other token (hyper accepts arbitrary
 /// methods) is `OTHER`, so a client cannot create unbounded series.
@@ -111,8 +145,10 @@ pub async fn request_context(
 
     let mut response = REQUEST_ID
         .scope(id.clone(), async move {
-            let response = next.run(req).await;
-            shape_error(response)
+            match oversized_head(&req) {
+                Some(refusal) => refusal.into_response(),
+                None => shape_error(next.run(req).await),
+            }
         })
         .await;
 

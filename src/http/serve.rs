@@ -19,7 +19,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::ServiceExt;
 use tracing::{debug, warn};
 
+use super::early_errors::EarlyErrors;
 use super::tls::TlsListener;
+
+/// The largest request line and header section hyper reads; the middleware's own limits
+/// (`MAX_URI` and `MAX_HEADER_BYTES`) are below it, so most refusals are shaped there.
+const MAX_REQUEST_HEAD: usize = 64 * 1024;
 
 /// Limits of the connection layer.
 #[derive(Clone, Copy, Debug)]
@@ -43,6 +48,7 @@ pub async fn serve(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(MAX_REQUEST_HEAD)
         .keep_alive(true);
     let http = Arc::new(http);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
@@ -96,7 +102,10 @@ fn spawn_connection<I>(
             req.extensions_mut().insert(ConnectInfo(peer));
             req.map(axum::body::Body::new)
         });
-    let connection = http.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
+    let connection = http.serve_connection(
+        TokioIo::new(EarlyErrors::new(io)),
+        TowerToHyperService::new(service),
+    );
     let connection = graceful.watch(connection);
     tokio::spawn(async move {
         if let Err(err) = connection.await {

@@ -547,3 +547,99 @@ async fn connections_beyond_the_cap_are_closed_at_once() {
     .await;
     app.stop().await;
 }
+
+/// Sends `request` on a fresh connection; returns the status, the headers (lowercase names)
+/// and the JSON body of the answer.
+async fn raw_exchange(app: &TestApp, request: &[u8]) -> (u16, Vec<(String, String)>, Value) {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    // The server may answer and close before it has read everything.
+    let _ = stream.write_all(request).await;
+    let received = read_until_closed(&mut stream, Duration::from_secs(10)).await;
+    let text = String::from_utf8(received).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap()[9..12].parse().unwrap();
+    let headers = lines
+        .map(|l| {
+            let (name, value) = l.split_once(": ").unwrap();
+            (name.to_ascii_lowercase(), value.to_owned())
+        })
+        .collect();
+    (status, headers, serde_json::from_str(body).unwrap())
+}
+
+#[tokio::test]
+async fn requests_refused_before_the_router_get_the_api_error_and_the_security_headers() {
+    let app = spawn_app().await;
+    let many_headers: String = (0..150).map(|i| format!("x-h{i}: 1\r\n")).collect();
+    let cases: Vec<(Vec<u8>, u16, &str)> = vec![
+        // Refused by the HTTP parser itself.
+        (b"GARBAGE\r\n\r\n".to_vec(), 400, "bad_request"),
+        (
+            b"GET /health HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n".to_vec(),
+            400,
+            "bad_request",
+        ),
+        (
+            format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(70_000)).into_bytes(),
+            414,
+            "uri_too_long",
+        ),
+        (
+            format!("GET /health HTTP/1.1\r\nHost: x\r\n{many_headers}\r\n").into_bytes(),
+            431,
+            "headers_too_large",
+        ),
+        // Refused by the API's own, lower limits.
+        (
+            format!(
+                "GET /health?{} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                "a".repeat(9_000)
+            )
+            .into_bytes(),
+            414,
+            "uri_too_long",
+        ),
+        (
+            format!(
+                "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\nx-big: {}\r\n\r\n",
+                "a".repeat(40_000)
+            )
+            .into_bytes(),
+            431,
+            "headers_too_large",
+        ),
+    ];
+    for (request, status, code) in cases {
+        let (got, headers, body) = raw_exchange(&app, &request).await;
+        let shown = String::from_utf8_lossy(&request[..request.len().min(60)]).into_owned();
+        assert_eq!(got, status, "{shown}: {body}");
+        assert_eq!(body["error"]["code"], code, "{shown}: {body}");
+        let request_id = body["error"]["request_id"].as_str().unwrap();
+        for name in SECURITY_HEADERS
+            .iter()
+            .chain(&["x-request-id", "cache-control"])
+        {
+            assert!(
+                headers.iter().any(|(n, _)| n == name),
+                "{shown}: {name} missing from {headers:?}"
+            );
+        }
+        assert!(
+            headers
+                .iter()
+                .any(|(n, v)| n == "x-request-id" && v == request_id),
+            "{headers:?}"
+        );
+        assert!(
+            headers
+                .iter()
+                .any(|(n, v)| n == "content-type" && v == "application/json"),
+            "{headers:?}"
+        );
+    }
+    // The node still answers.
+    assert_eq!(app.get("/health").await.status(), 200);
+    app.stop().await;
+}
