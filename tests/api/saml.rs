@@ -16,9 +16,8 @@ use crate::helpers::{
 /// The ACS URL the IdP knows; the test carries its auto-post form to the node under test.
 const ACS: &str = "http://127.0.0.1:59999/api/v1/auth/saml/acs";
 const APP: &str = "https://app.example.org/after-login";
-/// The test browser's binding cookie (`sark_saml`): the node keeps a value the browser
-/// already has.
-const BROWSER: &str = "sark_saml=test-browser-binding-value-0123456789abcdef";
+/// A binding cookie an attacker planted in the browser before the login.
+const PLANTED: &str = "__Host-sark_saml=planted-binding-value-0123456789abcdefghijklm";
 
 /// The `[saml]` example of docs/providers/saml.md, pointed at the test IdP, with a fresh SP
 /// key pair. The returned directory holds the key files.
@@ -86,18 +85,20 @@ fn form_field(html: &str, name: &str) -> Option<String> {
 
 /// A login started at the node and answered by the IdP (`variant` selects a misbehaving
 /// answer): the SAMLResponse XML and the RelayState the IdP posts back.
+/// Starts a login in a fresh browser and has the IdP answer it: the response's XML, the
+/// relay state, and the browser's binding cookie (`name=value`).
 async fn idp_response(
     app: &TestApp,
     relay: Option<&str>,
     variant: Option<&str>,
-) -> (String, Option<String>) {
+) -> (String, Option<String>, String) {
     let mut login = url::Url::parse(&app.url("/api/v1/auth/saml/login")).unwrap();
     if let Some(relay) = relay {
         login.query_pairs_mut().append_pair("relay_state", relay);
     }
     let response = no_redirects()
         .get(login.as_str())
-        .header(reqwest::header::COOKIE, BROWSER)
+        .header(reqwest::header::COOKIE, PLANTED)
         .send()
         .await
         .unwrap();
@@ -105,8 +106,12 @@ async fn idp_response(
     let set_cookie = response.headers()[reqwest::header::SET_COOKIE]
         .to_str()
         .unwrap();
-    assert!(set_cookie.starts_with(BROWSER), "{set_cookie}");
-    assert!(set_cookie.contains("SameSite=None; Secure"), "{set_cookie}");
+    let (browser, attributes) = set_cookie.split_once("; ").unwrap();
+    assert!(browser.starts_with("__Host-sark_saml="), "{set_cookie}");
+    assert_ne!(browser, PLANTED, "a planted binding is never taken over");
+    assert!(attributes.contains("Path=/;"), "{set_cookie}");
+    assert!(attributes.contains("SameSite=None; Secure"), "{set_cookie}");
+    let browser = browser.to_owned();
     let mut sso = url::Url::parse(response.headers()[LOCATION].to_str().unwrap()).unwrap();
     assert!(
         sso.query_pairs().any(|(k, _)| k == "Signature"),
@@ -128,11 +133,8 @@ async fn idp_response(
     (
         xml,
         form_field(&html, "RelayState").filter(|r| !r.is_empty()),
+        browser,
     )
-}
-
-async fn post_acs(app: &TestApp, xml: &str, relay: Option<&str>) -> reqwest::Response {
-    post_acs_from(app, BROWSER, xml, relay).await
 }
 
 /// Posts to the ACS from the browser whose cookie header is `cookie`.
@@ -166,9 +168,10 @@ async fn last_reason(app: &TestApp) -> String {
         .expect("a login_failed event")
 }
 
-/// Posts `xml` (described by `what`) and expects 401 with an audit event for `reason`.
-async fn refused(app: &TestApp, what: &str, xml: &str, reason: &str) {
-    let response = post_acs(app, xml, None).await;
+/// Posts `xml` (described by `what`) from `browser` and expects 401 with an audit event
+/// for `reason`.
+async fn refused(app: &TestApp, browser: &str, what: &str, xml: &str, reason: &str) {
+    let response = post_acs_from(app, browser, xml, None).await;
     let status = response.status();
     let body: Value = response.json().await.unwrap();
     assert_eq!(status, 401, "{what}: {body}");
@@ -179,9 +182,9 @@ async fn refused(app: &TestApp, what: &str, xml: &str, reason: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signed_response_logs_in_and_a_replay_is_refused() {
     let (app, _keys) = saml_app().await;
-    let (xml, relay) = idp_response(&app, None, None).await;
+    let (xml, relay, browser) = idp_response(&app, None, None).await;
     assert_eq!(relay, None);
-    let response = post_acs(&app, &xml, None).await;
+    let response = post_acs_from(&app, &browser, &xml, None).await;
     assert_eq!(response.status(), 200);
     let tokens: Value = response.json().await.unwrap();
     assert_eq!(tokens["user"]["username"], "saml:test.user");
@@ -193,7 +196,7 @@ async fn a_signed_response_logs_in_and_a_replay_is_refused() {
     assert_eq!(status, 200);
     assert_eq!(me["auth_method"], "saml");
 
-    refused(&app, "a replay", &xml, "assertion_replayed").await;
+    refused(&app, &browser, "a replay", &xml, "assertion_replayed").await;
 
     let (_, providers) = app.get_json("/api/v1/auth/providers").await;
     assert!(
@@ -224,8 +227,8 @@ async fn a_signed_response_logs_in_and_a_replay_is_refused() {
 async fn a_response_posted_from_another_browser_is_refused() {
     let (app, _keys) = saml_app().await;
     // Login CSRF: the attacker's own valid response, posted from the victim's browser.
-    for cookie in ["", "sark_saml=another-browser-binding-value-0123456789abc"] {
-        let (xml, _) = idp_response(&app, None, None).await;
+    for cookie in ["", PLANTED] {
+        let (xml, _, _) = idp_response(&app, None, None).await;
         let response = post_acs_from(&app, cookie, &xml, None).await;
         assert_eq!(response.status(), 401, "cookie {cookie:?}");
         assert_eq!(last_reason(&app).await, "browser_mismatch");
@@ -237,8 +240,8 @@ async fn a_response_posted_from_another_browser_is_refused() {
 async fn the_signature_may_be_on_the_response_or_on_the_assertion() {
     let (app, _keys) = saml_app().await;
     for variant in ["assertion_only", "response_only"] {
-        let (xml, _) = idp_response(&app, None, Some(variant)).await;
-        let response = post_acs(&app, &xml, None).await;
+        let (xml, _, browser) = idp_response(&app, None, Some(variant)).await;
+        let response = post_acs_from(&app, &browser, &xml, None).await;
         assert_eq!(
             response.status(),
             200,
@@ -252,9 +255,9 @@ async fn the_signature_may_be_on_the_response_or_on_the_assertion() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_state_gets_a_login_code_and_an_unlisted_one_is_refused() {
     let (app, _keys) = saml_app().await;
-    let (xml, relay) = idp_response(&app, Some(APP), None).await;
+    let (xml, relay, browser) = idp_response(&app, Some(APP), None).await;
     assert_eq!(relay.as_deref(), Some(APP));
-    let response = post_acs(&app, &xml, relay.as_deref()).await;
+    let response = post_acs_from(&app, &browser, &xml, relay.as_deref()).await;
     assert_eq!(response.status(), 302);
     let to = response.headers()[LOCATION].to_str().unwrap().to_owned();
     assert!(to.starts_with(APP), "{to}");
@@ -270,8 +273,9 @@ async fn a_relay_state_gets_a_login_code_and_an_unlisted_one_is_refused() {
     assert_eq!(exchanged.status(), 200);
 
     // A RelayState off the allow-list: refused before the response is even looked at.
-    let (xml, _) = idp_response(&app, Some(APP), None).await;
-    let response = post_acs(&app, &xml, Some("https://evil.example.net/steal")).await;
+    let (xml, _, browser) = idp_response(&app, Some(APP), None).await;
+    let response =
+        post_acs_from(&app, &browser, &xml, Some("https://evil.example.net/steal")).await;
     assert_eq!(response.status(), 400);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "redirect_not_allowed");
@@ -301,8 +305,8 @@ async fn unsigned_foreign_expired_and_misaddressed_assertions_are_refused() {
         ("expired", "expired"),
         ("audience", "audience"),
     ] {
-        let (xml, _) = idp_response(&app, None, Some(variant)).await;
-        refused(&app, variant, &xml, reason).await;
+        let (xml, _, browser) = idp_response(&app, None, Some(variant)).await;
+        refused(&app, &browser, variant, &xml, reason).await;
     }
     let users = app
         .get_as("/api/v1/users", &app.admin_token().await)
@@ -421,24 +425,32 @@ async fn signature_wrapping_attacks_are_refused() {
         ),
     ];
     for (what, attack, reason) in attacks {
-        let (xml, _) = idp_response(&app, None, Some("assertion_only")).await;
-        refused(&app, what, &attack(&xml), reason).await;
+        let (xml, _, browser) = idp_response(&app, None, Some("assertion_only")).await;
+        refused(&app, &browser, what, &attack(&xml), reason).await;
     }
     // On a fully signed response the envelope signature breaks as well.
-    let (xml, _) = idp_response(&app, None, None).await;
+    let (xml, _, browser) = idp_response(&app, None, None).await;
     let (start, end, _) = assertion_span(&xml);
     let evil = evil_copy(&xml[start..end], None);
     refused(
         &app,
+        &browser,
         "the assertion of a signed response replaced",
         &format!("{}{evil}{}", &xml[..start], &xml[end..]),
         "invalid_signature",
     )
     .await;
     // A tampered signed assertion.
-    let (xml, _) = idp_response(&app, None, Some("assertion_only")).await;
+    let (xml, _, browser) = idp_response(&app, None, Some("assertion_only")).await;
     let tampered = xml.replacen("test.user@example.org", "evil@example.org", 1);
-    refused(&app, "a tampered assertion", &tampered, "invalid_signature").await;
+    refused(
+        &app,
+        &browser,
+        "a tampered assertion",
+        &tampered,
+        "invalid_signature",
+    )
+    .await;
 
     let users = app
         .get_as("/api/v1/users", &app.admin_token().await)
@@ -472,8 +484,8 @@ async fn bad_acs_input_is_a_400_naming_the_field() {
     }
     // Entity expansion and external entities are refused with the DTD.
     let bomb = r#"<?xml version="1.0"?><!DOCTYPE r [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;">]><samlp:Response xmlns:samlp="urn:oasis:names:tc:SAML:2.0:protocol">&b;</samlp:Response>"#;
-    refused(&app, "entity expansion", bomb, "malformed").await;
-    refused(&app, "broken XML", "<unclosed>", "malformed").await;
+    refused(&app, PLANTED, "entity expansion", bomb, "malformed").await;
+    refused(&app, PLANTED, "broken XML", "<unclosed>", "malformed").await;
     app.stop().await;
 }
 

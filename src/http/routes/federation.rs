@@ -163,7 +163,7 @@ const OIDC_BINDING: Binding = Binding {
 
 const SAML_BINDING: Binding = Binding {
     name: "sark_saml",
-    host_name: None,
+    host_name: Some("__Host-sark_saml"),
     path: "/api/v1/auth/saml",
     cross_site: true,
 };
@@ -357,7 +357,6 @@ pub async fn get_saml_metadata(State(state): State<AppState>) -> Result<Response
 /// `GET /api/v1/auth/saml/login?relay_state=`: 302 to the IdP with an AuthnRequest.
 pub async fn get_saml_login(
     State(state): State<AppState>,
-    headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let node = &state.node;
@@ -367,9 +366,9 @@ pub async fn get_saml_login(
         .get("relay_state")
         .map(|r| federation::allowed_redirect(&node.config, "relay_state", r))
         .transpose()?;
-    let browser = SAML_BINDING
-        .read(&headers, true)
-        .unwrap_or_else(federation::random_token);
+    // A fresh binding for every login: a value planted in the browser beforehand is
+    // never taken over.
+    let browser = federation::random_token();
     let to = saml.start(node, &browser, relay).await?;
     Ok((
         StatusCode::FOUND,
@@ -434,7 +433,10 @@ pub async fn post_saml_acs(
         let err = ApiError::invalid_field("RelayState", "is not the one the login started with");
         return Err(federation::saml::refuse_relay_state(node, ip, err).await);
     }
-    deliver(node, &identity, relay, ip).await
+    let clear = SAML_BINDING.set(true, "", 0)?;
+    let mut response = deliver(node, &identity, relay, ip).await?;
+    response.headers_mut().insert(header::SET_COOKIE, clear);
+    Ok(response)
 }
 
 /// `POST /api/v1/auth/exchange` body.
