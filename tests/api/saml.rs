@@ -83,10 +83,9 @@ fn form_field(html: &str, name: &str) -> Option<String> {
     )
 }
 
-/// A login started at the node and answered by the IdP (`variant` selects a misbehaving
-/// answer): the SAMLResponse XML and the RelayState the IdP posts back.
-/// Starts a login in a fresh browser and has the IdP answer it: the response's XML, the
-/// relay state, and the browser's binding cookie (`name=value`).
+/// A login started at the node in a fresh browser and answered by the IdP (`variant`
+/// selects a misbehaving answer): the SAMLResponse XML, the RelayState the IdP posts back,
+/// and the browser's binding cookie (`name=value`).
 async fn idp_response(
     app: &TestApp,
     relay: Option<&str>,
@@ -516,4 +515,169 @@ fn incomplete_saml_configuration_names_the_missing_key() {
     assert!(err.contains("saml.idp_metadata_url"), "{err}");
     let err = config_error(&[("SARK_SAML__IDP_METADATA_URL", "http://127.0.0.1:1/md")]);
     assert!(err.contains("sp_entity_id"), "{err}");
+}
+
+/// One SAML node, one runtime and one genuine signed response for every case of the fuzz
+/// property.
+struct FuzzTarget {
+    runtime: tokio::runtime::Runtime,
+    app: TestApp,
+    _keys: tempfile::TempDir,
+    xml: String,
+    browser: String,
+}
+
+fn fuzz_target() -> &'static FuzzTarget {
+    static TARGET: std::sync::OnceLock<FuzzTarget> = std::sync::OnceLock::new();
+    TARGET.get_or_init(|| {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let (app, keys, xml, browser) = runtime.block_on(async {
+            let (app, keys) = saml_app().await;
+            // The set-up works: a genuine response of the same kind logs in.
+            let (xml, _, browser) = idp_response(&app, None, Some("assertion_only")).await;
+            let accepted = post_acs_from(&app, &browser, &xml, None).await;
+            assert_eq!(accepted.status(), 200);
+            let (xml, _, browser) = idp_response(&app, None, Some("assertion_only")).await;
+            (app, keys, xml, browser)
+        });
+        FuzzTarget {
+            runtime,
+            app,
+            _keys: keys,
+            xml,
+            browser,
+        }
+    })
+}
+
+impl FuzzTarget {
+    /// Posts `xml` from the browser that started the login: the status, and the username
+    /// of a login it made.
+    fn post(&self, xml: &str) -> (u16, Option<String>) {
+        self.runtime.block_on(async {
+            let response = post_acs_from(&self.app, &self.browser, xml, None).await;
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            let user = body["user"]["username"].as_str().map(str::to_owned);
+            (status, user)
+        })
+    }
+}
+
+/// Snippets an attacker splices into a response.
+const SPLICES: &[&str] = &[
+    "<!---->",
+    "<!DOCTYPE r>",
+    "<saml:Assertion xmlns:saml=\"urn:oasis:names:tc:SAML:2.0:assertion\" ID=\"evil\"/>",
+    "<ds:Signature xmlns:ds=\"http://www.w3.org/2000/09/xmldsig#\"/>",
+    "&amp;",
+    "]]>",
+    "\u{0}",
+    "evil.user@example.org",
+];
+
+/// A change to a genuine response.
+#[derive(Clone, Debug)]
+enum Mutation {
+    /// One byte replaced by a printable one.
+    Byte(usize, u8),
+    /// A range removed.
+    Delete(usize, usize),
+    /// A range copied elsewhere (the shape of signature wrapping).
+    Copy(usize, usize, usize),
+    /// A snippet inserted.
+    Splice(usize, usize),
+    /// The identity replaced at its n-th occurrence.
+    Identity(usize),
+}
+
+fn mutation() -> impl proptest::strategy::Strategy<Value = Mutation> {
+    use proptest::prelude::*;
+    prop_oneof![
+        (any::<usize>(), 0x20u8..0x7f).prop_map(|(at, b)| Mutation::Byte(at, b)),
+        (any::<usize>(), 1usize..64).prop_map(|(at, n)| Mutation::Delete(at, n)),
+        (any::<usize>(), 1usize..2048, any::<usize>())
+            .prop_map(|(from, n, to)| Mutation::Copy(from, n, to)),
+        (any::<usize>(), 0..SPLICES.len()).prop_map(|(at, i)| Mutation::Splice(at, i)),
+        (0usize..4).prop_map(Mutation::Identity),
+    ]
+}
+
+/// `xml` changed by `mutation`, on character boundaries.
+fn mutate(xml: &str, mutation: &Mutation) -> String {
+    let at = |n: usize| {
+        let mut i = n % xml.len();
+        while !xml.is_char_boundary(i) {
+            i -= 1;
+        }
+        i
+    };
+    match *mutation {
+        Mutation::Byte(n, byte) => {
+            let i = at(n);
+            let next = xml[i..].chars().next().map_or(0, char::len_utf8);
+            format!("{}{}{}", &xml[..i], byte as char, &xml[i + next..])
+        }
+        Mutation::Delete(n, len) => {
+            let (i, j) = (at(n), at(n.saturating_add(len)));
+            let (i, j) = (i.min(j), i.max(j));
+            format!("{}{}", &xml[..i], &xml[j..])
+        }
+        Mutation::Copy(from, len, to) => {
+            let (i, j) = (at(from), at(from.saturating_add(len)));
+            let (i, j) = (i.min(j), i.max(j));
+            let k = at(to);
+            format!("{}{}{}", &xml[..k], &xml[i..j], &xml[k..])
+        }
+        Mutation::Splice(n, which) => {
+            let i = at(n);
+            format!("{}{}{}", &xml[..i], SPLICES[which], &xml[i..])
+        }
+        Mutation::Identity(nth) => {
+            let mut seen = 0;
+            let mut out = String::new();
+            let mut rest = xml;
+            while let Some(pos) = rest.find("test.user") {
+                out.push_str(&rest[..pos]);
+                out.push_str(if seen == nth {
+                    "evil.user"
+                } else {
+                    "test.user"
+                });
+                seen += 1;
+                rest = &rest[pos + "test.user".len()..];
+            }
+            out.push_str(rest);
+            out
+        }
+    }
+}
+
+#[test]
+fn the_saml_corpus_is_refused_with_a_4xx() {
+    let t = fuzz_target();
+    let dir = format!("{}/fuzz/corpus/saml", env!("CARGO_MANIFEST_DIR"));
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let xml = String::from_utf8_lossy(&std::fs::read(&path).unwrap()).into_owned();
+        let (status, user) = t.post(&xml);
+        assert!((400..500).contains(&status), "{}: {status}", path.display());
+        assert_eq!(user, None);
+    }
+}
+
+proptest::proptest! {
+    /// Whatever is done to a genuine signed response, the node answers 4xx, or logs in
+    /// exactly the identity the IdP signed; never a 5xx, never another identity.
+    #[test]
+    fn fuzz_mutated_saml_responses(change in mutation()) {
+        let t = fuzz_target();
+        let mutated = mutate(&t.xml, &change);
+        proptest::prop_assume!(mutated != t.xml);
+        let (status, user) = t.post(&mutated);
+        proptest::prop_assert!(status < 500, "{:?}: {}", change, status);
+        if status == 200 {
+            proptest::prop_assert_eq!(user.as_deref(), Some("saml:test.user"), "{:?}", change);
+        }
+    }
 }
