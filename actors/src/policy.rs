@@ -360,6 +360,16 @@ fn to_json(value: &regorus::Value) -> Result<Option<serde_json::Value>, PolicyEr
 #[derive(Debug, Default)]
 pub struct PolicyRegistry {
     bundles: RwLock<BTreeMap<String, Arc<CompiledBundle>>>,
+    failures: RwLock<BTreeMap<String, LoadFailure>>,
+}
+
+/// Why the active version of a bundle could not be loaded.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct LoadFailure {
+    /// The stored active version.
+    pub version: i64,
+    /// What went wrong.
+    pub error: String,
 }
 
 impl PolicyRegistry {
@@ -379,8 +389,28 @@ impl PolicyRegistry {
             .get(&compiled.bundle)
             .is_some_and(|current| current.version > compiled.version);
         if !newer_present {
+            self.failures
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&compiled.bundle);
             bundles.insert(compiled.bundle.clone(), compiled);
         }
+    }
+
+    /// Records that the active `version` of `bundle` could not be loaded.
+    pub fn record_failure(&self, bundle: &str, version: i64, error: String) {
+        self.failures
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(bundle.to_owned(), LoadFailure { version, error });
+    }
+
+    /// Bundles whose active version could not be loaded since it was last published.
+    pub fn failures(&self) -> BTreeMap<String, LoadFailure> {
+        self.failures
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Active version of every loaded bundle.
@@ -454,8 +484,10 @@ impl PolicyActor {
         )
         .await
         .inspect_err(|err| {
-            // Only compiled versions are ever stored, so this means the engine changed.
+            // Only compiled versions are ever stored, so this means the engine or its
+            // bounds changed, or the row was written around the API.
             args.metrics.policy_load_failures.with_label_values(&[&args.bundle]).inc();
+            args.registry.record_failure(&args.bundle, active.version, err.to_string());
             warn!(bundle = args.bundle, version = active.version, error = %err, "stored policy does not compile");
         })?;
         args.registry.publish(Arc::new(compiled));

@@ -758,3 +758,108 @@ async fn a_rate_limiting_version_that_cannot_be_cached_is_refused() {
     assert_eq!(status, 201, "a cacheable version is taken");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_stored_bundle_over_the_bounds_is_a_reported_load_failure_not_a_node_that_does_not_start()
+{
+    let app = spawn_app().await;
+    let data = app.stop_keeping_data().await;
+    // A version written around the API, as a database writer or an older release could.
+    let db = format!("sqlite://{}", data.path().join("sark.db").display());
+    let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
+    let source = nested_source(40);
+    let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(source.as_bytes()));
+    let active: i64 = sqlx::query_scalar(
+        "SELECT active_version FROM policy_bundles WHERE name = 'authorization'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO policy_versions (bundle, version, source, sha256, description, created_at, created_by) \
+         SELECT bundle, version + 1, $1, $2, 'deep', created_at, created_by FROM policy_versions \
+         WHERE bundle = 'authorization' AND version = $3",
+    )
+    .bind(&source)
+    .bind(&sha)
+    .bind(active)
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE policy_bundles SET active_version = $1 WHERE name = 'authorization'")
+        .bind(active + 1)
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+
+    let dir = data.path().to_path_buf();
+    let started = std::time::Instant::now();
+    let app = spawn_app_with(|c| {
+        c.data_dir = dir;
+        c.policy.sync_seconds = 1;
+    })
+    .await;
+    assert_eq!(app.get("/health").await.status(), 200);
+    let detailed = poll(
+        "the load failure to be reported",
+        Duration::from_secs(10),
+        || async {
+            let (_, detailed) = app.get_json("/health/detailed").await;
+            detailed["policy_load_failures"]["authorization"]
+                .is_object()
+                .then_some(detailed)
+        },
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "reported {:?} after the start",
+        started.elapsed()
+    );
+    let failure = &detailed["policy_load_failures"]["authorization"];
+    assert_eq!(failure["version"], active + 1, "{detailed}");
+    assert!(
+        failure["error"].as_str().unwrap().contains("12 levels"),
+        "{detailed}"
+    );
+    assert_eq!(detailed["services"]["opa"], "DOWN", "{detailed}");
+    assert_eq!(detailed["status"], "degraded", "{detailed}");
+    let metrics = app.metrics().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("sark_policy_load_failures_total{bundle=\"authorization\"}")),
+        "{metrics}"
+    );
+    let (status, ready) = app.get_json("/health/ready").await;
+    assert_eq!(status, 503);
+    assert!(ready["failing"].to_string().contains("policies"), "{ready}");
+
+    // The operator's way out: a rollback from the command line, picked up by the node.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_sark"))
+        .args(["admin", "--data-dir"])
+        .arg(data.path())
+        .args(["policy-rollback", "authorization", &active.to_string()])
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    poll("the node to be ready", Duration::from_secs(30), || async {
+        (app.get("/health/ready").await.status() == 200).then_some(())
+    })
+    .await;
+    // The detailed view is cached for a second.
+    let detailed = poll("the failure to clear", Duration::from_secs(5), || async {
+        let (_, detailed) = app.get_json("/health/detailed").await;
+        (detailed["policy_load_failures"] == json!({})).then_some(detailed)
+    })
+    .await;
+    assert_eq!(detailed["policy_versions"]["authorization"], active + 2);
+    app.stop().await;
+    drop(data);
+}

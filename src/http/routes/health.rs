@@ -167,6 +167,8 @@ async fn detailed(state: &AppState) -> Value {
             "time_series": node.store.time_series(),
         },
         "policy_versions": node.policies.versions(),
+        // Active versions that could not be loaded (the previous one, if any, still serves).
+        "policy_load_failures": node.policies.failures(),
         "cluster": {
             "lease": if cluster { "valid" } else { "lapsed" },
             // Whether tokens and policies are answered from memory, or checked against the
