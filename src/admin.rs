@@ -21,9 +21,9 @@ use sark_actors::metrics::ActorMetrics;
 use sark_actors::policy;
 use sark_actors::supervisor::Slot;
 
-use crate::auth::lockout::Lockout;
 use crate::auth::service::lockout_key;
 use crate::config::Config;
+use crate::core::lockout::Lockout;
 use crate::idp::{jwt, password};
 use crate::secrets::{self, SecretBox, SecretsKey};
 use crate::siem::export::read_export;
@@ -354,7 +354,7 @@ async fn execute(
                 .rotate_signing_key(&record_key, now)
                 .await
                 .map_err(failed)?;
-            let keep = chrono::Duration::seconds(crate::node::seconds(
+            let keep = chrono::Duration::seconds(crate::core::seconds(
                 config.auth.access_token_seconds + jwt::LEEWAY_SECONDS,
             ));
             let pruned = store.prune_signing_keys(now - keep).await.map_err(failed)?;
@@ -430,7 +430,7 @@ async fn forget_members(
     let failed = |e: crate::store::StoreError| AdminError::new(e.to_string());
     let members = store.cluster_members().await.map_err(failed)?;
     // A running node records itself every second; one seen within its lease is up.
-    let up_within = chrono::Duration::seconds(crate::node::seconds(config.cluster.lease_seconds))
+    let up_within = chrono::Duration::seconds(crate::core::seconds(config.cluster.lease_seconds))
         .max(chrono::Duration::seconds(2));
     let mut chosen = Vec::new();
     for name in names {

@@ -12,7 +12,6 @@ pub mod saml;
 
 use std::net::IpAddr;
 
-use axum::http::StatusCode;
 use chrono::Duration;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -20,8 +19,8 @@ use uuid::Uuid;
 
 use crate::auth::service::{self, Attempt, LoginOutcome, lockout_key};
 use crate::config::{Config, ConfigError};
-use crate::http::errors::ApiError;
-use crate::node::Node;
+use crate::core::Core;
+use crate::error::{Error, ErrorKind};
 pub use crate::secrets::{random_token, sha256_hex};
 use crate::store::{LoginCodeRecord, Role, StoreError, User, UserPatch};
 
@@ -137,10 +136,10 @@ pub fn account_name(provider: &str, name: &str) -> String {
 /// The account of `identity`: found by (provider, subject), or created on first login.
 /// Its email and role follow the provider; a role change signs its other sessions out.
 pub async fn provision(
-    node: &Node,
+    node: &Core,
     identity: &ExternalIdentity,
     ip: Option<IpAddr>,
-) -> Result<User, ApiError> {
+) -> Result<User, Error> {
     if let Some(user) = node
         .store
         .user_by_subject(identity.provider, &identity.subject)
@@ -196,18 +195,18 @@ pub async fn provision(
             Err(err) => return Err(err.into()),
         }
     }
-    Err(ApiError::new(
-        StatusCode::CONFLICT,
+    Err(Error::new(
+        ErrorKind::Conflict,
         "identity_conflict",
         "no free account name for this external identity; ask an administrator",
     ))
 }
 
 async fn follow_provider(
-    node: &Node,
+    node: &Core,
     user: User,
     identity: &ExternalIdentity,
-) -> Result<User, ApiError> {
+) -> Result<User, Error> {
     let email_changed = user.email != identity.email;
     let role_changed = user.role != identity.role;
     if !email_changed && !role_changed {
@@ -230,7 +229,7 @@ async fn follow_provider(
         let (updated, revoked) = service::change_credentials(node, &user.username, &patch, &revoke)
             .await
             .map_err(|err| {
-                if err.status() == StatusCode::NOT_FOUND {
+                if err.kind() == ErrorKind::NotFound {
                     service::invalid_credentials()
                 } else {
                     err
@@ -259,11 +258,11 @@ async fn follow_provider(
 
 /// Refuses a disabled account with the same answer as a wrong password.
 async fn refuse_disabled(
-    node: &Node,
+    node: &Core,
     attempt: Attempt,
     user: &User,
     ip: Option<IpAddr>,
-) -> Result<Attempt, ApiError> {
+) -> Result<Attempt, Error> {
     if user.is_active {
         return Ok(attempt);
     }
@@ -285,10 +284,10 @@ async fn refuse_disabled(
 /// Finishes a login the provider vouched for: lockout, then a session (or an MFA
 /// challenge) answered directly.
 pub async fn login(
-    node: &Node,
+    node: &Core,
     identity: &ExternalIdentity,
     ip: Option<IpAddr>,
-) -> Result<LoginOutcome, ApiError> {
+) -> Result<LoginOutcome, Error> {
     let user = provision(node, identity, ip).await?;
     let attempt = Attempt::begin(node, &lockout_key(&user.username)).await?;
     finish(node, attempt, &user, identity.provider, ip).await
@@ -296,22 +295,22 @@ pub async fn login(
 
 /// As [`login`], for a provider that checked a password under `attempt` (LDAP).
 pub async fn login_with(
-    node: &Node,
+    node: &Core,
     attempt: Attempt,
     identity: &ExternalIdentity,
     ip: Option<IpAddr>,
-) -> Result<LoginOutcome, ApiError> {
+) -> Result<LoginOutcome, Error> {
     let user = provision(node, identity, ip).await?;
     finish(node, attempt, &user, identity.provider, ip).await
 }
 
 async fn finish(
-    node: &Node,
+    node: &Core,
     attempt: Attempt,
     user: &User,
     method: &str,
     ip: Option<IpAddr>,
-) -> Result<LoginOutcome, ApiError> {
+) -> Result<LoginOutcome, Error> {
     let attempt = refuse_disabled(node, attempt, user, ip).await?;
     service::complete_login(node, attempt, user, method, ip).await
 }
@@ -319,11 +318,11 @@ async fn finish(
 /// Finishes a login the provider vouched for by issuing a one-time login code for
 /// `POST /api/v1/auth/exchange`, and returns the redirect that carries it.
 pub async fn login_code(
-    node: &Node,
+    node: &Core,
     identity: &ExternalIdentity,
     redirect: url::Url,
     ip: Option<IpAddr>,
-) -> Result<url::Url, ApiError> {
+) -> Result<url::Url, Error> {
     let user = provision(node, identity, ip).await?;
     let attempt = Attempt::begin(node, &lockout_key(&user.username)).await?;
     refuse_disabled(node, attempt, &user, ip).await?;
@@ -355,14 +354,10 @@ pub async fn login_code(
 }
 
 /// `POST /api/v1/auth/exchange`: a login code, once, for the login it stands for.
-pub async fn exchange(
-    node: &Node,
-    code: &str,
-    ip: Option<IpAddr>,
-) -> Result<LoginOutcome, ApiError> {
+pub async fn exchange(node: &Core, code: &str, ip: Option<IpAddr>) -> Result<LoginOutcome, Error> {
     let invalid = || {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
+        Error::new(
+            ErrorKind::Unauthenticated,
             "invalid_code",
             "the login code is unknown, used or expired",
         )
@@ -384,10 +379,10 @@ pub async fn exchange(
 /// The allow-listed redirect `value` (field `field`) as a URL: its scheme, host and port
 /// must equal those of an `auth.allowed_redirects` entry and its path must start with the
 /// entry's path.
-pub fn allowed_redirect(config: &Config, field: &str, value: &str) -> Result<url::Url, ApiError> {
+pub fn allowed_redirect(config: &Config, field: &str, value: &str) -> Result<url::Url, Error> {
     let refuse = |reason: &str| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
+        Error::new(
+            ErrorKind::Invalid,
             "redirect_not_allowed",
             format!("`{field}` {reason}"),
         )

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use axum::Router;
+pub use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::from_fn_with_state;
@@ -15,11 +15,14 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
 
-use crate::node::Node;
+use crate::core::Core;
 
+mod authenticate;
 mod early_errors;
 pub mod errors;
 pub mod extract;
+pub mod forward;
+pub mod login;
 pub mod middleware;
 pub mod routes;
 pub mod serve;
@@ -68,7 +71,9 @@ impl HttpMetrics {
 #[derive(Clone)]
 pub struct AppState {
     /// The node.
-    pub node: Arc<Node>,
+    pub node: Arc<Core>,
+    /// The external identity providers.
+    pub providers: Arc<crate::federation::Providers>,
     /// Request metrics.
     pub metrics: HttpMetrics,
     /// The last `/health/detailed` answer; refreshed by one request at a time.
@@ -77,9 +82,14 @@ pub struct AppState {
 
 impl AppState {
     /// State for `node`'s handlers.
-    pub fn new(node: Arc<Node>, metrics: HttpMetrics) -> Self {
+    pub fn new(
+        node: Arc<Core>,
+        providers: Arc<crate::federation::Providers>,
+        metrics: HttpMetrics,
+    ) -> Self {
         Self {
             node,
+            providers,
             metrics,
             detailed: Arc::default(),
         }
@@ -249,7 +259,7 @@ pub fn with_middleware(routes: Router<AppState>, state: AppState) -> Router {
         .option_layer(cors)
         .layer(from_fn_with_state(
             state.clone(),
-            crate::auth::principal::authenticate,
+            authenticate::authenticate,
         ))
         .layer(from_fn_with_state(state.clone(), middleware::rate_limit))
         .layer(from_fn_with_state(state.clone(), middleware::timeout))
@@ -277,7 +287,7 @@ pub async fn bind(config: &crate::config::HttpConfig) -> Result<serve::Listener,
         .map_err(|e| format!("`http.bind`: cannot listen on {}: {e}", config.bind))?;
     match (&config.tls_cert_file, &config.tls_key_file) {
         (Some(cert), Some(key)) => {
-            let tls = tls::server_config(cert, key)?;
+            let tls = crate::tls::server_config(cert, key)?;
             tls::TlsListener::new(tcp, tls)
                 .map(serve::Listener::Tls)
                 .map_err(|e| e.to_string())

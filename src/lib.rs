@@ -3,17 +3,25 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: layered configuration, validated into [`config::Config`].
-//! - [`node`]: a running node: store, keys, bootstrap and the NodeSupervisor.
-//! - [`http`]: the front door (router, middleware, listeners, handlers in `http::routes`).
-//! - [`store`]: the storage ports' SQLite and PostgreSQL implementations, and Redis.
-//! - [`idp`]: local identity: passwords, TOTP, JWT access tokens.
-//! - [`federation`]: logins at external identity providers (LDAP, OpenID Connect).
-//! - [`secrets`]: the secrets key and private files.
-//! - [`policy`]: the built-in Rego bundles.
-//! - [`telemetry`]: JSON logs.
+//! From the top down; a module names only modules below it (checked by `layering`'s tests,
+//! docs/ARCHITECTURE.md "Layers"):
 //!
-//! Actors live in `sark-actors`, membership in `sark-cluster`; nothing depends on this crate.
+//! - `main`, [`cli`]: the binary and its command line; [`Server`] runs a node behind its
+//!   front door.
+//! - [`node`]: the assembly of a node (start-up, background jobs, bootstrap, leaving the
+//!   cluster); [`http`]: the front door, the only module that knows HTTP (router,
+//!   middleware, listeners, handlers in `http::routes`, the mapping of domain errors);
+//!   [`admin`]: the break-glass commands.
+//! - Services: [`auth`] (principals, logins, tokens, MFA, sessions, authorization) and
+//!   [`federation`] (LDAP, OpenID Connect and SAML logins).
+//! - [`core`]: the handles every service shares ([`core::Core`]), lockout and revocations,
+//!   and the fenced-write rules.
+//! - Base: [`error`](mod@error) (the domain error), [`store`], [`idp`] (passwords, TOTP, JWT),
+//!   [`policy`] (built-in Rego bundles), [`secrets`], [`config`], [`siem`] (sinks and
+//!   exports), [`limits`], [`tls`], [`telemetry`], [`request_log`].
+//!
+//! Actors live in `sark-actors`, membership in `sark-cluster`; `sark-bench` and
+//! `sark-chaos` (tests and benchmarks) depend on this crate.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -28,9 +36,13 @@ pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod core;
+pub mod error;
 pub mod federation;
 pub mod http;
 pub mod idp;
+#[cfg(test)]
+mod layering;
 pub mod limits;
 pub mod node;
 pub mod policy;
@@ -39,11 +51,13 @@ pub mod secrets;
 pub mod siem;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 
 use config::Config;
+use core::Core;
 use http::serve::{ConnectionLimits, Listener};
 use http::{AppState, HttpMetrics};
-use node::{Node, NodeControl, NodeError};
+use node::{NodeControl, NodeError};
 
 /// Why a node stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -62,7 +76,8 @@ pub enum RunError {
 /// A node serving HTTP.
 pub struct Server {
     addr: SocketAddr,
-    node: Arc<Node>,
+    node: Arc<Core>,
+    providers: Arc<federation::Providers>,
     stop: watch::Sender<bool>,
     task: JoinHandle<Result<(), RunError>>,
 }
@@ -73,19 +88,21 @@ impl Server {
         let config = Arc::new(config);
         // Bound first: a taken port stops start-up before anything else has started.
         let listener = http::bind(&config.http).await.map_err(RunError::Listen)?;
-        let (node, control) = Node::start(config.clone()).await?;
+        let providers = Arc::new(federation::Providers::new(&config).map_err(NodeError::from)?);
+        let (node, control) = node::start(config.clone(), http::forward::handler).await?;
         let addr = listener
             .local_addr()
             .map_err(|e| RunError::Listen(e.to_string()))?;
         let metrics = HttpMetrics::register(&node.registry)
             .map_err(|e| RunError::Listen(format!("metrics registration failed: {e}")))?;
-        let app = http::router(AppState::new(node.clone(), metrics));
+        let app = http::router(AppState::new(node.clone(), providers.clone(), metrics));
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(serve(listener, app, node.clone(), control, stop_rx));
         info!(%addr, tls = config.http.tls_cert_file.is_some(), "listening");
         Ok(Self {
             addr,
             node,
+            providers,
             stop,
             task,
         })
@@ -97,8 +114,13 @@ impl Server {
     }
 
     /// The node.
-    pub fn node(&self) -> &Arc<Node> {
+    pub fn node(&self) -> &Arc<Core> {
         &self.node
+    }
+
+    /// The configured external identity providers.
+    pub fn providers(&self) -> &Arc<federation::Providers> {
+        &self.providers
     }
 
     /// Serves until `shutdown` resolves (or the node fails), then stops gracefully.
@@ -123,8 +145,8 @@ impl Server {
 
 async fn serve(
     listener: Listener,
-    app: axum::Router,
-    node: Arc<Node>,
+    app: http::Router,
+    node: Arc<Core>,
     mut control: NodeControl,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), RunError> {
@@ -166,7 +188,7 @@ async fn serve(
             () = tokio::time::sleep(delay) => {}
         }
     }
-    node.leave_cluster().await;
+    node::leave_cluster(&node).await;
     let _ = drain.send(true);
     serving.await;
     control.shutdown().await;

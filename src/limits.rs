@@ -9,6 +9,7 @@
 //! node owns also update its own table while Redis answers, so a Redis outage does not hand
 //! out a fresh allowance for them.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +28,18 @@ use crate::store::redis::Redis;
 const BREAKER_OPEN: Duration = Duration::from_secs(5);
 /// How long a check waits for Redis or for an owner node.
 const CHECK_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The rate-limit key of a client address: IPv4 per address, IPv6 per /64 (one
+/// subscriber's allocation), so rotating addresses within a prefix buys no extra quota.
+pub fn client_key(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => format!("ip:{v4}"),
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("ip6:{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+    }
+}
 
 /// GCRA on one Redis key, on Redis' clock, in microseconds (a limit of a million a minute
 /// still has a 60 µs interval). ARGV: interval and window in µs. Returns `{allowed,

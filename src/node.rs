@@ -19,30 +19,25 @@ use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
-use sark_actors::audit::{AuditHandle, AuditMessage, AuditWriterSpec, ChainKey};
+use sark_actors::audit::{AuditHandle, AuditWriterSpec, ChainKey};
 use sark_actors::clock::{SharedClock, SystemClock};
-use sark_actors::limiter::{LimiterMessage, LimiterSpec, RateTable};
+use sark_actors::limiter::{LimiterSpec, RateTable};
 use sark_actors::metrics::ActorMetrics;
-use sark_actors::policy::{
-    self, CompiledBundle, PolicyActors, PolicyMessage, PolicyRegistry, PolicySupervisorSpec,
-};
-use sark_actors::session::{
-    SessionLimits, SessionSupervisorMessage, SessionSupervisorSpec, Sessions,
-};
+use sark_actors::policy::{self, PolicyActors, PolicyRegistry, PolicySupervisorSpec};
+use sark_actors::session::{SessionLimits, SessionSupervisorSpec, Sessions};
 use sark_actors::siem::{ForwarderSettings, SiemForwarderSpec, SiemMetrics, SiemRegistry};
 use sark_actors::supervisor::{
-    ChildInfo, ChildSpec, RestartPolicy, Slot, Supervisor, SupervisorArguments, SupervisorMessage,
+    ChildSpec, RestartPolicy, Slot, Supervisor, SupervisorArguments, SupervisorMessage,
     SupervisorSpec,
 };
-use sark_cluster::broadcast::{Propagation, broadcast};
 use sark_cluster::membership::{
-    ClusterMetrics, Fencing, MembershipConfig, MembershipEvent, MembershipMessage, MembershipSpec,
-    MembershipView, NoticeHandler, SummarySource,
+    ClusterMetrics, MembershipConfig, MembershipEvent, MembershipMessage, MembershipSpec,
+    MembershipView, NoticeHandler, SessionHandler, SummarySource,
 };
 use sark_cluster::wire::{NodeSummary, Notice};
 
-use crate::auth::revocation::RevocationList;
 use crate::config::Config;
+use crate::core::revocation::RevocationList;
 use crate::idp::jwt::{TokenKeys, TokenSettings};
 use crate::idp::password::{self, PasswordHasherPool};
 use crate::policy::BUILTIN_POLICIES;
@@ -51,6 +46,8 @@ use crate::store::redis::Redis;
 use crate::store::{Backend, NewPolicyVersion, OpenError, Role, Store, StoreError, User};
 
 mod voters;
+
+use crate::core::{ActorSlots, Core, PolicyControl, seconds};
 
 /// Name of the file that receives a generated bootstrap password.
 pub const BOOTSTRAP_PASSWORD_FILE: &str = "bootstrap-admin-password";
@@ -72,99 +69,6 @@ pub enum NodeError {
     Startup(String),
 }
 
-/// Handles on the supervised actors of this node.
-#[derive(Clone, Debug, Default)]
-pub struct ActorSlots {
-    /// The AuditWriter.
-    pub audit: Slot<AuditMessage>,
-    /// The Limiter.
-    pub limiter: Slot<LimiterMessage>,
-    /// Membership.
-    pub membership: Slot<MembershipMessage>,
-    /// The SessionSupervisor.
-    pub sessions: Slot<SessionSupervisorMessage>,
-    /// The PolicySupervisor.
-    pub policies: Slot<SupervisorMessage>,
-    /// The SiemSupervisor.
-    pub siem: Slot<SupervisorMessage>,
-}
-
-/// Everything a request handler may need.
-pub struct Node {
-    /// The configuration.
-    pub config: Arc<Config>,
-    /// This node's id.
-    pub node_id: String,
-    /// The machine's host name.
-    pub hostname: String,
-    /// The store behind every port.
-    pub store: Arc<dyn Store>,
-    /// Redis, when configured.
-    pub redis: Option<Arc<Redis>>,
-    /// The node's metrics registry.
-    pub registry: Registry,
-    /// Actor metrics.
-    pub actor_metrics: ActorMetrics,
-    /// Records audit events.
-    pub audit: AuditHandle,
-    /// Counts requests against rate-limit buckets, cluster-wide.
-    pub rate_limiter: crate::limits::RateLimiter,
-    /// Compiled policy bundles.
-    pub policies: Arc<PolicyRegistry>,
-    /// The PolicyActors.
-    pub policy_actors: PolicyActors,
-    /// Cluster membership.
-    pub membership: Arc<MembershipView>,
-    /// The supervised actors.
-    pub slots: ActorSlots,
-    /// The time source.
-    pub clock: SharedClock,
-    /// When the node started.
-    pub started_at: tokio::time::Instant,
-    /// Revoked sessions and API keys.
-    pub revocations: Arc<RevocationList>,
-    /// The session actors.
-    pub sessions: Sessions,
-    /// Argon2 hashing off the async runtime.
-    pub passwords: PasswordHasherPool,
-    /// Encrypts secrets at rest.
-    pub sealer: SecretBox,
-    /// Keys the hashes of MFA recovery codes.
-    pub recovery_code_key: zeroize::Zeroizing<Vec<u8>>,
-    /// Keys the audit hash chains (to verify them).
-    pub audit_chain_key: ChainKey,
-    tokens: Arc<std::sync::OnceLock<Arc<TokenKeys>>>,
-    last_key_reload: tokio::sync::Mutex<Option<tokio::time::Instant>>,
-    api_key_touches: std::sync::Mutex<std::collections::HashMap<Uuid, tokio::time::Instant>>,
-    /// The SIEM forwarders' state, for `/api/v1/siem/status`.
-    pub siem: Arc<SiemRegistry>,
-    /// One row per API request, written in batches.
-    pub request_log: crate::request_log::RequestLog,
-    /// Serializes credential checks per lockout key.
-    pub(crate) attempt_locks: crate::auth::service::AttemptLocks,
-    /// The external identity providers.
-    pub providers: crate::federation::Providers,
-    /// `sark_session_forwards_total`.
-    pub(crate) session_forwards: prometheus::IntCounterVec,
-    /// Lockout counters (Redis or the store).
-    pub lockout: crate::auth::lockout::Lockout,
-    supervisor: ActorRef<SupervisorMessage>,
-    store_ready: Arc<AtomicBool>,
-    policies_loaded_once: Arc<AtomicBool>,
-    policy_control: Arc<PolicyControl>,
-    draining: AtomicBool,
-    /// Set once this node announced its leave.
-    left: AtomicBool,
-    /// One place for compiling a policy source a caller sent (an upload or a draft).
-    pub(crate) policy_compiles: tokio::sync::Semaphore,
-    /// Held while this node records itself in the voting membership, and by its leave, so
-    /// that a leave is never followed by a late record.
-    voting: tokio::sync::Mutex<()>,
-}
-
-/// Session ids per handover notice (a notice must stay under the 64 KiB payload limit).
-const HANDOVER_BATCH: usize = 1000;
-
 /// What stops a node: owned by whoever runs it, not shared with request handlers.
 pub struct NodeControl {
     node_id: String,
@@ -179,580 +83,336 @@ pub struct NodeControl {
     siem_stopping: watch::Sender<bool>,
 }
 
-impl Node {
-    /// Starts a node: opens the store, loads keys, bootstraps and spawns the supervision tree.
-    pub async fn start(config: Arc<Config>) -> Result<(Arc<Self>, NodeControl), NodeError> {
-        let hostname = gethostname::gethostname().to_string_lossy().into_owned();
-        let clock: SharedClock = Arc::new(SystemClock);
-        let providers = crate::federation::Providers::new(&config)?;
-        let cluster_tls =
-            crate::http::tls::cluster_tls(&config.cluster).map_err(NodeError::Startup)?;
-        prepare_data_dir(&config)?;
-        if let Some(addr) = config.cluster.listen_addr() {
-            // The node server binds inside an actor, where a taken port would only be a
-            // restart loop: find out here, and stop with the key and the address.
-            std::net::TcpListener::bind(addr).map_err(|e| {
-                crate::config::ConfigError::key(
-                    "cluster.bind",
-                    format!("cannot listen on {addr}: {e}"),
-                )
-            })?;
-        }
-        let node_id = resolve_node_id(&config, &hostname)?;
-        let (key, generated) = SecretsKey::load_or_generate(
-            config.secrets.key.as_ref().map(|s| s.expose()),
-            &config.data_dir,
-        )?;
-        if generated {
-            info!(path = %config.data_dir.join(secrets::KEY_FILE).display(), "generated the secrets key");
-        }
-        let backend = Backend::open(&config).await?;
-        let store = backend.store();
-        let redis = config
-            .redis
-            .url
-            .as_ref()
-            .map(|url| Redis::new(url.expose()).map(Arc::new))
-            .transpose()?;
+/// Starts a node: opens the store, loads keys, bootstraps and spawns the supervision tree.
+/// `sessions` makes the handler of the session operations other members forward here,
+/// given where the node will be once it exists.
+pub async fn start(
+    config: Arc<Config>,
+    sessions: impl FnOnce(Arc<std::sync::OnceLock<std::sync::Weak<Core>>>) -> SessionHandler,
+) -> Result<(Arc<Core>, NodeControl), NodeError> {
+    let hostname = gethostname::gethostname().to_string_lossy().into_owned();
+    let clock: SharedClock = Arc::new(SystemClock);
+    let cluster_tls = crate::tls::cluster_tls(&config.cluster).map_err(NodeError::Startup)?;
+    prepare_data_dir(&config)?;
+    if let Some(addr) = config.cluster.listen_addr() {
+        // The node server binds inside an actor, where a taken port would only be a
+        // restart loop: find out here, and stop with the key and the address.
+        std::net::TcpListener::bind(addr).map_err(|e| {
+            crate::config::ConfigError::key("cluster.bind", format!("cannot listen on {addr}: {e}"))
+        })?;
+    }
+    let node_id = resolve_node_id(&config, &hostname)?;
+    let (key, generated) = SecretsKey::load_or_generate(
+        config.secrets.key.as_ref().map(|s| s.expose()),
+        &config.data_dir,
+    )?;
+    if generated {
+        info!(path = %config.data_dir.join(secrets::KEY_FILE).display(), "generated the secrets key");
+    }
+    let backend = Backend::open(&config).await?;
+    let store = backend.store();
+    let redis = config
+        .redis
+        .url
+        .as_ref()
+        .map(|url| Redis::new(url.expose()).map(Arc::new))
+        .transpose()?;
 
-        let registry = Registry::new();
-        registry
-            .register(Box::new(
-                prometheus::process_collector::ProcessCollector::for_self(),
-            ))
-            .map_err(|e| NodeError::Startup(format!("metrics registration failed: {e}")))?;
-        let actor_metrics = ActorMetrics::register(&registry)
-            .map_err(|e| NodeError::Startup(format!("metrics registration failed: {e}")))?;
-        let slots = ActorSlots::default();
-        let audit = AuditHandle::new(slots.audit.clone(), clock.clone(), node_id.clone());
-        let rate_table = Arc::new(RateTable::default());
-        let policies = Arc::new(PolicyRegistry::default());
-        let policy_actors = PolicyActors::default();
-        let membership = {
-            let view =
-                MembershipView::new(node_id.clone()).speaking(config.cluster.protocol_version);
-            // A node of a cluster (it has seeds) counts its majority from the stored membership.
-            Arc::new(if !config.cluster.seeds.is_empty() {
-                view.with_stored_voters()
-            } else {
-                view
-            })
-        };
-        let (membership_events, membership_changes) = tokio::sync::mpsc::unbounded_channel();
-        let control_cell: Arc<std::sync::OnceLock<Arc<PolicyControl>>> = Arc::default();
-        let node_cell: Arc<std::sync::OnceLock<std::sync::Weak<Node>>> = Arc::default();
+    let registry = Registry::new();
+    registry
+        .register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .map_err(|e| NodeError::Startup(format!("metrics registration failed: {e}")))?;
+    let actor_metrics = ActorMetrics::register(&registry)
+        .map_err(|e| NodeError::Startup(format!("metrics registration failed: {e}")))?;
+    let slots = ActorSlots::default();
+    let audit = AuditHandle::new(slots.audit.clone(), clock.clone(), node_id.clone());
+    let rate_table = Arc::new(RateTable::default());
+    let policies = Arc::new(PolicyRegistry::default());
+    let policy_actors = PolicyActors::default();
+    let membership = {
+        let view = MembershipView::new(node_id.clone()).speaking(config.cluster.protocol_version);
+        // A node of a cluster (it has seeds) counts its majority from the stored membership.
+        Arc::new(if !config.cluster.seeds.is_empty() {
+            view.with_stored_voters()
+        } else {
+            view
+        })
+    };
+    let (membership_events, membership_changes) = tokio::sync::mpsc::unbounded_channel();
+    let control_cell: Arc<std::sync::OnceLock<Arc<PolicyControl>>> = Arc::default();
+    let node_cell: Arc<std::sync::OnceLock<std::sync::Weak<Core>>> = Arc::default();
 
-        let store_ready = Arc::new(AtomicBool::new(false));
-        let (fatal_tx, fatal) = watch::channel(None);
-        let sealer = SecretBox::new(&key);
-        let tokens = Arc::new(std::sync::OnceLock::new());
-        let revocations = Arc::new(RevocationList::default());
-        let bootstrap = Bootstrap {
-            config: config.clone(),
-            backend: backend.clone(),
+    let store_ready = Arc::new(AtomicBool::new(false));
+    let (fatal_tx, fatal) = watch::channel(None);
+    let sealer = SecretBox::new(&key);
+    let tokens = Arc::new(std::sync::OnceLock::new());
+    let revocations = Arc::new(RevocationList::default());
+    let bootstrap = Bootstrap {
+        config: config.clone(),
+        backend: backend.clone(),
+        store: store.clone(),
+        key: key.clone(),
+        sealer: sealer.clone(),
+        audit: audit.clone(),
+        ready: store_ready.clone(),
+        tokens: tokens.clone(),
+        revocations: revocations.clone(),
+    };
+    // SQLite is local: bootstrap before serving, failing start-up on any error.
+    // PostgreSQL may be down: keep trying in the background.
+    let mut background = Vec::new();
+    let mut created_admin = None;
+    match backend {
+        Backend::Sqlite(_) => created_admin = bootstrap.run_once().await?,
+        Backend::Postgres(_) => background.push(tokio::spawn(bootstrap.run_until_done(fatal_tx))),
+    }
+
+    let restart = RestartPolicy {
+        max_backoff: Duration::from_secs(5),
+        ..RestartPolicy::default()
+    };
+    let policy_supervisor = Arc::new(PolicySupervisorSpec {
+        store: store.clone(),
+        registry: policies.clone(),
+        actors: policy_actors.clone(),
+        slot: slots.policies.clone(),
+        policy: restart.clone(),
+        settings: config.policy.settings(),
+        metrics: actor_metrics.clone(),
+    });
+    let audit_chain_key = ChainKey::derive(&key.derive("audit chain"));
+    let siem_stopping = watch::Sender::new(false);
+    let sinks = crate::siem::sinks(&config, &node_id)
+        .map_err(|e| NodeError::Config(crate::config::ConfigError::key(&e.key, e.message)))?;
+    let siem = Arc::new(SiemRegistry::default());
+    let siem_metrics =
+        SiemMetrics::register(&registry).map_err(|e| NodeError::Startup(e.to_string()))?;
+    let children: Vec<Arc<dyn ChildSpec>> = vec![
+        Arc::new(SessionSupervisorSpec {
             store: store.clone(),
-            key: key.clone(),
-            sealer: sealer.clone(),
-            audit: audit.clone(),
-            ready: store_ready.clone(),
-            tokens: tokens.clone(),
-            revocations: revocations.clone(),
-        };
-        // SQLite is local: bootstrap before serving, failing start-up on any error.
-        // PostgreSQL may be down: keep trying in the background.
-        let mut background = Vec::new();
-        let mut created_admin = None;
-        match backend {
-            Backend::Sqlite(_) => created_admin = bootstrap.run_once().await?,
-            Backend::Postgres(_) => {
-                background.push(tokio::spawn(bootstrap.run_until_done(fatal_tx)))
+            clock: clock.clone(),
+            limits: SessionLimits {
+                idle: chrono::Duration::seconds(seconds(config.session.idle_seconds)),
+                passivate_after: Duration::from_secs(config.session.actor_idle_seconds),
+            },
+            slot: slots.sessions.clone(),
+            metrics: actor_metrics.clone(),
+        }),
+        policy_supervisor.clone(),
+        Arc::new(SupervisorSpec {
+            kind: "siem_supervisor",
+            children: sinks
+                .iter()
+                .map(|sink| {
+                    Arc::new(SiemForwarderSpec {
+                        sink: sink.clone(),
+                        store: store.clone(),
+                        clock: clock.clone(),
+                        node_id: node_id.clone(),
+                        settings: forwarder_settings(&config),
+                        registry: siem.clone(),
+                        metrics: siem_metrics.clone(),
+                        slot: Slot::default(),
+                        stopping: siem_stopping.subscribe(),
+                    }) as Arc<dyn ChildSpec>
+                })
+                .collect(),
+            policy: RestartPolicy::default(),
+            slot: slots.siem.clone(),
+            metrics: actor_metrics.clone(),
+        }),
+        Arc::new(AuditWriterSpec {
+            store: store.clone(),
+            chain: node_id.clone(),
+            key: audit_chain_key.clone(),
+            sinks: sinks.iter().map(|s| s.name().to_owned()).collect(),
+            slot: slots.audit.clone(),
+            metrics: actor_metrics.clone(),
+            clock: clock.clone(),
+            head_statements: Duration::from_secs(config.audit.head_statement_seconds),
+        }),
+        Arc::new(LimiterSpec {
+            table: rate_table.clone(),
+            slot: slots.limiter.clone(),
+        }),
+        Arc::new(MembershipSpec {
+            config: MembershipConfig {
+                tls: cluster_tls,
+                sessions: Some(sessions(node_cell.clone())),
+                ..membership_config(
+                    &config,
+                    &node_id,
+                    node_summary(&policies, &actor_metrics, &store_ready, &node_cell),
+                    membership_events,
+                    notice_handler(
+                        &revocations,
+                        &policies,
+                        &control_cell,
+                        Sessions::new(slots.sessions.clone(), store.clone()),
+                        membership.clone(),
+                    ),
+                    rate_table.clone(),
+                    ClusterMetrics::register(&registry).map_err(|e| {
+                        NodeError::Startup(format!("metrics registration failed: {e}"))
+                    })?,
+                )
+            },
+            view: membership.clone(),
+            slot: slots.membership.clone(),
+        }),
+    ];
+    let args = SupervisorArguments {
+        kind: "node_supervisor",
+        children,
+        policy: restart,
+        metrics: actor_metrics.clone(),
+    };
+    let (supervisor, supervisor_handle) = Actor::spawn(None, Supervisor::default(), args)
+        .await
+        .map_err(|e| NodeError::Startup(format!("node supervisor failed to start: {e}")))?;
+    if let Some(admin) = created_admin {
+        // The AuditWriter started with the supervisor: record the event before serving.
+        record_admin_created(audit.clone(), admin).await;
+    }
+    let (supervisor_exited, supervisor_done) = watch::channel(false);
+    tokio::spawn(async move {
+        let _ = supervisor_handle.await;
+        let _ = supervisor_exited.send(true);
+    });
+    if let Backend::Postgres(pg) = &backend {
+        let pg = pg.clone();
+        let clock = clock.clone();
+        background.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(3600));
+            loop {
+                tick.tick().await;
+                pg.maintain(clock.now()).await;
             }
-        }
-
-        let restart = RestartPolicy {
-            max_backoff: Duration::from_secs(5),
-            ..RestartPolicy::default()
-        };
-        let policy_supervisor = Arc::new(PolicySupervisorSpec {
+        }));
+    }
+    background.push(tokio::spawn(record_membership(
+        audit.clone(),
+        membership_changes,
+    )));
+    background.push(tokio::spawn(housekeeping(
+        store.clone(),
+        clock.clone(),
+        store_ready.clone(),
+        audit_chain_key.clone(),
+        Retention {
+            lockout_window: chrono::Duration::seconds(seconds(config.auth.lockout_seconds)),
+            time_series: chrono::Duration::days(seconds(config.audit.retention_days)),
+        },
+    )));
+    let policies_loaded_once = Arc::new(AtomicBool::new(false));
+    let policy_control = Arc::new(PolicyControl {
+        actors: policy_actors.clone(),
+        supervisor: slots.policies.clone(),
+        spec: policy_supervisor,
+    });
+    let _ = control_cell.set(policy_control.clone());
+    background.push(tokio::spawn(
+        PolicySync {
+            loaded_once: policies_loaded_once.clone(),
             store: store.clone(),
             registry: policies.clone(),
-            actors: policy_actors.clone(),
-            slot: slots.policies.clone(),
-            policy: restart.clone(),
-            settings: config.policy.settings(),
-            metrics: actor_metrics.clone(),
-        });
-        let audit_chain_key = ChainKey::derive(&key.derive("audit chain"));
-        let siem_stopping = watch::Sender::new(false);
-        let sinks = crate::siem::sinks(&config, &node_id)
-            .map_err(|e| NodeError::Config(crate::config::ConfigError::key(&e.key, e.message)))?;
-        let siem = Arc::new(SiemRegistry::default());
-        let siem_metrics =
-            SiemMetrics::register(&registry).map_err(|e| NodeError::Startup(e.to_string()))?;
-        let children: Vec<Arc<dyn ChildSpec>> = vec![
-            Arc::new(SessionSupervisorSpec {
-                store: store.clone(),
-                clock: clock.clone(),
-                limits: SessionLimits {
-                    idle: chrono::Duration::seconds(seconds(config.session.idle_seconds)),
-                    passivate_after: Duration::from_secs(config.session.actor_idle_seconds),
-                },
-                slot: slots.sessions.clone(),
-                metrics: actor_metrics.clone(),
-            }),
-            policy_supervisor.clone(),
-            Arc::new(SupervisorSpec {
-                kind: "siem_supervisor",
-                children: sinks
-                    .iter()
-                    .map(|sink| {
-                        Arc::new(SiemForwarderSpec {
-                            sink: sink.clone(),
-                            store: store.clone(),
-                            clock: clock.clone(),
-                            node_id: node_id.clone(),
-                            settings: forwarder_settings(&config),
-                            registry: siem.clone(),
-                            metrics: siem_metrics.clone(),
-                            slot: Slot::default(),
-                            stopping: siem_stopping.subscribe(),
-                        }) as Arc<dyn ChildSpec>
-                    })
-                    .collect(),
-                policy: RestartPolicy::default(),
-                slot: slots.siem.clone(),
-                metrics: actor_metrics.clone(),
-            }),
-            Arc::new(AuditWriterSpec {
-                store: store.clone(),
-                chain: node_id.clone(),
-                key: audit_chain_key.clone(),
-                sinks: sinks.iter().map(|s| s.name().to_owned()).collect(),
-                slot: slots.audit.clone(),
-                metrics: actor_metrics.clone(),
-                clock: clock.clone(),
-                head_statements: Duration::from_secs(config.audit.head_statement_seconds),
-            }),
-            Arc::new(LimiterSpec {
-                table: rate_table.clone(),
-                slot: slots.limiter.clone(),
-            }),
-            Arc::new(MembershipSpec {
-                config: MembershipConfig {
-                    tls: cluster_tls,
-                    sessions: Some(crate::auth::forward::handler(node_cell.clone())),
-                    ..membership_config(
-                        &config,
-                        &node_id,
-                        node_summary(&policies, &actor_metrics, &store_ready, &node_cell),
-                        membership_events,
-                        notice_handler(
-                            &revocations,
-                            &policies,
-                            &control_cell,
-                            Sessions::new(slots.sessions.clone(), store.clone()),
-                            membership.clone(),
-                        ),
-                        rate_table.clone(),
-                        ClusterMetrics::register(&registry).map_err(|e| {
-                            NodeError::Startup(format!("metrics registration failed: {e}"))
-                        })?,
-                    )
-                },
-                view: membership.clone(),
-                slot: slots.membership.clone(),
-            }),
-        ];
-        let args = SupervisorArguments {
-            kind: "node_supervisor",
-            children,
-            policy: restart,
-            metrics: actor_metrics.clone(),
-        };
-        let (supervisor, supervisor_handle) = Actor::spawn(None, Supervisor::default(), args)
-            .await
-            .map_err(|e| NodeError::Startup(format!("node supervisor failed to start: {e}")))?;
-        if let Some(admin) = created_admin {
-            // The AuditWriter started with the supervisor: record the event before serving.
-            record_admin_created(audit.clone(), admin).await;
+            control: policy_control.clone(),
+            store_ready: store_ready.clone(),
         }
-        let (supervisor_exited, supervisor_done) = watch::channel(false);
-        tokio::spawn(async move {
-            let _ = supervisor_handle.await;
-            let _ = supervisor_exited.send(true);
-        });
-        if let Backend::Postgres(pg) = &backend {
-            let pg = pg.clone();
-            let clock = clock.clone();
-            background.push(tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(3600));
-                loop {
-                    tick.tick().await;
-                    pg.maintain(clock.now()).await;
-                }
-            }));
-        }
-        background.push(tokio::spawn(record_membership(
-            audit.clone(),
-            membership_changes,
-        )));
-        background.push(tokio::spawn(housekeeping(
-            store.clone(),
-            clock.clone(),
-            store_ready.clone(),
-            audit_chain_key.clone(),
-            Retention {
-                lockout_window: chrono::Duration::seconds(seconds(config.auth.lockout_seconds)),
-                time_series: chrono::Duration::days(seconds(config.audit.retention_days)),
-            },
-        )));
-        let policies_loaded_once = Arc::new(AtomicBool::new(false));
-        let policy_control = Arc::new(PolicyControl {
-            actors: policy_actors.clone(),
-            supervisor: slots.policies.clone(),
-            spec: policy_supervisor,
-        });
-        let _ = control_cell.set(policy_control.clone());
-        background.push(tokio::spawn(
-            PolicySync {
-                loaded_once: policies_loaded_once.clone(),
-                store: store.clone(),
-                registry: policies.clone(),
-                control: policy_control.clone(),
-                store_ready: store_ready.clone(),
-            }
-            .run(Duration::from_secs(config.policy.sync_seconds)),
-        ));
-        info!(node_id, backend = store.backend(), "node started");
-        let session_forwards = crate::auth::forward::register_metric(&registry)
-            .map_err(|e| NodeError::Startup(format!("metrics registration failed: {e}")))?;
-        let lockout =
-            crate::auth::lockout::Lockout::new(redis.clone(), store.clone(), &registry)
-                .map_err(|e| NodeError::Startup(format!("metrics registration failed: {e}")))?;
-        let slots_sessions = slots.sessions.clone();
-        let session_store: Arc<dyn sark_actors::store::SessionStore> = store.clone();
-        let (request_log, request_log_task) =
-            crate::request_log::RequestLog::start(store.clone(), &registry)
-                .map_err(|e| NodeError::Startup(e.to_string()))?;
-        background.push(request_log_task);
-        let mut control = NodeControl {
-            node_id: node_id.clone(),
-            supervisor: supervisor.clone(),
-            supervisor_done,
-            backend,
-            fatal,
-            background,
-            siem_owners: sinks
-                .iter()
-                .map(|sink| sark_actors::siem::lease_owner(&node_id, sink.name()))
-                .collect(),
-            siem_stopping,
-        };
-        let rate_limiter = crate::limits::RateLimiter::new(
-            redis.clone(),
-            rate_table,
-            membership.clone(),
-            &registry,
-        )
+        .run(Duration::from_secs(config.policy.sync_seconds)),
+    ));
+    info!(node_id, backend = store.backend(), "node started");
+    let session_forwards = crate::auth::forward::register_metric(&registry)
         .map_err(|e| NodeError::Startup(format!("metrics registration failed: {e}")))?;
-        let node = Self {
-            config,
-            node_id,
-            hostname,
-            store,
-            redis,
-            registry,
-            actor_metrics,
-            audit,
-            rate_limiter,
-            policies,
-            policy_actors,
-            membership,
-            slots,
-            clock,
-            started_at: tokio::time::Instant::now(),
-            supervisor,
-            store_ready,
-            policies_loaded_once,
-            policy_control,
-            draining: AtomicBool::new(false),
-            left: AtomicBool::new(false),
-            voting: tokio::sync::Mutex::new(()),
-            policy_compiles: tokio::sync::Semaphore::new(1),
-            revocations,
-            sessions: Sessions::new(slots_sessions, session_store),
-            passwords: PasswordHasherPool::default(),
-            sealer,
-            recovery_code_key: key.derive("mfa recovery codes"),
-            audit_chain_key,
-            tokens,
-            last_key_reload: tokio::sync::Mutex::new(None),
-            api_key_touches: std::sync::Mutex::new(std::collections::HashMap::new()),
-            request_log,
-            siem,
-            attempt_locks: Default::default(),
-            providers,
-            session_forwards,
-            lockout,
-        };
-        let node = Arc::new(node);
-        let _ = node_cell.set(Arc::downgrade(&node));
-        // Tells the members at once that this node no longer starts, so that sessions are
-        // placed on it from now on rather than from the next heartbeat.
-        if let Some(membership) = node.slots.membership.get() {
-            node.slots
-                .membership
-                .mailbox()
-                .cast(&membership, MembershipMessage::Heartbeat);
-        }
+    let lockout = crate::core::lockout::Lockout::new(redis.clone(), store.clone(), &registry)
+        .map_err(|e| NodeError::Startup(format!("metrics registration failed: {e}")))?;
+    let slots_sessions = slots.sessions.clone();
+    let session_store: Arc<dyn sark_actors::store::SessionStore> = store.clone();
+    let (request_log, request_log_task) =
+        crate::request_log::RequestLog::start(store.clone(), &registry)
+            .map_err(|e| NodeError::Startup(e.to_string()))?;
+    background.push(request_log_task);
+    let mut control = NodeControl {
+        node_id: node_id.clone(),
+        supervisor: supervisor.clone(),
+        supervisor_done,
+        backend,
+        fatal,
+        background,
+        siem_owners: sinks
+            .iter()
+            .map(|sink| sark_actors::siem::lease_owner(&node_id, sink.name()))
+            .collect(),
+        siem_stopping,
+    };
+    let rate_limiter =
+        crate::limits::RateLimiter::new(redis.clone(), rate_table, membership.clone(), &registry)
+            .map_err(|e| NodeError::Startup(format!("metrics registration failed: {e}")))?;
+    let node = Core {
+        config,
+        node_id,
+        hostname,
+        store,
+        redis,
+        registry,
+        actor_metrics,
+        audit,
+        rate_limiter,
+        policies,
+        policy_actors,
+        membership,
+        slots,
+        clock,
+        started_at: tokio::time::Instant::now(),
+        supervisor,
+        store_ready,
+        policies_loaded_once,
+        policy_control,
+        draining: AtomicBool::new(false),
+        left: AtomicBool::new(false),
+        voting: tokio::sync::Mutex::new(()),
+        policy_compiles: tokio::sync::Semaphore::new(1),
+        revocations,
+        sessions: Sessions::new(slots_sessions, session_store),
+        passwords: PasswordHasherPool::default(),
+        sealer,
+        recovery_code_key: key.derive("mfa recovery codes"),
+        audit_chain_key,
+        tokens,
+        last_key_reload: tokio::sync::Mutex::new(None),
+        api_key_touches: std::sync::Mutex::new(std::collections::HashMap::new()),
+        request_log,
+        siem,
+        attempt_locks: Default::default(),
+        session_forwards,
+        lockout,
+    };
+    let node = Arc::new(node);
+    let _ = node_cell.set(Arc::downgrade(&node));
+    // Tells the members at once that this node no longer starts, so that sessions are
+    // placed on it from now on rather than from the next heartbeat.
+    if let Some(membership) = node.slots.membership.get() {
+        node.slots
+            .membership
+            .mailbox()
+            .cast(&membership, MembershipMessage::Heartbeat);
+    }
+    control
+        .background
+        .push(tokio::spawn(credential_sync(Arc::downgrade(&node))));
+    control
+        .background
+        .push(tokio::spawn(catch_up_after_gaps(Arc::downgrade(&node))));
+    // A node without seeds is a cluster of its own: it has no majority to count.
+    if !node.config.cluster.seeds.is_empty() {
+        voters::first_read(&node).await;
         control
             .background
-            .push(tokio::spawn(credential_sync(Arc::downgrade(&node))));
-        control
-            .background
-            .push(tokio::spawn(catch_up_after_gaps(Arc::downgrade(&node))));
-        // A node without seeds is a cluster of its own: it has no majority to count.
-        if !node.config.cluster.seeds.is_empty() {
-            voters::first_read(&node).await;
-            control
-                .background
-                .push(tokio::spawn(voters::run(Arc::downgrade(&node))));
-        }
-        Ok((node, control))
+            .push(tokio::spawn(voters::run(Arc::downgrade(&node))));
     }
-
-    /// Makes a version that was just stored active on this node before the caller
-    /// answers: the bundle's actor loads it from the store. If the actor cannot be reached,
-    /// the compiled version is published directly (the registry never goes back) and
-    /// anti-entropy brings the actor up later. Then the activation is broadcast: 503
-    /// `cluster_unavailable` when fewer than a majority of the cluster applied it.
-    pub async fn activate_policy(
-        &self,
-        compiled: CompiledBundle,
-    ) -> Result<Propagation, crate::http::errors::ApiError> {
-        let (bundle, version) = (compiled.bundle.clone(), compiled.version);
-        let loaded = self.policy_control.bring_up(&bundle).await;
-        if !loaded
-            || self
-                .policies
-                .get(&bundle)
-                .is_none_or(|c| c.version < version)
-        {
-            warn!(
-                bundle,
-                version, "the policy actor did not load the new version; publishing it directly"
-            );
-            self.policies.publish(Arc::new(compiled));
-        }
-        let propagation = self
-            .broadcast(Notice::PolicyActivated { bundle, version })
-            .await;
-        confirmed(propagation)
-    }
-
-    /// Tells every member of the cluster about a write already committed to the store, and
-    /// returns once each applied it or had its lease waited out (a leave is not fenced).
-    pub async fn broadcast(&self, notice: Notice) -> Propagation {
-        let fence = (notice != Notice::Leaving)
-            .then(|| Duration::from_secs(self.config.cluster.lease_seconds));
-        let within = Duration::from_millis(self.config.cluster.heartbeat_ms.saturating_mul(2))
-            .max(Duration::from_millis(500));
-        let propagation = broadcast(&self.membership, notice, within, fence).await;
-        self.actor_metrics
-            .broadcast_propagation
-            .observe(propagation.elapsed.as_secs_f64());
-        propagation
-    }
-
-    /// Whether this node owns `key` (a session's id) among the live members.
-    pub fn owns(&self, key: &str) -> bool {
-        let members = self.membership.live_members();
-        sark_cluster::placement::owner(key, members.iter().map(String::as_str))
-            .is_none_or(|owner| owner == self.node_id)
-    }
-
-    /// Refuses, before anything is written, a change that must reach every member (a
-    /// revocation, a policy version) when this node cannot make sure it does: it has not
-    /// joined its cluster yet, its lease lapsed (it is cut off), or it is leaving. While a
-    /// member that others know is not known here yet (this node just joined), it waits for
-    /// the introduction, at most one lease: after that the broadcast fences such a member
-    /// by time, as those that answer report it.
-    pub async fn require_cluster(&self) -> Result<(), crate::http::errors::ApiError> {
-        let lease = Duration::from_secs(self.config.cluster.lease_seconds);
-        let give_up = tokio::time::Instant::now() + lease;
-        loop {
-            let now = tokio::time::Instant::now();
-            if self.left.load(Ordering::Acquire) {
-                break;
-            }
-            match self.membership.fencing(now) {
-                Fencing::Ready => return Ok(()),
-                Fencing::Acquainting if now >= give_up => return Ok(()),
-                Fencing::Acquainting => tokio::time::sleep(ACQUAINT_POLL).await,
-                Fencing::NoLease => break,
-            }
-        }
-        Err(crate::http::errors::ApiError::unavailable(
-            "cluster_unavailable",
-            "this node cannot reach a majority of its cluster, so it cannot make this change take effect everywhere; retry (another node may answer)",
-        ))
-    }
-
-    /// Whether this node may answer token and policy checks from memory: its cluster lease
-    /// is fresh, so no broadcast can have missed it unnoticed.
-    pub fn lease_fresh(&self) -> bool {
-        // Once it announced its leave, nobody broadcasts to this node any more.
-        !self.left.load(Ordering::Acquire)
-            && self.membership.lease_fresh(tokio::time::Instant::now())
-    }
-
-    /// Brings `bundle` up to the version active in the store; `Ok(false)` when that version
-    /// could not be loaded here.
-    pub async fn catch_up_policy(&self, bundle: &str) -> Result<bool, StoreError> {
-        let active = self.store.active_policies().await?;
-        let Some(stored) = active.iter().find(|p| p.bundle == bundle) else {
-            return Ok(true);
-        };
-        let current = || {
-            self.policies
-                .get(bundle)
-                .is_some_and(|c| c.version >= stored.version)
-        };
-        Ok(current() || (self.policy_control.bring_up(bundle).await && current()))
-    }
-
-    /// Reloads revocations and brings every policy bundle up to its active version.
-    async fn catch_up(&self) -> Result<(), StoreError> {
-        self.revocations
-            .load(self.store.as_ref(), self.clock.now())
-            .await?;
-        for policy in self.store.active_policies().await? {
-            if !self.catch_up_policy(&policy.bundle).await? {
-                return Err(StoreError::Unavailable(format!(
-                    "policy {} v{} could not be loaded",
-                    policy.bundle, policy.version
-                )));
-            }
-        }
-        Ok(())
-    }
-
-    /// Broadcasts revoked sessions and API keys (none of either: nothing to do). See
-    /// [`confirmed`] for a broadcast that reached no majority.
-    pub async fn broadcast_revoked(&self, sessions: &[Uuid], api_keys: &[Uuid]) -> Propagation {
-        if sessions.is_empty() && api_keys.is_empty() {
-            return Propagation::nothing_sent();
-        }
-        let ids = |ids: &[Uuid]| ids.iter().map(Uuid::to_string).collect();
-        self.broadcast(Notice::Revoked {
-            sessions: ids(sessions),
-            api_keys: ids(api_keys),
-        })
-        .await
-    }
-
-    /// Tells the other members this node is leaving, so they drop it at once instead of
-    /// after its lease (a rolling restart is then not a string of failures), and takes it
-    /// out of the voting membership, so that it no longer counts toward the majority.
-    pub async fn leave_cluster(&self) {
-        // Sessions first: their new owners activate them from the store before this node
-        // stops, so a rolling restart is not a string of failovers.
-        let ids = self.sessions.running_ids().await;
-        for batch in ids.chunks(HANDOVER_BATCH) {
-            self.broadcast(Notice::Handover {
-                from: self.node_id.clone(),
-                sessions: batch.iter().map(Uuid::to_string).collect(),
-            })
-            .await;
-        }
-        info!(sessions = ids.len(), "handed this node's sessions over");
-        self.left.store(true, Ordering::Release);
-        voters::withdraw(self).await;
-        let propagation = self.broadcast(Notice::Leaving).await;
-        info!(
-            elapsed_ms = propagation.elapsed.as_millis(),
-            "announced this node's leave to the cluster"
-        );
-    }
-
-    /// Marks the node as shutting down: readiness fails from now on.
-    pub fn start_draining(&self) {
-        self.draining.store(true, Ordering::Release);
-    }
-
-    /// Whether the node is shutting down.
-    pub fn draining(&self) -> bool {
-        self.draining.load(Ordering::Acquire)
-    }
-
-    /// The token keys, once loaded from the store.
-    pub fn tokens(&self) -> Option<&Arc<TokenKeys>> {
-        self.tokens.get()
-    }
-
-    /// Reloads the signing keys from the store, at most once every few seconds (a token
-    /// with an unknown `kid` triggers it, and must not let a client hammer the store).
-    pub async fn reload_token_keys(&self) {
-        let Some(tokens) = self.tokens() else { return };
-        let mut last = self.last_key_reload.lock().await;
-        if last.is_some_and(|at| at.elapsed() < Duration::from_secs(5)) {
-            return;
-        }
-        *last = Some(tokio::time::Instant::now());
-        if let Err(err) = tokens.reload(self.store.as_ref(), self.clock.now()).await {
-            warn!(error = %err, "could not reload signing keys");
-        }
-    }
-
-    /// Whether a use of API key `id` should be written to the store: at most once a minute
-    /// per key and node, so a busy key does not take the database's write lock per request.
-    pub fn should_touch_api_key(&self, id: Uuid) -> bool {
-        let now = tokio::time::Instant::now();
-        let mut touches = self
-            .api_key_touches
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if touches
-            .get(&id)
-            .is_some_and(|at| now.duration_since(*at) < Duration::from_secs(60))
-        {
-            return false;
-        }
-        if touches.len() > 100_000 {
-            touches.retain(|_, at| now.duration_since(*at) < Duration::from_secs(60));
-        }
-        touches.insert(id, now);
-        true
-    }
-
-    /// Records an audit event and waits for its commit; a failure is logged and counted,
-    /// not returned, because the audited action has already happened.
-    pub async fn record_audit(&self, event: sark_actors::store::AuditEvent) {
-        let event_type = event.event_type.clone();
-        if let Err(err) = self.audit.record(event).await {
-            error!(event_type, error = %err, "audit event not recorded");
-        }
-    }
-
-    /// Whether the store was reached, migrated and bootstrapped since start-up.
-    pub fn store_initialized(&self) -> bool {
-        self.store_ready.load(Ordering::Acquire)
-    }
-
-    /// Whether every built-in bundle is compiled here and, once since start-up, every stored
-    /// bundle was active here at its stored version.
-    pub fn policies_loaded(&self) -> bool {
-        let loaded = self.policies.versions();
-        self.policies_loaded_once.load(Ordering::Acquire)
-            && BUILTIN_POLICIES
-                .iter()
-                .all(|(name, _)| loaded.contains_key(*name))
-    }
-
-    /// The supervision tree below the NodeSupervisor.
-    pub async fn actor_tree(&self) -> Vec<ChildInfo> {
-        ractor::call_t!(self.supervisor, SupervisorMessage::GetChildren, 2_000).unwrap_or_default()
-    }
+    Ok((node, control))
 }
 
 impl NodeControl {
@@ -818,35 +478,40 @@ impl NodeControl {
     }
 }
 
-/// The propagation of a stored change, or 503 `cluster_unavailable` when fewer than a
-/// majority of the cluster applied it (this node is on the minority side of a cut it has
-/// not noticed yet): the change stays stored and reaches the others once they hear from
-/// this node or at their next check against the store, but it cannot be vouched for now.
-pub fn confirmed(propagation: Propagation) -> Result<Propagation, crate::http::errors::ApiError> {
-    if propagation.confirmed {
-        return Ok(propagation);
-    }
-    Err(unconfirmed())
-}
-
-/// 503 `cluster_unavailable` for a change that is stored but reached no majority.
-pub fn unconfirmed() -> crate::http::errors::ApiError {
-    crate::http::errors::ApiError::unavailable(
-        "cluster_unavailable",
-        "the change is stored, but fewer than a majority of the cluster confirmed it: the members that missed it apply it once they hear from this node or at their next check against the store (auth.sync_seconds for credentials, policy.sync_seconds for policies)",
-    )
-}
-
 /// How often the membership view is asked whether a catch-up is due.
 const CATCH_UP_POLL: Duration = Duration::from_millis(25);
 
-/// How often a write waiting for this node to know every member looks again.
-const ACQUAINT_POLL: Duration = Duration::from_millis(20);
+/// Session ids per handover notice (a notice must stay under the 64 KiB payload limit).
+const HANDOVER_BATCH: usize = 1000;
+
+/// Tells the other members this node is leaving, so they drop it at once instead of
+/// after its lease (a rolling restart is then not a string of failures), and takes it
+/// out of the voting membership, so that it no longer counts toward the majority.
+pub async fn leave_cluster(node: &Core) {
+    // Sessions first: their new owners activate them from the store before this node
+    // stops, so a rolling restart is not a string of failovers.
+    let ids = node.sessions.running_ids().await;
+    for batch in ids.chunks(HANDOVER_BATCH) {
+        node.broadcast(Notice::Handover {
+            from: node.node_id.clone(),
+            sessions: batch.iter().map(Uuid::to_string).collect(),
+        })
+        .await;
+    }
+    info!(sessions = ids.len(), "handed this node's sessions over");
+    node.left.store(true, Ordering::Release);
+    voters::withdraw(node).await;
+    let propagation = node.broadcast(Notice::Leaving).await;
+    info!(
+        elapsed_ms = propagation.elapsed.as_millis(),
+        "announced this node's leave to the cluster"
+    );
+}
 
 /// Catches up with the store whenever this node may have missed a broadcast (it regained
 /// its lease after a pause or a cut, or a member joined): until then its lease does not
 /// count as fresh, so tokens and policy versions are checked against the store.
-async fn catch_up_after_gaps(node: std::sync::Weak<Node>) {
+async fn catch_up_after_gaps(node: std::sync::Weak<Core>) {
     loop {
         tokio::time::sleep(CATCH_UP_POLL).await;
         let Some(node) = node.upgrade() else { return };
@@ -868,7 +533,7 @@ async fn catch_up_after_gaps(node: std::sync::Weak<Node>) {
 
 /// Keeps revocations and signing keys in step with the store (anti-entropy for what other
 /// nodes and `sark admin` changed).
-async fn credential_sync(node: std::sync::Weak<Node>) {
+async fn credential_sync(node: std::sync::Weak<Core>) {
     loop {
         let Some(node) = node.upgrade() else { return };
         let every = Duration::from_secs(node.config.auth.sync_seconds);
@@ -955,11 +620,6 @@ fn forwarder_settings(config: &Config) -> ForwarderSettings {
     }
 }
 
-/// Seconds as a chrono duration, saturating.
-pub(crate) fn seconds(s: u64) -> i64 {
-    i64::try_from(s).unwrap_or(i64::MAX / 1000)
-}
-
 /// Resolves once the flag is true (or its sender is gone).
 pub(crate) async fn wait_until_true(flag: &mut watch::Receiver<bool>) {
     loop {
@@ -978,7 +638,7 @@ fn node_summary(
     policies: &Arc<PolicyRegistry>,
     metrics: &ActorMetrics,
     store_ready: &Arc<AtomicBool>,
-    node: &Arc<std::sync::OnceLock<std::sync::Weak<Node>>>,
+    node: &Arc<std::sync::OnceLock<std::sync::Weak<Core>>>,
 ) -> SummarySource {
     let (policies, metrics) = (policies.clone(), metrics.clone());
     let (store_ready, node) = (store_ready.clone(), node.clone());
@@ -1180,38 +840,6 @@ fn resolve_node_id(config: &Config, hostname: &str) -> Result<String, NodeError>
         )));
     }
     Ok(id)
-}
-
-/// Brings a bundle's PolicyActor in line with the store: reloads a running actor, or starts
-/// one for a bundle that has none (its start loads the active version).
-pub struct PolicyControl {
-    actors: PolicyActors,
-    supervisor: Slot<SupervisorMessage>,
-    spec: Arc<PolicySupervisorSpec>,
-}
-
-impl PolicyControl {
-    /// Returns whether the actor answered that it loaded the active version.
-    async fn bring_up(&self, bundle: &str) -> bool {
-        const BRING_UP_TIMEOUT: Duration = Duration::from_secs(5);
-        if self.actors.get(bundle).is_some() {
-            let reloaded = self
-                .actors
-                .slot(bundle)
-                .call(PolicyMessage::Reload, BRING_UP_TIMEOUT)
-                .await;
-            return matches!(reloaded, Some(Ok(_)));
-        }
-        let child = self.spec.child(bundle);
-        let added = self
-            .supervisor
-            .call(
-                |reply| SupervisorMessage::AddChild(child, reply),
-                BRING_UP_TIMEOUT,
-            )
-            .await;
-        matches!(added, Some(Ok(())))
-    }
 }
 
 /// Anti-entropy for policies: repairs any bundle whose compiled version on this node is

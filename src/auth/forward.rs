@@ -6,26 +6,17 @@
 //! still rotates exactly once.
 
 use std::net::IpAddr;
-use std::sync::{Arc, OnceLock, Weak};
-use std::time::Duration;
 
-use axum::Json;
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
 use prometheus::{IntCounterVec, Opts, Registry};
-use sark_cluster::membership::SessionHandler;
-use sark_cluster::placement::{call_node, call_owner};
-use sark_cluster::wire::{DESCRIBE_SINCE, SessionAnswer, SessionOp};
+use sark_cluster::placement::call_owner;
+use sark_cluster::wire::{SessionAnswer, SessionOp};
+use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::auth::service;
-use crate::http::errors::ApiError;
-use crate::node::Node;
-
-/// How long the owner gets to answer before the operation runs here.
-const OWNER_TIMEOUT: Duration = Duration::from_secs(2);
-/// Largest answer relayed (token responses are a few KiB).
-const MAX_ANSWER_BYTES: usize = 60 * 1024;
+use super::service;
+use super::sessions::{self, OWNER_TIMEOUT};
+use crate::core::Core;
+use crate::error::Error;
 
 /// `sark_session_forwards_total{op,ran}`: where session operations ran.
 pub fn register_metric(registry: &Registry) -> prometheus::Result<IntCounterVec> {
@@ -49,46 +40,14 @@ fn op_name(op: &SessionOp) -> &'static str {
     }
 }
 
-/// Asks member `owner` to describe `ids` (sessions of `user_id` it owns); `None` when it
-/// does not answer, or either side speaks a protocol version without the operation (the
-/// caller lists them from the store).
-pub async fn describe_on(
-    node: &Node,
-    owner: &str,
-    user_id: Uuid,
-    ids: &[Uuid],
-) -> Option<Vec<serde_json::Value>> {
-    let speaks = |version: u32| version >= DESCRIBE_SINCE;
-    if !speaks(node.membership.protocol_version())
-        || !node.membership.version_of(owner).is_some_and(speaks)
-    {
-        return None;
-    }
-    let op = SessionOp::Describe {
-        user_id: user_id.to_string(),
-        session_ids: ids.iter().map(Uuid::to_string).collect(),
-    };
-    let name = op_name(&op);
-    let (answer, ran) = call_node(&node.membership, owner, op, None, OWNER_TIMEOUT).await;
-    node.session_forwards
-        .with_label_values(&[name, ran.as_str()])
-        .inc();
-    let answer = answer.filter(|a| a.status == 200)?;
-    let mut body: serde_json::Value = serde_json::from_str(&answer.body).ok()?;
-    match body["items"].take() {
-        serde_json::Value::Array(items) => Some(items),
-        _ => None,
-    }
-}
-
-/// Runs `op` on the owner of `key` when that is another node; `None` when it must run
-/// here (this node owns it, or the owner did not answer).
+/// Runs `op` on the owner of `key` when that is another node, and gives its answer;
+/// `None` when it must run here (this node owns it, or the owner did not answer).
 pub async fn on_owner(
-    node: &Node,
+    node: &Core,
     key: Uuid,
     op: SessionOp,
     ip: Option<IpAddr>,
-) -> Option<Response> {
+) -> Option<SessionAnswer> {
     let name = op_name(&op);
     let (answer, ran) = call_owner(
         &node.membership,
@@ -101,101 +60,41 @@ pub async fn on_owner(
     node.session_forwards
         .with_label_values(&[name, ran.as_str()])
         .inc();
-    answer.map(relay)
+    answer
 }
 
-/// The owner's answer as this node's response.
-fn relay(answer: SessionAnswer) -> Response {
-    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
-    let mut response = (
-        status,
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        answer.body,
-    )
-        .into_response();
-    if let Some(seconds) = answer.retry_after {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-    }
-    response
-}
-
-/// Runs `op` here, answering as the front door would.
-async fn run_here(node: &Node, op: SessionOp, ip: Option<IpAddr>) -> Response {
-    let bad_id = |field: &str| ApiError::invalid_field(field, "must be a UUID");
-    let answered: Result<Response, ApiError> = match op {
-        SessionOp::Refresh { refresh_token } => service::refresh(node, &refresh_token, ip)
-            .await
-            .map(|tokens| Json(tokens).into_response()),
-        SessionOp::Logout { session_id, actor } => match Uuid::parse_str(&session_id) {
-            Ok(id) => service::revoke_session(node, id, "logout", &actor, ip)
-                .await
-                .map(|revoked| Json(revoked).into_response()),
-            Err(_) => Err(bad_id("session_id")),
-        },
-        SessionOp::VerifyMfa { challenge_id, code } => match Uuid::parse_str(&challenge_id) {
-            Ok(id) => service::verify_mfa(node, id, &code, ip)
-                .await
-                .map(|tokens| Json(tokens).into_response()),
-            Err(_) => Err(bad_id("challenge_id")),
-        },
+/// Runs `op` here, for another node that forwarded it: the answer as a JSON value.
+pub async fn run_here(node: &Core, op: SessionOp, ip: Option<IpAddr>) -> Result<Value, Error> {
+    let bad_id = |field: &str| Error::invalid_field(field, "must be a UUID");
+    let to_json = |value: Result<Value, serde_json::Error>| {
+        value.map_err(|e| Error::internal(format!("answer not serialisable: {e}")))
+    };
+    match op {
+        SessionOp::Refresh { refresh_token } => {
+            let tokens = service::refresh(node, &refresh_token, ip).await?;
+            to_json(serde_json::to_value(tokens))
+        }
+        SessionOp::Logout { session_id, actor } => {
+            let id = Uuid::parse_str(&session_id).map_err(|_| bad_id("session_id"))?;
+            let revoked = service::revoke_session(node, id, "logout", &actor, ip).await?;
+            to_json(serde_json::to_value(revoked))
+        }
+        SessionOp::VerifyMfa { challenge_id, code } => {
+            let id = Uuid::parse_str(&challenge_id).map_err(|_| bad_id("challenge_id"))?;
+            let tokens = service::verify_mfa(node, id, &code, ip).await?;
+            to_json(serde_json::to_value(tokens))
+        }
         SessionOp::Describe {
             user_id,
             session_ids,
         } => {
-            let ids: Option<Vec<Uuid>> = session_ids
+            let user_id = Uuid::parse_str(&user_id).map_err(|_| bad_id("user_id"))?;
+            let ids = session_ids
                 .iter()
-                .map(|id| Uuid::parse_str(id).ok())
-                .collect();
-            match (Uuid::parse_str(&user_id), ids) {
-                (Ok(user_id), Some(ids)) => {
-                    crate::http::routes::sessions::describe_owned(node, user_id, &ids)
-                        .await
-                        .map(|items| Json(serde_json::json!({ "items": items })).into_response())
-                }
-                (Err(_), _) => Err(bad_id("user_id")),
-                (_, None) => Err(bad_id("session_ids")),
-            }
+                .map(|id| Uuid::parse_str(id).map_err(|_| bad_id("session_ids")))
+                .collect::<Result<Vec<Uuid>, Error>>()?;
+            let items = sessions::describe_owned(node, user_id, &ids).await?;
+            Ok(json!({ "items": items }))
         }
-    };
-    answered.unwrap_or_else(IntoResponse::into_response)
-}
-
-/// The response as an answer to send back to the forwarding node.
-async fn answer(response: Response) -> SessionAnswer {
-    let status = response.status().as_u16();
-    let retry_after = response
-        .headers()
-        .get(header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok());
-    let body = axum::body::to_bytes(response.into_body(), MAX_ANSWER_BYTES)
-        .await
-        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
-        .unwrap_or_default();
-    SessionAnswer {
-        status,
-        retry_after,
-        body,
     }
-}
-
-/// Runs the session operations other nodes forward here; `node` is filled in once the
-/// node exists (until then, and after it is gone, calls are answered 503).
-pub fn handler(node: Arc<OnceLock<Weak<Node>>>) -> SessionHandler {
-    Arc::new(move |call| {
-        let node = node.get().and_then(Weak::upgrade);
-        Box::pin(async move {
-            let Some(node) = node else {
-                let starting = ApiError::unavailable("starting", "the node is still starting");
-                return answer(starting.into_response()).await;
-            };
-            let ip = call.ip.as_deref().and_then(|ip| ip.parse().ok());
-            answer(run_here(&node, call.op, ip).await).await
-        })
-    })
 }

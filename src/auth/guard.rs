@@ -6,22 +6,21 @@
 
 use std::net::IpAddr;
 
-use axum::http::StatusCode;
 use serde_json::{Value, json};
 use tracing::warn;
 
 use sark_actors::policy::{PolicyError, RuleValue};
 
 use super::principal::Principal;
-use crate::http::errors::ApiError;
-use crate::node::Node;
+use crate::core::Core;
+use crate::error::{Error, ErrorKind};
 
 /// The bundle that guards SARK's API.
 pub const AUTHORIZATION_BUNDLE: &str = "authorization";
 
 /// The policy input for `principal` doing `action` on `resource`.
 pub fn policy_input(
-    node: &Node,
+    node: &Core,
     principal: &Principal,
     action: &str,
     resource: &str,
@@ -65,9 +64,9 @@ pub struct Decision {
 }
 
 /// Asks the active `authorization` bundle about `input`; 503 while it is not loaded.
-pub fn decide(node: &Node, input: &Value) -> Result<Decision, ApiError> {
+pub fn decide(node: &Core, input: &Value) -> Result<Decision, Error> {
     let Some(bundle) = node.policies.get(AUTHORIZATION_BUNDLE) else {
-        return Err(ApiError::unavailable(
+        return Err(Error::unavailable(
             "policy_unavailable",
             "the authorization policy is not loaded yet",
         ));
@@ -109,7 +108,7 @@ pub fn decide(node: &Node, input: &Value) -> Result<Decision, ApiError> {
 /// Whether the policy allows it, without auditing a denial (for checks such as "may this
 /// user grant that scope").
 pub fn allowed(
-    node: &Node,
+    node: &Core,
     principal: &Principal,
     action: &str,
     resource: &str,
@@ -121,7 +120,7 @@ pub fn allowed(
 
 /// Writes the `authz_denied` event of a denial.
 pub async fn audit_denial(
-    node: &Node,
+    node: &Core,
     actor: &str,
     ip: Option<IpAddr>,
     action: &str,
@@ -147,13 +146,13 @@ pub async fn audit_denial(
 
 /// A node cut off from the cluster (its lease lapsed) may have missed a policy activation:
 /// it brings `bundle` up to the stored version before deciding, or answers 503.
-async fn fenced_policy_check(node: &Node, bundle: &str) -> Result<(), ApiError> {
+async fn fenced_policy_check(node: &Core, bundle: &str) -> Result<(), Error> {
     if node.lease_fresh() {
         return Ok(());
     }
     match node.catch_up_policy(bundle).await {
         Ok(true) => Ok(()),
-        _ => Err(ApiError::unavailable(
+        _ => Err(Error::unavailable(
             "policy_unavailable",
             "this node is cut off from the cluster and cannot confirm the current policy version; retry",
         )),
@@ -162,12 +161,12 @@ async fn fenced_policy_check(node: &Node, bundle: &str) -> Result<(), ApiError> 
 
 /// Allows the request or answers 403 with the policy's reason; every denial is audited.
 pub async fn authorize(
-    node: &Node,
+    node: &Core,
     principal: &Principal,
     action: &str,
     resource: &str,
     ip: Option<IpAddr>,
-) -> Result<(), ApiError> {
+) -> Result<(), Error> {
     fenced_policy_check(node, AUTHORIZATION_BUNDLE).await?;
     let input = policy_input(node, principal, action, resource, ip);
     let decision = decide(node, &input)?;
@@ -178,5 +177,5 @@ pub async fn authorize(
     let reason = decision
         .reason
         .unwrap_or_else(|| "the authorization policy does not allow this".to_owned());
-    Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", reason))
+    Err(Error::new(ErrorKind::Forbidden, "forbidden", reason))
 }

@@ -1,28 +1,23 @@
-//! Who is calling: resolved once per request by [`authenticate`] (before rate limiting,
-//! which counts per principal) and taken by handlers with the [`Principal`] extractor.
+//! Who is calling: the [`Principal`] a presented credential proves.
 //!
 //! Access tokens are verified locally (signature, `iss`, `aud`, `exp`) and their session
 //! checked against the revocation list: no store round trip. API keys are looked up by
-//! prefix and their secret compared in constant time.
+//! prefix and their secret compared in constant time, after a per-address limit on
+//! lookups.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
-use axum::extract::{FromRequestParts, Request, State};
-use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use uuid::Uuid;
 
 use super::api_keys;
-use crate::http::AppState;
-use crate::http::errors::ApiError;
+use crate::core::Core;
+use crate::error::{Error, ErrorKind};
 use crate::idp::jwt::TokenError;
-use crate::node::Node;
 use crate::store::{Role, StoreError};
 
 /// Presented credentials longer than this are refused unread.
-const MAX_CREDENTIAL_LENGTH: usize = 8 * 1024;
+pub const MAX_CREDENTIAL_LENGTH: usize = 8 * 1024;
 
 /// How a principal proved itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,162 +88,92 @@ impl Principal {
     pub fn is_admin(&self) -> bool {
         self.role == Role::Admin
     }
-}
 
-/// A credential was presented but refused; kept for the handler to answer 401.
-#[derive(Clone, Debug)]
-pub struct AuthFailure {
-    code: &'static str,
-    message: &'static str,
-    unavailable: bool,
-}
-
-impl AuthFailure {
-    fn invalid(code: &'static str, message: &'static str) -> Self {
-        Self {
-            code,
-            message,
-            unavailable: false,
-        }
-    }
-
-    fn into_error(self) -> ApiError {
-        if self.unavailable {
-            return ApiError::unavailable("database_unavailable", self.message);
-        }
-        ApiError::new(StatusCode::UNAUTHORIZED, self.code, self.message).with_header(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer error=\"invalid_token\""),
-        )
+    /// The caller's session: API keys may not manage sessions, keys or MFA.
+    pub fn require_session(&self) -> Result<Uuid, Error> {
+        self.session_id().ok_or_else(|| {
+            Error::new(
+                ErrorKind::Forbidden,
+                "not_a_session",
+                "this needs a logged-in session, not an API key",
+            )
+        })
     }
 }
 
-enum Credential<'a> {
+/// A credential as presented: an access token or an API key.
+#[derive(Clone, Copy, Debug)]
+pub enum Credential<'a> {
+    /// A bearer access token.
     Bearer(&'a str),
+    /// An API key (as a bearer token with the key prefix, or in `X-API-Key`).
     ApiKey(&'a str),
 }
 
-fn credential(parts: &axum::http::HeaderMap) -> Option<Result<Credential<'_>, AuthFailure>> {
-    let malformed = || AuthFailure::invalid("invalid_token", "the credential is malformed");
-    if let Some(value) = parts.get(header::AUTHORIZATION) {
-        let Ok(value) = value.to_str() else {
-            return Some(Err(malformed()));
-        };
-        let Some((scheme, token)) = value.split_once(' ') else {
-            return Some(Err(malformed()));
-        };
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return Some(Err(AuthFailure::invalid(
-                "invalid_token",
-                "only Bearer credentials are accepted",
-            )));
-        }
-        let token = token.trim();
-        if token.is_empty() || token.len() > MAX_CREDENTIAL_LENGTH {
-            return Some(Err(malformed()));
-        }
-        return Some(Ok(if token.starts_with(api_keys::KEY_PREFIX) {
+impl<'a> Credential<'a> {
+    /// A bearer token: an API key when it has the key prefix, else an access token.
+    pub fn bearer(token: &'a str) -> Self {
+        if token.starts_with(api_keys::KEY_PREFIX) {
             Credential::ApiKey(token)
         } else {
             Credential::Bearer(token)
-        }));
-    }
-    let key = parts.get("x-api-key")?;
-    match key.to_str() {
-        Ok(key) if !key.is_empty() && key.len() <= MAX_CREDENTIAL_LENGTH => {
-            Some(Ok(Credential::ApiKey(key.trim())))
         }
-        _ => Some(Err(malformed())),
     }
 }
 
-/// Middleware: resolves the caller, if a credential was presented.
-pub async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    let unauthenticated_route = req
-        .extensions()
-        .get::<crate::http::middleware::RouteTemplate>()
-        .is_some_and(|route| crate::http::middleware::UNLIMITED_ROUTES.contains(&route.0.as_str()));
-    if unauthenticated_route {
-        return next.run(req).await;
-    }
-    let outcome = match credential(req.headers()) {
-        None => None,
-        Some(Err(failure)) => Some(Err(failure)),
-        Some(Ok(Credential::Bearer(token))) => Some(from_access_token(&state.node, token).await),
-        Some(Ok(Credential::ApiKey(key))) => {
-            let client = req
-                .extensions()
-                .get::<crate::http::middleware::ClientIp>()
-                .map(|c| c.0);
-            if let Some(refused) = limit_key_lookups(&state.node, client).await {
-                return refused;
-            }
-            Some(from_api_key(&state.node, key).await)
+/// A refused credential: 401 telling a bearer client its token is the problem.
+pub fn refused(code: &'static str, message: &'static str) -> Error {
+    Error::new(ErrorKind::Unauthenticated, code, message).bearer_challenge()
+}
+
+/// The store (or the node) cannot tell whether a credential is good.
+fn undecided(message: &'static str) -> Error {
+    Error::unavailable("database_unavailable", message)
+}
+
+/// The principal `credential` proves; API key lookups from `client` are rate limited first.
+pub async fn authenticate(
+    node: &Arc<Core>,
+    credential: Credential<'_>,
+    client: Option<IpAddr>,
+) -> Result<Principal, Error> {
+    match credential {
+        Credential::Bearer(token) => from_access_token(node, token).await,
+        Credential::ApiKey(key) => {
+            limit_key_lookups(node, client).await?;
+            from_api_key(node, key).await
         }
+    }
+}
+
+/// Counts an API key lookup against the address it came from: a guessed key costs a store
+/// lookup, so guessing is limited (at the authenticated rate) before the store is asked.
+async fn limit_key_lookups(node: &Core, client: Option<IpAddr>) -> Result<(), Error> {
+    let Some(ip) = client else {
+        return Ok(());
     };
-    let mut who = None;
-    match outcome {
-        Some(Ok(principal)) => {
-            who = Some(RequestPrincipal(principal.username.clone()));
-            req.extensions_mut().insert(principal);
-        }
-        Some(Err(failure)) => {
-            req.extensions_mut().insert(failure);
-        }
-        None => {}
-    }
-    let mut response = next.run(req).await;
-    if let Some(who) = who {
-        response.extensions_mut().insert(who);
-    }
-    response
-}
-
-/// Counts an API key's lookup against its client address before the lookup reaches the
-/// store: guessed keys cost no more database reads than the authenticated rate allows.
-/// `Some(429)` past it.
-async fn limit_key_lookups(node: &Node, client: Option<std::net::IpAddr>) -> Option<Response> {
-    let ip = client?;
     let limit = node.config.rate_limit.authenticated_per_minute;
-    let key = format!(
-        "{}|api_key_lookups|{limit}",
-        crate::http::middleware::client_key(ip)
-    );
+    let key = format!("{}|api_key_lookups|{limit}", crate::limits::client_key(ip));
     let decision = node.rate_limiter.check(&key, limit).await;
     if decision.allowed {
-        return None;
+        return Ok(());
     }
     node.actor_metrics
         .rate_limited
         .with_label_values(&["api_key_lookup"])
         .inc();
-    Some(
-        ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            format!("more than {limit} API key lookups per minute from this address; retry later"),
-        )
-        .with_header(
-            header::RETRY_AFTER,
-            HeaderValue::from(decision.retry_after_secs),
-        )
-        .into_response(),
+    Err(Error::new(
+        ErrorKind::RateLimited,
+        "rate_limited",
+        format!("more than {limit} API key lookups per minute from this address; retry later"),
     )
+    .retry_after(decision.retry_after_secs))
 }
 
-/// Who made a request (a username), on its response, for the request log.
-#[derive(Clone, Debug)]
-pub struct RequestPrincipal(pub String);
-
-async fn from_access_token(node: &Arc<Node>, token: &str) -> Result<Principal, AuthFailure> {
-    let invalid =
-        || AuthFailure::invalid("invalid_token", "the access token is invalid or expired");
+async fn from_access_token(node: &Arc<Core>, token: &str) -> Result<Principal, Error> {
+    let invalid = || refused("invalid_token", "the access token is invalid or expired");
     let Some(tokens) = node.tokens() else {
-        return Err(AuthFailure {
-            code: "unavailable",
-            message: "the node is still starting",
-            unavailable: true,
-        });
+        return Err(undecided("the node is still starting"));
     };
     let claims = match tokens.verify(token) {
         Err(TokenError::UnknownKey) => {
@@ -260,7 +185,7 @@ async fn from_access_token(node: &Arc<Node>, token: &str) -> Result<Principal, A
     };
     let session_id = Uuid::parse_str(&claims.sid).map_err(|_| invalid())?;
     let user_id = Uuid::parse_str(&claims.sub).map_err(|_| invalid())?;
-    let revoked = || AuthFailure::invalid("token_revoked", "the session of this token was revoked");
+    let revoked = || refused("token_revoked", "the session of this token was revoked");
     if node.revocations.session_revoked(session_id) {
         return Err(revoked());
     }
@@ -271,11 +196,9 @@ async fn from_access_token(node: &Arc<Node>, token: &str) -> Result<Principal, A
             Ok(Some(session)) if session.revoked_at.is_none() => {}
             Ok(_) => return Err(revoked()),
             Err(_) => {
-                return Err(AuthFailure {
-                    code: "database_unavailable",
-                    message: "this node is cut off from the cluster and cannot check the session; retry",
-                    unavailable: true,
-                });
+                return Err(undecided(
+                    "this node is cut off from the cluster and cannot check the session; retry",
+                ));
             }
         }
     }
@@ -292,18 +215,14 @@ async fn from_access_token(node: &Arc<Node>, token: &str) -> Result<Principal, A
     })
 }
 
-async fn from_api_key(node: &Arc<Node>, key: &str) -> Result<Principal, AuthFailure> {
+async fn from_api_key(node: &Arc<Core>, key: &str) -> Result<Principal, Error> {
     let invalid = || {
-        AuthFailure::invalid(
+        refused(
             "invalid_api_key",
             "the API key is invalid, expired or revoked",
         )
     };
-    let unavailable = |_: StoreError| AuthFailure {
-        code: "database_unavailable",
-        message: "the database is unavailable; retry later",
-        unavailable: true,
-    };
+    let unavailable = |_: StoreError| undecided("the database is unavailable; retry later");
     let (prefix, secret) = api_keys::parse(key).ok_or_else(invalid)?;
     let record = node
         .store
@@ -351,23 +270,4 @@ async fn from_api_key(node: &Arc<Node>, key: &str) -> Result<Principal, AuthFail
             scopes: record.scopes,
         },
     })
-}
-
-impl<S: Send + Sync> FromRequestParts<S> for Principal {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        if let Some(principal) = parts.extensions.get::<Principal>() {
-            return Ok(principal.clone());
-        }
-        if let Some(failure) = parts.extensions.get::<AuthFailure>() {
-            return Err(failure.clone().into_error());
-        }
-        Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "authentication_required",
-            "this endpoint needs a credential",
-        )
-        .with_header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")))
-    }
 }

@@ -5,12 +5,9 @@
 //! every node). Unknown users, disabled users and wrong passwords get the same answer
 //! after the same amount of argon2 work.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, PoisonError, Weak};
 use std::time::Instant;
 
-use axum::http::{HeaderValue, StatusCode, header};
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 use serde_json::json;
@@ -21,10 +18,10 @@ use zeroize::Zeroizing;
 
 use sark_actors::session::{RefreshOutcome, SessionError};
 
-use crate::http::errors::ApiError;
+use crate::core::{Core, seconds};
+use crate::error::{Error, ErrorKind};
 use crate::idp::jwt::AccessClaims;
 use crate::idp::totp;
-use crate::node::{Node, seconds};
 use crate::store::{ChallengeRecord, LockState, LockoutRule, SessionRecord, User};
 
 /// Submitted usernames longer than this are refused before any work.
@@ -103,13 +100,13 @@ pub struct Revoked {
     /// Cluster members that acknowledged (this node aside).
     pub acknowledged_by: Vec<String>,
     /// Whether a majority of the cluster applied the revocation (see
-    /// [`crate::node::confirmed`]); the caller decides how to answer when not.
+    /// [`crate::core::confirmed`]); the caller decides how to answer when not.
     #[serde(skip)]
     pub confirmed: bool,
 }
 
 /// The configured lockout rule.
-pub fn lockout_rule(node: &Node) -> LockoutRule {
+pub fn lockout_rule(node: &Core) -> LockoutRule {
     let lock = Duration::seconds(seconds(node.config.auth.lockout_seconds));
     LockoutRule {
         threshold: node.config.auth.lockout_threshold,
@@ -123,62 +120,22 @@ pub fn lockout_key(username: &str) -> String {
     username.trim().to_lowercase()
 }
 
-fn locked(until: DateTime<Utc>, now: DateTime<Utc>) -> ApiError {
+fn locked(until: DateTime<Utc>, now: DateTime<Utc>) -> Error {
     let retry = (until - now).num_seconds().max(1);
-    ApiError::new(
-        StatusCode::LOCKED,
+    Error::new(
+        ErrorKind::Locked,
         "account_locked",
         "too many failed attempts; try again later",
     )
-    .with_header(header::RETRY_AFTER, HeaderValue::from(retry))
+    .retry_after(u64::try_from(retry).unwrap_or(1))
 }
 
-pub(crate) fn invalid_credentials() -> ApiError {
-    ApiError::new(
-        StatusCode::UNAUTHORIZED,
+pub(crate) fn invalid_credentials() -> Error {
+    Error::new(
+        ErrorKind::Unauthenticated,
         "invalid_credentials",
         "invalid username or password",
     )
-}
-
-/// One credential check at a time per lockout key on this node: parallel guesses at one
-/// name are checked in turn, each after the failures before it are counted, so they
-/// cannot outrun the lockout. (Across nodes each node may have one check in flight; the
-/// cluster-wide lock comes with the shared limiter.)
-#[derive(Default)]
-pub struct AttemptLocks {
-    inner: std::sync::Mutex<AttemptLocksInner>,
-}
-
-#[derive(Default)]
-struct AttemptLocksInner {
-    keys: HashMap<String, Weak<tokio::sync::Mutex<()>>>,
-    /// Dead entries are swept when the map reaches this size, which then doubles, so
-    /// sweeping costs amortized constant time per attempt.
-    sweep_at: usize,
-}
-
-impl AttemptLocks {
-    const MIN_SWEEP: usize = 1024;
-
-    async fn turn(&self, key: &str) -> OwnedMutexGuard<()> {
-        let lock = {
-            let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-            match inner.keys.get(key).and_then(Weak::upgrade) {
-                Some(lock) => lock,
-                None => {
-                    if inner.keys.len() >= inner.sweep_at.max(Self::MIN_SWEEP) {
-                        inner.keys.retain(|_, lock| lock.strong_count() > 0);
-                        inner.sweep_at = (inner.keys.len() * 2).max(Self::MIN_SWEEP);
-                    }
-                    let lock = Arc::new(tokio::sync::Mutex::new(()));
-                    inner.keys.insert(key.to_owned(), Arc::downgrade(&lock));
-                    lock
-                }
-            }
-        };
-        lock.lock_owned().await
-    }
 }
 
 /// A check of a credential against the lockout of `key`, holding the key's turn. It ends
@@ -193,7 +150,7 @@ pub struct Attempt {
 
 impl Attempt {
     /// Waits for the key's turn, then answers 423 if the name is locked.
-    pub async fn begin(node: &Node, key: &str) -> Result<Self, ApiError> {
+    pub async fn begin(node: &Core, key: &str) -> Result<Self, Error> {
         let turn = node.attempt_locks.turn(key).await;
         let now = node.clock.now();
         if let Some(LockState {
@@ -212,14 +169,14 @@ impl Attempt {
     }
 
     /// The credential was right: the name's counter is cleared.
-    pub async fn succeeded(self, node: &Node) -> Result<(), ApiError> {
+    pub async fn succeeded(self, node: &Core) -> Result<(), Error> {
         node.lockout.clear(&self.key, self.now).await?;
         Ok(())
     }
 
     /// The credential was wrong: the failure is counted. Returns 423 when this failure
     /// locked the name (and audits the lock), otherwise `otherwise`.
-    pub async fn failed(self, node: &Node, ip: Option<IpAddr>, otherwise: ApiError) -> ApiError {
+    pub async fn failed(self, node: &Core, ip: Option<IpAddr>, otherwise: Error) -> Error {
         let state = match node
             .lockout
             .record_failure(&self.key, lockout_rule(node), self.now)
@@ -248,7 +205,7 @@ impl Attempt {
 
 /// Records an audit event about `actor`.
 pub(crate) async fn audit(
-    node: &Node,
+    node: &Core,
     event_type: &str,
     outcome: &str,
     actor: &str,
@@ -266,11 +223,11 @@ pub(crate) async fn audit(
 
 /// A local password login.
 pub async fn password_login(
-    node: &Node,
+    node: &Core,
     username: &str,
     password: Zeroizing<String>,
     ip: Option<IpAddr>,
-) -> Result<LoginOutcome, ApiError> {
+) -> Result<LoginOutcome, Error> {
     let key = lockout_key(username);
     let attempt = Attempt::begin(node, &key).await?;
     let user = node.store.user_by_username(&key).await?;
@@ -303,12 +260,12 @@ pub async fn password_login(
 /// Finishes a login whose first factor (`method`) proved `user`: a second-factor challenge
 /// when the user has MFA on, otherwise the lockout counter is cleared and a session starts.
 pub async fn complete_login(
-    node: &Node,
+    node: &Core,
     attempt: Attempt,
     user: &User,
     method: &str,
     ip: Option<IpAddr>,
-) -> Result<LoginOutcome, ApiError> {
+) -> Result<LoginOutcome, Error> {
     if user.mfa_enabled {
         let now = node.clock.now();
         let expires_in = seconds(node.config.auth.mfa_challenge_seconds);
@@ -345,15 +302,15 @@ pub async fn complete_login(
 
 /// The second step of a login: a TOTP code or a recovery code for an open challenge.
 pub async fn verify_mfa(
-    node: &Node,
+    node: &Core,
     challenge_id: Uuid,
     code: &str,
     ip: Option<IpAddr>,
-) -> Result<TokenResponse, ApiError> {
+) -> Result<TokenResponse, Error> {
     let now = node.clock.now();
     let invalid_challenge = || {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
+        Error::new(
+            ErrorKind::Unauthenticated,
             "invalid_challenge",
             "the MFA challenge is unknown, used or expired",
         )
@@ -399,8 +356,8 @@ pub async fn verify_mfa(
             json!({"method": method, "challenge_id": challenge_id}),
         )
         .await;
-        let wrong = ApiError::new(
-            StatusCode::UNAUTHORIZED,
+        let wrong = Error::new(
+            ErrorKind::Unauthenticated,
             "invalid_code",
             "the code is wrong or was already used",
         );
@@ -438,11 +395,11 @@ pub async fn verify_mfa(
 /// Checks a TOTP code of a confirmed enrolment; a code is accepted once (the store keeps
 /// the last accepted time step).
 async fn accept_totp(
-    node: &Node,
+    node: &Core,
     user: &User,
     code: &str,
     now: DateTime<Utc>,
-) -> Result<bool, ApiError> {
+) -> Result<bool, Error> {
     let Some(record) = node
         .store
         .totp(user.id)
@@ -454,7 +411,7 @@ async fn accept_totp(
     let secret = node
         .sealer
         .open(&format!("totp:{}", user.id), &record.secret)
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+        .map_err(|e| Error::internal(e.to_string()))?;
     let Some(step) = totp::verify(&secret, code, u64::try_from(now.timestamp()).unwrap_or(0))
     else {
         return Ok(false);
@@ -487,14 +444,14 @@ fn parse_refresh_token(token: &str) -> Option<(Uuid, String)> {
 }
 
 fn access_token(
-    node: &Node,
+    node: &Core,
     user: &User,
     session: &SessionRecord,
     now: DateTime<Utc>,
-) -> Result<(String, i64), ApiError> {
+) -> Result<(String, i64), Error> {
     let tokens = node
         .tokens()
-        .ok_or_else(|| ApiError::unavailable("starting", "the node is still starting"))?;
+        .ok_or_else(|| Error::unavailable("starting", "the node is still starting"))?;
     let lifetime = seconds(node.config.auth.access_token_seconds);
     // An access token never outlives its session.
     let exp = (now + Duration::seconds(lifetime)).min(session.expires_at);
@@ -516,18 +473,18 @@ fn access_token(
     };
     let token = tokens
         .issue(&claims)
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+        .map_err(|e| Error::internal(e.to_string()))?;
     Ok((token, (exp - now).num_seconds().max(0)))
 }
 
 /// Creates a session for `user` (its actor is activated at once) and its tokens.
 pub async fn start_session(
-    node: &Node,
+    node: &Core,
     user: &User,
     auth_method: &str,
     mfa_verified: bool,
     ip: Option<IpAddr>,
-) -> Result<TokenResponse, ApiError> {
+) -> Result<TokenResponse, Error> {
     let now = node.clock.now();
     let id = Uuid::now_v7();
     let (refresh_token, refresh_hash) = new_refresh_token(id);
@@ -587,13 +544,13 @@ fn same_credentials(now: &User, then: &User) -> bool {
 /// Exchanges a refresh token for new tokens; the presented one dies. A refresh token
 /// presented twice revokes its whole session.
 pub async fn refresh(
-    node: &Node,
+    node: &Core,
     refresh_token: &str,
     ip: Option<IpAddr>,
-) -> Result<TokenResponse, ApiError> {
+) -> Result<TokenResponse, Error> {
     let invalid = || {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
+        Error::new(
+            ErrorKind::Unauthenticated,
             "invalid_token",
             "the refresh token is invalid or expired",
         )
@@ -605,7 +562,7 @@ pub async fn refresh(
         Err(SessionError::NotFound) => return Err(invalid()),
         Err(SessionError::Store(err)) => return Err(err.into()),
         Err(SessionError::Unavailable) => {
-            return Err(ApiError::unavailable(
+            return Err(Error::unavailable(
                 "session_unavailable",
                 "the session could not be reached; retry",
             ));
@@ -664,8 +621,8 @@ pub async fn refresh(
                 json!({"session_revoked": true}),
             )
             .await;
-            Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
+            Err(Error::new(
+                ErrorKind::Unauthenticated,
                 "refresh_token_reused",
                 "this refresh token was already used; the session has been revoked",
             ))
@@ -676,12 +633,12 @@ pub async fn refresh(
 
 /// Revokes one session (through its actor) and refuses it on this node at once.
 pub async fn revoke_session(
-    node: &Node,
+    node: &Core,
     session_id: Uuid,
     reason: &str,
     actor: &str,
     ip: Option<IpAddr>,
-) -> Result<Revoked, ApiError> {
+) -> Result<Revoked, Error> {
     node.require_cluster().await?;
     let started = Instant::now();
     let revoked = match node.sessions.revoke(session_id, reason).await {
@@ -710,7 +667,7 @@ pub async fn revoke_session(
         )
         .await;
     }
-    let propagation = crate::node::confirmed(propagation)?;
+    let propagation = crate::core::confirmed(propagation)?;
     Ok(Revoked {
         revoked,
         propagation_ms,
@@ -723,20 +680,20 @@ pub async fn revoke_session(
 /// Checks `password` against `user`'s own, as a login does: it counts toward the lockout,
 /// and a wrong one is 403 `invalid_current_password` (the caller's token is fine).
 pub async fn verify_current_password(
-    node: &Node,
+    node: &Core,
     user: &User,
     password: Zeroizing<String>,
     ip: Option<IpAddr>,
-) -> Result<(), ApiError> {
+) -> Result<(), Error> {
     if password.is_empty() || password.chars().count() > crate::idp::password::MAX_LENGTH {
-        return Err(ApiError::invalid_field(
+        return Err(Error::invalid_field(
             "current_password",
             format!("must be 1-{} characters", crate::idp::password::MAX_LENGTH),
         ));
     }
     if user.provider != "local" {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
+        return Err(Error::new(
+            ErrorKind::Conflict,
             "external_account",
             "this account's password is managed by its identity provider: log in again instead",
         ));
@@ -747,8 +704,8 @@ pub async fn verify_current_password(
         .verify(password, user.password_hash.clone())
         .await
     {
-        let wrong = ApiError::new(
-            StatusCode::FORBIDDEN,
+        let wrong = Error::new(
+            ErrorKind::Forbidden,
             "invalid_current_password",
             "the current password is wrong",
         );
@@ -762,18 +719,18 @@ pub async fn verify_current_password(
 /// or a login of session `session_id` within `auth.reauth_seconds`; otherwise 403
 /// `reauthentication_required`.
 pub async fn reauthenticate(
-    node: &Node,
+    node: &Core,
     user_id: Uuid,
     session_id: Uuid,
     current_password: Option<Zeroizing<String>>,
     ip: Option<IpAddr>,
-) -> Result<(), ApiError> {
+) -> Result<(), Error> {
     if let Some(password) = current_password {
         let user = node
             .store
             .user_by_id(user_id)
             .await?
-            .ok_or_else(|| ApiError::not_found("no such user"))?;
+            .ok_or_else(|| Error::not_found("no such user"))?;
         return verify_current_password(node, &user, password, ip).await;
     }
     let window = node.config.auth.reauth_seconds;
@@ -782,8 +739,8 @@ pub async fn reauthenticate(
     if session.is_some_and(|s| s.created_at >= logged_in_since) {
         return Ok(());
     }
-    Err(ApiError::new(
-        StatusCode::FORBIDDEN,
+    Err(Error::new(
+        ErrorKind::Forbidden,
         "reauthentication_required",
         format!(
             "this change needs a login within the last {window} s: send `current_password`, or log in again"
@@ -793,12 +750,12 @@ pub async fn reauthenticate(
 
 /// Revokes every live session (except `keep`) and, with `keys`, every API key of a user.
 pub async fn revoke_user_credentials(
-    node: &Node,
+    node: &Core,
     user_id: Uuid,
     keep: Option<Uuid>,
     keys: bool,
     reason: &str,
-) -> Result<Revoked, ApiError> {
+) -> Result<Revoked, Error> {
     node.require_cluster().await?;
     let started = Instant::now();
     let now = node.clock.now();
@@ -821,18 +778,18 @@ pub async fn revoke_user_credentials(
 /// A revocation no majority confirmed is stored; the change stands, and the caller audits
 /// `confirmed: false`.
 pub async fn change_credentials(
-    node: &Node,
+    node: &Core,
     username: &str,
     patch: &crate::store::UserPatch,
     revoke: &crate::store::CredentialRevocation<'_>,
-) -> Result<(User, Revoked), ApiError> {
+) -> Result<(User, Revoked), Error> {
     node.require_cluster().await?;
     let started = Instant::now();
     let updated = node
         .store
         .update_user_revoking(username, patch, revoke, node.clock.now())
         .await?
-        .ok_or_else(|| ApiError::not_found(format!("no user {username}")))?;
+        .ok_or_else(|| Error::not_found(format!("no user {username}")))?;
     let revoked = publish_revocations(
         node,
         started,
@@ -847,7 +804,7 @@ pub async fn change_credentials(
 
 /// Puts revoked sessions and keys into this node's list and broadcasts them.
 async fn publish_revocations(
-    node: &Node,
+    node: &Core,
     started: Instant,
     user_id: Uuid,
     reason: &str,
@@ -873,26 +830,74 @@ async fn publish_revocations(
     }
 }
 
+/// Refuses an empty or oversized username or password.
+pub fn check_credentials(username: &str, secret: &str) -> Result<(), Error> {
+    if username.is_empty() || username.chars().count() > MAX_USERNAME_INPUT {
+        return Err(Error::invalid_field(
+            "username",
+            format!("must be 1-{MAX_USERNAME_INPUT} characters"),
+        ));
+    }
+    if secret.is_empty() || secret.chars().count() > crate::idp::password::MAX_LENGTH {
+        return Err(Error::invalid_field(
+            "password",
+            format!("must be 1-{} characters", crate::idp::password::MAX_LENGTH),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks the policy, stores the new hash and revokes the user's sessions (except
+/// `keep`) and API keys with it; shared by self-service and admin password changes.
+pub async fn set_password(
+    node: &Core,
+    username: &str,
+    new_password: &str,
+    keep: Option<Uuid>,
+    actor: &str,
+    ip: Option<std::net::IpAddr>,
+) -> Result<(), Error> {
+    crate::idp::password::check_policy(username, new_password).map_err(|v| {
+        Error::new(
+            ErrorKind::Invalid,
+            "weak_password",
+            format!("`password` ({}): {}", v.rule, v.message),
+        )
+    })?;
+    let hash = node
+        .passwords
+        .hash(Zeroizing::new(new_password.to_owned()))
+        .await
+        .map_err(|e| Error::internal(e.to_string()))?;
+    let patch = crate::store::UserPatch {
+        password_hash: Some(hash),
+        ..Default::default()
+    };
+    // The other sessions and every API key (one minted from a stolen session included)
+    // are revoked in the transaction that stores the new hash: both, or neither.
+    let (_, revoked) = change_credentials(
+        node,
+        username,
+        &patch,
+        &crate::store::CredentialRevocation {
+            reason: "password_changed",
+            keep,
+            api_keys: true,
+        },
+    )
+    .await?;
+    let mut event = node.audit.event("password_changed", "success");
+    event.actor = Some(actor.to_owned());
+    event.ip = ip.map(|ip| ip.to_string());
+    event.resource = Some(format!("user:{username}"));
+    event.details = json!({"revocation_confirmed": revoked.confirmed});
+    node.record_audit(event).await;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test]
-    async fn attempt_locks_take_turns_per_key_and_forget_idle_keys() {
-        let locks = AttemptLocks::default();
-        let held = locks.turn("alice").await;
-        let other = tokio::time::timeout(std::time::Duration::from_secs(5), locks.turn("bob"));
-        assert!(other.await.is_ok(), "another key is not blocked");
-        let same = tokio::time::timeout(std::time::Duration::from_millis(50), locks.turn("alice"));
-        assert!(same.await.is_err(), "the same key waits for its turn");
-        drop(held);
-        drop(locks.turn("alice").await);
-        for i in 0..5000 {
-            drop(locks.turn(&format!("user{i}")).await);
-        }
-        let size = locks.inner.lock().unwrap().keys.len();
-        assert!(size <= 2 * AttemptLocks::MIN_SWEEP, "{size} idle keys kept");
-    }
 
     #[test]
     fn refresh_tokens_carry_their_session_and_only_a_hash_is_kept() {

@@ -9,7 +9,6 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use axum::http::StatusCode;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use openidconnect::core::{
@@ -27,8 +26,8 @@ use tokio::sync::RwLock;
 use super::{ExternalIdentity, random_token, sha256_hex};
 use crate::auth::service;
 use crate::config::{ConfigError, OidcConfig};
-use crate::http::errors::ApiError;
-use crate::node::Node;
+use crate::core::Core;
+use crate::error::{Error, ErrorKind};
 use crate::store::AuthRequestRecord;
 
 /// How long a started login waits for its callback.
@@ -81,9 +80,9 @@ pub struct OidcProvider {
     metadata: RwLock<Option<(CoreProviderMetadata, Instant)>>,
 }
 
-fn unavailable(detail: impl std::fmt::Display) -> ApiError {
+fn unavailable(detail: impl std::fmt::Display) -> Error {
     tracing::warn!(error = %detail, "the OIDC provider is unavailable");
-    ApiError::unavailable(
+    Error::unavailable(
         "oidc_unavailable",
         "the OpenID Connect provider cannot be reached; try again later",
     )
@@ -109,7 +108,7 @@ impl OidcProvider {
         })
     }
 
-    async fn metadata(&self, fresh: bool) -> Result<CoreProviderMetadata, ApiError> {
+    async fn metadata(&self, fresh: bool) -> Result<CoreProviderMetadata, Error> {
         if !fresh
             && let Some((metadata, at)) = self.metadata.read().await.as_ref()
             && at.elapsed() < METADATA_TTL
@@ -124,9 +123,9 @@ impl OidcProvider {
         Ok(metadata)
     }
 
-    fn client(&self, metadata: CoreProviderMetadata) -> Result<Client, ApiError> {
+    fn client(&self, metadata: CoreProviderMetadata) -> Result<Client, Error> {
         let redirect = RedirectUrl::new(self.config.redirect_url.clone())
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+            .map_err(|e| Error::internal(e.to_string()))?;
         Ok(CoreClient::from_provider_metadata(
             metadata,
             ClientId::new(self.config.client_id.clone()),
@@ -138,17 +137,13 @@ impl OidcProvider {
     }
 
     /// Whether discovery works now (it refreshes the cached metadata).
-    pub async fn probe(&self) -> Result<(), ApiError> {
+    pub async fn probe(&self) -> Result<(), Error> {
         self.metadata(true).await.map(|_| ())
     }
 
     /// Starts a login: the provider's authorization URL, and the browser binding to set
     /// (`browser` is the one the browser already has, if any).
-    pub async fn start(
-        &self,
-        node: &Node,
-        redirect: Option<url::Url>,
-    ) -> Result<Started, ApiError> {
+    pub async fn start(&self, node: &Core, redirect: Option<url::Url>) -> Result<Started, Error> {
         let client = self.client(self.metadata(false).await?)?;
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
         let mut request = client
@@ -167,11 +162,11 @@ impl OidcProvider {
             verifier: verifier.secret().clone(),
             nonce: nonce.secret().clone(),
         })
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+        .map_err(|e| Error::internal(e.to_string()))?;
         let data = node
             .sealer
             .seal(&format!("oidc:{id}"), &pending)
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+            .map_err(|e| Error::internal(e.to_string()))?;
         // A fresh binding for every login: a value planted in the browser earlier (a
         // login-fixation attempt) is never taken over.
         let browser = random_token();
@@ -196,12 +191,12 @@ impl OidcProvider {
     /// audited.
     pub async fn finish(
         &self,
-        node: &Node,
+        node: &Core,
         code: &str,
         state: &str,
         browser: Option<&str>,
         ip: Option<IpAddr>,
-    ) -> Result<(ExternalIdentity, Option<url::Url>), ApiError> {
+    ) -> Result<(ExternalIdentity, Option<url::Url>), Error> {
         let id = sha256_hex(state);
         let pending = node.store.take_auth_request(&id, node.clock.now()).await?;
         let Some(pending) = pending.filter(|p| p.provider == "oidc") else {
@@ -225,9 +220,9 @@ impl OidcProvider {
         let sealed = node
             .sealer
             .open(&format!("oidc:{id}"), &pending.data)
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+            .map_err(|e| Error::internal(e.to_string()))?;
         let secrets: Pending =
-            serde_json::from_slice(&sealed).map_err(|e| ApiError::internal(e.to_string()))?;
+            serde_json::from_slice(&sealed).map_err(|e| Error::internal(e.to_string()))?;
         let client = self.client(self.metadata(false).await?)?;
         let response = client
             .exchange_code(AuthorizationCode::new(code.to_owned()))
@@ -294,14 +289,14 @@ impl OidcProvider {
             .as_deref()
             .map(url::Url::parse)
             .transpose()
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+            .map_err(|e| Error::internal(e.to_string()))?;
         Ok((identity, redirect))
     }
 }
 
 /// Audits a refused callback (with `message`) and answers 401 `oidc_login_failed` naming
 /// only the reason.
-pub async fn refuse(node: &Node, ip: Option<IpAddr>, reason: &str, message: &str) -> ApiError {
+pub async fn refuse(node: &Core, ip: Option<IpAddr>, reason: &str, message: &str) -> Error {
     service::audit(
         node,
         "login_failed",
@@ -312,8 +307,8 @@ pub async fn refuse(node: &Node, ip: Option<IpAddr>, reason: &str, message: &str
         json!({"auth_method": "oidc", "reason": reason, "detail": message}),
     )
     .await;
-    ApiError::new(
-        StatusCode::UNAUTHORIZED,
+    Error::new(
+        ErrorKind::Unauthenticated,
         "oidc_login_failed",
         message.to_owned(),
     )

@@ -13,7 +13,6 @@ use std::io::Write as _;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use axum::http::StatusCode;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use chrono::{DateTime, Utc};
@@ -30,8 +29,8 @@ use tokio::sync::RwLock;
 use super::{ExternalIdentity, sha256_hex};
 use crate::auth::service;
 use crate::config::{ConfigError, SamlConfig};
-use crate::http::errors::ApiError;
-use crate::node::Node;
+use crate::core::Core;
+use crate::error::{Error, ErrorKind};
 use crate::store::AuthRequestRecord;
 
 const NS_PROTOCOL: &str = "urn:oasis:names:tc:SAML:2.0:protocol";
@@ -520,7 +519,7 @@ impl SamlProvider {
         })
     }
 
-    async fn idp(&self, fresh: bool) -> Result<IdpMetadata, ApiError> {
+    async fn idp(&self, fresh: bool) -> Result<IdpMetadata, Error> {
         let Some(url) = &self.config.idp_metadata_url else {
             // From a file: read once at start-up.
             return self
@@ -529,7 +528,7 @@ impl SamlProvider {
                 .await
                 .as_ref()
                 .map(|(m, _)| m.clone())
-                .ok_or_else(|| ApiError::internal("SAML metadata file not loaded"));
+                .ok_or_else(|| Error::internal("SAML metadata file not loaded"));
         };
         if !fresh
             && let Some((metadata, at)) = self.metadata.read().await.as_ref()
@@ -551,7 +550,7 @@ impl SamlProvider {
         .await
         .map_err(|e| {
             tracing::warn!(error = %e, "the SAML IdP metadata cannot be fetched");
-            ApiError::unavailable(
+            Error::unavailable(
                 "saml_unavailable",
                 "the SAML identity provider cannot be reached; try again later",
             )
@@ -561,7 +560,7 @@ impl SamlProvider {
     }
 
     /// Whether the IdP's metadata can be had now.
-    pub async fn probe(&self) -> Result<(), ApiError> {
+    pub async fn probe(&self) -> Result<(), Error> {
         self.idp(true).await.map(|_| ())
     }
 
@@ -586,10 +585,10 @@ impl SamlProvider {
     /// configured); the request is remembered in the store for its response.
     pub async fn start(
         &self,
-        node: &Node,
+        node: &Core,
         browser: &str,
         relay: Option<url::Url>,
-    ) -> Result<url::Url, ApiError> {
+    ) -> Result<url::Url, Error> {
         let idp = self.idp(false).await?;
         let mut id_bytes = [0u8; 20];
         rand::thread_rng().fill_bytes(&mut id_bytes);
@@ -606,12 +605,12 @@ impl SamlProvider {
             flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
         deflater
             .write_all(request.as_bytes())
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+            .map_err(|e| Error::internal(e.to_string()))?;
         let deflated = deflater
             .finish()
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+            .map_err(|e| Error::internal(e.to_string()))?;
         let mut url =
-            url::Url::parse(&idp.sso_redirect).map_err(|e| ApiError::internal(e.to_string()))?;
+            url::Url::parse(&idp.sso_redirect).map_err(|e| Error::internal(e.to_string()))?;
         url.query_pairs_mut()
             .append_pair("SAMLRequest", &STANDARD.encode(deflated));
         if let Some(relay) = &relay {
@@ -620,7 +619,7 @@ impl SamlProvider {
         }
         if let Some(key) = &self.sp_key {
             url = samael::crypto::sign_url(url, key)
-                .map_err(|e| ApiError::internal(format!("signing the AuthnRequest: {e}")))?;
+                .map_err(|e| Error::internal(format!("signing the AuthnRequest: {e}")))?;
         }
         node.store
             .put_auth_request(&AuthRequestRecord {
@@ -642,17 +641,17 @@ impl SamlProvider {
     /// audited.
     pub async fn consume(
         &self,
-        node: &Node,
+        node: &Core,
         xml: String,
         browser: Option<&str>,
         ip: Option<IpAddr>,
-    ) -> Result<(ExternalIdentity, Option<url::Url>), ApiError> {
+    ) -> Result<(ExternalIdentity, Option<url::Url>), Error> {
         let idp = self.idp(false).await?;
         let config = self.config.clone();
         let now = node.clock.now();
         let checked = tokio::task::spawn_blocking(move || verify(&xml, &idp, &config, now))
             .await
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+            .map_err(|e| Error::internal(e.to_string()))?;
         let verified = match checked {
             Ok(verified) => verified,
             Err(why) => return Err(refuse(node, ip, why).await),
@@ -713,23 +712,23 @@ impl SamlProvider {
             .as_deref()
             .map(url::Url::parse)
             .transpose()
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+            .map_err(|e| Error::internal(e.to_string()))?;
         Ok((identity, relay))
     }
 }
 
 /// Audits a refused response and answers 401 `saml_login_failed`.
-async fn refuse(node: &Node, ip: Option<IpAddr>, why: Refusal) -> ApiError {
+async fn refuse(node: &Core, ip: Option<IpAddr>, why: Refusal) -> Error {
     audit_refusal(node, ip, &why).await;
-    ApiError::new(
-        StatusCode::UNAUTHORIZED,
+    Error::new(
+        ErrorKind::Unauthenticated,
         "saml_login_failed",
         format!("the SAML response was refused ({})", why.reason),
     )
 }
 
 /// Audits a refused RelayState; answers `err` (a 400 naming the field).
-pub async fn refuse_relay_state(node: &Node, ip: Option<IpAddr>, err: ApiError) -> ApiError {
+pub async fn refuse_relay_state(node: &Core, ip: Option<IpAddr>, err: Error) -> Error {
     let why = refusal(
         "relay_state",
         "RelayState is off the allow-list or not the one the login started with",
@@ -738,7 +737,7 @@ pub async fn refuse_relay_state(node: &Node, ip: Option<IpAddr>, err: ApiError) 
     err
 }
 
-async fn audit_refusal(node: &Node, ip: Option<IpAddr>, why: &Refusal) {
+async fn audit_refusal(node: &Core, ip: Option<IpAddr>, why: &Refusal) {
     service::audit(
         node,
         "login_failed",

@@ -1,7 +1,8 @@
 //! The one error shape of the API: `{"error": {"code", "message", "request_id"}}`.
 //!
-//! Only this module knows how errors become HTTP. Details of server-side failures go into a
-//! response extension for the access log and never into the body.
+//! Only this module knows how errors become HTTP: a domain [`Error`]'s kind picks the
+//! status. Details of server-side failures go into a response extension for the access log
+//! and never into the body.
 
 use std::borrow::Cow;
 
@@ -10,6 +11,7 @@ use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::error::{Error, ErrorKind};
 use crate::store::StoreError;
 
 tokio::task_local! {
@@ -152,34 +154,37 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<Error> for ApiError {
+    fn from(err: Error) -> Self {
+        let status = match err.kind() {
+            ErrorKind::Invalid => StatusCode::BAD_REQUEST,
+            ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+            ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ErrorKind::Conflict => StatusCode::CONFLICT,
+            ErrorKind::Locked => StatusCode::LOCKED,
+            ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let mut api = ApiError::new(status, err.code().to_owned(), err.message());
+        if let Some(seconds) = err.retry_after_seconds() {
+            api = api.with_header(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if err.has_bearer_challenge() {
+            api = api.with_header(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            );
+        }
+        api.internal = err.detail().map(str::to_owned);
+        api
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
-        match err {
-            StoreError::Unavailable(reason) => {
-                let mut api = ApiError::unavailable(
-                    "database_unavailable",
-                    "the database is unavailable; retry later",
-                );
-                api.internal = Some(reason);
-                api
-            }
-            StoreError::Conflict(what) => ApiError::new(
-                StatusCode::CONFLICT,
-                "conflict",
-                format!("{what} already exists"),
-            ),
-            StoreError::Invalid(reason) => ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_value",
-                format!("a value was refused: {reason}"),
-            ),
-            StoreError::Contended(what) => {
-                let mut api = ApiError::unavailable("contended", "a concurrent update won; retry");
-                api.internal = Some(what);
-                api
-            }
-            other => ApiError::internal(other.to_string()),
-        }
+        Error::from(err).into()
     }
 }
 

@@ -20,6 +20,10 @@ use crate::store::ApiRequestRow;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClientIp(pub IpAddr);
 
+/// Who made a request (a username), on its response, for the request log.
+#[derive(Clone, Debug)]
+pub struct RequestPrincipal(pub String);
+
 /// The route template a request matched (`/api/v1/servers/{name}`), or `unmatched`.
 #[derive(Clone, Debug)]
 pub struct RouteTemplate(pub String);
@@ -192,7 +196,7 @@ pub async fn request_context(
             duration_us: i64::try_from(elapsed.as_micros()).unwrap_or(i64::MAX),
             principal: response
                 .extensions()
-                .get::<crate::auth::principal::RequestPrincipal>()
+                .get::<RequestPrincipal>()
                 .map(|p| p.0.clone()),
             node_id: state.node.node_id.clone(),
         });
@@ -290,18 +294,6 @@ fn parse_xff_item(item: &str) -> Option<IpAddr> {
         .map(|ip| ip.to_canonical())
 }
 
-/// The rate-limit key of a client address: IPv4 per address, IPv6 per /64 (one
-/// subscriber's allocation), so rotating addresses within a prefix buys no extra quota.
-pub(crate) fn client_key(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(v4) => format!("ip:{v4}"),
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            format!("ip6:{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
-        }
-    }
-}
-
 /// Routes that are never rate limited (nor authenticated): probes and scrapes must work
 /// under any load.
 pub const UNLIMITED_ROUTES: &[&str] = &["/health", "/health/ready", "/health/detailed", "/metrics"];
@@ -363,7 +355,11 @@ pub async fn rate_limit(State(state): State<AppState>, req: Request, next: Next)
             let Some(ClientIp(ip)) = req.extensions().get::<ClientIp>().copied() else {
                 return next.run(req).await;
             };
-            (client_key(ip), defaults.unauthenticated_per_minute, "ip")
+            (
+                crate::limits::client_key(ip),
+                defaults.unauthenticated_per_minute,
+                "ip",
+            )
         }
     };
     let route = req
@@ -412,7 +408,7 @@ pub async fn rate_limit(State(state): State<AppState>, req: Request, next: Next)
 
 /// The `rate_limiting` bundle's `limit` for this request, when it defines a usable one.
 fn policy_limit(
-    node: &crate::node::Node,
+    node: &crate::core::Core,
     principal: Option<&crate::auth::principal::Principal>,
     route: &str,
     method: &str,
@@ -578,11 +574,17 @@ mod tests {
             client_ip(mapped, &h, &trusted, XFF),
             "198.51.100.7".parse::<IpAddr>().unwrap()
         );
-        let a = client_key("2001:db8:1:2:aaaa::1".parse().unwrap());
-        let b = client_key("2001:db8:1:2:bbbb::9".parse().unwrap());
+        let a = crate::limits::client_key("2001:db8:1:2:aaaa::1".parse().unwrap());
+        let b = crate::limits::client_key("2001:db8:1:2:bbbb::9".parse().unwrap());
         assert_eq!(a, b);
-        assert_ne!(a, client_key("2001:db8:1:3::1".parse().unwrap()));
-        assert_eq!(client_key("192.0.2.1".parse().unwrap()), "ip:192.0.2.1");
+        assert_ne!(
+            a,
+            crate::limits::client_key("2001:db8:1:3::1".parse().unwrap())
+        );
+        assert_eq!(
+            crate::limits::client_key("192.0.2.1".parse().unwrap()),
+            "ip:192.0.2.1"
+        );
     }
 
     #[test]

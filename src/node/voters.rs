@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use super::{Node, seconds};
+use crate::core::{Core, seconds};
 
 /// How often a node records itself and reads the membership.
 pub(crate) const RECORD_EVERY: Duration = Duration::from_secs(1);
@@ -23,7 +23,7 @@ pub(crate) const RECORD_EVERY: Duration = Duration::from_secs(1);
 /// Records this node, reads the voting membership into the view and forgets members gone
 /// for good, every [`RECORD_EVERY`] (more often until the first read), until the node
 /// stops or leaves.
-pub(super) async fn run(node: Weak<Node>) {
+pub(super) async fn run(node: Weak<Core>) {
     loop {
         let Some(node) = node.upgrade() else { return };
         if node.store_initialized() && !sync(&node).await {
@@ -44,7 +44,7 @@ pub(super) async fn run(node: Weak<Node>) {
 const FIRST_READ_EVERY: Duration = Duration::from_millis(100);
 
 /// One round; `false` once the node has left (nothing more to record).
-async fn sync(node: &Node) -> bool {
+async fn sync(node: &Core) -> bool {
     let members = match node.store.cluster_members().await {
         Ok(members) => members,
         Err(err) => {
@@ -132,14 +132,14 @@ async fn sync(node: &Node) -> bool {
 
 /// Reads the voting membership once as the node starts, when its store is there already,
 /// so that its lease does not wait for the first round.
-pub(super) async fn first_read(node: &Node) {
+pub(super) async fn first_read(node: &Core) {
     if node.store_initialized() {
         sync(node).await;
     }
 }
 
 /// Audits and logs that this node forgot `member`.
-async fn forgotten(node: &Node, member: &crate::store::StoredMember) {
+async fn forgotten(node: &Core, member: &crate::store::StoredMember) {
     warn!(
         peer = member.node_id,
         last_seen_at = %member.last_seen_at,
@@ -158,7 +158,7 @@ async fn forgotten(node: &Node, member: &crate::store::StoredMember) {
 
 /// Takes this node out of the voting membership as it leaves, so the members that stay do
 /// not count it toward their majority.
-pub(super) async fn withdraw(node: &Node) {
+pub(super) async fn withdraw(node: &Core) {
     let _voting = node.voting.lock().await;
     if !node.store_initialized() || node.config.cluster.seeds.is_empty() {
         return;

@@ -29,7 +29,11 @@ struct Echo {
 /// Serves `routes` wrapped in the production middleware stack of `app`'s node.
 async fn serve_with_middleware(app: &TestApp, routes: Router<AppState>) -> SocketAddr {
     let metrics = HttpMetrics::register(&prometheus::Registry::new()).unwrap();
-    let state = AppState::new(app.node().clone(), metrics);
+    let state = AppState::new(
+        app.node().clone(),
+        app.server.as_ref().unwrap().providers().clone(),
+        metrics,
+    );
     let router = sark::http::with_middleware(routes, state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -123,7 +123,7 @@ impl TestApp {
         format!("http://{}{path}", self.addr)
     }
 
-    pub fn node(&self) -> &Arc<sark::node::Node> {
+    pub fn node(&self) -> &Arc<sark::core::Core> {
         self.server.as_ref().expect("server running").node()
     }
 

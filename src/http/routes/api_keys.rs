@@ -9,7 +9,6 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::auth::session_of;
 use crate::auth::api_keys::{self, SCOPES};
 use crate::auth::guard::allowed;
 use crate::auth::principal::Principal;
@@ -56,7 +55,7 @@ pub async fn post_api_key(
     AppJson(body): AppJson<NewApiKey>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let node = &state.node;
-    let session_id = session_of(&principal)?;
+    let session_id = principal.require_session()?;
     let name = validate::text("name", body.name.trim(), 100)?;
     if name.is_empty() {
         return Err(ApiError::invalid_field("name", "must not be empty"));
@@ -172,7 +171,7 @@ pub async fn get_api_keys(
     principal: Principal,
     axum::extract::Query(query): axum::extract::Query<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    session_of(&principal)?;
+    principal.require_session()?;
     let node = &state.node;
     let owner = if allowed(node, &principal, "read", "users", ip) {
         None
@@ -194,7 +193,7 @@ pub async fn delete_api_key(
     principal: Principal,
     Path(id): Path<String>,
 ) -> Result<Json<Revoked>, ApiError> {
-    session_of(&principal)?;
+    principal.require_session()?;
     let node = &state.node;
     let id = Uuid::parse_str(&id)
         .map_err(|_| ApiError::invalid_field("id", "must be an API key id (UUID)"))?;
@@ -223,7 +222,7 @@ pub async fn delete_api_key(
         event.details = json!({"prefix": key.prefix, "owner": key.user_id});
         node.record_audit(event).await;
     }
-    let propagation = crate::node::confirmed(propagation)?;
+    let propagation = crate::core::confirmed(propagation)?;
     Ok(Json(Revoked {
         revoked,
         propagation_ms,

@@ -14,38 +14,14 @@ use zeroize::Zeroizing;
 
 use crate::auth::forward;
 use crate::auth::principal::{Principal, PrincipalKind};
-use crate::auth::service::{self, LoginOutcome, MAX_USERNAME_INPUT};
+use crate::auth::service;
 use crate::http::AppState;
 use crate::http::errors::ApiError;
 use crate::http::extract::AppJson;
+use crate::http::login::{LoginRequest, login_response};
 use crate::http::validate::ClientAddr;
-use crate::idp::{password, totp};
-use crate::store::{CredentialRevocation, StoreError, UserPatch};
-
-/// `POST /api/v1/auth/login` body.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LoginRequest {
-    pub(crate) username: String,
-    pub(crate) password: Zeroizing<String>,
-}
-
-/// Refuses an empty or oversized username or password.
-pub(crate) fn check_credentials(username: &str, secret: &str) -> Result<(), ApiError> {
-    if username.is_empty() || username.chars().count() > MAX_USERNAME_INPUT {
-        return Err(ApiError::invalid_field(
-            "username",
-            format!("must be 1-{MAX_USERNAME_INPUT} characters"),
-        ));
-    }
-    if secret.is_empty() || secret.chars().count() > password::MAX_LENGTH {
-        return Err(ApiError::invalid_field(
-            "password",
-            format!("must be 1-{} characters", password::MAX_LENGTH),
-        ));
-    }
-    Ok(())
-}
+use crate::idp::totp;
+use crate::store::StoreError;
 
 /// `POST /api/v1/auth/login`.
 pub async fn post_login(
@@ -53,25 +29,9 @@ pub async fn post_login(
     ClientAddr(ip): ClientAddr,
     AppJson(body): AppJson<LoginRequest>,
 ) -> Result<Response, ApiError> {
-    check_credentials(&body.username, &body.password)?;
+    service::check_credentials(&body.username, &body.password)?;
     let outcome = service::password_login(&state.node, &body.username, body.password, ip).await?;
     Ok(login_response(outcome))
-}
-
-/// The answer to a login: the token response, or the MFA challenge to answer.
-pub(crate) fn login_response(outcome: LoginOutcome) -> Response {
-    match outcome {
-        LoginOutcome::Tokens(tokens) => Json(tokens).into_response(),
-        LoginOutcome::MfaRequired {
-            challenge_id,
-            expires_in,
-        } => Json(json!({
-            "mfa_required": true,
-            "challenge_id": challenge_id,
-            "expires_in": expires_in,
-        }))
-        .into_response(),
-    }
 }
 
 /// `POST /api/v1/auth/mfa/verify` body.
@@ -101,7 +61,7 @@ pub async fn post_mfa_verify(
         code: body.code.to_string(),
     };
     if let Some(answer) = forward::on_owner(&state.node, challenge_id, op, ip).await {
-        return Ok(answer);
+        return Ok(crate::http::forward::relay(answer));
     }
     let tokens = service::verify_mfa(&state.node, challenge_id, &body.code, ip).await?;
     Ok(Json(tokens).into_response())
@@ -136,22 +96,11 @@ pub async fn post_refresh(
             refresh_token: body.refresh_token.to_string(),
         };
         if let Some(answer) = forward::on_owner(&state.node, session, op, ip).await {
-            return Ok(answer);
+            return Ok(crate::http::forward::relay(answer));
         }
     }
     let tokens = service::refresh(&state.node, &body.refresh_token, ip).await?;
     Ok(Json(tokens).into_response())
-}
-
-/// The caller's session; API keys may not manage sessions, keys or MFA.
-pub fn session_of(principal: &Principal) -> Result<Uuid, ApiError> {
-    principal.session_id().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::FORBIDDEN,
-            "not_a_session",
-            "this needs a logged-in session, not an API key",
-        )
-    })
 }
 
 /// `POST /api/v1/auth/logout`.
@@ -160,13 +109,13 @@ pub async fn post_logout(
     ClientAddr(ip): ClientAddr,
     principal: Principal,
 ) -> Result<Response, ApiError> {
-    let session_id = session_of(&principal)?;
+    let session_id = principal.require_session()?;
     let op = SessionOp::Logout {
         session_id: session_id.to_string(),
         actor: principal.username.clone(),
     };
     if let Some(answer) = forward::on_owner(&state.node, session_id, op, ip).await {
-        return Ok(answer);
+        return Ok(crate::http::forward::relay(answer));
     }
     let revoked =
         service::revoke_session(&state.node, session_id, "logout", &principal.username, ip).await?;
@@ -217,7 +166,7 @@ pub async fn post_password(
     principal: Principal,
     AppJson(body): AppJson<PasswordChange>,
 ) -> Result<StatusCode, ApiError> {
-    let session_id = session_of(&principal)?;
+    let session_id = principal.require_session()?;
     let node = &state.node;
     let user = node
         .store
@@ -225,7 +174,7 @@ pub async fn post_password(
         .await?
         .ok_or_else(|| ApiError::not_found("no such user"))?;
     service::verify_current_password(node, &user, body.current_password, ip).await?;
-    set_password(
+    service::set_password(
         node,
         &user.username,
         &body.new_password,
@@ -237,54 +186,6 @@ pub async fn post_password(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Checks the policy, stores the new hash and revokes the user's sessions (except
-/// `keep`) and API keys with it; shared by self-service and admin password changes.
-pub async fn set_password(
-    node: &crate::node::Node,
-    username: &str,
-    new_password: &str,
-    keep: Option<Uuid>,
-    actor: &str,
-    ip: Option<std::net::IpAddr>,
-) -> Result<(), ApiError> {
-    password::check_policy(username, new_password).map_err(|v| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "weak_password",
-            format!("`password` ({}): {}", v.rule, v.message),
-        )
-    })?;
-    let hash = node
-        .passwords
-        .hash(Zeroizing::new(new_password.to_owned()))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-    let patch = UserPatch {
-        password_hash: Some(hash),
-        ..Default::default()
-    };
-    // The other sessions and every API key (one minted from a stolen session included)
-    // are revoked in the transaction that stores the new hash: both, or neither.
-    let (_, revoked) = service::change_credentials(
-        node,
-        username,
-        &patch,
-        &CredentialRevocation {
-            reason: "password_changed",
-            keep,
-            api_keys: true,
-        },
-    )
-    .await?;
-    let mut event = node.audit.event("password_changed", "success");
-    event.actor = Some(actor.to_owned());
-    event.ip = ip.map(|ip| ip.to_string());
-    event.resource = Some(format!("user:{username}"));
-    event.details = json!({"revocation_confirmed": revoked.confirmed});
-    node.record_audit(event).await;
-    Ok(())
-}
-
 /// `POST /api/v1/auth/mfa/totp/enroll`: a new secret, not active until confirmed.
 pub async fn post_totp_enroll(
     State(state): State<AppState>,
@@ -292,7 +193,7 @@ pub async fn post_totp_enroll(
     principal: Principal,
     body: Option<AppJson<Reauthentication>>,
 ) -> Result<Json<Value>, ApiError> {
-    let session_id = session_of(&principal)?;
+    let session_id = principal.require_session()?;
     let node = &state.node;
     let current_password = body.and_then(|AppJson(body)| body.current_password);
     service::reauthenticate(node, principal.user_id, session_id, current_password, ip).await?;
@@ -350,7 +251,7 @@ pub async fn post_totp_confirm(
     principal: Principal,
     AppJson(body): AppJson<TotpConfirm>,
 ) -> Result<Json<Value>, ApiError> {
-    session_of(&principal)?;
+    principal.require_session()?;
     let node = &state.node;
     let now = node.clock.now();
     let pending = node

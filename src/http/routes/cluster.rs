@@ -15,7 +15,7 @@ async fn reader<'a>(
     state: &'a AppState,
     ip: Option<std::net::IpAddr>,
     principal: &Principal,
-) -> Result<&'a crate::node::Node, ApiError> {
+) -> Result<&'a crate::core::Core, ApiError> {
     authorize(&state.node, principal, "read", "cluster", ip).await?;
     Ok(&state.node)
 }

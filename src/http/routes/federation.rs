@@ -13,14 +13,15 @@ use serde::Deserialize;
 use serde_json::json;
 use zeroize::Zeroizing;
 
-use super::auth::{LoginRequest, check_credentials, login_response};
 use crate::auth::service::{self, Attempt, invalid_credentials, lockout_key};
+use crate::core::Core;
+use crate::error::Error;
 use crate::federation::{self, ldap::Rejection};
 use crate::http::AppState;
 use crate::http::errors::ApiError;
 use crate::http::extract::AppJson;
+use crate::http::login::{LoginRequest, login_response};
 use crate::http::validate::ClientAddr;
-use crate::node::Node;
 
 fn not_configured(provider: &str) -> ApiError {
     ApiError::new(
@@ -32,7 +33,7 @@ fn not_configured(provider: &str) -> ApiError {
 
 /// `GET /api/v1/auth/providers`.
 pub async fn get_providers(State(state): State<AppState>) -> Json<serde_json::Value> {
-    let providers = &state.node.providers;
+    let providers = &state.providers;
     let entry = |id: &str, enabled: bool, url: &str| json!({"id": id, "type": id, "enabled": enabled, "login_url": enabled.then_some(url)});
     Json(json!({"providers": [
         entry("local", true, "/api/v1/auth/login"),
@@ -49,7 +50,7 @@ pub async fn post_login_ldap(
     AppJson(body): AppJson<LoginRequest>,
 ) -> Result<Response, ApiError> {
     let node = &state.node;
-    let ldap = node
+    let ldap = state
         .providers
         .ldap
         .as_ref()
@@ -62,7 +63,7 @@ pub async fn post_login_ldap(
             "must not be empty (an empty password would be an anonymous bind)",
         ));
     }
-    check_credentials(&body.username, &body.password)?;
+    service::check_credentials(&body.username, &body.password)?;
     if body.username.chars().any(char::is_control) {
         return Err(ApiError::invalid_field(
             "username",
@@ -89,7 +90,7 @@ pub async fn post_login_ldap(
             let key = lockout_key(&format!("ldap:{username}"));
             let attempt = Attempt::begin(node, &key).await?;
             audit_ldap_failure(node, &key, ip, rejection).await;
-            return Err(attempt.failed(node, ip, invalid_credentials()).await);
+            return Err(attempt.failed(node, ip, invalid_credentials()).await.into());
         }
     };
     // Failures of a known entry count against its account, however it was spelled.
@@ -101,13 +102,13 @@ pub async fn post_login_ldap(
         .map_err(unavailable)?
     {
         audit_ldap_failure(node, &key, ip, rejection).await;
-        return Err(attempt.failed(node, ip, invalid_credentials()).await);
+        return Err(attempt.failed(node, ip, invalid_credentials()).await.into());
     }
     let outcome = federation::login_with(node, attempt, &found.identity, ip).await?;
     Ok(login_response(outcome))
 }
 
-async fn audit_ldap_failure(node: &Node, key: &str, ip: Option<std::net::IpAddr>, why: Rejection) {
+async fn audit_ldap_failure(node: &Core, key: &str, ip: Option<std::net::IpAddr>, why: Rejection) {
     service::audit(
         node,
         "login_failed",
@@ -208,7 +209,7 @@ impl Binding {
 }
 
 /// Whether browsers reach the OIDC callback over https (here or at a TLS-terminating proxy).
-fn oidc_secure(node: &Node) -> bool {
+fn oidc_secure(node: &Core) -> bool {
     node.config.http.tls_cert_file.is_some()
         || node
             .config
@@ -227,7 +228,7 @@ pub async fn get_oidc_login(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let node = &state.node;
-    let oidc = oidc_provider(node)?;
+    let oidc = oidc_provider(&state)?;
     let params = query(raw.as_deref(), &["redirect_uri"])?;
     let redirect = params
         .get("redirect_uri")
@@ -257,7 +258,7 @@ pub async fn get_oidc_callback(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let node = &state.node;
-    let oidc = oidc_provider(node)?;
+    let oidc = oidc_provider(&state)?;
     let params = query(
         raw.as_deref(),
         &[
@@ -289,7 +290,11 @@ pub async fn get_oidc_callback(
             })
             .unwrap_or("an unrecognised error");
         let message = format!("the provider refused the login: {code}");
-        return Err(federation::oidc::refuse(node, ip, "provider_error", &message).await);
+        return Err(
+            federation::oidc::refuse(node, ip, "provider_error", &message)
+                .await
+                .into(),
+        );
     }
     let code = params
         .get("code")
@@ -311,7 +316,7 @@ pub async fn get_oidc_callback(
 /// The answer to a login a provider vouched for: 302 with a login code to the
 /// allow-listed redirect the login asked for, or the token response.
 async fn deliver(
-    node: &Node,
+    node: &Core,
     identity: &federation::ExternalIdentity,
     redirect: Option<url::Url>,
     ip: Option<std::net::IpAddr>,
@@ -327,15 +332,17 @@ async fn deliver(
     }
 }
 
-fn oidc_provider(node: &Node) -> Result<&federation::oidc::OidcProvider, ApiError> {
-    node.providers
+fn oidc_provider(state: &AppState) -> Result<&federation::oidc::OidcProvider, ApiError> {
+    state
+        .providers
         .oidc
         .as_ref()
         .ok_or_else(|| not_configured("OpenID Connect"))
 }
 
-fn saml_provider(node: &Node) -> Result<&federation::saml::SamlProvider, ApiError> {
-    node.providers
+fn saml_provider(state: &AppState) -> Result<&federation::saml::SamlProvider, ApiError> {
+    state
+        .providers
         .saml
         .as_ref()
         .ok_or_else(|| not_configured("SAML"))
@@ -343,7 +350,7 @@ fn saml_provider(node: &Node) -> Result<&federation::saml::SamlProvider, ApiErro
 
 /// `GET /api/v1/auth/saml/metadata`: SARK's SP metadata.
 pub async fn get_saml_metadata(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let saml = saml_provider(&state.node)?;
+    let saml = saml_provider(&state)?;
     Ok((
         [(
             header::CONTENT_TYPE,
@@ -360,7 +367,7 @@ pub async fn get_saml_login(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let node = &state.node;
-    let saml = saml_provider(node)?;
+    let saml = saml_provider(&state)?;
     let params = query(raw.as_deref(), &["relay_state"])?;
     let relay = params
         .get("relay_state")
@@ -389,7 +396,7 @@ pub async fn post_saml_acs(
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let node = &state.node;
-    let saml = saml_provider(node)?;
+    let saml = saml_provider(&state)?;
     let mut response = None;
     let mut relay_state = None;
     for (key, value) in url::form_urlencoded::parse(&body) {
@@ -423,15 +430,21 @@ pub async fn post_saml_acs(
     let posted_relay = match relay_state.filter(|r| !r.is_empty()) {
         Some(relay) => match federation::allowed_redirect(&node.config, "RelayState", &relay) {
             Ok(url) => Some(url),
-            Err(err) => return Err(federation::saml::refuse_relay_state(node, ip, err).await),
+            Err(err) => {
+                return Err(federation::saml::refuse_relay_state(node, ip, err)
+                    .await
+                    .into());
+            }
         },
         None => None,
     };
     let browser = SAML_BINDING.read(&headers, true);
     let (identity, relay) = saml.consume(node, xml, browser.as_deref(), ip).await?;
     if posted_relay.is_some() && posted_relay != relay {
-        let err = ApiError::invalid_field("RelayState", "is not the one the login started with");
-        return Err(federation::saml::refuse_relay_state(node, ip, err).await);
+        let err = Error::invalid_field("RelayState", "is not the one the login started with");
+        return Err(federation::saml::refuse_relay_state(node, ip, err)
+            .await
+            .into());
     }
     let clear = SAML_BINDING.set(true, "", 0)?;
     let mut response = deliver(node, &identity, relay, ip).await?;

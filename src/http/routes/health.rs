@@ -123,10 +123,11 @@ async fn detailed(state: &AppState) -> Value {
         services.insert(format!("siem_{}", sink.name), up);
     }
     // A provider that is down fails only its own logins.
-    let providers = tokio::time::timeout(CHECK_TIMEOUT, node.providers.health())
+    let providers = tokio::time::timeout(CHECK_TIMEOUT, state.providers.health())
         .await
         .unwrap_or_else(|_| {
-            node.providers
+            state
+                .providers
                 .configured()
                 .into_iter()
                 .map(|p| (p, false))

@@ -19,11 +19,11 @@ use sark_actors::policy::{self, CompiledBundle, PolicyError};
 
 use crate::auth::guard::{AUTHORIZATION_BUNDLE, authorize};
 use crate::auth::principal::Principal;
+use crate::core::Core;
 use crate::http::AppState;
 use crate::http::errors::ApiError;
 use crate::http::extract::AppJson;
 use crate::http::validate::{self, ClientAddr};
-use crate::node::Node;
 use crate::secrets::sha256_hex;
 use crate::store::{NewPolicyVersion, PolicyVersion};
 
@@ -51,7 +51,7 @@ fn too_large(field: &str) -> ApiError {
 /// Takes this node's one place for compiling a policy a caller sent, waiting for it a
 /// moment (compiles are bounded and short); 503 when other compiles keep it, so a flood of
 /// sources costs one core at most and holds up no other request.
-async fn compile_slot(node: &Node) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+async fn compile_slot(node: &Core) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
     let busy = || {
         ApiError::unavailable(
             "policy_compiler_busy",
@@ -91,7 +91,7 @@ fn bundle_name(field: &str, value: &str) -> Result<String, ApiError> {
 /// Compiles a source as a new version of `bundle` and applies the checks of its bundle, on
 /// a blocking thread (the lock-out check evaluates the policy a few hundred times).
 async fn compile_checked(
-    node: &Node,
+    node: &Core,
     bundle: &str,
     source: &str,
 ) -> Result<CompiledBundle, ApiError> {
@@ -147,7 +147,7 @@ struct NewVersion<'a> {
 
 /// Checks, stores and activates a new version; answers with its description.
 async fn store_and_activate(
-    node: &Node,
+    node: &Core,
     principal: &Principal,
     ip: Option<IpAddr>,
     new: NewVersion<'_>,
@@ -283,7 +283,7 @@ fn version_json(v: &PolicyVersion) -> Value {
     })
 }
 
-fn summary_json(node: &Node, v: &PolicyVersion) -> Value {
+fn summary_json(node: &Core, v: &PolicyVersion) -> Value {
     let loaded = node.policies.get(&v.bundle);
     let mut body = version_json(v);
     body["name"] = json!(v.bundle);
@@ -311,7 +311,7 @@ pub async fn get_policies(
     Ok(Json(json!({ "items": items })))
 }
 
-async fn active(node: &Node, name: &str) -> Result<PolicyVersion, ApiError> {
+async fn active(node: &Core, name: &str) -> Result<PolicyVersion, ApiError> {
     let name = bundle_name("name", name)?;
     node.store
         .active_policy(&name)

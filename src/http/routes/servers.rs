@@ -12,11 +12,11 @@ use uuid::Uuid;
 
 use crate::auth::guard::authorize;
 use crate::auth::principal::Principal;
+use crate::core::Core;
 use crate::http::AppState;
 use crate::http::errors::ApiError;
 use crate::http::extract::AppJson;
 use crate::http::validate::{self, ClientAddr};
-use crate::node::Node;
 use crate::store::{PageRequest, Server, ServerPatch, ServerQuery, StoreError};
 
 const MAX_DESCRIPTION: usize = 1000;
@@ -119,7 +119,7 @@ fn description(value: Option<String>) -> Result<Option<String>, ApiError> {
 }
 
 async fn audit(
-    node: &Node,
+    node: &Core,
     event_type: &str,
     principal: &Principal,
     ip: Option<IpAddr>,
@@ -268,7 +268,7 @@ pub async fn get_servers(
     Ok(Json(json!({ "items": items, "next_cursor": next_cursor })))
 }
 
-async fn existing(node: &Node, name: &str) -> Result<Server, ApiError> {
+async fn existing(node: &Core, name: &str) -> Result<Server, ApiError> {
     let name = server_name("name", name)?;
     node.store
         .server(&name)

@@ -9,15 +9,14 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
-use super::auth::set_password;
 use crate::auth::guard::authorize;
 use crate::auth::principal::Principal;
 use crate::auth::service;
+use crate::core::Core;
 use crate::http::AppState;
 use crate::http::errors::ApiError;
 use crate::http::extract::AppJson;
 use crate::http::validate::{self, ClientAddr};
-use crate::node::Node;
 use crate::store::{CredentialRevocation, PageRequest, Role, StoreError, User, UserPatch};
 
 /// A user as the API shows it: never a hash or a secret.
@@ -55,7 +54,7 @@ pub struct NewUser {
 }
 
 async fn audit(
-    node: &Node,
+    node: &Core,
     event_type: &str,
     actor: &str,
     ip: Option<std::net::IpAddr>,
@@ -175,7 +174,7 @@ pub async fn get_users(
     Ok(Json(json!({ "items": items, "next_cursor": next_cursor })))
 }
 
-async fn target(node: &Node, username: &str) -> Result<User, ApiError> {
+async fn target(node: &Core, username: &str) -> Result<User, ApiError> {
     let username = validate::account_name("username", username)?;
     node.store
         .user_by_username(&username)
@@ -246,7 +245,7 @@ pub async fn patch_user(
         refuse_self_lockout(&principal, &user, "demote")?;
     }
     if let Some(password) = &body.password {
-        set_password(
+        service::set_password(
             node,
             &user.username,
             password,
@@ -352,7 +351,7 @@ pub async fn delete_user(
         json!({"sessions_revoked": deleted.revoked_sessions.len(), "api_keys_revoked": deleted.revoked_api_keys.len()}),
     )
     .await;
-    crate::node::confirmed(propagation)?;
+    crate::core::confirmed(propagation)?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -5,11 +5,13 @@
 //! While Redis fails, counting moves to the store for a few seconds (never to no count);
 //! reads take the stronger of both, so a lock set in either place holds.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use prometheus::{IntCounterVec, Opts, Registry};
+use tokio::sync::OwnedMutexGuard;
 use tokio::time::Instant;
 use tracing::warn;
 
@@ -238,6 +240,46 @@ impl Lockout {
     }
 }
 
+/// One credential check at a time per lockout key on this node: parallel guesses at one
+/// name are checked in turn, each after the failures before it are counted, so they
+/// cannot outrun the lockout. (Across nodes each node may have one check in flight; the
+/// cluster-wide lock comes with the shared limiter.)
+#[derive(Default)]
+pub struct AttemptLocks {
+    inner: std::sync::Mutex<AttemptLocksInner>,
+}
+
+#[derive(Default)]
+struct AttemptLocksInner {
+    keys: HashMap<String, Weak<tokio::sync::Mutex<()>>>,
+    /// Dead entries are swept when the map reaches this size, which then doubles, so
+    /// sweeping costs amortized constant time per attempt.
+    sweep_at: usize,
+}
+
+impl AttemptLocks {
+    const MIN_SWEEP: usize = 1024;
+
+    pub(crate) async fn turn(&self, key: &str) -> OwnedMutexGuard<()> {
+        let lock = {
+            let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+            match inner.keys.get(key).and_then(Weak::upgrade) {
+                Some(lock) => lock,
+                None => {
+                    if inner.keys.len() >= inner.sweep_at.max(Self::MIN_SWEEP) {
+                        inner.keys.retain(|_, lock| lock.strong_count() > 0);
+                        inner.sweep_at = (inner.keys.len() * 2).max(Self::MIN_SWEEP);
+                    }
+                    let lock = Arc::new(tokio::sync::Mutex::new(()));
+                    inner.keys.insert(key.to_owned(), Arc::downgrade(&lock));
+                    lock
+                }
+            }
+        };
+        lock.lock_owned().await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,5 +300,22 @@ mod tests {
         assert_eq!(both.locked_until, at(5_000));
         assert_eq!(stronger(None, Some(b)), Some(b));
         assert_eq!(lock_state(3, 0).locked_until, None);
+    }
+
+    #[tokio::test]
+    async fn attempt_locks_take_turns_per_key_and_forget_idle_keys() {
+        let locks = AttemptLocks::default();
+        let held = locks.turn("alice").await;
+        let other = tokio::time::timeout(std::time::Duration::from_secs(5), locks.turn("bob"));
+        assert!(other.await.is_ok(), "another key is not blocked");
+        let same = tokio::time::timeout(std::time::Duration::from_millis(50), locks.turn("alice"));
+        assert!(same.await.is_err(), "the same key waits for its turn");
+        drop(held);
+        drop(locks.turn("alice").await);
+        for i in 0..5000 {
+            drop(locks.turn(&format!("user{i}")).await);
+        }
+        let size = locks.inner.lock().unwrap().keys.len();
+        assert!(size <= 2 * AttemptLocks::MIN_SWEEP, "{size} idle keys kept");
     }
 }
