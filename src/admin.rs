@@ -184,10 +184,11 @@ async fn record(
     resource: String,
     details: serde_json::Value,
 ) -> Result<(), AdminError> {
-    let mut event = audit.event(event_type, "success");
-    event.actor = Some("sark-admin".into());
-    event.resource = Some(resource);
-    event.details = details;
+    let event = audit
+        .event(event_type, "success")
+        .by("sark-admin")
+        .on(resource)
+        .with_details(details);
     audit
         .record(event)
         .await

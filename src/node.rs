@@ -660,10 +660,11 @@ async fn record_membership(
             MembershipEvent::Joined { node_id, addr } => ("node_joined", node_id, addr),
             MembershipEvent::Left { node_id, addr } => ("node_left", node_id, addr),
         };
-        let mut event = audit.event(event_type, "success");
-        event.actor = Some("system".into());
-        event.resource = Some(format!("node:{node_id}"));
-        event.details = serde_json::json!({ "addr": addr });
+        let event = audit
+            .event(event_type, "success")
+            .by("system")
+            .on(format!("node:{node_id}"))
+            .with_details(serde_json::json!({ "addr": addr }));
         if let Err(err) = audit.record(event).await {
             warn!(error = %err, node = node_id, "could not record a membership change");
         }
@@ -1106,10 +1107,11 @@ enum BootstrapError {
 
 /// Audits the creation of the bootstrap admin once the AuditWriter is up.
 async fn record_admin_created(audit: AuditHandle, admin: User) {
-    let mut event = audit.event("user_created", "success");
-    event.actor = Some("system".into());
-    event.resource = Some(format!("user:{}", admin.username));
-    event.details = json!({"user_id": admin.id, "role": admin.role, "reason": "bootstrap"});
+    let event = audit
+        .event("user_created", "success")
+        .by("system")
+        .on(format!("user:{}", admin.username))
+        .with_details(json!({"user_id": admin.id, "role": admin.role, "reason": "bootstrap"}));
     // The writer may still be starting (with PostgreSQL it starts once the database is
     // up): poll for it briefly rather than lose the event.
     for _ in 0..600 {

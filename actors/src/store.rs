@@ -456,6 +456,36 @@ pub struct AuditEvent {
     pub node_id: String,
 }
 
+impl AuditEvent {
+    /// Names who did it.
+    #[must_use]
+    pub fn by(mut self, actor: impl Into<String>) -> Self {
+        self.actor = Some(actor.into());
+        self
+    }
+
+    /// Names where it came from, when known.
+    #[must_use]
+    pub fn from_ip(mut self, ip: Option<std::net::IpAddr>) -> Self {
+        self.ip = ip.map(|ip| ip.to_string());
+        self
+    }
+
+    /// Names what it was done to (`user:alice`, `server:web-1`, …).
+    #[must_use]
+    pub fn on(mut self, resource: impl Into<String>) -> Self {
+        self.resource = Some(resource.into());
+        self
+    }
+
+    /// Sets the event-specific fields.
+    #[must_use]
+    pub fn with_details(mut self, details: serde_json::Value) -> Self {
+        self.details = details;
+        self
+    }
+}
+
 /// An audit event placed on its writer's hash chain.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ChainedEvent {

@@ -14,11 +14,15 @@ start)
   mkdir -p "$dir"
   redis-server --port "$port" --bind 127.0.0.1 --daemonize yes --save "" --appendonly no \
     --dir "$dir" --pidfile "$dir/redis.pid" --logfile "$dir/redis.log"
-  for _ in $(seq 100); do
+  for _ in $(seq 200); do
     redis-cli -p "$port" ping >/dev/null 2>&1 && break
     sleep 0.05
   done
-  redis-cli -p "$port" ping >/dev/null
+  if ! redis-cli -p "$port" ping >/dev/null; then
+    echo "redis.sh: redis-server did not answer on port $port within 10 s; its log:" >&2
+    cat "$dir/redis.log" >&2 || true
+    exit 1
+  fi
   echo "redis://127.0.0.1:$port"
   ;;
 stop)

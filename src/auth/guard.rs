@@ -130,17 +130,19 @@ pub async fn audit_denial(
     if let Some(err) = &decision.error {
         warn!(error = %err, action, resource, "authorization policy failed to evaluate; denying");
     }
-    let mut event = node.audit.event("authz_denied", "denied");
-    event.actor = Some(actor.to_owned());
-    event.ip = ip.map(|ip| ip.to_string());
-    event.resource = Some(resource.to_owned());
-    event.details = json!({
-        "action": action,
-        "reason": decision.reason,
-        "policy": AUTHORIZATION_BUNDLE,
-        "policy_version": decision.version,
-        "error": decision.error.as_ref().map(ToString::to_string),
-    });
+    let event = node
+        .audit
+        .event("authz_denied", "denied")
+        .by(actor)
+        .from_ip(ip)
+        .on(resource.to_owned())
+        .with_details(json!({
+            "action": action,
+            "reason": decision.reason,
+            "policy": AUTHORIZATION_BUNDLE,
+            "policy_version": decision.version,
+            "error": decision.error.as_ref().map(ToString::to_string),
+        }));
     node.record_audit(event).await;
 }
 

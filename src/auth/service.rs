@@ -189,11 +189,13 @@ impl Attempt {
             Some(until) if until > self.now => {
                 // Audited once, by the failure that reached the threshold.
                 if state.failures == node.config.auth.lockout_threshold {
-                    let mut event = node.audit.event("account_locked", "success");
-                    event.actor = Some(self.key.clone());
-                    event.ip = ip.map(|ip| ip.to_string());
-                    event.resource = Some(format!("user:{}", self.key));
-                    event.details = json!({ "failures": state.failures, "locked_until": until });
+                    let event = node
+                        .audit
+                        .event("account_locked", "success")
+                        .by(&self.key)
+                        .from_ip(ip)
+                        .on(format!("user:{}", self.key))
+                        .with_details(json!({ "failures": state.failures, "locked_until": until }));
                     node.record_audit(event).await;
                 }
                 locked(until, self.now)
@@ -213,11 +215,13 @@ pub(crate) async fn audit(
     resource: Option<String>,
     details: serde_json::Value,
 ) {
-    let mut event = node.audit.event(event_type, outcome);
-    event.actor = Some(actor.to_owned());
-    event.ip = ip.map(|ip| ip.to_string());
+    let mut event = node
+        .audit
+        .event(event_type, outcome)
+        .by(actor)
+        .from_ip(ip)
+        .with_details(details);
     event.resource = resource;
-    event.details = details;
     node.record_audit(event).await;
 }
 
@@ -886,11 +890,13 @@ pub async fn set_password(
         },
     )
     .await?;
-    let mut event = node.audit.event("password_changed", "success");
-    event.actor = Some(actor.to_owned());
-    event.ip = ip.map(|ip| ip.to_string());
-    event.resource = Some(format!("user:{username}"));
-    event.details = json!({"revocation_confirmed": revoked.confirmed});
+    let event = node
+        .audit
+        .event("password_changed", "success")
+        .by(actor)
+        .from_ip(ip)
+        .on(format!("user:{username}"))
+        .with_details(json!({"revocation_confirmed": revoked.confirmed}));
     node.record_audit(event).await;
     Ok(())
 }

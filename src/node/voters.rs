@@ -145,14 +145,16 @@ async fn forgotten(node: &Core, member: &crate::store::StoredMember) {
         last_seen_at = %member.last_seen_at,
         "forgot a cluster member down for longer than cluster.forget_after_seconds; it no longer counts toward the majority"
     );
-    let mut event = node.audit.event("member_forgotten", "success");
-    event.actor = Some("system".into());
-    event.resource = Some(format!("node:{}", member.node_id));
-    event.details = serde_json::json!({
-        "addr": member.addr,
-        "last_seen_at": member.last_seen_at,
-        "forget_after_seconds": node.config.cluster.forget_after_seconds,
-    });
+    let event = node
+        .audit
+        .event("member_forgotten", "success")
+        .by("system")
+        .on(format!("node:{}", member.node_id))
+        .with_details(serde_json::json!({
+            "addr": member.addr,
+            "last_seen_at": member.last_seen_at,
+            "forget_after_seconds": node.config.cluster.forget_after_seconds,
+        }));
     node.record_audit(event).await;
 }
 

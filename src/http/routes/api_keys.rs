@@ -144,12 +144,12 @@ pub async fn post_api_key(
             "the account is disabled",
         ));
     }
-    let mut event = node.audit.event("api_key_created", "success");
-    event.actor = Some(principal.username.clone());
-    event.ip = ip.map(|ip| ip.to_string());
-    event.resource = Some(format!("api_key:{}", record.id));
-    event.details =
-        json!({"prefix": record.prefix, "scopes": record.scopes, "expires_at": record.expires_at});
+    let event = node.audit
+        .event("api_key_created", "success")
+        .by(&principal.username)
+        .from_ip(ip)
+        .on(format!("api_key:{}", record.id))
+        .with_details(json!({"prefix": record.prefix, "scopes": record.scopes, "expires_at": record.expires_at}));
     node.record_audit(event).await;
     let mut body = key_json(&record);
     body["key"] = json!(new.key.as_str());
@@ -215,11 +215,13 @@ pub async fn delete_api_key(
     let propagation = node.broadcast_revoked(&[], &[id]).await;
     let propagation_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     if revoked {
-        let mut event = node.audit.event("api_key_revoked", "success");
-        event.actor = Some(principal.username.clone());
-        event.ip = ip.map(|ip| ip.to_string());
-        event.resource = Some(format!("api_key:{id}"));
-        event.details = json!({"prefix": key.prefix, "owner": key.user_id});
+        let event = node
+            .audit
+            .event("api_key_revoked", "success")
+            .by(&principal.username)
+            .from_ip(ip)
+            .on(format!("api_key:{id}"))
+            .with_details(json!({"prefix": key.prefix, "owner": key.user_id}));
         node.record_audit(event).await;
     }
     let propagation = crate::core::confirmed(propagation)?;

@@ -304,11 +304,13 @@ pub async fn post_totp_confirm(
     let revoked =
         service::revoke_user_credentials(node, principal.user_id, current, false, "mfa_enabled")
             .await?;
-    let mut event = node.audit.event("mfa_enrolled", "success");
-    event.actor = Some(principal.username.clone());
-    event.ip = ip.map(|ip| ip.to_string());
-    event.resource = Some(format!("user:{}", principal.username));
-    event.details = json!({"method": "totp", "revocation_confirmed": revoked.confirmed});
+    let event = node
+        .audit
+        .event("mfa_enrolled", "success")
+        .by(&principal.username)
+        .from_ip(ip)
+        .on(format!("user:{}", principal.username))
+        .with_details(json!({"method": "totp", "revocation_confirmed": revoked.confirmed}));
     node.record_audit(event).await;
     Ok(Json(json!({ "recovery_codes": codes })))
 }

@@ -170,15 +170,17 @@ async fn store_and_activate(
         .activate_policy(compiled.with_version(stored.version))
         .await;
     let propagation_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    let mut event = node.audit.event(new.event_type, "success");
-    event.actor = Some(principal.username.clone());
-    event.ip = ip.map(|ip| ip.to_string());
-    event.resource = Some(format!("policy:{}", stored.bundle));
     let mut details = json!({"version": stored.version, "sha256": stored.sha256});
     if let (Value::Object(details), Value::Object(extra)) = (&mut details, new.details) {
         details.extend(extra);
     }
-    event.details = details;
+    let event = node
+        .audit
+        .event(new.event_type, "success")
+        .by(&principal.username)
+        .from_ip(ip)
+        .on(format!("policy:{}", stored.bundle))
+        .with_details(details);
     node.record_audit(event).await;
     propagation?;
     Ok((

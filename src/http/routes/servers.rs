@@ -126,11 +126,13 @@ async fn audit(
     name: &str,
     details: Value,
 ) {
-    let mut event = node.audit.event(event_type, "success");
-    event.actor = Some(principal.username.clone());
-    event.ip = ip.map(|ip| ip.to_string());
-    event.resource = Some(format!("server:{name}"));
-    event.details = details;
+    let event = node
+        .audit
+        .event(event_type, "success")
+        .by(&principal.username)
+        .from_ip(ip)
+        .on(format!("server:{name}"))
+        .with_details(details);
     node.record_audit(event).await;
 }
 

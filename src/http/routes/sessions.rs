@@ -97,11 +97,13 @@ pub async fn delete_sessions(
         "signed_out_everywhere",
     )
     .await?;
-    let mut event = node.audit.event("session_revoked", "success");
-    event.actor = Some(principal.username.clone());
-    event.ip = ip.map(|ip| ip.to_string());
-    event.resource = Some(format!("user:{}", principal.username));
-    event.details = json!({"reason": "signed_out_everywhere", "confirmed": revoked.confirmed});
+    let event = node
+        .audit
+        .event("session_revoked", "success")
+        .by(&principal.username)
+        .from_ip(ip)
+        .on(format!("user:{}", principal.username))
+        .with_details(json!({"reason": "signed_out_everywhere", "confirmed": revoked.confirmed}));
     node.record_audit(event).await;
     if !revoked.confirmed {
         return Err(crate::core::unconfirmed().into());

@@ -61,11 +61,13 @@ async fn audit(
     username: &str,
     details: Value,
 ) {
-    let mut event = node.audit.event(event_type, "success");
-    event.actor = Some(actor.to_owned());
-    event.ip = ip.map(|ip| ip.to_string());
-    event.resource = Some(format!("user:{username}"));
-    event.details = details;
+    let event = node
+        .audit
+        .event(event_type, "success")
+        .by(actor)
+        .from_ip(ip)
+        .on(format!("user:{username}"))
+        .with_details(details);
     node.record_audit(event).await;
 }
 
