@@ -702,7 +702,30 @@ impl Config {
         Duration::from_secs(self.http.request_timeout_seconds)
     }
 
+    /// Checks every section, then what spans sections; the first error names its key.
     fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_siem()?;
+        self.validate_http()?;
+        self.validate_database()?;
+        self.validate_redis()?;
+        self.validate_secrets()?;
+        self.validate_positive()?;
+        self.validate_auth()?;
+        self.validate_cluster()?;
+        if let Some(ldap) = &self.ldap {
+            ldap.validate()?;
+        }
+        if let Some(oidc) = &self.oidc {
+            oidc.validate()?;
+        }
+        if let Some(saml) = &self.saml {
+            saml.validate()?;
+        }
+        self.validate_log()
+    }
+
+    /// `siem.*`: sink URLs and CA files.
+    fn validate_siem(&self) -> Result<(), ConfigError> {
         let sinks = [
             self.siem
                 .splunk
@@ -724,6 +747,11 @@ impl Config {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// `http.*`: TLS files in pairs, limits, CORS origins.
+    fn validate_http(&self) -> Result<(), ConfigError> {
         match (&self.http.tls_cert_file, &self.http.tls_key_file) {
             (Some(_), None) => {
                 return Err(ConfigError::key(
@@ -771,6 +799,11 @@ impl Config {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// `database.*`: the pool and the URL.
+    fn validate_database(&self) -> Result<(), ConfigError> {
         if self.database.max_connections == 0 {
             return Err(ConfigError::key(
                 "database.max_connections",
@@ -784,6 +817,11 @@ impl Config {
             ));
         }
         self.database_kind()?;
+        Ok(())
+    }
+
+    /// `redis.url`.
+    fn validate_redis(&self) -> Result<(), ConfigError> {
         if let Some(url) = &self.redis.url {
             let url = url.expose();
             if !(url.starts_with("redis://")
@@ -796,6 +834,11 @@ impl Config {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// `secrets.key` and `bootstrap_admin_password`.
+    fn validate_secrets(&self) -> Result<(), ConfigError> {
         if let Some(key) = &self.secrets.key {
             crate::secrets::SecretsKey::parse(key.expose())
                 .map_err(|e| ConfigError::key("secrets.key", e))?;
@@ -808,6 +851,11 @@ impl Config {
                 )
             })?;
         }
+        Ok(())
+    }
+
+    /// Counts and durations that must not be zero, in every section.
+    fn validate_positive(&self) -> Result<(), ConfigError> {
         for (key, value) in [
             (
                 "rate_limit.unauthenticated_per_minute",
@@ -867,6 +915,11 @@ impl Config {
                 return Err(ConfigError::key(key, "must be greater than 0"));
             }
         }
+        Ok(())
+    }
+
+    /// `auth.*`: MFA challenge lifetime, issuer and audience, redirects.
+    fn validate_auth(&self) -> Result<(), ConfigError> {
         if self.auth.mfa_challenge_seconds < 120 {
             return Err(ConfigError::key(
                 "auth.mfa_challenge_seconds",
@@ -881,6 +934,19 @@ impl Config {
                 return Err(ConfigError::key(key, "must be 1-256 characters"));
             }
         }
+        for redirect in &self.auth.allowed_redirects {
+            if !(redirect.starts_with("https://") || redirect.starts_with("http://")) {
+                return Err(ConfigError::key(
+                    "auth.allowed_redirects",
+                    format!("`{redirect}` must be an absolute http(s) URL prefix"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `cluster.*`: heartbeat within the lease, forgetting after it, protocol version, node name, mutual TLS, cookie.
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
         if self.cluster.heartbeat_ms >= self.cluster.lease_seconds.saturating_mul(1000) {
             return Err(ConfigError::key(
                 "cluster.heartbeat_ms",
@@ -953,23 +1019,11 @@ impl Config {
                 "is required when cluster.seeds is set",
             ));
         }
-        for redirect in &self.auth.allowed_redirects {
-            if !(redirect.starts_with("https://") || redirect.starts_with("http://")) {
-                return Err(ConfigError::key(
-                    "auth.allowed_redirects",
-                    format!("`{redirect}` must be an absolute http(s) URL prefix"),
-                ));
-            }
-        }
-        if let Some(ldap) = &self.ldap {
-            ldap.validate()?;
-        }
-        if let Some(oidc) = &self.oidc {
-            oidc.validate()?;
-        }
-        if let Some(saml) = &self.saml {
-            saml.validate()?;
-        }
+        Ok(())
+    }
+
+    /// `log.level`.
+    fn validate_log(&self) -> Result<(), ConfigError> {
         if self
             .log
             .level

@@ -13,17 +13,16 @@ use std::time::Duration;
 use prometheus::Registry;
 use ractor::{Actor, ActorRef};
 use rand::RngCore;
-use serde_json::json;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::{debug, error, info, warn};
+use tracing::{info, warn};
 use uuid::Uuid;
 
 use sark_actors::audit::{AuditHandle, AuditWriterSpec, ChainKey};
 use sark_actors::clock::{SharedClock, SystemClock};
 use sark_actors::limiter::{LimiterSpec, RateTable};
 use sark_actors::metrics::ActorMetrics;
-use sark_actors::policy::{self, PolicyActors, PolicyRegistry, PolicySupervisorSpec};
+use sark_actors::policy::{PolicyActors, PolicyRegistry, PolicySupervisorSpec};
 use sark_actors::session::{SessionLimits, SessionSupervisorSpec, Sessions};
 use sark_actors::siem::{ForwarderSettings, SiemForwarderSpec, SiemMetrics, SiemRegistry};
 use sark_actors::supervisor::{
@@ -38,14 +37,19 @@ use sark_cluster::wire::{NodeSummary, Notice};
 
 use crate::config::Config;
 use crate::core::revocation::RevocationList;
-use crate::idp::jwt::{TokenKeys, TokenSettings};
-use crate::idp::password::{self, PasswordHasherPool};
-use crate::policy::BUILTIN_POLICIES;
+use crate::idp::password::PasswordHasherPool;
 use crate::secrets::{self, SecretBox, SecretsKey};
 use crate::store::redis::Redis;
-use crate::store::{Backend, NewPolicyVersion, OpenError, Role, Store, StoreError, User};
+use crate::store::{Backend, OpenError};
 
+mod bootstrap;
+mod jobs;
 mod voters;
+
+use bootstrap::{Bootstrap, record_admin_created};
+use jobs::{
+    PolicySync, Retention, catch_up_after_gaps, credential_sync, housekeeping, record_membership,
+};
 
 use crate::core::{ActorSlots, Core, PolicyControl, seconds};
 
@@ -478,10 +482,6 @@ impl NodeControl {
     }
 }
 
-/// How often the membership view is asked whether a catch-up is due.
-const CATCH_UP_POLL: Duration = Duration::from_millis(25);
-
-/// Session ids per handover notice (a notice must stay under the 64 KiB payload limit).
 const HANDOVER_BATCH: usize = 1000;
 
 /// Tells the other members this node is leaving, so they drop it at once instead of
@@ -506,106 +506,6 @@ pub async fn leave_cluster(node: &Core) {
         elapsed_ms = propagation.elapsed.as_millis(),
         "announced this node's leave to the cluster"
     );
-}
-
-/// Catches up with the store whenever this node may have missed a broadcast (it regained
-/// its lease after a pause or a cut, or a member joined): until then its lease does not
-/// count as fresh, so tokens and policy versions are checked against the store.
-async fn catch_up_after_gaps(node: std::sync::Weak<Core>) {
-    loop {
-        tokio::time::sleep(CATCH_UP_POLL).await;
-        let Some(node) = node.upgrade() else { return };
-        let Some(epoch) = node.membership.needs_sync() else {
-            continue;
-        };
-        if !node.store_initialized() {
-            continue;
-        }
-        match node.catch_up().await {
-            Ok(()) => {
-                node.membership.synced(epoch);
-                debug!(epoch, "caught up with the store after a membership change");
-            }
-            Err(err) => warn!(error = %err, "could not catch up with the store"),
-        }
-    }
-}
-
-/// Keeps revocations and signing keys in step with the store (anti-entropy for what other
-/// nodes and `sark admin` changed).
-async fn credential_sync(node: std::sync::Weak<Core>) {
-    loop {
-        let Some(node) = node.upgrade() else { return };
-        let every = Duration::from_secs(node.config.auth.sync_seconds);
-        if node.store_initialized() {
-            let now = node.clock.now();
-            if let Err(err) = node.revocations.load(node.store.as_ref(), now).await {
-                warn!(error = %err, "could not reload revocations");
-            }
-            if let Some(tokens) = node.tokens()
-                && let Err(err) = tokens.reload(node.store.as_ref(), now).await
-            {
-                warn!(error = %err, "could not reload signing keys");
-            }
-        }
-        drop(node);
-        tokio::time::sleep(every).await;
-    }
-}
-
-/// How long housekeeping keeps what.
-struct Retention {
-    lockout_window: chrono::Duration,
-    time_series: chrono::Duration,
-}
-
-/// Hourly removal of expired lockout counters, challenges and sessions (so the tables hold
-/// what is live plus a day of history), of SIEM outbox rows delivered a day ago, and of
-/// audit events, request rows and set-aside outbox rows past the retention period.
-async fn housekeeping(
-    store: Arc<dyn Store>,
-    clock: SharedClock,
-    store_ready: Arc<AtomicBool>,
-    audit_key: ChainKey,
-    keep: Retention,
-) {
-    let mut tick = tokio::time::interval(Duration::from_secs(3600));
-    loop {
-        tick.tick().await;
-        if !store_ready.load(Ordering::Acquire) {
-            continue;
-        }
-        let now = clock.now();
-        match store
-            .prune_expired(
-                now,
-                now - keep.lockout_window,
-                now - chrono::Duration::days(1),
-            )
-            .await
-        {
-            Ok(removed) => debug!(removed, "housekeeping pruned expired rows"),
-            Err(err) => warn!(error = %err, "housekeeping could not prune expired rows"),
-        }
-        match store
-            .prune_time_series(now - keep.time_series, now, &audit_key)
-            .await
-        {
-            Ok(pruned) => debug!(
-                audit_events = pruned.audit_events,
-                api_requests = pruned.api_requests,
-                "retention removed old rows"
-            ),
-            Err(err) => warn!(error = %err, "retention could not remove old rows"),
-        }
-        match store
-            .prune_outbox(now - chrono::Duration::days(1), now - keep.time_series)
-            .await
-        {
-            Ok(removed) => debug!(removed, "housekeeping pruned delivered SIEM outbox rows"),
-            Err(err) => warn!(error = %err, "housekeeping could not prune the SIEM outbox"),
-        }
-    }
 }
 
 fn forwarder_settings(config: &Config) -> ForwarderSettings {
@@ -650,29 +550,6 @@ fn node_summary(
     })
 }
 
-/// Records members coming up and going down as `node_joined` / `node_left` audit events.
-async fn record_membership(
-    audit: AuditHandle,
-    mut changes: tokio::sync::mpsc::UnboundedReceiver<MembershipEvent>,
-) {
-    while let Some(change) = changes.recv().await {
-        let (event_type, node_id, addr) = match change {
-            MembershipEvent::Joined { node_id, addr } => ("node_joined", node_id, addr),
-            MembershipEvent::Left { node_id, addr } => ("node_left", node_id, addr),
-        };
-        let event = audit
-            .event(event_type, "success")
-            .by("system")
-            .on(format!("node:{node_id}"))
-            .with_details(serde_json::json!({ "addr": addr }));
-        if let Err(err) = audit.record(event).await {
-            warn!(error = %err, node = node_id, "could not record a membership change");
-        }
-    }
-}
-
-/// Applies what other nodes broadcast: revocations go into this node's list; a policy
-/// activation is loaded from the store before the answer.
 fn notice_handler(
     revocations: &Arc<RevocationList>,
     policies: &Arc<PolicyRegistry>,
@@ -841,287 +718,4 @@ fn resolve_node_id(config: &Config, hostname: &str) -> Result<String, NodeError>
         )));
     }
     Ok(id)
-}
-
-/// Anti-entropy for policies: repairs any bundle whose compiled version on this node is
-/// behind the stored active version.
-struct PolicySync {
-    /// Set once every stored bundle was loaded at its active version.
-    loaded_once: Arc<AtomicBool>,
-    store: Arc<dyn Store>,
-    registry: Arc<PolicyRegistry>,
-    control: Arc<PolicyControl>,
-    store_ready: Arc<AtomicBool>,
-}
-
-impl PolicySync {
-    async fn run(self, every: Duration) {
-        loop {
-            // Until the bundles are first loaded, check often so start-up is not delayed.
-            let loaded = self.store_ready.load(Ordering::Acquire) && self.sync().await;
-            // Being behind the store later is a moment in a policy write, or a missed
-            // broadcast that the lease check covers: it never takes the node out of rotation.
-            if loaded {
-                self.loaded_once.store(true, Ordering::Release);
-            }
-            tokio::time::sleep(if loaded {
-                every
-            } else {
-                Duration::from_millis(250)
-            })
-            .await;
-        }
-    }
-
-    /// Returns whether every stored bundle is loaded at its active version.
-    async fn sync(&self) -> bool {
-        let Ok(active) = self.store.active_policies().await else {
-            return false;
-        };
-        let loaded = self.registry.versions();
-        let mut in_step = true;
-        for bundle in active {
-            if loaded.get(&bundle.bundle) == Some(&bundle.version) {
-                continue;
-            }
-            in_step = false;
-            if !self.control.bring_up(&bundle.bundle).await {
-                warn!(
-                    bundle = bundle.bundle,
-                    "could not load the policy version; retrying at the next sync"
-                );
-            }
-        }
-        in_step
-    }
-}
-
-/// First-start creation: key fingerprint, built-in policies, the bootstrap admin. Every step
-/// is insert-if-absent, so nodes starting together on one database all succeed.
-struct Bootstrap {
-    config: Arc<Config>,
-    backend: Backend,
-    store: Arc<dyn Store>,
-    key: SecretsKey,
-    sealer: SecretBox,
-    audit: AuditHandle,
-    ready: Arc<AtomicBool>,
-    tokens: Arc<std::sync::OnceLock<Arc<TokenKeys>>>,
-    revocations: Arc<RevocationList>,
-}
-
-impl Bootstrap {
-    /// Returns the admin account if this call created it.
-    async fn run_once(&self) -> Result<Option<User>, NodeError> {
-        if !self.backend.initialize(self.audit.now()).await? {
-            return Err(NodeError::Store(OpenError::Migration(
-                "database unreachable".into(),
-            )));
-        }
-        let created_admin = self
-            .create_records()
-            .await
-            .map_err(|e| NodeError::Startup(e.to_string()))?;
-        self.ready.store(true, Ordering::Release);
-        Ok(created_admin)
-    }
-
-    async fn run_until_done(self, fatal: watch::Sender<Option<String>>) {
-        let mut delay = Duration::from_millis(250);
-        loop {
-            match self.backend.initialize(self.audit.now()).await {
-                Ok(true) => match self.create_records().await {
-                    Ok(created_admin) => {
-                        self.ready.store(true, Ordering::Release);
-                        info!("database ready");
-                        if let Some(admin) = created_admin {
-                            record_admin_created(self.audit.clone(), admin).await;
-                        }
-                        return;
-                    }
-                    Err(BootstrapError::Store(StoreError::Unavailable(reason))) => {
-                        warn!(reason, "database unavailable during bootstrap; retrying");
-                    }
-                    Err(err) => {
-                        error!(error = %err, "bootstrap failed");
-                        let _ = fatal.send(Some(err.to_string()));
-                        return;
-                    }
-                },
-                Ok(false) => {}
-                Err(err) => {
-                    error!(error = %err, "database refused initialisation");
-                    let _ = fatal.send(Some(err.to_string()));
-                    return;
-                }
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(5));
-        }
-    }
-
-    /// Returns the admin account if this call created it.
-    async fn create_records(&self) -> Result<Option<User>, BootstrapError> {
-        let fingerprint = self.key.fingerprint();
-        let stored = self
-            .store
-            .put_meta_if_absent(secrets::FINGERPRINT_META_KEY, &fingerprint)
-            .await?;
-        if stored != fingerprint {
-            return Err(BootstrapError::WrongKey);
-        }
-        let now = self.audit.now();
-        for (name, source) in BUILTIN_POLICIES {
-            let sha256 = crate::secrets::sha256_hex(source);
-            policy::compile(name, 1, &sha256, source, &self.config.policy.settings()).map_err(
-                |e| BootstrapError::Policy(format!("built-in policy {name} does not compile: {e}")),
-            )?;
-            let new = NewPolicyVersion {
-                bundle: name,
-                source,
-                sha256: &sha256,
-                description: Some("built-in"),
-                created_by: "system",
-                now,
-            };
-            if self.store.seed_policy(&new).await? {
-                info!(bundle = name, "seeded built-in policy");
-            }
-        }
-        let now = self.audit.now();
-        if self.tokens.get().is_none() {
-            let settings = TokenSettings {
-                issuer: self.config.auth.issuer.clone(),
-                audience: self.config.auth.audience.clone(),
-                lifetime: Duration::from_secs(self.config.auth.access_token_seconds),
-            };
-            let keys = TokenKeys::load(self.store.as_ref(), self.sealer.clone(), settings, now)
-                .await
-                .map_err(|e| match e {
-                    crate::idp::jwt::TokenError::Store(err) => BootstrapError::Store(err),
-                    other => BootstrapError::Policy(other.to_string()),
-                })?;
-            // Revocations first: tokens are accepted only once both are there.
-            self.revocations.load(self.store.as_ref(), now).await?;
-            let _ = self.tokens.set(Arc::new(keys));
-        }
-        self.revocations.load(self.store.as_ref(), now).await?;
-        self.bootstrap_admin().await
-    }
-
-    async fn bootstrap_admin(&self) -> Result<Option<User>, BootstrapError> {
-        // Created once in the life of the database: an admin who was deleted or renamed on
-        // purpose does not come back at the next restart.
-        const DONE: &str = "bootstrap_admin_created";
-        if self.store.meta(DONE).await?.is_some() {
-            return Ok(None);
-        }
-        if self.store.user_by_username("admin").await?.is_some() {
-            self.store
-                .put_meta_if_absent(DONE, &self.audit.now().to_rfc3339())
-                .await?;
-            return Ok(None);
-        }
-        let configured = self
-            .config
-            .bootstrap_admin_password
-            .as_ref()
-            .map(|p| p.expose().to_owned());
-        let generated = configured.is_none();
-        let password =
-            zeroize::Zeroizing::new(configured.unwrap_or_else(|| password::generate_password(24)));
-        let hash = password::hash_password(&password)
-            .map_err(|e| BootstrapError::Policy(e.to_string()))?;
-        // A generated password goes to a private file before the account exists, so it can
-        // never be committed without being written down; the file gets its final name
-        // only if this node's insert wins.
-        let pending_file = if generated {
-            let path = self.config.data_dir.join(format!(
-                "{BOOTSTRAP_PASSWORD_FILE}.pending.{}",
-                Uuid::new_v4().simple()
-            ));
-            let mut contents = zeroize::Zeroizing::new(password.as_bytes().to_vec());
-            contents.push(b'\n');
-            secrets::write_private_once(&path, &contents)
-                .map_err(|e| BootstrapError::Policy(e.to_string()))?;
-            Some(path)
-        } else {
-            None
-        };
-        let now = self.audit.now();
-        let admin = User {
-            id: Uuid::now_v7(),
-            username: "admin".into(),
-            email: None,
-            role: Role::Admin,
-            teams: Vec::new(),
-            password_hash: Some(hash),
-            is_active: true,
-            mfa_enabled: false,
-            provider: "local".into(),
-            subject: None,
-            created_at: now,
-            updated_at: now,
-        };
-        let created = self.store.create_user_if_absent(&admin).await;
-        if matches!(created, Ok(true)) {
-            self.store
-                .put_meta_if_absent(DONE, &now.to_rfc3339())
-                .await?;
-        }
-        let Some(pending) = pending_file else {
-            if created? {
-                info!("created the bootstrap admin with the configured password");
-                return Ok(Some(admin));
-            }
-            return Ok(None);
-        };
-        if !matches!(created, Ok(true)) {
-            let _ = std::fs::remove_file(&pending);
-            return created.map(|_| None).map_err(Into::into);
-        }
-        let path = self.config.data_dir.join(BOOTSTRAP_PASSWORD_FILE);
-        std::fs::rename(&pending, &path).map_err(|e| {
-            BootstrapError::Policy(format!(
-                "the bootstrap password is in {} but could not be renamed to {}: {e}",
-                pending.display(),
-                path.display()
-            ))
-        })?;
-        info!(path = %path.display(), "created the bootstrap admin; its generated password is in this file (mode 0600)");
-        Ok(Some(admin))
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-enum BootstrapError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(
-        "`secrets.key`: this database was initialised with a different secrets key; every node must use the same key"
-    )]
-    WrongKey,
-    #[error("{0}")]
-    Policy(String),
-}
-
-/// Audits the creation of the bootstrap admin once the AuditWriter is up.
-async fn record_admin_created(audit: AuditHandle, admin: User) {
-    let event = audit
-        .event("user_created", "success")
-        .by("system")
-        .on(format!("user:{}", admin.username))
-        .with_details(json!({"user_id": admin.id, "role": admin.role, "reason": "bootstrap"}));
-    // The writer may still be starting (with PostgreSQL it starts once the database is
-    // up): poll for it briefly rather than lose the event.
-    for _ in 0..600 {
-        if audit.writer().is_some() {
-            match audit.record(event.clone()).await {
-                Ok(_) => return,
-                Err(err) => warn!(error = %err, "bootstrap audit event not recorded yet; retrying"),
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    warn!("could not audit the creation of the bootstrap admin");
 }

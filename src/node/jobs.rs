@@ -1,0 +1,197 @@
+//! The node's background jobs: catching up after gaps, credential and policy
+//! anti-entropy, housekeeping, and recording membership changes.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tracing::{debug, warn};
+
+use sark_actors::audit::{AuditHandle, ChainKey};
+use sark_actors::clock::SharedClock;
+use sark_actors::policy::PolicyRegistry;
+use sark_cluster::membership::MembershipEvent;
+
+use crate::store::Store;
+
+use super::*;
+
+/// How often the membership view is asked whether a catch-up is due.
+pub(super) const CATCH_UP_POLL: Duration = Duration::from_millis(25);
+
+/// Session ids per handover notice (a notice must stay under the 64 KiB payload limit).
+/// Catches up with the store whenever this node may have missed a broadcast (it regained
+/// its lease after a pause or a cut, or a member joined): until then its lease does not
+/// count as fresh, so tokens and policy versions are checked against the store.
+pub(super) async fn catch_up_after_gaps(node: std::sync::Weak<Core>) {
+    loop {
+        tokio::time::sleep(CATCH_UP_POLL).await;
+        let Some(node) = node.upgrade() else { return };
+        let Some(epoch) = node.membership.needs_sync() else {
+            continue;
+        };
+        if !node.store_initialized() {
+            continue;
+        }
+        match node.catch_up().await {
+            Ok(()) => {
+                node.membership.synced(epoch);
+                debug!(epoch, "caught up with the store after a membership change");
+            }
+            Err(err) => warn!(error = %err, "could not catch up with the store"),
+        }
+    }
+}
+
+/// Keeps revocations and signing keys in step with the store (anti-entropy for what other
+/// nodes and `sark admin` changed).
+pub(super) async fn credential_sync(node: std::sync::Weak<Core>) {
+    loop {
+        let Some(node) = node.upgrade() else { return };
+        let every = Duration::from_secs(node.config.auth.sync_seconds);
+        if node.store_initialized() {
+            let now = node.clock.now();
+            if let Err(err) = node.revocations.load(node.store.as_ref(), now).await {
+                warn!(error = %err, "could not reload revocations");
+            }
+            if let Some(tokens) = node.tokens()
+                && let Err(err) = tokens.reload(node.store.as_ref(), now).await
+            {
+                warn!(error = %err, "could not reload signing keys");
+            }
+        }
+        drop(node);
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// How long housekeeping keeps what.
+pub(super) struct Retention {
+    pub(super) lockout_window: chrono::Duration,
+    pub(super) time_series: chrono::Duration,
+}
+
+/// Hourly removal of expired lockout counters, challenges and sessions (so the tables hold
+/// what is live plus a day of history), of SIEM outbox rows delivered a day ago, and of
+/// audit events, request rows and set-aside outbox rows past the retention period.
+pub(super) async fn housekeeping(
+    store: Arc<dyn Store>,
+    clock: SharedClock,
+    store_ready: Arc<AtomicBool>,
+    audit_key: ChainKey,
+    keep: Retention,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        if !store_ready.load(Ordering::Acquire) {
+            continue;
+        }
+        let now = clock.now();
+        match store
+            .prune_expired(
+                now,
+                now - keep.lockout_window,
+                now - chrono::Duration::days(1),
+            )
+            .await
+        {
+            Ok(removed) => debug!(removed, "housekeeping pruned expired rows"),
+            Err(err) => warn!(error = %err, "housekeeping could not prune expired rows"),
+        }
+        match store
+            .prune_time_series(now - keep.time_series, now, &audit_key)
+            .await
+        {
+            Ok(pruned) => debug!(
+                audit_events = pruned.audit_events,
+                api_requests = pruned.api_requests,
+                "retention removed old rows"
+            ),
+            Err(err) => warn!(error = %err, "retention could not remove old rows"),
+        }
+        match store
+            .prune_outbox(now - chrono::Duration::days(1), now - keep.time_series)
+            .await
+        {
+            Ok(removed) => debug!(removed, "housekeeping pruned delivered SIEM outbox rows"),
+            Err(err) => warn!(error = %err, "housekeeping could not prune the SIEM outbox"),
+        }
+    }
+}
+
+/// Records members coming up and going down as `node_joined` / `node_left` audit events.
+pub(super) async fn record_membership(
+    audit: AuditHandle,
+    mut changes: tokio::sync::mpsc::UnboundedReceiver<MembershipEvent>,
+) {
+    while let Some(change) = changes.recv().await {
+        let (event_type, node_id, addr) = match change {
+            MembershipEvent::Joined { node_id, addr } => ("node_joined", node_id, addr),
+            MembershipEvent::Left { node_id, addr } => ("node_left", node_id, addr),
+        };
+        let event = audit
+            .event(event_type, "success")
+            .by("system")
+            .on(format!("node:{node_id}"))
+            .with_details(serde_json::json!({ "addr": addr }));
+        if let Err(err) = audit.record(event).await {
+            warn!(error = %err, node = node_id, "could not record a membership change");
+        }
+    }
+}
+
+/// Applies what other nodes broadcast: revocations go into this node's list; a policy
+/// activation is loaded from the store before the answer.
+/// Anti-entropy for policies: repairs any bundle whose compiled version on this node is
+/// behind the stored active version.
+pub(super) struct PolicySync {
+    /// Set once every stored bundle was loaded at its active version.
+    pub(super) loaded_once: Arc<AtomicBool>,
+    pub(super) store: Arc<dyn Store>,
+    pub(super) registry: Arc<PolicyRegistry>,
+    pub(super) control: Arc<PolicyControl>,
+    pub(super) store_ready: Arc<AtomicBool>,
+}
+
+impl PolicySync {
+    pub(super) async fn run(self, every: Duration) {
+        loop {
+            // Until the bundles are first loaded, check often so start-up is not delayed.
+            let loaded = self.store_ready.load(Ordering::Acquire) && self.sync().await;
+            // Being behind the store later is a moment in a policy write, or a missed
+            // broadcast that the lease check covers: it never takes the node out of rotation.
+            if loaded {
+                self.loaded_once.store(true, Ordering::Release);
+            }
+            tokio::time::sleep(if loaded {
+                every
+            } else {
+                Duration::from_millis(250)
+            })
+            .await;
+        }
+    }
+
+    /// Returns whether every stored bundle is loaded at its active version.
+    pub(super) async fn sync(&self) -> bool {
+        let Ok(active) = self.store.active_policies().await else {
+            return false;
+        };
+        let loaded = self.registry.versions();
+        let mut in_step = true;
+        for bundle in active {
+            if loaded.get(&bundle.bundle) == Some(&bundle.version) {
+                continue;
+            }
+            in_step = false;
+            if !self.control.bring_up(&bundle.bundle).await {
+                warn!(
+                    bundle = bundle.bundle,
+                    "could not load the policy version; retrying at the next sync"
+                );
+            }
+        }
+        in_step
+    }
+}
