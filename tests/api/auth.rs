@@ -512,18 +512,7 @@ async fn rotated_signing_keys_keep_verifying_old_tokens() {
     assert_eq!(jwks["keys"][0]["kty"], "OKP");
     assert_eq!(jwks["keys"][0]["crv"], "Ed25519");
 
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_sark"))
-        .args(["admin", "--data-dir"])
-        .arg(app.node().config.data_dir.as_os_str())
-        .arg("rotate-signing-key")
-        .env_clear()
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    crate::helpers::sark_admin(&app.node().config.data_dir, &["rotate-signing-key"]);
     let jwks = poll(
         "the node to load the new key",
         Duration::from_secs(10),

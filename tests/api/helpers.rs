@@ -445,3 +445,21 @@ pub fn run_to_exit(cwd: &Path, env: &[(&str, String)]) -> (i32, String) {
 pub fn data_file(dir: &Path, name: &str) -> PathBuf {
     dir.join("sark-data").join(name)
 }
+
+/// Runs `sark admin --data-dir DIR ARGS…` with an empty environment and expects it to
+/// succeed; returns what it printed.
+pub fn sark_admin(data_dir: &Path, args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_sark"))
+        .args(["admin", "--data-dir"])
+        .arg(data_dir)
+        .args(args)
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "sark admin {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}

@@ -551,17 +551,9 @@ async fn the_admin_cli_rolls_back_in_the_store_and_nodes_follow() {
         201
     );
 
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_sark"))
-        .args(["admin", "--data-dir"])
-        .arg(app.node().config.data_dir.as_os_str())
-        .args(["policy-rollback", "authorization", "1"])
-        .env_clear()
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    crate::helpers::sark_admin(
+        &app.node().config.data_dir,
+        &["policy-rollback", "authorization", "1"],
     );
 
     let ask = json!({"user_id": op["user_id"], "resource": "servers", "action": "write"});
@@ -840,17 +832,9 @@ async fn a_stored_bundle_over_the_bounds_is_a_reported_load_failure_not_a_node_t
     // stopped: against a running SQLite node whose policy actor is failing to load, the
     // command can find the database locked (issue 13's note).
     app.stop().await;
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_sark"))
-        .args(["admin", "--data-dir"])
-        .arg(data.path())
-        .args(["policy-rollback", "authorization", &active.to_string()])
-        .env_clear()
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    crate::helpers::sark_admin(
+        data.path(),
+        &["policy-rollback", "authorization", &active.to_string()],
     );
     let dir = data.path().to_path_buf();
     let app = spawn_app_with(|c| {
