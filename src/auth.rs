@@ -6,6 +6,7 @@
 //! - [`api_keys`]: the API key format.
 //! - [`guard`]: authorization of resource routes through the active `authorization` policy.
 //! - [`service`]: logins, MFA challenges, token refresh, logout, credential changes.
+//! - [`mfa`]: TOTP enrolment.
 //! - [`sessions`]: listing sessions as the members that own their actors describe them.
 //! - [`forward`]: session operations run on the member that owns the session.
 //!
@@ -15,6 +16,7 @@
 pub mod api_keys;
 pub mod forward;
 pub mod guard;
+pub mod mfa;
 pub mod principal;
 pub mod service;
 pub mod sessions;

@@ -3,8 +3,11 @@
 //! writes, broadcasts, catching up). Built by `node` (the assembly); services take a
 //! `&Core`.
 
+pub mod fenced;
 pub mod lockout;
 pub mod revocation;
+
+pub use fenced::{Change, Fence, Propagated, Published, unconfirmed};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,14 +22,12 @@ use sark_actors::audit::{AuditHandle, AuditMessage, ChainKey};
 use sark_actors::clock::SharedClock;
 use sark_actors::limiter::LimiterMessage;
 use sark_actors::metrics::ActorMetrics;
-use sark_actors::policy::{
-    CompiledBundle, PolicyActors, PolicyMessage, PolicyRegistry, PolicySupervisorSpec,
-};
+use sark_actors::policy::{PolicyActors, PolicyMessage, PolicyRegistry, PolicySupervisorSpec};
 use sark_actors::session::{SessionSupervisorMessage, Sessions};
 use sark_actors::siem::SiemRegistry;
 use sark_actors::supervisor::{ChildInfo, Slot, SupervisorMessage};
 use sark_cluster::broadcast::{Propagation, broadcast};
-use sark_cluster::membership::{Fencing, MembershipMessage, MembershipView};
+use sark_cluster::membership::{MembershipMessage, MembershipView};
 use sark_cluster::wire::Notice;
 
 use crate::config::Config;
@@ -127,42 +128,10 @@ pub struct Core {
     pub(crate) voting: tokio::sync::Mutex<()>,
 }
 
-/// How often a write waiting for this node to know every member looks again.
-const ACQUAINT_POLL: Duration = Duration::from_millis(20);
-
 impl Core {
-    /// Makes a version that was just stored active on this node before the caller
-    /// answers: the bundle's actor loads it from the store. If the actor cannot be reached,
-    /// the compiled version is published directly (the registry never goes back) and
-    /// anti-entropy brings the actor up later. Then the activation is broadcast: 503
-    /// `cluster_unavailable` when fewer than a majority of the cluster applied it.
-    pub async fn activate_policy(
-        &self,
-        compiled: CompiledBundle,
-    ) -> Result<Propagation, crate::error::Error> {
-        let (bundle, version) = (compiled.bundle.clone(), compiled.version);
-        let loaded = self.policy_control.bring_up(&bundle).await;
-        if !loaded
-            || self
-                .policies
-                .get(&bundle)
-                .is_none_or(|c| c.version < version)
-        {
-            warn!(
-                bundle,
-                version, "the policy actor did not load the new version; publishing it directly"
-            );
-            self.policies.publish(Arc::new(compiled));
-        }
-        let propagation = self
-            .broadcast(Notice::PolicyActivated { bundle, version })
-            .await;
-        confirmed(propagation)
-    }
-
     /// Tells every member of the cluster about a write already committed to the store, and
     /// returns once each applied it or had its lease waited out (a leave is not fenced).
-    pub async fn broadcast(&self, notice: Notice) -> Propagation {
+    pub(crate) async fn broadcast(&self, notice: Notice) -> Propagation {
         let fence = (notice != Notice::Leaving)
             .then(|| Duration::from_secs(self.config.cluster.lease_seconds));
         let within = Duration::from_millis(self.config.cluster.heartbeat_ms.saturating_mul(2))
@@ -179,33 +148,6 @@ impl Core {
         let members = self.membership.live_members();
         sark_cluster::placement::owner(key, members.iter().map(String::as_str))
             .is_none_or(|owner| owner == self.node_id)
-    }
-
-    /// Refuses, before anything is written, a change that must reach every member (a
-    /// revocation, a policy version) when this node cannot make sure it does: it has not
-    /// joined its cluster yet, its lease lapsed (it is cut off), or it is leaving. While a
-    /// member that others know is not known here yet (this node just joined), it waits for
-    /// the introduction, at most one lease: after that the broadcast fences such a member
-    /// by time, as those that answer report it.
-    pub async fn require_cluster(&self) -> Result<(), crate::error::Error> {
-        let lease = Duration::from_secs(self.config.cluster.lease_seconds);
-        let give_up = tokio::time::Instant::now() + lease;
-        loop {
-            let now = tokio::time::Instant::now();
-            if self.left.load(Ordering::Acquire) {
-                break;
-            }
-            match self.membership.fencing(now) {
-                Fencing::Ready => return Ok(()),
-                Fencing::Acquainting if now >= give_up => return Ok(()),
-                Fencing::Acquainting => tokio::time::sleep(ACQUAINT_POLL).await,
-                Fencing::NoLease => break,
-            }
-        }
-        Err(crate::error::Error::unavailable(
-            "cluster_unavailable",
-            "this node cannot reach a majority of its cluster, so it cannot make this change take effect everywhere; retry (another node may answer)",
-        ))
     }
 
     /// Whether this node may answer token and policy checks from memory: its cluster lease
@@ -245,20 +187,6 @@ impl Core {
             }
         }
         Ok(())
-    }
-
-    /// Broadcasts revoked sessions and API keys (none of either: nothing to do). See
-    /// [`confirmed`] for a broadcast that reached no majority.
-    pub async fn broadcast_revoked(&self, sessions: &[Uuid], api_keys: &[Uuid]) -> Propagation {
-        if sessions.is_empty() && api_keys.is_empty() {
-            return Propagation::nothing_sent();
-        }
-        let ids = |ids: &[Uuid]| ids.iter().map(Uuid::to_string).collect();
-        self.broadcast(Notice::Revoked {
-            sessions: ids(sessions),
-            api_keys: ids(api_keys),
-        })
-        .await
     }
 
     /// Marks the node as shutting down: readiness fails from now on.
@@ -339,25 +267,6 @@ impl Core {
     pub async fn actor_tree(&self) -> Vec<ChildInfo> {
         ractor::call_t!(self.supervisor, SupervisorMessage::GetChildren, 2_000).unwrap_or_default()
     }
-}
-
-/// The propagation of a stored change, or 503 `cluster_unavailable` when fewer than a
-/// majority of the cluster applied it (this node is on the minority side of a cut it has
-/// not noticed yet): the change stays stored and reaches the others once they hear from
-/// this node or at their next check against the store, but it cannot be vouched for now.
-pub fn confirmed(propagation: Propagation) -> Result<Propagation, crate::error::Error> {
-    if propagation.confirmed {
-        return Ok(propagation);
-    }
-    Err(unconfirmed())
-}
-
-/// 503 `cluster_unavailable` for a change that is stored but reached no majority.
-pub fn unconfirmed() -> crate::error::Error {
-    crate::error::Error::unavailable(
-        "cluster_unavailable",
-        "the change is stored, but fewer than a majority of the cluster confirmed it: the members that missed it apply it once they hear from this node or at their next check against the store (auth.sync_seconds for credentials, policy.sync_seconds for policies)",
-    )
 }
 
 /// Brings a bundle's PolicyActor in line with the store: reloads a running actor, or starts

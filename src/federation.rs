@@ -217,16 +217,31 @@ async fn follow_provider(
         role: role_changed.then_some(identity.role),
         ..Default::default()
     };
+    let changed = if role_changed { "role" } else { "email" };
+    let event = |updated: &User, revocation_confirmed: Option<bool>| {
+        service::event(node, "user_updated", "success", identity.provider, None)
+            .on(format!("user:{}", user.username))
+            .with_details(json!({"changed": [changed], "role": updated.role, "by": "provider", "revocation_confirmed": revocation_confirmed}))
+    };
+    if !role_changed {
+        let updated = node
+            .store
+            .update_user(&user.username, &patch, node.clock.now())
+            .await?
+            .ok_or_else(service::invalid_credentials)?;
+        node.record_audit(event(&updated, None)).await;
+        return Ok(updated);
+    }
     // A role change revokes the user's sessions and API keys with it; a revocation no
     // majority confirmed is stored, the login goes on, and the audit event says so.
-    let mut revocation_confirmed = None;
-    let updated = if role_changed {
-        let revoke = crate::store::CredentialRevocation {
-            reason: "role_changed",
-            keep: None,
-            api_keys: true,
-        };
-        let (updated, revoked) = service::change_credentials(node, &user.username, &patch, &revoke)
+    let revoke = crate::store::CredentialRevocation {
+        reason: "role_changed",
+        keep: None,
+        api_keys: true,
+    };
+    let fence = node.fence().await?;
+    let (updated, published) =
+        service::change_credentials(node, fence, &user.username, &patch, &revoke)
             .await
             .map_err(|err| {
                 if err.kind() == ErrorKind::NotFound {
@@ -235,24 +250,9 @@ async fn follow_provider(
                     err
                 }
             })?;
-        revocation_confirmed = Some(revoked.confirmed);
-        updated
-    } else {
-        node.store
-            .update_user(&user.username, &patch, node.clock.now())
-            .await?
-            .ok_or_else(service::invalid_credentials)?
-    };
-    service::audit(
-        node,
-        "user_updated",
-        "success",
-        identity.provider,
-        None,
-        Some(format!("user:{}", user.username)),
-        json!({"changed": [if role_changed { "role" } else { "email" }], "role": updated.role, "by": "provider", "revocation_confirmed": revocation_confirmed}),
-    )
-    .await;
+    published
+        .audited_standing(|propagated| Some(event(&updated, Some(propagated.confirmed))))
+        .await;
     Ok(updated)
 }
 

@@ -21,7 +21,7 @@ fn layer(module: &str) -> u8 {
         "main" | "cli" => 6,
         "lib" => 5,
         "node" | "http" | "admin" => 4,
-        "auth" | "federation" => 3,
+        "auth" | "federation" | "policies" | "users" => 3,
         "core" => 2,
         "layering" => 0,
         _ => 1,

@@ -45,6 +45,7 @@ pub mod idp;
 mod layering;
 pub mod limits;
 pub mod node;
+pub mod policies;
 pub mod policy;
 pub mod request_log;
 pub mod secrets;
@@ -52,6 +53,7 @@ pub mod siem;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
+pub mod users;
 
 use config::Config;
 use core::Core;

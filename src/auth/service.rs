@@ -6,19 +6,17 @@
 //! after the same amount of argon2 work.
 
 use std::net::IpAddr;
-use std::time::Instant;
 
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 use serde_json::json;
 use tokio::sync::OwnedMutexGuard;
-use tracing::warn;
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
 use sark_actors::session::{RefreshOutcome, SessionError};
 
-use crate::core::{Core, seconds};
+use crate::core::{Change, Core, Fence, Propagated, Published, seconds};
 use crate::error::{Error, ErrorKind};
 use crate::idp::jwt::AccessClaims;
 use crate::idp::totp;
@@ -93,16 +91,9 @@ pub enum LoginOutcome {
 pub struct Revoked {
     /// Whether something live was revoked.
     pub revoked: bool,
-    /// Time from the store write until every check on every node refuses the credential.
-    pub propagation_ms: u64,
-    /// Cluster members that did not acknowledge and whose lease was waited out.
-    pub waited_out: Vec<String>,
-    /// Cluster members that acknowledged (this node aside).
-    pub acknowledged_by: Vec<String>,
-    /// Whether a majority of the cluster applied the revocation (see
-    /// [`crate::core::confirmed`]); the caller decides how to answer when not.
-    #[serde(skip)]
-    pub confirmed: bool,
+    /// How the revocation reached the cluster.
+    #[serde(flatten)]
+    pub propagation: Propagated,
 }
 
 /// The configured lockout rule.
@@ -205,6 +196,17 @@ impl Attempt {
     }
 }
 
+/// An audit event by `actor`, from `ip`.
+pub(crate) fn event(
+    node: &Core,
+    event_type: &str,
+    outcome: &str,
+    actor: &str,
+    ip: Option<IpAddr>,
+) -> sark_actors::store::AuditEvent {
+    node.audit.event(event_type, outcome).by(actor).from_ip(ip)
+}
+
 /// Records an audit event about `actor`.
 pub(crate) async fn audit(
     node: &Core,
@@ -215,12 +217,7 @@ pub(crate) async fn audit(
     resource: Option<String>,
     details: serde_json::Value,
 ) {
-    let mut event = node
-        .audit
-        .event(event_type, outcome)
-        .by(actor)
-        .from_ip(ip)
-        .with_details(details);
+    let mut event = event(node, event_type, outcome, actor, ip).with_details(details);
     event.resource = resource;
     node.record_audit(event).await;
 }
@@ -602,10 +599,13 @@ pub async fn refresh(
             })
         }
         RefreshOutcome::Reused(session) => {
-            node.revocations.revoke_sessions(&[session_id]);
             // The presenter gets a 401 either way; an unconfirmed revocation is stored and
             // reaches the other members once they hear from this node or check the store.
-            node.broadcast_revoked(&[session_id], &[]).await;
+            node.publish_unfenced(Change::Revoked {
+                sessions: &[session_id],
+                api_keys: &[],
+            })
+            .await;
             node.actor_metrics.refresh_reuse.inc();
             let actor = node
                 .store
@@ -635,7 +635,7 @@ pub async fn refresh(
     }
 }
 
-/// Revokes one session (through its actor) and refuses it on this node at once.
+/// Revokes one session (through its actor) and refuses it here and on every member.
 pub async fn revoke_session(
     node: &Core,
     session_id: Uuid,
@@ -643,8 +643,7 @@ pub async fn revoke_session(
     actor: &str,
     ip: Option<IpAddr>,
 ) -> Result<Revoked, Error> {
-    node.require_cluster().await?;
-    let started = Instant::now();
+    let fence = node.fence().await?;
     let revoked = match node.sessions.revoke(session_id, reason).await {
         Ok(revoked) => revoked,
         Err(SessionError::Store(err)) => return Err(err.into()),
@@ -656,28 +655,51 @@ pub async fn revoke_session(
                 .await?
         }
     };
-    node.revocations.revoke_sessions(&[session_id]);
-    let propagation = node.broadcast_revoked(&[session_id], &[]).await;
-    let propagation_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    if revoked {
-        audit(
-            node,
-            "session_revoked",
-            "success",
-            actor,
-            ip,
-            Some(format!("session:{session_id}")),
-            json!({"reason": reason}),
-        )
-        .await;
-    }
-    let propagation = crate::core::confirmed(propagation)?;
+    let change = Change::Revoked {
+        sessions: &[session_id],
+        api_keys: &[],
+    };
+    let propagation = fence
+        .publish(change)
+        .await
+        .audited(|_| {
+            revoked.then(|| {
+                event(node, "session_revoked", "success", actor, ip)
+                    .on(format!("session:{session_id}"))
+                    .with_details(json!({"reason": reason}))
+            })
+        })
+        .await?;
     Ok(Revoked {
         revoked,
-        propagation_ms,
-        waited_out: propagation.waited_out,
-        acknowledged_by: propagation.acknowledged_by,
-        confirmed: true,
+        propagation,
+    })
+}
+
+/// Revokes every session of a user (signing out everywhere), here and on every member.
+/// The event is recorded, confirmed or not, before an unconfirmed revocation is refused.
+pub async fn sign_out_everywhere(
+    node: &Core,
+    user_id: Uuid,
+    username: &str,
+    ip: Option<IpAddr>,
+) -> Result<Revoked, Error> {
+    let reason = "signed_out_everywhere";
+    let fence = node.fence().await?;
+    let (revoked, published) =
+        revoke_user_credentials(node, fence, user_id, None, false, reason).await?;
+    let propagation = published
+        .audited(|propagated| {
+            Some(
+                event(node, "session_revoked", "success", username, ip)
+                    .on(format!("user:{username}"))
+                    .with_details(json!({"reason": reason, "confirmed": propagated.confirmed})),
+            )
+        })
+        .await?;
+    Ok(Revoked {
+        revoked,
+        propagation,
     })
 }
 
@@ -752,86 +774,58 @@ pub async fn reauthenticate(
     ))
 }
 
-/// Revokes every live session (except `keep`) and, with `keys`, every API key of a user.
-pub async fn revoke_user_credentials(
-    node: &Core,
+/// Revokes every live session (except `keep`) and, with `keys`, every API key of a user,
+/// and publishes the revocation; the caller audits it. Whether something was revoked comes
+/// with it.
+pub async fn revoke_user_credentials<'a>(
+    node: &'a Core,
+    fence: Fence<'a>,
     user_id: Uuid,
     keep: Option<Uuid>,
     keys: bool,
     reason: &str,
-) -> Result<Revoked, Error> {
-    node.require_cluster().await?;
-    let started = Instant::now();
+) -> Result<(bool, Published<'a>), Error> {
     let now = node.clock.now();
     let sessions = node
         .store
         .revoke_user_sessions(user_id, keep, reason, now)
         .await?;
-    let revoked_keys = if keys {
+    let api_keys = if keys {
         node.store
             .revoke_user_api_keys(user_id, reason, now)
             .await?
     } else {
         Vec::new()
     };
-    Ok(publish_revocations(node, started, user_id, reason, &sessions, &revoked_keys).await)
+    let revoked = !sessions.is_empty() || !api_keys.is_empty();
+    let change = Change::Revoked {
+        sessions: &sessions,
+        api_keys: &api_keys,
+    };
+    Ok((revoked, fence.publish(change).await))
 }
 
 /// Changes a user's credentials (password, role, activation) and, in the same store
-/// transaction, revokes what `revoke` names; then revokes them here and on every member.
-/// A revocation no majority confirmed is stored; the change stands, and the caller audits
-/// `confirmed: false`.
-pub async fn change_credentials(
-    node: &Core,
+/// transaction, revokes what `revoke` names; then publishes the revocation, which the
+/// caller audits (a change whose revocation no majority confirmed stands: it is stored).
+pub async fn change_credentials<'a>(
+    node: &'a Core,
+    fence: Fence<'a>,
     username: &str,
     patch: &crate::store::UserPatch,
     revoke: &crate::store::CredentialRevocation<'_>,
-) -> Result<(User, Revoked), Error> {
-    node.require_cluster().await?;
-    let started = Instant::now();
+) -> Result<(User, Published<'a>), Error> {
     let updated = node
         .store
         .update_user_revoking(username, patch, revoke, node.clock.now())
         .await?
         .ok_or_else(|| Error::not_found(format!("no user {username}")))?;
-    let revoked = publish_revocations(
-        node,
-        started,
-        updated.user.id,
-        revoke.reason,
-        &updated.revoked_sessions,
-        &updated.revoked_api_keys,
-    )
-    .await;
-    Ok((updated.user, revoked))
-}
-
-/// Puts revoked sessions and keys into this node's list and broadcasts them.
-async fn publish_revocations(
-    node: &Core,
-    started: Instant,
-    user_id: Uuid,
-    reason: &str,
-    sessions: &[Uuid],
-    api_keys: &[Uuid],
-) -> Revoked {
-    node.revocations.revoke_sessions(sessions);
-    node.revocations.revoke_api_keys(api_keys);
-    let propagation = node.broadcast_revoked(sessions, api_keys).await;
-    if !propagation.confirmed {
-        warn!(
-            user = %user_id,
-            reason,
-            "credentials revoked in the store, but fewer than a majority of the cluster confirmed it"
-        );
-    }
-    Revoked {
-        revoked: !sessions.is_empty() || !api_keys.is_empty(),
-        propagation_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-        waited_out: propagation.waited_out,
-        acknowledged_by: propagation.acknowledged_by,
-        confirmed: propagation.confirmed,
-    }
+    let change = Change::Revoked {
+        sessions: &updated.revoked_sessions,
+        api_keys: &updated.revoked_api_keys,
+    };
+    let published = fence.publish(change).await;
+    Ok((updated.user, published))
 }
 
 /// Refuses an empty or oversized username or password.
@@ -851,6 +845,18 @@ pub fn check_credentials(username: &str, secret: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// Refuses a password the policy refuses for `username`: 400 `weak_password`, naming
+/// the rule.
+pub fn check_password_policy(username: &str, password: &str) -> Result<(), Error> {
+    crate::idp::password::check_policy(username, password).map_err(|v| {
+        Error::new(
+            ErrorKind::Invalid,
+            "weak_password",
+            format!("`password` ({}): {}", v.rule, v.message),
+        )
+    })
+}
+
 /// Checks the policy, stores the new hash and revokes the user's sessions (except
 /// `keep`) and API keys with it; shared by self-service and admin password changes.
 pub async fn set_password(
@@ -861,13 +867,7 @@ pub async fn set_password(
     actor: &str,
     ip: Option<std::net::IpAddr>,
 ) -> Result<(), Error> {
-    crate::idp::password::check_policy(username, new_password).map_err(|v| {
-        Error::new(
-            ErrorKind::Invalid,
-            "weak_password",
-            format!("`password` ({}): {}", v.rule, v.message),
-        )
-    })?;
+    check_password_policy(username, new_password)?;
     let hash = node
         .passwords
         .hash(Zeroizing::new(new_password.to_owned()))
@@ -879,25 +879,22 @@ pub async fn set_password(
     };
     // The other sessions and every API key (one minted from a stolen session included)
     // are revoked in the transaction that stores the new hash: both, or neither.
-    let (_, revoked) = change_credentials(
-        node,
-        username,
-        &patch,
-        &crate::store::CredentialRevocation {
-            reason: "password_changed",
-            keep,
-            api_keys: true,
-        },
-    )
-    .await?;
-    let event = node
-        .audit
-        .event("password_changed", "success")
-        .by(actor)
-        .from_ip(ip)
-        .on(format!("user:{username}"))
-        .with_details(json!({"revocation_confirmed": revoked.confirmed}));
-    node.record_audit(event).await;
+    let revoke = crate::store::CredentialRevocation {
+        reason: "password_changed",
+        keep,
+        api_keys: true,
+    };
+    let fence = node.fence().await?;
+    let (_, published) = change_credentials(node, fence, username, &patch, &revoke).await?;
+    published
+        .audited_standing(|propagated| {
+            Some(
+                event(node, "password_changed", "success", actor, ip)
+                    .on(format!("user:{username}"))
+                    .with_details(json!({"revocation_confirmed": propagated.confirmed})),
+            )
+        })
+        .await;
     Ok(())
 }
 

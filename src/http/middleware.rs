@@ -413,7 +413,7 @@ fn policy_limit(
     route: &str,
     method: &str,
 ) -> Option<u32> {
-    let bundle = node.policies.get(RATE_LIMITING_BUNDLE)?;
+    let bundle = node.policies.get(crate::policies::RATE_LIMITING_BUNDLE)?;
     let defaults = &node.config.rate_limit;
     let input = serde_json::json!({
         "principal_type": principal.map_or("anonymous", |p| p.principal_type()),
@@ -443,9 +443,6 @@ fn policy_limit(
         }
     }
 }
-
-/// The bundle whose `limit` shapes the rate limits.
-pub const RATE_LIMITING_BUNDLE: &str = "rate_limiting";
 
 /// Answers 503 `request_timeout` when a request takes longer than the configured deadline.
 pub async fn timeout(State(state): State<AppState>, req: Request, next: Next) -> Response {

@@ -13,6 +13,7 @@ use crate::auth::api_keys::{self, SCOPES};
 use crate::auth::guard::allowed;
 use crate::auth::principal::Principal;
 use crate::auth::service::{self, Revoked};
+use crate::core::Change;
 use crate::http::AppState;
 use crate::http::errors::ApiError;
 use crate::http::extract::AppJson;
@@ -205,31 +206,31 @@ pub async fn delete_api_key(
     if key.user_id != principal.user_id && !allowed(node, &principal, "write", "users", ip) {
         return Err(ApiError::not_found("no such API key"));
     }
-    node.require_cluster().await?;
-    let started = std::time::Instant::now();
+    let fence = node.fence().await?;
     let revoked = node
         .store
         .revoke_api_key(id, "revoked", node.clock.now())
         .await?;
-    node.revocations.revoke_api_keys(&[id]);
-    let propagation = node.broadcast_revoked(&[], &[id]).await;
-    let propagation_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    if revoked {
-        let event = node
-            .audit
-            .event("api_key_revoked", "success")
-            .by(&principal.username)
-            .from_ip(ip)
-            .on(format!("api_key:{id}"))
-            .with_details(json!({"prefix": key.prefix, "owner": key.user_id}));
-        node.record_audit(event).await;
-    }
-    let propagation = crate::core::confirmed(propagation)?;
+    let change = Change::Revoked {
+        sessions: &[],
+        api_keys: &[id],
+    };
+    let propagation = fence
+        .publish(change)
+        .await
+        .audited(|_| {
+            revoked.then(|| {
+                node.audit
+                    .event("api_key_revoked", "success")
+                    .by(&principal.username)
+                    .from_ip(ip)
+                    .on(format!("api_key:{id}"))
+                    .with_details(json!({"prefix": key.prefix, "owner": key.user_id}))
+            })
+        })
+        .await?;
     Ok(Json(Revoked {
         revoked,
-        propagation_ms,
-        waited_out: propagation.waited_out,
-        acknowledged_by: propagation.acknowledged_by,
-        confirmed: true,
+        propagation,
     }))
 }

@@ -12,16 +12,14 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
-use crate::auth::forward;
 use crate::auth::principal::{Principal, PrincipalKind};
 use crate::auth::service;
+use crate::auth::{forward, mfa};
 use crate::http::AppState;
 use crate::http::errors::ApiError;
 use crate::http::extract::AppJson;
 use crate::http::login::{LoginRequest, login_response};
 use crate::http::validate::ClientAddr;
-use crate::idp::totp;
-use crate::store::StoreError;
 
 /// `POST /api/v1/auth/login`.
 pub async fn post_login(
@@ -193,43 +191,9 @@ pub async fn post_totp_enroll(
     principal: Principal,
     body: Option<AppJson<Reauthentication>>,
 ) -> Result<Json<Value>, ApiError> {
-    let session_id = principal.require_session()?;
-    let node = &state.node;
     let current_password = body.and_then(|AppJson(body)| body.current_password);
-    service::reauthenticate(node, principal.user_id, session_id, current_password, ip).await?;
-    let user = node
-        .store
-        .user_by_id(principal.user_id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("no such user"))?;
-    if user.mfa_enabled {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "mfa_already_enabled",
-            "MFA is already enabled; an admin can reset it",
-        ));
-    }
-    let secret = totp::new_secret();
-    let sealed = node
-        .sealer
-        .seal(&format!("totp:{}", user.id), &secret)
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-    match node
-        .store
-        .put_pending_totp(user.id, &sealed, node.clock.now())
-        .await
-    {
-        Err(StoreError::Conflict(_)) => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "mfa_already_enabled",
-                "MFA is already enabled",
-            ));
-        }
-        other => other?,
-    }
     let enrollment =
-        totp::enrollment(&secret, &user.username).map_err(|e| ApiError::internal(e.to_string()))?;
+        mfa::enroll_totp(&state.node, enrollee(&principal)?, current_password, ip).await?;
     Ok(Json(json!({
         "secret": enrollment.secret,
         "otpauth_uri": enrollment.otpauth_uri,
@@ -251,68 +215,17 @@ pub async fn post_totp_confirm(
     principal: Principal,
     AppJson(body): AppJson<TotpConfirm>,
 ) -> Result<Json<Value>, ApiError> {
-    principal.require_session()?;
-    let node = &state.node;
-    let now = node.clock.now();
-    let pending = node
-        .store
-        .totp(principal.user_id)
-        .await?
-        .filter(|t| t.confirmed_at.is_none())
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::CONFLICT,
-                "no_pending_enrollment",
-                "start with POST /api/v1/auth/mfa/totp/enroll",
-            )
-        })?;
-    let secret = node
-        .sealer
-        .open(&format!("totp:{}", principal.user_id), &pending.secret)
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-    let unix = u64::try_from(now.timestamp()).unwrap_or(0);
-    let Some(step) = totp::verify(&secret, &body.code, unix) else {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_code",
-            "`code`: does not match the new secret",
-        ));
-    };
-    let codes = totp::recovery_codes();
-    let hashes: Vec<String> = codes
-        .iter()
-        .map(|c| totp::hash_recovery_code(&node.recovery_code_key, principal.user_id, c))
-        .collect();
-    node.require_cluster().await?;
-    if !node
-        .store
-        .confirm_totp(principal.user_id, &hashes, now)
-        .await?
-    {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "no_pending_enrollment",
-            "the enrolment was confirmed already",
-        ));
-    }
-    // The code just used cannot log anyone in.
-    node.store.accept_totp_step(principal.user_id, step).await?;
-    // Sessions from before MFA was on were proven by the password alone.
-    let current = principal.session_id();
-    // The user must get the recovery codes even if no majority confirmed the revocation
-    // (it is stored); the audit event says so.
-    let revoked =
-        service::revoke_user_credentials(node, principal.user_id, current, false, "mfa_enabled")
-            .await?;
-    let event = node
-        .audit
-        .event("mfa_enrolled", "success")
-        .by(&principal.username)
-        .from_ip(ip)
-        .on(format!("user:{}", principal.username))
-        .with_details(json!({"method": "totp", "revocation_confirmed": revoked.confirmed}));
-    node.record_audit(event).await;
+    let codes = mfa::confirm_totp(&state.node, enrollee(&principal)?, &body.code, ip).await?;
     Ok(Json(json!({ "recovery_codes": codes })))
+}
+
+/// The caller as the user whose second factor changes: a session, not an API key.
+fn enrollee(principal: &Principal) -> Result<mfa::Enrollee<'_>, ApiError> {
+    Ok(mfa::Enrollee {
+        user_id: principal.user_id,
+        username: &principal.username,
+        session_id: principal.require_session()?,
+    })
 }
 
 /// `GET /.well-known/jwks.json`.

@@ -89,24 +89,7 @@ pub async fn delete_sessions(
 ) -> Result<Json<Revoked>, ApiError> {
     principal.require_session()?;
     let node = &state.node;
-    let revoked = service::revoke_user_credentials(
-        node,
-        principal.user_id,
-        None,
-        false,
-        "signed_out_everywhere",
-    )
-    .await?;
-    let event = node
-        .audit
-        .event("session_revoked", "success")
-        .by(&principal.username)
-        .from_ip(ip)
-        .on(format!("user:{}", principal.username))
-        .with_details(json!({"reason": "signed_out_everywhere", "confirmed": revoked.confirmed}));
-    node.record_audit(event).await;
-    if !revoked.confirmed {
-        return Err(crate::core::unconfirmed().into());
-    }
-    Ok(Json(revoked))
+    Ok(Json(
+        service::sign_out_everywhere(node, principal.user_id, &principal.username, ip).await?,
+    ))
 }

@@ -6,18 +6,17 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use uuid::Uuid;
 use zeroize::Zeroizing;
 
 use crate::auth::guard::authorize;
 use crate::auth::principal::Principal;
-use crate::auth::service;
 use crate::core::Core;
 use crate::http::AppState;
 use crate::http::errors::ApiError;
 use crate::http::extract::AppJson;
 use crate::http::validate::{self, ClientAddr};
-use crate::store::{CredentialRevocation, PageRequest, Role, StoreError, User, UserPatch};
+use crate::store::{PageRequest, Role, User};
+use crate::users::{self, AccountChange, Admin, NewAccount};
 
 /// A user as the API shows it: never a hash or a secret.
 pub fn user_json(user: &User) -> Value {
@@ -53,22 +52,13 @@ pub struct NewUser {
     mfa_enabled: Option<bool>,
 }
 
-async fn audit(
-    node: &Core,
-    event_type: &str,
-    actor: &str,
-    ip: Option<std::net::IpAddr>,
-    username: &str,
-    details: Value,
-) {
-    let event = node
-        .audit
-        .event(event_type, "success")
-        .by(actor)
-        .from_ip(ip)
-        .on(format!("user:{username}"))
-        .with_details(details);
-    node.record_audit(event).await;
+/// The caller as the administrator making a change.
+fn admin(principal: &Principal, ip: Option<std::net::IpAddr>) -> Admin<'_> {
+    Admin {
+        user_id: principal.user_id,
+        username: &principal.username,
+        ip,
+    }
 }
 
 /// `POST /api/v1/users`.
@@ -90,58 +80,14 @@ pub async fn post_user(
             "MFA is turned on by the user's own enrolment (POST /api/v1/auth/mfa/totp/enroll)",
         ));
     }
-    let password_hash = match body.password {
-        Some(password) => {
-            crate::idp::password::check_policy(&username, &password).map_err(|v| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "weak_password",
-                    format!("`password` ({}): {}", v.rule, v.message),
-                )
-            })?;
-            Some(
-                node.passwords
-                    .hash(password)
-                    .await
-                    .map_err(|e| ApiError::internal(e.to_string()))?,
-            )
-        }
-        None => None,
-    };
-    let now = node.clock.now();
-    let user = User {
-        id: Uuid::now_v7(),
+    let new = NewAccount {
         username,
-        email: Some(email),
+        email,
         role,
         teams,
-        password_hash,
-        is_active: true,
-        mfa_enabled: false,
-        provider: "local".into(),
-        subject: None,
-        created_at: now,
-        updated_at: now,
+        password: body.password,
     };
-    match node.store.create_user(&user).await {
-        Err(StoreError::Conflict(_)) => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "user_exists",
-                format!("user {} already exists", user.username),
-            ));
-        }
-        other => other?,
-    }
-    audit(
-        node,
-        "user_created",
-        &principal.username,
-        ip,
-        &user.username,
-        json!({"role": user.role, "user_id": user.id}),
-    )
-    .await;
+    let user = users::create(node, admin(&principal, ip), new).await?;
     Ok((StatusCode::CREATED, Json(user_json(&user))))
 }
 
@@ -178,10 +124,7 @@ pub async fn get_users(
 
 async fn target(node: &Core, username: &str) -> Result<User, ApiError> {
     let username = validate::account_name("username", username)?;
-    node.store
-        .user_by_username(&username)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no user {username}")))
+    Ok(users::find(node, &username).await?)
 }
 
 /// `GET /api/v1/users/{username}`.
@@ -207,17 +150,6 @@ pub struct UserUpdate {
     password: Option<Zeroizing<String>>,
 }
 
-fn refuse_self_lockout(principal: &Principal, user: &User, what: &str) -> Result<(), ApiError> {
-    if principal.user_id == user.id {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "self_lockout",
-            format!("you cannot {what} your own account; ask another admin, or use `sark admin`"),
-        ));
-    }
-    Ok(())
-}
-
 /// `PATCH /api/v1/users/{username}`. Disabling revokes every session and API key of the
 /// user before answering; a role change signs the user out, so it takes effect at once.
 pub async fn patch_user(
@@ -234,91 +166,22 @@ pub async fn patch_user(
         Some(Some(email)) => Some(Some(validate::email("email", &email)?)),
         other => other,
     };
-    let new_role = body.role.as_deref().map(|r| role("role", r)).transpose()?;
-    let teams = body
-        .teams
-        .as_deref()
-        .map(|t| validate::teams("teams", t))
-        .transpose()?;
-    if body.is_active == Some(false) {
-        refuse_self_lockout(&principal, &user, "disable")?;
-    }
-    if new_role.is_some_and(|r| r != Role::Admin && user.role == Role::Admin) {
-        refuse_self_lockout(&principal, &user, "demote")?;
-    }
-    if let Some(password) = &body.password {
-        service::set_password(
-            node,
-            &user.username,
-            password,
-            None,
-            &principal.username,
-            ip,
-        )
-        .await?;
-    }
-    let patch = UserPatch {
+    let change = AccountChange {
         email,
-        role: new_role,
-        teams,
+        role: body.role.as_deref().map(|r| role("role", r)).transpose()?,
+        teams: body
+            .teams
+            .as_deref()
+            .map(|t| validate::teams("teams", t))
+            .transpose()?,
         is_active: body.is_active,
-        ..Default::default()
+        password: body.password,
     };
-    // Revoked whenever asked for, not only on a change: a retry after a failed
-    // revocation must revoke again. Sessions and API keys go in the transaction that
-    // stores the change.
-    let disabled = body.is_active == Some(false);
-    let mut revocation_confirmed = None;
-    let updated = if disabled || new_role.is_some() {
-        let reason = if disabled {
-            "user_disabled"
-        } else {
-            "role_changed"
-        };
-        let revoke = CredentialRevocation {
-            reason,
-            keep: None,
-            api_keys: true,
-        };
-        let (updated, revoked) =
-            service::change_credentials(node, &user.username, &patch, &revoke).await?;
-        revocation_confirmed = Some(revoked);
-        updated
-    } else {
-        node.store
-            .update_user(&user.username, &patch, node.clock.now())
-            .await?
-            .ok_or_else(|| ApiError::not_found(format!("no user {}", user.username)))?
-    };
-    let mut response = user_json(&updated);
-    let revocation_confirmed = revocation_confirmed.map(|revoked| {
-        response["propagation_ms"] = json!(revoked.propagation_ms);
-        revoked.confirmed
-    });
-    let changed: Vec<&str> = [
-        ("email", patch.email.is_some()),
-        ("role", patch.role.is_some()),
-        ("teams", patch.teams.is_some()),
-        ("is_active", patch.is_active.is_some()),
-        ("password", body.password.is_some()),
-    ]
-    .into_iter()
-    .filter_map(|(name, set)| set.then_some(name))
-    .collect();
-    let event = if disabled && user.is_active {
-        "user_disabled"
-    } else {
-        "user_updated"
-    };
-    audit(
-        node,
-        event,
-        &principal.username,
-        ip,
-        &user.username,
-        json!({"changed": changed, "role": updated.role, "revocation_confirmed": revocation_confirmed}),
-    )
-    .await;
+    let updated = users::update(node, admin(&principal, ip), &user, change).await?;
+    let mut response = user_json(&updated.user);
+    if let Some(ms) = updated.propagation_ms {
+        response["propagation_ms"] = json!(ms);
+    }
     Ok(Json(response))
 }
 
@@ -332,28 +195,7 @@ pub async fn delete_user(
     let node = &state.node;
     authorize(node, &principal, "write", "users", ip).await?;
     let user = target(node, &username).await?;
-    refuse_self_lockout(&principal, &user, "delete")?;
-    node.require_cluster().await?;
-    let deleted = node
-        .store
-        .delete_user(&user.username, node.clock.now())
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no user {}", user.username)))?;
-    node.revocations.revoke_sessions(&deleted.revoked_sessions);
-    node.revocations.revoke_api_keys(&deleted.revoked_api_keys);
-    let propagation = node
-        .broadcast_revoked(&deleted.revoked_sessions, &deleted.revoked_api_keys)
-        .await;
-    audit(
-        node,
-        "user_deleted",
-        &principal.username,
-        ip,
-        &user.username,
-        json!({"sessions_revoked": deleted.revoked_sessions.len(), "api_keys_revoked": deleted.revoked_api_keys.len()}),
-    )
-    .await;
-    crate::core::confirmed(propagation)?;
+    users::delete(node, admin(&principal, ip), &user).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -367,16 +209,7 @@ pub async fn delete_user_mfa(
     let node = &state.node;
     authorize(node, &principal, "write", "users", ip).await?;
     let user = target(node, &username).await?;
-    node.store.reset_mfa(user.id).await?;
-    audit(
-        node,
-        "mfa_reset",
-        &principal.username,
-        ip,
-        &user.username,
-        json!({}),
-    )
-    .await;
+    users::reset_mfa(node, admin(&principal, ip), &user).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -392,18 +225,6 @@ pub async fn post_unlock(
     // Locks apply to names that have no account too, so any well-formed name can be
     // unlocked.
     let username = validate::account_name("username", &username)?;
-    let was_locked = node
-        .lockout
-        .clear(&service::lockout_key(&username), node.clock.now())
-        .await?;
-    audit(
-        node,
-        "account_unlocked",
-        &principal.username,
-        ip,
-        &username,
-        json!({"was_locked": was_locked}),
-    )
-    .await;
+    users::unlock(node, admin(&principal, ip), &username).await?;
     Ok(StatusCode::NO_CONTENT)
 }
