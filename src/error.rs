@@ -7,6 +7,8 @@
 
 use std::borrow::Cow;
 
+use sark_cluster::wire::Refusal;
+
 use crate::store::StoreError;
 
 /// What the caller can do about an error.
@@ -30,6 +32,44 @@ pub enum ErrorKind {
     Unavailable,
     /// The server failed.
     Internal,
+}
+
+impl ErrorKind {
+    /// Every kind.
+    pub const ALL: [ErrorKind; 9] = [
+        ErrorKind::Invalid,
+        ErrorKind::Unauthenticated,
+        ErrorKind::Forbidden,
+        ErrorKind::NotFound,
+        ErrorKind::Conflict,
+        ErrorKind::Locked,
+        ErrorKind::RateLimited,
+        ErrorKind::Unavailable,
+        ErrorKind::Internal,
+    ];
+
+    /// The kind's stable snake_case name (as the cluster wire carries it).
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorKind::Invalid => "invalid",
+            ErrorKind::Unauthenticated => "unauthenticated",
+            ErrorKind::Forbidden => "forbidden",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::Locked => "locked",
+            ErrorKind::RateLimited => "rate_limited",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Internal => "internal",
+        }
+    }
+
+    /// The kind named `name`; a name this build does not know is `Internal`.
+    pub fn from_name(name: &str) -> Self {
+        Self::ALL
+            .into_iter()
+            .find(|kind| kind.name() == name)
+            .unwrap_or(ErrorKind::Internal)
+    }
 }
 
 /// A service's refusal or failure.
@@ -171,6 +211,32 @@ impl From<StoreError> for Error {
     }
 }
 
+impl From<Refusal> for Error {
+    fn from(refusal: Refusal) -> Self {
+        Self {
+            kind: ErrorKind::from_name(&refusal.kind),
+            code: refusal.code.into(),
+            message: refusal.message,
+            retry_after: refusal.retry_after,
+            bearer_challenge: refusal.bearer_challenge,
+            detail: None,
+        }
+    }
+}
+
+impl From<&Error> for Refusal {
+    /// The error as another node is told it: the detail stays here, in the log.
+    fn from(err: &Error) -> Self {
+        Self {
+            kind: err.kind.name().to_owned(),
+            code: err.code.to_string(),
+            message: err.message.clone(),
+            retry_after: err.retry_after,
+            bearer_challenge: err.bearer_challenge,
+        }
+    }
+}
+
 /// A service's answer.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -189,6 +255,35 @@ mod tests {
         assert_eq!(err.detail(), Some("connection refused to 10.0.0.5"));
         assert_eq!(err.retry_after_seconds(), Some(5));
 
+        let err = Error::from(StoreError::Internal("syntax error at or near".into()));
+        assert_eq!(err.kind(), ErrorKind::Internal);
+        assert!(!err.message().contains("syntax"));
+    }
+
+    #[test]
+    fn errors_cross_the_cluster_whole_but_without_their_detail() {
+        for kind in ErrorKind::ALL {
+            assert_eq!(ErrorKind::from_name(kind.name()), kind);
+        }
+        assert_eq!(
+            ErrorKind::from_name("from_a_newer_node"),
+            ErrorKind::Internal
+        );
+        let err = Error::new(ErrorKind::Locked, "account_locked", "locked for 30 s")
+            .retry_after(30)
+            .bearer_challenge()
+            .with_detail("lockout key alice");
+        let back = Error::from(Refusal::from(&err));
+        assert_eq!(back.kind(), ErrorKind::Locked);
+        assert_eq!(back.code(), "account_locked");
+        assert_eq!(back.message(), "locked for 30 s");
+        assert_eq!(back.retry_after_seconds(), Some(30));
+        assert!(back.has_bearer_challenge());
+        assert_eq!(back.detail(), None);
+    }
+
+    #[test]
+    fn internal_failures_keep_a_generic_message() {
         let err = Error::from(StoreError::Internal("syntax error at or near".into()));
         assert_eq!(err.kind(), ErrorKind::Internal);
         assert!(!err.message().contains("syntax"));

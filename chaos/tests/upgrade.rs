@@ -83,6 +83,24 @@ impl Cluster {
             )
             .await;
         assert_eq!(status, 200, "{step}: {revoked}");
+        // A refusal crosses versions whole: the owner refuses the dead session's refresh
+        // token, and the sender answers with the owner's status and code.
+        let refresh = json!({"refresh_token": session["refresh_token"]});
+        let (status, refused) = self
+            .sandbox
+            .request(
+                sender,
+                reqwest::Method::POST,
+                "/api/v1/auth/refresh",
+                None,
+                Some(&refresh),
+            )
+            .await;
+        assert_eq!(
+            (status, refused["error"]["code"].as_str()),
+            (401, Some("invalid_token")),
+            "{step}: {refused}"
+        );
         let owner_index = names.iter().position(|n| *n == owner).unwrap();
         let mut others: Vec<&str> = names
             .iter()
@@ -167,8 +185,8 @@ async fn a_rolling_upgrade_runs_both_protocol_versions_side_by_side() {
         let step = format!("{} of 3 upgraded", upgraded + 1);
         cluster.revocation_reaches_everyone(&admin, &step).await;
         println!(
-            "upgrade: {step} (restarted in {restarted:?}); revocations and session listings \
-             work across versions {previous} and {PROTOCOL_VERSION}"
+            "upgrade: {step} (restarted in {restarted:?}); revocations, refusals and session \
+             listings work across versions {previous} and {PROTOCOL_VERSION}"
         );
     }
     // Nothing was sent that the other side could not read: no version was refused, and no

@@ -16,11 +16,17 @@ use sark_actors::limiter::RateDecision;
 use serde::{Deserialize, Serialize};
 
 /// The version of the protocol this build speaks.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The first version with [`SessionOp::Describe`]: not sent to older nodes, nor by a node
 /// that speaks an older version.
 pub const DESCRIBE_SINCE: u32 = 3;
+
+/// The first version whose session answers carry the outcome (a result or a domain
+/// refusal, [`SessionOutcome`]) instead of the HTTP status and body of the owner's front
+/// door. An owner answers in the older form a caller that speaks an older version, or when
+/// it speaks one itself; a caller reads both ([`SessionAnswer::into_result`]).
+pub const OUTCOME_SINCE: u32 = 4;
 
 /// Largest payload accepted in one of our messages.
 pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;
@@ -226,16 +232,104 @@ pub enum SessionOp {
     },
 }
 
-/// The owner's answer, as its front door would have given it.
+/// The owner's answer to a [`SessionCall`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionAnswer {
-    /// HTTP status.
+    /// The outcome (since version 4; absent in an older answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<SessionOutcome>,
+    /// Before version 4: the HTTP status the owner's front door would have given.
+    #[serde(default)]
     pub status: u16,
-    /// `Retry-After` seconds, when the answer has one.
+    /// Before version 4: its `Retry-After` seconds.
     #[serde(default)]
     pub retry_after: Option<u64>,
-    /// The JSON body.
+    /// Before version 4: its JSON body.
+    #[serde(default)]
     pub body: String,
+}
+
+/// What a session operation came to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum SessionOutcome {
+    /// It was done; its answer.
+    Done {
+        /// The answer, as JSON.
+        value: serde_json::Value,
+    },
+    /// It was refused or failed.
+    Refused(Refusal),
+}
+
+/// Why a session operation was refused, in the owner's domain terms.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    /// What the caller can do about it, as a snake_case name (`invalid`,
+    /// `unauthenticated`, `unavailable`, …); a name the reader does not know is a failure
+    /// of the server.
+    pub kind: String,
+    /// The stable error code.
+    pub code: String,
+    /// The message for people.
+    pub message: String,
+    /// Seconds the client is asked to wait before a retry.
+    #[serde(default)]
+    pub retry_after: Option<u64>,
+    /// Whether the client's bearer token is the problem.
+    #[serde(default)]
+    pub bearer_challenge: bool,
+}
+
+impl SessionAnswer {
+    /// An answer in the current form.
+    pub fn outcome(outcome: SessionOutcome) -> Self {
+        Self {
+            outcome: Some(outcome),
+            status: 0,
+            retry_after: None,
+            body: String::new(),
+        }
+    }
+
+    /// The outcome, read from either form: the answer, or the refusal. An answer from
+    /// before version 4 is read back from its HTTP status and the `error` object of its
+    /// body.
+    pub fn into_result(self) -> Result<serde_json::Value, Refusal> {
+        match self.outcome {
+            Some(SessionOutcome::Done { value }) => return Ok(value),
+            Some(SessionOutcome::Refused(refusal)) => return Err(refusal),
+            None => {}
+        }
+        let body: serde_json::Value = serde_json::from_str(&self.body).unwrap_or_default();
+        if self.status == 200 {
+            return Ok(body);
+        }
+        let kind = match self.status {
+            400 => "invalid",
+            401 => "unauthenticated",
+            403 => "forbidden",
+            404 => "not_found",
+            409 => "conflict",
+            423 => "locked",
+            429 => "rate_limited",
+            503 => "unavailable",
+            _ => "internal",
+        };
+        let text = |field: &str, otherwise: &str| {
+            body["error"][field]
+                .as_str()
+                .unwrap_or(otherwise)
+                .to_owned()
+        };
+        Err(Refusal {
+            kind: kind.to_owned(),
+            code: text("code", "internal_error"),
+            message: text("message", "the session's owner failed to answer"),
+            retry_after: self.retry_after,
+            bearer_challenge: false,
+        })
+    }
 }
 
 /// Messages between the Peer actors of different nodes.
@@ -310,15 +404,47 @@ mod tests {
 
     #[test]
     fn a_newer_peer_with_extra_fields_is_read_and_adjacent_versions_are_compatible() {
-        let newer =
-            br#"{"version":2,"node":{"node_id":"b","addr":"127.0.0.3:7400","zone":"x"},"epoch":7}"#;
-        let Frame::Ok(read) = Frame::<Hello>::from_bytes(newer.to_vec()) else {
+        let newer = format!(
+            r#"{{"version":{},"node":{{"node_id":"b","addr":"127.0.0.3:7400","zone":"x"}},"epoch":7}}"#,
+            PROTOCOL_VERSION + 1
+        );
+        let Frame::Ok(read) = Frame::<Hello>::from_bytes(newer.into_bytes()) else {
             panic!("a newer hello must be readable");
         };
         assert_eq!(read.node.node_id, "b");
         assert!(compatible(read.version));
         assert!(compatible(PROTOCOL_VERSION.saturating_sub(1)));
         assert!(!compatible(PROTOCOL_VERSION + 2));
+    }
+
+    #[test]
+    fn session_answers_of_both_forms_read_as_outcomes() {
+        let refused = Refusal {
+            kind: "locked".into(),
+            code: "account_locked".into(),
+            message: "locked".into(),
+            retry_after: Some(30),
+            bearer_challenge: false,
+        };
+        let current = Frame::Ok(SessionAnswer::outcome(SessionOutcome::Refused(
+            refused.clone(),
+        )));
+        let Frame::Ok(read) = Frame::<SessionAnswer>::from_bytes(current.into_bytes()) else {
+            panic!("a current answer must be readable");
+        };
+        assert_eq!(read.into_result(), Err(refused.clone()));
+
+        // What a version-3 owner sends.
+        let legacy = br#"{"status":423,"retry_after":30,"body":"{\"error\":{\"code\":\"account_locked\",\"message\":\"locked\",\"request_id\":null}}"}"#;
+        let Frame::Ok(read) = Frame::<SessionAnswer>::from_bytes(legacy.to_vec()) else {
+            panic!("a version-3 answer must be readable");
+        };
+        assert_eq!(read.into_result(), Err(refused.clone()));
+        let done = br#"{"status":200,"body":"{\"revoked\":true}"}"#;
+        let Frame::Ok(read) = Frame::<SessionAnswer>::from_bytes(done.to_vec()) else {
+            panic!("a version-3 answer must be readable");
+        };
+        assert_eq!(read.into_result(), Ok(serde_json::json!({"revoked": true})));
     }
 
     /// Every frame type a peer can send, decoded from `bytes`: none may panic.

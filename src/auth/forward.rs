@@ -1,7 +1,7 @@
 //! Session placement: operations that need a session's actor (refresh, logout, MFA verify,
 //! describing sessions for a listing) run on the node that owns the session, the winner of rendezvous hashing of its id over
 //! the live members. Any node may receive the request; it forwards it over the cluster and
-//! relays the owner's answer. When the owner does not answer in time (it is dying) the
+//! relays the owner's answer (its result, or its refusal as a domain error). When the owner does not answer in time (it is dying) the
 //! operation runs here, from the store, which stays the source of truth: a refresh token
 //! still rotates exactly once.
 
@@ -9,7 +9,7 @@ use std::net::IpAddr;
 
 use prometheus::{IntCounterVec, Opts, Registry};
 use sark_cluster::placement::call_owner;
-use sark_cluster::wire::{SessionAnswer, SessionOp};
+use sark_cluster::wire::SessionOp;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -40,19 +40,19 @@ fn op_name(op: &SessionOp) -> &'static str {
     }
 }
 
-/// Runs `op` on the owner of `key` when that is another node, and gives its answer;
-/// `None` when it must run here (this node owns it, or the owner did not answer).
-pub async fn on_owner(
+/// Runs `op` on the owner of `key`: forwarded when that is another node that answers,
+/// here otherwise (this node owns it, or the owner did not answer in time).
+pub async fn run(
     node: &Core,
     key: Uuid,
     op: SessionOp,
     ip: Option<IpAddr>,
-) -> Option<SessionAnswer> {
+) -> Result<Value, Error> {
     let name = op_name(&op);
     let (answer, ran) = call_owner(
         &node.membership,
         &key.to_string(),
-        op,
+        op.clone(),
         ip.map(|ip| ip.to_string()),
         OWNER_TIMEOUT,
     )
@@ -60,7 +60,10 @@ pub async fn on_owner(
     node.session_forwards
         .with_label_values(&[name, ran.as_str()])
         .inc();
-    answer
+    match answer {
+        Some(answer) => answer.into_result().map_err(Error::from),
+        None => run_here(node, op, ip).await,
+    }
 }
 
 /// Runs `op` here, for another node that forwarded it: the answer as a JSON value.

@@ -155,8 +155,7 @@ pub async fn describe_on(
     node.session_forwards
         .with_label_values(&["list", ran.as_str()])
         .inc();
-    let answer = answer.filter(|a| a.status == 200)?;
-    let mut body: serde_json::Value = serde_json::from_str(&answer.body).ok()?;
+    let mut body = answer?.into_result().ok()?;
     match body["items"].take() {
         serde_json::Value::Array(items) => Some(items),
         _ => None,

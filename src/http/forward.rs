@@ -1,15 +1,17 @@
-//! Session operations across the cluster, in HTTP terms: the answer a session's owner
-//! gives another node is the HTTP answer its front door would have given (status,
-//! `Retry-After`, JSON body), and the node that received the request relays it.
+//! Answering session operations other nodes forward here. A caller that speaks the
+//! current protocol gets the domain outcome (the answer, or the refusal); one that speaks
+//! version 3 gets what this node's front door would have answered (status, `Retry-After`,
+//! JSON body), which is why this adapter lives in `http`. It moves to `auth::forward` once
+//! version 3 is no longer spoken.
 
 use std::sync::{Arc, OnceLock, Weak};
 
 use axum::Json;
 use axum::body::to_bytes;
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::header;
+use axum::response::IntoResponse;
 use sark_cluster::membership::SessionHandler;
-use sark_cluster::wire::SessionAnswer;
+use sark_cluster::wire::{OUTCOME_SINCE, Refusal, SessionAnswer, SessionOutcome};
 use serde_json::Value;
 
 use super::errors::ApiError;
@@ -20,28 +22,16 @@ use crate::error::Error;
 /// Largest answer relayed (token responses are a few KiB).
 const MAX_ANSWER_BYTES: usize = 60 * 1024;
 
-/// The owner's answer as this node's response.
-pub fn relay(answer: SessionAnswer) -> Response {
-    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
-    let mut response = (
-        status,
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        answer.body,
-    )
-        .into_response();
-    if let Some(seconds) = answer.retry_after {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-    }
-    response
+/// `answered` in the current form.
+fn outcome(answered: Result<Value, Error>) -> SessionAnswer {
+    SessionAnswer::outcome(match answered {
+        Ok(value) => SessionOutcome::Done { value },
+        Err(err) => SessionOutcome::Refused(Refusal::from(&err)),
+    })
 }
 
-/// `answered` as the answer to send back to the forwarding node.
-async fn answer(answered: Result<Value, Error>) -> SessionAnswer {
+/// `answered` as a version-3 node reads it: the HTTP answer.
+async fn http_answer(answered: Result<Value, Error>) -> SessionAnswer {
     let response = match answered {
         Ok(value) => Json(value).into_response(),
         Err(err) => ApiError::from(err).into_response(),
@@ -57,6 +47,7 @@ async fn answer(answered: Result<Value, Error>) -> SessionAnswer {
         .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
         .unwrap_or_default();
     SessionAnswer {
+        outcome: None,
         status,
         retry_after,
         body,
@@ -69,12 +60,22 @@ pub fn handler(node: Arc<OnceLock<Weak<Core>>>) -> SessionHandler {
     Arc::new(move |call| {
         let node = node.get().and_then(Weak::upgrade);
         Box::pin(async move {
-            let Some(node) = node else {
-                let starting = Error::unavailable("starting", "the node is still starting");
-                return answer(Err(starting)).await;
+            let (answered, spoken) = match node {
+                None => {
+                    let starting = Error::unavailable("starting", "the node is still starting");
+                    (Err(starting), OUTCOME_SINCE)
+                }
+                Some(node) => {
+                    let ip = call.ip.as_deref().and_then(|ip| ip.parse().ok());
+                    let answered = run_here(&node, call.op, ip).await;
+                    (answered, node.membership.protocol_version())
+                }
             };
-            let ip = call.ip.as_deref().and_then(|ip| ip.parse().ok());
-            answer(run_here(&node, call.op, ip).await).await
+            if call.version.min(spoken) >= OUTCOME_SINCE {
+                outcome(answered)
+            } else {
+                http_answer(answered).await
+            }
         })
     })
 }

@@ -5,7 +5,6 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use sark_cluster::wire::SessionOp;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -26,7 +25,7 @@ pub async fn post_login(
     State(state): State<AppState>,
     ClientAddr(ip): ClientAddr,
     AppJson(body): AppJson<LoginRequest>,
-) -> Result<Response, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     service::check_credentials(&body.username, &body.password)?;
     let outcome = service::password_login(&state.node, &body.username, body.password, ip).await?;
     Ok(login_response(outcome))
@@ -45,7 +44,7 @@ pub async fn post_mfa_verify(
     State(state): State<AppState>,
     ClientAddr(ip): ClientAddr,
     AppJson(body): AppJson<MfaVerifyRequest>,
-) -> Result<Response, ApiError> {
+) -> Result<Json<Value>, ApiError> {
     let challenge_id = Uuid::parse_str(&body.challenge_id)
         .map_err(|_| ApiError::invalid_field("challenge_id", "must be a UUID"))?;
     if body.code.is_empty() || body.code.len() > 64 {
@@ -58,11 +57,7 @@ pub async fn post_mfa_verify(
         challenge_id: challenge_id.to_string(),
         code: body.code.to_string(),
     };
-    if let Some(answer) = forward::on_owner(&state.node, challenge_id, op, ip).await {
-        return Ok(crate::http::forward::relay(answer));
-    }
-    let tokens = service::verify_mfa(&state.node, challenge_id, &body.code, ip).await?;
-    Ok(Json(tokens).into_response())
+    Ok(Json(forward::run(&state.node, challenge_id, op, ip).await?))
 }
 
 /// `POST /api/v1/auth/refresh` body.
@@ -77,28 +72,26 @@ pub async fn post_refresh(
     State(state): State<AppState>,
     ClientAddr(ip): ClientAddr,
     AppJson(body): AppJson<RefreshRequest>,
-) -> Result<Response, ApiError> {
+) -> Result<Json<Value>, ApiError> {
     if body.refresh_token.is_empty() || body.refresh_token.len() > 256 {
         return Err(ApiError::invalid_field(
             "refresh_token",
             "is not a refresh token",
         ));
     }
+    let op = SessionOp::Refresh {
+        refresh_token: body.refresh_token.to_string(),
+    };
     // The session is named by the token's prefix; a malformed token is refused here.
-    if let Some(session) = body
+    let session = body
         .refresh_token
         .split_once('.')
-        .and_then(|(sid, _)| Uuid::parse_str(sid).ok())
-    {
-        let op = SessionOp::Refresh {
-            refresh_token: body.refresh_token.to_string(),
-        };
-        if let Some(answer) = forward::on_owner(&state.node, session, op, ip).await {
-            return Ok(crate::http::forward::relay(answer));
-        }
-    }
-    let tokens = service::refresh(&state.node, &body.refresh_token, ip).await?;
-    Ok(Json(tokens).into_response())
+        .and_then(|(sid, _)| Uuid::parse_str(sid).ok());
+    let tokens = match session {
+        Some(session) => forward::run(&state.node, session, op, ip).await?,
+        None => forward::run_here(&state.node, op, ip).await?,
+    };
+    Ok(Json(tokens))
 }
 
 /// `POST /api/v1/auth/logout`.
@@ -106,18 +99,13 @@ pub async fn post_logout(
     State(state): State<AppState>,
     ClientAddr(ip): ClientAddr,
     principal: Principal,
-) -> Result<Response, ApiError> {
+) -> Result<Json<Value>, ApiError> {
     let session_id = principal.require_session()?;
     let op = SessionOp::Logout {
         session_id: session_id.to_string(),
         actor: principal.username.clone(),
     };
-    if let Some(answer) = forward::on_owner(&state.node, session_id, op, ip).await {
-        return Ok(crate::http::forward::relay(answer));
-    }
-    let revoked =
-        service::revoke_session(&state.node, session_id, "logout", &principal.username, ip).await?;
-    Ok(Json(revoked).into_response())
+    Ok(Json(forward::run(&state.node, session_id, op, ip).await?))
 }
 
 /// `GET /api/v1/auth/me`: answered from the credential alone (a session's fields are as of
