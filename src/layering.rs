@@ -3,8 +3,8 @@
 //! from that file's module to the module it names. The rules:
 //!
 //! - edges point down: main/cli → lib → node (assembly), http (adapter), admin → services
-//!   (auth, federation) → core → base (error, store, idp, policy, secrets, config, siem,
-//!   limits, tls, telemetry, request_log);
+//!   (auth, federation, users, policies) → core → base (error, store, idp, policy, secrets,
+//!   config, siem, limits, tls, telemetry, request_log);
 //! - within a layer, node and http do not name each other, and route modules do not name
 //!   each other;
 //! - no module outside `src/http` names axum, `ApiError` or an HTTP server status;

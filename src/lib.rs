@@ -12,10 +12,11 @@
 //!   cluster); [`http`]: the front door, the only module that knows HTTP (router,
 //!   middleware, listeners, handlers in `http::routes`, the mapping of domain errors);
 //!   [`admin`]: the break-glass commands.
-//! - Services: [`auth`] (principals, logins, tokens, MFA, sessions, authorization) and
-//!   [`federation`] (LDAP, OpenID Connect and SAML logins).
+//! - Services: [`auth`] (principals, logins, tokens, MFA, sessions, authorization),
+//!   [`federation`] (LDAP, OpenID Connect and SAML logins), [`users`] (accounts) and
+//!   [`policies`] (policy versions and tests).
 //! - [`core`]: the handles every service shares ([`core::Core`]), lockout and revocations,
-//!   and the fenced-write rules.
+//!   and the fenced-write sequence ([`core::fenced`]).
 //! - Base: [`error`](mod@error) (the domain error), [`store`], [`idp`] (passwords, TOTP, JWT),
 //!   [`policy`] (built-in Rego bundles), [`secrets`], [`config`], [`siem`] (sinks and
 //!   exports), [`limits`], [`tls`], [`telemetry`], [`request_log`].
