@@ -119,9 +119,7 @@ pub struct SessionState {
 
 impl SessionState {
     fn live(&self, now: DateTime<Utc>) -> bool {
-        self.session.revoked_at.is_none()
-            && self.session.expires_at > now
-            && self.session.last_seen_at + self.limits.idle > now
+        self.session.live(self.limits.idle, now)
     }
 }
 

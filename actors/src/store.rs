@@ -256,6 +256,15 @@ pub struct SessionRecord {
     pub node_id: String,
 }
 
+impl SessionRecord {
+    /// Whether the session can be used at `now`: not revoked, before its absolute expiry,
+    /// and used within the last `idle` (both limits are exclusive: at the instant a limit
+    /// is reached, the session is over).
+    pub fn live(&self, idle: chrono::Duration, now: DateTime<Utc>) -> bool {
+        self.revoked_at.is_none() && self.expires_at > now && self.last_seen_at + idle > now
+    }
+}
+
 /// Outcome of presenting a refresh token for rotation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RotateOutcome {
@@ -1108,4 +1117,50 @@ impl<T> Store for T where
         + RequestLogStore
         + StoreHealth
 {
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_ends_at_revocation_absolute_expiry_or_idle_timeout_whichever_comes_first() {
+        let login = DateTime::UNIX_EPOCH;
+        let (idle, absolute) = (chrono::Duration::minutes(30), chrono::Duration::hours(8));
+        let session = SessionRecord {
+            id: Uuid::nil(),
+            user_id: Uuid::nil(),
+            refresh_hash: String::new(),
+            auth_method: "password".into(),
+            ip: None,
+            mfa_verified: false,
+            created_at: login,
+            last_seen_at: login,
+            expires_at: login + absolute,
+            revoked_at: None,
+            revoked_reason: None,
+            node_id: "n1".into(),
+        };
+        let minute = chrono::Duration::minutes(1);
+        assert!(session.live(idle, login));
+        assert!(session.live(idle, login + idle - minute));
+        assert!(
+            !session.live(idle, login + idle),
+            "idle for the whole timeout"
+        );
+
+        // Kept in use, it lives until its absolute expiry and not a moment longer.
+        let busy = SessionRecord {
+            last_seen_at: login + absolute - minute,
+            ..session.clone()
+        };
+        assert!(busy.live(idle, login + absolute - chrono::Duration::seconds(1)));
+        assert!(!busy.live(idle, login + absolute));
+
+        let revoked = SessionRecord {
+            revoked_at: Some(login),
+            ..session
+        };
+        assert!(!revoked.live(idle, login));
+    }
 }

@@ -1,6 +1,6 @@
 //! Cluster membership: the Membership actor (node server, dialing, heartbeats, lease
-//! renewal), the Peer actor that answers other nodes ([`peer`]), the member view both
-//! maintain ([`view`]), and their metrics ([`metrics`]).
+//! renewal), the [`Peer`] actor that answers other nodes, the [`MembershipView`] both
+//! maintain, and their [`ClusterMetrics`].
 
 mod metrics;
 mod peer;

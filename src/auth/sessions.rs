@@ -34,7 +34,7 @@ fn session_json(s: &SessionRecord, owner: &str) -> Value {
 /// Whether `s` is live at `now`: not revoked, not expired, used within the idle timeout.
 pub fn live(node: &Core, s: &SessionRecord, now: chrono::DateTime<chrono::Utc>) -> bool {
     let idle = chrono::Duration::seconds(crate::core::seconds(node.config.session.idle_seconds));
-    s.revoked_at.is_none() && s.expires_at > now && s.last_seen_at + idle > now
+    s.live(idle, now)
 }
 
 /// The live sessions of `user_id`, as stored.

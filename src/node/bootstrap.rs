@@ -13,6 +13,7 @@ use uuid::Uuid;
 use sark_actors::audit::AuditHandle;
 use sark_actors::policy::{self};
 
+use super::{BOOTSTRAP_PASSWORD_FILE, NodeError};
 use crate::config::Config;
 use crate::core::revocation::RevocationList;
 use crate::idp::jwt::{TokenKeys, TokenSettings};
@@ -20,8 +21,6 @@ use crate::idp::password::{self};
 use crate::policy::BUILTIN_POLICIES;
 use crate::secrets::{self, SecretBox, SecretsKey};
 use crate::store::{Backend, NewPolicyVersion, OpenError, Role, Store, StoreError, User};
-
-use super::*;
 
 /// First-start creation: key fingerprint, built-in policies, the bootstrap admin. Every step
 /// is insert-if-absent, so nodes starting together on one database all succeed.

@@ -12,9 +12,8 @@ use sark_actors::clock::SharedClock;
 use sark_actors::policy::PolicyRegistry;
 use sark_cluster::membership::MembershipEvent;
 
+use crate::core::{Core, PolicyControl};
 use crate::store::Store;
-
-use super::*;
 
 /// How often the membership view is asked whether a catch-up is due.
 pub(super) const CATCH_UP_POLL: Duration = Duration::from_millis(25);

@@ -19,6 +19,7 @@ mod policies;
 mod saml;
 mod secrets_in_logs;
 mod servers;
+mod services;
 mod siem;
 mod supervision;
 mod tls;
