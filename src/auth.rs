@@ -16,6 +16,7 @@
 pub mod api_keys;
 pub mod forward;
 pub mod guard;
+pub mod key_material;
 pub mod mfa;
 pub mod principal;
 pub mod service;

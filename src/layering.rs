@@ -3,7 +3,7 @@
 //! from that file's module to the module it names. The rules:
 //!
 //! - edges point down: main/cli → lib → node (assembly), http (adapter), admin → services
-//!   (auth, federation, users, policies) → core → base (error, store, idp, policy, secrets,
+//!   (auth, federation, users, policies, servers) → core → base (error, store, idp, policy, secrets,
 //!   config, siem, limits, tls, telemetry, request_log);
 //! - within a layer, node and http do not name each other, and route modules do not name
 //!   each other;
@@ -21,7 +21,7 @@ fn layer(module: &str) -> u8 {
         "main" | "cli" => 6,
         "lib" => 5,
         "node" | "http" | "admin" => 4,
-        "auth" | "federation" | "policies" | "users" => 3,
+        "auth" | "federation" | "policies" | "servers" | "users" => 3,
         "core" => 2,
         "layering" => 0,
         _ => 1,

@@ -50,6 +50,7 @@ pub mod policies;
 pub mod policy;
 pub mod request_log;
 pub mod secrets;
+pub mod servers;
 pub mod siem;
 pub mod store;
 pub mod telemetry;

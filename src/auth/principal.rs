@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
-use super::api_keys;
+use super::key_material;
 use crate::core::Core;
 use crate::error::{Error, ErrorKind};
 use crate::idp::jwt::TokenError;
@@ -113,7 +113,7 @@ pub enum Credential<'a> {
 impl<'a> Credential<'a> {
     /// A bearer token: an API key when it has the key prefix, else an access token.
     pub fn bearer(token: &'a str) -> Self {
-        if token.starts_with(api_keys::KEY_PREFIX) {
+        if token.starts_with(key_material::KEY_PREFIX) {
             Credential::ApiKey(token)
         } else {
             Credential::Bearer(token)
@@ -223,7 +223,7 @@ async fn from_api_key(node: &Arc<Core>, key: &str) -> Result<Principal, Error> {
         )
     };
     let unavailable = |_: StoreError| undecided("the database is unavailable; retry later");
-    let (prefix, secret) = api_keys::parse(key).ok_or_else(invalid)?;
+    let (prefix, secret) = key_material::parse(key).ok_or_else(invalid)?;
     let record = node
         .store
         .api_key_by_prefix(prefix)
@@ -231,7 +231,7 @@ async fn from_api_key(node: &Arc<Core>, key: &str) -> Result<Principal, Error> {
         .map_err(unavailable)?;
     // The hash comparison runs whether or not the prefix exists.
     let stored_hash = record.as_ref().map_or("", |r| r.key_hash.as_str());
-    let matched = api_keys::matches(secret, stored_hash);
+    let matched = key_material::matches(secret, stored_hash);
     let Some(record) = record.filter(|_| matched) else {
         return Err(invalid());
     };

@@ -8,16 +8,15 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use uuid::Uuid;
 
 use crate::auth::guard::authorize;
 use crate::auth::principal::Principal;
-use crate::core::Core;
 use crate::http::AppState;
 use crate::http::errors::ApiError;
 use crate::http::extract::AppJson;
 use crate::http::validate::{self, ClientAddr};
-use crate::store::{PageRequest, Server, ServerPatch, ServerQuery, StoreError};
+use crate::servers;
+use crate::store::{PageRequest, Server, ServerPatch, ServerQuery};
 
 const MAX_DESCRIPTION: usize = 1000;
 const MAX_TAGS: usize = 64;
@@ -25,6 +24,13 @@ const MAX_TAG_VALUE: usize = 256;
 const MAX_ENDPOINT: usize = 2048;
 /// Most `tag=` filters in one query.
 const MAX_TAG_FILTERS: usize = 16;
+
+fn operator(principal: &Principal, ip: Option<IpAddr>) -> servers::Operator<'_> {
+    servers::Operator {
+        username: &principal.username,
+        ip,
+    }
+}
 
 fn server_json(server: &Server) -> Value {
     json!({
@@ -118,24 +124,6 @@ fn description(value: Option<String>) -> Result<Option<String>, ApiError> {
         .transpose()
 }
 
-async fn audit(
-    node: &Core,
-    event_type: &str,
-    principal: &Principal,
-    ip: Option<IpAddr>,
-    name: &str,
-    details: Value,
-) {
-    let event = node
-        .audit
-        .event(event_type, "success")
-        .by(&principal.username)
-        .from_ip(ip)
-        .on(format!("server:{name}"))
-        .with_details(details);
-    node.record_audit(event).await;
-}
-
 /// `POST /api/v1/servers` body.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -155,38 +143,13 @@ pub async fn post_server(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let node = &state.node;
     authorize(node, &principal, "write", "servers", ip).await?;
-    let now = node.clock.now();
-    let server = Server {
-        id: Uuid::now_v7(),
+    let new = servers::NewServer {
         name: server_name("name", &body.name)?,
         endpoint: endpoint(&body.endpoint)?,
         description: description(body.description)?,
         tags: tags(body.tags.unwrap_or_default())?,
-        created_at: now,
-        updated_at: now,
-        created_by: principal.username.clone(),
     };
-    match node.store.create_server(&server).await {
-        Ok(()) => {}
-        Err(StoreError::Conflict(_)) => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "server_exists",
-                format!("a server named {} exists", server.name),
-            ));
-        }
-        Err(err) => return Err(err.into()),
-    }
-    let details = json!({"endpoint": server.endpoint, "tags": server.tags});
-    audit(
-        node,
-        "server_registered",
-        &principal,
-        ip,
-        &server.name,
-        details,
-    )
-    .await;
+    let server = servers::register(node, operator(&principal, ip), new).await?;
     Ok((StatusCode::CREATED, Json(server_json(&server))))
 }
 
@@ -264,18 +227,10 @@ pub async fn get_servers(
     let node = &state.node;
     authorize(node, &principal, "read", "servers", ip).await?;
     let (query, limit) = list_query(raw.as_deref())?;
-    let servers = node.store.list_servers(&query).await?;
+    let servers = servers::list(node, &query).await?;
     let (servers, next_cursor) = validate::keyset_page(servers, limit, |s| s.name.clone());
     let items: Vec<Value> = servers.iter().map(server_json).collect();
     Ok(Json(json!({ "items": items, "next_cursor": next_cursor })))
-}
-
-async fn existing(node: &Core, name: &str) -> Result<Server, ApiError> {
-    let name = server_name("name", name)?;
-    node.store
-        .server(&name)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no server {name}")))
 }
 
 /// `GET /api/v1/servers/{name}`.
@@ -287,7 +242,8 @@ pub async fn get_server(
 ) -> Result<Json<Value>, ApiError> {
     let node = &state.node;
     authorize(node, &principal, "read", "servers", ip).await?;
-    Ok(Json(server_json(&existing(node, &name).await?)))
+    let name = server_name("name", &name)?;
+    Ok(Json(server_json(&servers::find(node, &name).await?)))
 }
 
 /// `PATCH /api/v1/servers/{name}` body.
@@ -316,28 +272,7 @@ pub async fn patch_server(
         description: body.description.map(description).transpose()?,
         tags: body.tags.map(tags).transpose()?,
     };
-    let changed: Vec<&str> = [
-        ("endpoint", patch.endpoint.is_some()),
-        ("description", patch.description.is_some()),
-        ("tags", patch.tags.is_some()),
-    ]
-    .into_iter()
-    .filter_map(|(field, set)| set.then_some(field))
-    .collect();
-    let updated = node
-        .store
-        .update_server(&name, &patch, node.clock.now())
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no server {name}")))?;
-    audit(
-        node,
-        "server_updated",
-        &principal,
-        ip,
-        &name,
-        json!({"changed": changed}),
-    )
-    .await;
+    let updated = servers::update(node, operator(&principal, ip), &name, patch).await?;
     Ok(Json(server_json(&updated)))
 }
 
@@ -351,9 +286,6 @@ pub async fn delete_server(
     let node = &state.node;
     authorize(node, &principal, "write", "servers", ip).await?;
     let name = server_name("name", &name)?;
-    if !node.store.delete_server(&name).await? {
-        return Err(ApiError::not_found(format!("no server {name}")));
-    }
-    audit(node, "server_deleted", &principal, ip, &name, json!({})).await;
+    servers::remove(node, operator(&principal, ip), &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
