@@ -305,3 +305,11 @@ impl PolicyControl {
 pub(crate) fn seconds(s: u64) -> i64 {
     i64::try_from(s).unwrap_or(i64::MAX / 1000)
 }
+
+/// The names of the fields a change sets, for its audit event's `changed` detail.
+pub fn changed_fields<'a>(fields: impl IntoIterator<Item = (&'a str, bool)>) -> Vec<&'a str> {
+    fields
+        .into_iter()
+        .filter_map(|(field, set)| set.then_some(field))
+        .collect()
+}

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::core::Core;
+use crate::core::{Core, changed_fields};
 use crate::error::{Error, ErrorKind};
 use crate::store::{Server, ServerPatch, ServerQuery, StoreError};
 
@@ -92,14 +92,11 @@ pub async fn update(
     name: &str,
     patch: ServerPatch,
 ) -> Result<Server, Error> {
-    let changed: Vec<&str> = [
+    let changed = changed_fields([
         ("endpoint", patch.endpoint.is_some()),
         ("description", patch.description.is_some()),
         ("tags", patch.tags.is_some()),
-    ]
-    .into_iter()
-    .filter_map(|(field, set)| set.then_some(field))
-    .collect();
+    ]);
     let updated = node
         .store
         .update_server(name, &patch, node.clock.now())

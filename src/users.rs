@@ -11,7 +11,7 @@ use uuid::Uuid;
 use zeroize::Zeroizing;
 
 use crate::auth::service;
-use crate::core::{Change, Core};
+use crate::core::{Change, Core, changed_fields};
 use crate::error::{Error, ErrorKind};
 use crate::store::{CredentialRevocation, Role, StoreError, User, UserPatch};
 
@@ -69,18 +69,9 @@ pub async fn create(node: &Core, admin: Admin<'_>, new: NewAccount) -> Result<Us
     };
     let now = node.clock.now();
     let user = User {
-        id: Uuid::now_v7(),
-        username: new.username,
         email: Some(new.email),
-        role: new.role,
         teams: new.teams,
-        password_hash,
-        is_active: true,
-        mfa_enabled: false,
-        provider: "local".into(),
-        subject: None,
-        created_at: now,
-        updated_at: now,
+        ..User::local(new.username, new.role, password_hash, now)
     };
     match node.store.create_user(&user).await {
         Err(StoreError::Conflict(_)) => {
@@ -206,16 +197,13 @@ pub async fn update(
         is_active: change.is_active,
         ..Default::default()
     };
-    let changed: Vec<&str> = [
+    let changed = changed_fields([
         ("email", patch.email.is_some()),
         ("role", patch.role.is_some()),
         ("teams", patch.teams.is_some()),
         ("is_active", patch.is_active.is_some()),
         ("password", change.password.is_some()),
-    ]
-    .into_iter()
-    .filter_map(|(name, set)| set.then_some(name))
-    .collect();
+    ]);
     let event = |user: &User, revocation_confirmed: Option<bool>| {
         admin
             .event(node, plan.event_type, &target.username)
@@ -309,20 +297,9 @@ mod tests {
     use super::*;
 
     fn user(role: Role, is_active: bool) -> User {
-        let now = chrono::DateTime::UNIX_EPOCH;
         User {
-            id: Uuid::now_v7(),
-            username: "bob".into(),
-            email: None,
-            role,
-            teams: Vec::new(),
-            password_hash: None,
             is_active,
-            mfa_enabled: false,
-            provider: "local".into(),
-            subject: None,
-            created_at: now,
-            updated_at: now,
+            ..User::local("bob".into(), role, None, chrono::DateTime::UNIX_EPOCH)
         }
     }
 

@@ -113,6 +113,31 @@ pub struct User {
     pub updated_at: DateTime<Utc>,
 }
 
+impl User {
+    /// A new, active local account without a second factor, created `now`.
+    pub fn local(
+        username: String,
+        role: Role,
+        password_hash: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            id: Uuid::now_v7(),
+            username,
+            email: None,
+            role,
+            teams: Vec::new(),
+            password_hash,
+            is_active: true,
+            mfa_enabled: false,
+            provider: "local".into(),
+            subject: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+}
+
 impl fmt::Debug for User {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("User")

@@ -175,20 +175,7 @@ impl Bootstrap {
             None
         };
         let now = self.audit.now();
-        let admin = User {
-            id: Uuid::now_v7(),
-            username: "admin".into(),
-            email: None,
-            role: Role::Admin,
-            teams: Vec::new(),
-            password_hash: Some(hash),
-            is_active: true,
-            mfa_enabled: false,
-            provider: "local".into(),
-            subject: None,
-            created_at: now,
-            updated_at: now,
-        };
+        let admin = User::local("admin".into(), Role::Admin, Some(hash), now);
         let created = self.store.create_user_if_absent(&admin).await;
         if matches!(created, Ok(true)) {
             self.store

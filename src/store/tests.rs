@@ -145,20 +145,15 @@ contract_tests!(
 );
 
 fn user(name: &str) -> User {
-    let t = now();
     User {
-        id: Uuid::now_v7(),
-        username: name.into(),
         email: Some(format!("{name}@example.org")),
-        role: Role::Operator,
         teams: vec!["ops".into(), "db".into()],
-        password_hash: Some("$argon2id$fake".into()),
-        is_active: true,
-        mfa_enabled: false,
-        provider: "local".into(),
-        subject: None,
-        created_at: t,
-        updated_at: t,
+        ..User::local(
+            name.into(),
+            Role::Operator,
+            Some("$argon2id$fake".into()),
+            now(),
+        )
     }
 }
 
