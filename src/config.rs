@@ -114,6 +114,10 @@ fn cidr_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
 pub struct HttpConfig {
     /// Listen address.
     pub bind: SocketAddr,
+    /// A second, plain-HTTP listener for `/metrics` and `/health/detailed`, which are then
+    /// not served on `bind`; `/health` and `/health/ready` are served on both.
+    #[serde(default)]
+    pub management_bind: Option<SocketAddr>,
     /// PEM certificate chain; with `tls_key_file`, serve HTTPS (TLS 1.3) directly.
     pub tls_cert_file: Option<PathBuf>,
     /// PEM private key.
@@ -507,6 +511,7 @@ impl Default for Config {
             bootstrap_admin_password: None,
             http: HttpConfig {
                 bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+                management_bind: None,
                 tls_cert_file: None,
                 tls_key_file: None,
                 trusted_proxies: Vec::new(),
@@ -776,6 +781,18 @@ impl Config {
                 }
             }
             (None, None) => {}
+        }
+        if let Some(management) = self.http.management_bind
+            && management.port() != 0
+            && management.port() == self.http.bind.port()
+            && (management.ip() == self.http.bind.ip()
+                || management.ip().is_unspecified()
+                || self.http.bind.ip().is_unspecified())
+        {
+            return Err(ConfigError::key(
+                "http.management_bind",
+                format!("{management} is the port of http.bind; use another port"),
+            ));
         }
         if self.http.body_limit_bytes == 0 {
             return Err(ConfigError::key(
@@ -1331,6 +1348,14 @@ mod tests {
         let cases: &[(&[(&str, &str)], &str)] = &[
             (&[("SARK_HTTP__BIND", "not-an-address")], "http.bind"),
             (&[("SARK_HTTP__BINDD", "127.0.0.1:1")], "bindd"),
+            (
+                &[("SARK_HTTP__MANAGEMENT_BIND", "127.0.0.1:8080")],
+                "http.management_bind",
+            ),
+            (
+                &[("SARK_HTTP__MANAGEMENT_BIND", "everywhere")],
+                "http.management_bind",
+            ),
             (&[("SARK_DATABASE__URL", "mysql://x")], "database.url"),
             (
                 &[("SARK_RATE_LIMIT__AUTHENTICATED_PER_MINUTE", "0")],

@@ -96,13 +96,43 @@ impl AppState {
     }
 }
 
-/// The full router with its middleware.
-pub fn router(state: AppState) -> Router {
-    let routes = Router::new()
+/// The routers of a node, each with the middleware stack.
+pub struct Routers {
+    /// The public port: the whole API, and the node details unless a management listener
+    /// serves them.
+    pub public: Router,
+    /// The management listener (`http.management_bind`): health and the node details.
+    pub management: Option<Router>,
+}
+
+/// The routers for `state`'s configuration: with `http.management_bind` set, `/metrics`
+/// and `/health/detailed` move to the management router; `/health` and `/health/ready`
+/// stay on both.
+pub fn routers(state: AppState) -> Routers {
+    let separate = state.node.config.http.management_bind.is_some();
+    let probes = Router::new()
         .route("/health", get(routes::health::get_health))
-        .route("/health/ready", get(routes::health::get_ready))
+        .route("/health/ready", get(routes::health::get_ready));
+    let details = Router::new()
         .route("/health/detailed", get(routes::health::get_detailed))
-        .route("/metrics", get(routes::health::get_metrics))
+        .route("/metrics", get(routes::health::get_metrics));
+    let api = api_routes().merge(probes.clone());
+    if separate {
+        Routers {
+            public: with_middleware(api, state.clone()),
+            management: Some(with_middleware(probes.merge(details), state)),
+        }
+    } else {
+        Routers {
+            public: with_middleware(api.merge(details), state),
+            management: None,
+        }
+    }
+}
+
+/// Every route of the API proper: everything but health and metrics.
+fn api_routes() -> Router<AppState> {
+    Router::new()
         .route("/.well-known/jwks.json", get(routes::auth::get_jwks))
         .route("/api/v1/auth/login", post(routes::auth::post_login))
         .route(
@@ -219,8 +249,7 @@ pub fn router(state: AppState) -> Router {
             get(routes::servers::get_server)
                 .patch(routes::servers::patch_server)
                 .delete(routes::servers::delete_server),
-        );
-    with_middleware(routes, state)
+        )
 }
 
 /// Wraps routes in the front door's middleware stack; tests use it for routes of their own.
@@ -278,6 +307,19 @@ async fn not_found() -> ApiError {
 
 async fn method_not_allowed() -> impl IntoResponse {
     ApiError::from_status(StatusCode::METHOD_NOT_ALLOWED)
+}
+
+/// Binds the management listener, plain HTTP, if `http.management_bind` is set.
+pub async fn bind_management(
+    config: &crate::config::HttpConfig,
+) -> Result<Option<serve::Listener>, String> {
+    let Some(addr) = config.management_bind else {
+        return Ok(None);
+    };
+    TcpListener::bind(addr)
+        .await
+        .map(|tcp| Some(serve::Listener::Plain(tcp)))
+        .map_err(|e| format!("`http.management_bind`: cannot listen on {addr}: {e}"))
 }
 
 /// Binds the configured address, with TLS when certificate and key are configured.

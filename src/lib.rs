@@ -80,6 +80,7 @@ pub enum RunError {
 /// A node serving HTTP.
 pub struct Server {
     addr: SocketAddr,
+    management_addr: Option<SocketAddr>,
     node: Arc<Core>,
     providers: Arc<federation::Providers>,
     stop: watch::Sender<bool>,
@@ -92,19 +93,32 @@ impl Server {
         let config = Arc::new(config);
         // Bound first: a taken port stops start-up before anything else has started.
         let listener = http::bind(&config.http).await.map_err(RunError::Listen)?;
+        let management = http::bind_management(&config.http)
+            .await
+            .map_err(RunError::Listen)?;
         let providers = Arc::new(federation::Providers::new(&config).map_err(NodeError::from)?);
         let (node, control) = node::start(config.clone(), http::forward::handler).await?;
         let addr = listener
             .local_addr()
             .map_err(|e| RunError::Listen(e.to_string()))?;
+        let management_addr = management
+            .as_ref()
+            .map(Listener::local_addr)
+            .transpose()
+            .map_err(|e| RunError::Listen(e.to_string()))?;
         let metrics = HttpMetrics::register(&node.registry)
             .map_err(|e| RunError::Listen(format!("metrics registration failed: {e}")))?;
-        let app = http::router(AppState::new(node.clone(), providers.clone(), metrics));
+        let routers = http::routers(AppState::new(node.clone(), providers.clone(), metrics));
+        let listeners = Listeners {
+            public: (listener, routers.public),
+            management: management.zip(routers.management),
+        };
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(serve(listener, app, node.clone(), control, stop_rx));
-        info!(%addr, tls = config.http.tls_cert_file.is_some(), "listening");
+        let task = tokio::spawn(serve(listeners, node.clone(), control, stop_rx));
+        info!(%addr, management = ?management_addr, tls = config.http.tls_cert_file.is_some(), "listening");
         Ok(Self {
             addr,
+            management_addr,
             node,
             providers,
             stop,
@@ -115,6 +129,11 @@ impl Server {
     /// The bound HTTP address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The bound management address, if `http.management_bind` is set.
+    pub fn management_addr(&self) -> Option<SocketAddr> {
+        self.management_addr
     }
 
     /// The node.
@@ -147,9 +166,14 @@ impl Server {
     }
 }
 
+/// The bound listeners with the routers they serve.
+struct Listeners {
+    public: (Listener, http::Router),
+    management: Option<(Listener, http::Router)>,
+}
+
 async fn serve(
-    listener: Listener,
-    app: http::Router,
+    listeners: Listeners,
     node: Arc<Core>,
     mut control: NodeControl,
     mut stop: watch::Receiver<bool>,
@@ -161,14 +185,28 @@ async fn serve(
     };
     let grace = Duration::from_secs(http.shutdown_grace_seconds);
     let delay = Duration::from_secs(http.shutdown_delay_seconds);
-    let (drain, mut drain_rx) = watch::channel(false);
-    let serving = http::serve::serve(
-        listener,
-        app,
-        limits,
-        async move { node::wait_until_true(&mut drain_rx).await },
-        grace,
-    );
+    let (drain, drain_rx) = watch::channel(false);
+    let serve_one = |(listener, app): (Listener, http::Router)| {
+        let mut drain_rx = drain_rx.clone();
+        http::serve::serve(
+            listener,
+            app,
+            limits,
+            async move { node::wait_until_true(&mut drain_rx).await },
+            grace,
+        )
+    };
+    let management = listeners.management.map(serve_one);
+    let public = serve_one(listeners.public);
+    // Both listeners drain together; the management one closes with the public one.
+    let serving = async move {
+        match management {
+            Some(management) => {
+                tokio::join!(public, management);
+            }
+            None => public.await,
+        }
+    };
     tokio::pin!(serving);
     let failure = tokio::select! {
         () = &mut serving => {

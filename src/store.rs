@@ -198,10 +198,32 @@ fn migrator(migrations: &[EmbeddedMigration]) -> Migrator {
     )
 }
 
+/// Requests for a pooled connection that timed out, counted where driver errors are mapped
+/// (which does not know the pool): one count for every store of the process.
+static ACQUIRE_TIMEOUTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The state of `pools` now, with the process's acquire timeouts.
+pub(crate) fn pool_stats<DB: sqlx::Database>(pools: &[(&sqlx::Pool<DB>, u32)]) -> PoolStats {
+    let mut stats = PoolStats {
+        acquire_timeouts: ACQUIRE_TIMEOUTS.load(std::sync::atomic::Ordering::Relaxed),
+        ..PoolStats::default()
+    };
+    for (pool, max) in pools {
+        let idle = u32::try_from(pool.num_idle()).unwrap_or(u32::MAX);
+        stats.idle += idle;
+        stats.in_use += pool.size().saturating_sub(idle);
+        stats.max += max;
+    }
+    stats
+}
+
 /// Maps a driver error to what callers can act on: connection trouble is `Unavailable`
 /// (503), uniqueness is `Conflict` (409), a refused value is `Invalid` (400), a lost
 /// serialization race is `Contended`, the rest is internal.
 pub(crate) fn db_error(err: sqlx::Error) -> StoreError {
+    if matches!(err, sqlx::Error::PoolTimedOut) {
+        ACQUIRE_TIMEOUTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
     match err {
         sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed

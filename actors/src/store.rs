@@ -1090,6 +1090,19 @@ pub enum TimeSeriesLayout {
     Plain,
 }
 
+/// The connection pools of a backend at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Connections handed out.
+    pub in_use: u32,
+    /// Connections open and waiting in the pool.
+    pub idle: u32,
+    /// Connections the pools may open at most.
+    pub max: u32,
+    /// Requests for a connection that timed out, since the process started.
+    pub acquire_timeouts: u64,
+}
+
 /// Liveness and identity of the backend.
 #[async_trait]
 pub trait StoreHealth: Send + Sync {
@@ -1099,6 +1112,8 @@ pub trait StoreHealth: Send + Sync {
     fn backend(&self) -> &'static str;
     /// The time-series layout chosen at start-up.
     fn time_series(&self) -> TimeSeriesLayout;
+    /// The connection pools now.
+    fn pool_stats(&self) -> PoolStats;
 }
 
 /// Every port at once: what a backend implements.

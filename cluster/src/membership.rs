@@ -496,14 +496,15 @@ impl MembershipState {
             self.config.lease,
             Some(&connected),
         );
-        let lapsed = was_valid && !self.view.lease_valid(now);
+        let valid = self.view.lease_valid(now);
+        let lapsed = was_valid && !valid;
         if lapsed {
             warn!(
                 "this node's cluster lease lapsed: tokens and policies are checked against the store"
             );
         }
         if let Some(metrics) = &self.config.metrics {
-            metrics.observe(&self.view, lapsed);
+            metrics.observe(&self.view, valid, lapsed);
         }
         for event in events {
             match &event {

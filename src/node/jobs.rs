@@ -1,19 +1,22 @@
 //! The node's background jobs: catching up after gaps, credential and policy
-//! anti-entropy, housekeeping, and recording membership changes.
+//! anti-entropy, housekeeping, recording membership changes, and sampling the gauges of
+//! the store's pools and the actors' mailboxes.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use prometheus::{IntCounter, IntGauge, IntGaugeVec, Opts, Registry};
 use tracing::{debug, warn};
 
 use sark_actors::audit::{AuditHandle, ChainKey};
 use sark_actors::clock::SharedClock;
 use sark_actors::policy::PolicyRegistry;
+use sark_actors::supervisor::ChildInfo;
 use sark_cluster::membership::MembershipEvent;
 
 use crate::core::{Core, PolicyControl};
-use crate::store::Store;
+use crate::store::{PoolStats, Store};
 
 /// How often the membership view is asked whether a catch-up is due.
 pub(super) const CATCH_UP_POLL: Duration = Duration::from_millis(25);
@@ -192,5 +195,93 @@ impl PolicySync {
             }
         }
         in_step
+    }
+}
+
+/// How often the sampled gauges are read.
+const GAUGE_SAMPLE_EVERY: Duration = Duration::from_secs(5);
+
+/// Gauges read from the store's pools and the actor tree every few seconds.
+pub(super) struct SampledGauges {
+    pool_connections: IntGaugeVec,
+    pool_max: IntGauge,
+    pool_acquire_timeouts: IntCounter,
+    mailbox_depth: IntGaugeVec,
+}
+
+impl SampledGauges {
+    /// Creates the series and registers them.
+    pub(super) fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let gauges = Self {
+            pool_connections: IntGaugeVec::new(
+                Opts::new(
+                    "sark_db_pool_connections",
+                    "Database connections by state: handed out (in_use) or waiting in the pool (idle)",
+                ),
+                &["state"],
+            )?,
+            pool_max: IntGauge::new(
+                "sark_db_pool_max_connections",
+                "Database connections the pools may open at most",
+            )?,
+            pool_acquire_timeouts: IntCounter::new(
+                "sark_db_pool_acquire_timeouts_total",
+                "Requests for a database connection that waited database.acquire_timeout_ms in vain",
+            )?,
+            mailbox_depth: IntGaugeVec::new(
+                Opts::new(
+                    "sark_actor_mailbox_depth",
+                    "Messages waiting, summed over the running actors of a kind",
+                ),
+                &["kind"],
+            )?,
+        };
+        registry.register(Box::new(gauges.pool_connections.clone()))?;
+        registry.register(Box::new(gauges.pool_max.clone()))?;
+        registry.register(Box::new(gauges.pool_acquire_timeouts.clone()))?;
+        registry.register(Box::new(gauges.mailbox_depth.clone()))?;
+        Ok(gauges)
+    }
+
+    /// Samples until the node is gone.
+    pub(super) async fn run(self, node: std::sync::Weak<Core>) {
+        let mut tick = tokio::time::interval(GAUGE_SAMPLE_EVERY);
+        let mut kinds = std::collections::BTreeMap::<&'static str, usize>::new();
+        loop {
+            tick.tick().await;
+            let Some(node) = node.upgrade() else { return };
+            self.observe_pools(node.store.pool_stats());
+            kinds.values_mut().for_each(|depth| *depth = 0);
+            add_mailboxes(&node.actor_tree().await, &mut kinds);
+            for (kind, depth) in &kinds {
+                self.mailbox_depth
+                    .with_label_values(&[kind])
+                    .set(i64::try_from(*depth).unwrap_or(i64::MAX));
+            }
+        }
+    }
+
+    fn observe_pools(&self, stats: PoolStats) {
+        self.pool_connections
+            .with_label_values(&["in_use"])
+            .set(i64::from(stats.in_use));
+        self.pool_connections
+            .with_label_values(&["idle"])
+            .set(i64::from(stats.idle));
+        self.pool_max.set(i64::from(stats.max));
+        let counted = self.pool_acquire_timeouts.get();
+        self.pool_acquire_timeouts
+            .inc_by(stats.acquire_timeouts.saturating_sub(counted));
+    }
+}
+
+/// Adds the mailbox lengths of `children` and their descendants to `kinds`.
+fn add_mailboxes(
+    children: &[ChildInfo],
+    kinds: &mut std::collections::BTreeMap<&'static str, usize>,
+) {
+    for child in children {
+        *kinds.entry(child.kind).or_default() += child.mailbox;
+        add_mailboxes(&child.children, kinds);
     }
 }

@@ -36,7 +36,8 @@ use sark_cluster::wire::{NodeSummary, Notice};
 
 use super::bootstrap::{Bootstrap, record_admin_created};
 use super::jobs::{
-    PolicySync, Retention, catch_up_after_gaps, credential_sync, housekeeping, record_membership,
+    PolicySync, Retention, SampledGauges, catch_up_after_gaps, credential_sync, housekeeping,
+    record_membership,
 };
 use super::{NodeControl, NodeError, voters};
 use crate::config::{Config, ConfigError};
@@ -147,6 +148,10 @@ pub async fn start(
     control
         .background
         .push(tokio::spawn(catch_up_after_gaps(Arc::downgrade(&node))));
+    let gauges = SampledGauges::register(&node.registry).map_err(registering)?;
+    control
+        .background
+        .push(tokio::spawn(gauges.run(Arc::downgrade(&node))));
     // A node without seeds is a cluster of its own: it has no majority to count.
     if !node.config.cluster.seeds.is_empty() {
         voters::first_read(&node).await;

@@ -24,7 +24,7 @@ use super::sql_identity::{
     api_key_columns, auth_request_columns, challenge_columns, impl_identity_store,
     login_code_columns,
 };
-use super::{OpenError, StoreError, StoreResult, TimeSeriesLayout, db_error};
+use super::{OpenError, PoolStats, StoreError, StoreResult, TimeSeriesLayout, db_error};
 use crate::config::{ConfigError, DatabaseConfig};
 
 /// Daily partitions created ahead of today.
@@ -34,6 +34,8 @@ const PARTITIONS_AHEAD: u64 = 3;
 #[derive(Debug)]
 pub struct PgStore {
     pool: PgPool,
+    /// The pool's size at most.
+    max_connections: u32,
     layout: OnceLock<TimeSeriesLayout>,
 }
 
@@ -65,6 +67,7 @@ impl PgStore {
             .connect_lazy_with(options);
         Ok(Self {
             pool,
+            max_connections: config.max_connections,
             layout: OnceLock::new(),
         })
     }
@@ -429,5 +432,9 @@ impl super::StoreHealth for PgStore {
             .get()
             .copied()
             .unwrap_or(TimeSeriesLayout::NativePartitions)
+    }
+
+    fn pool_stats(&self) -> PoolStats {
+        super::pool_stats(&[(&self.pool, self.max_connections)])
     }
 }

@@ -20,7 +20,7 @@ use super::sql_identity::{
     api_key_columns, auth_request_columns, challenge_columns, impl_identity_store,
     login_code_columns,
 };
-use super::{OpenError, StoreResult, TimeSeriesLayout, db_error};
+use super::{OpenError, PoolStats, StoreResult, TimeSeriesLayout, db_error};
 use crate::config::DatabaseConfig;
 
 /// The SQLite implementation of every storage port.
@@ -29,6 +29,8 @@ pub struct SqliteStore {
     pool: SqlitePool,
     /// One connection, for every write (see `writer`).
     writer: SqlitePool,
+    /// The readers' pool size at most.
+    max_readers: u32,
 }
 
 impl SqliteStore {
@@ -99,7 +101,11 @@ impl SqliteStore {
         let migrated = super::migrator(super::SQLITE_MIGRATIONS).run(&pool).await;
         drop(lock);
         migrated.map_err(|e| OpenError::Migration(e.to_string()))?;
-        Ok(Self { pool, writer })
+        Ok(Self {
+            pool,
+            writer,
+            max_readers: config.max_connections,
+        })
     }
 
     fn pool(&self) -> StoreResult<&SqlitePool> {
@@ -212,5 +218,9 @@ impl super::StoreHealth for SqliteStore {
 
     fn time_series(&self) -> TimeSeriesLayout {
         TimeSeriesLayout::Plain
+    }
+
+    fn pool_stats(&self) -> PoolStats {
+        super::pool_stats(&[(&self.pool, self.max_readers), (&self.writer, 1)])
     }
 }

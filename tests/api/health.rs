@@ -291,3 +291,69 @@ async fn on_shutdown_readiness_fails_while_the_node_still_serves_then_it_stops()
         "the port is closed after the delay"
     );
 }
+
+#[tokio::test]
+async fn a_management_listener_takes_the_node_details_off_the_public_port() {
+    let app = spawn_app_with(|config| {
+        config.http.management_bind = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    app.wait_ready().await;
+    let management = app
+        .server
+        .as_ref()
+        .unwrap()
+        .management_addr()
+        .expect("a management listener is bound");
+    assert_ne!(management, app.addr);
+    let on = |addr: std::net::SocketAddr, path: &str| format!("http://{addr}{path}");
+
+    for path in ["/metrics", "/health/detailed"] {
+        let public = app.client.get(app.url(path)).send().await.unwrap();
+        assert_eq!(
+            public.status(),
+            404,
+            "{path} is not served on the public port"
+        );
+        let private = app.client.get(on(management, path)).send().await.unwrap();
+        assert_eq!(private.status(), 200, "{path} on the management port");
+    }
+    for path in ["/health", "/health/ready"] {
+        for addr in [app.addr, management] {
+            let response = app.client.get(on(addr, path)).send().await.unwrap();
+            assert_eq!(response.status(), 200, "{path} on {addr}");
+        }
+    }
+    let metrics_url = on(management, "/metrics");
+    let metrics = poll("the sampled gauges", Duration::from_secs(10), || async {
+        let text = app
+            .client
+            .get(&metrics_url)
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        (text.contains("sark_cluster_lease_valid 1")
+            && text.contains("sark_db_pool_connections{state=\"in_use\"}")
+            && text.contains("sark_actor_mailbox_depth{kind="))
+        .then_some(text)
+    })
+    .await;
+    let max = app.node().config.database.max_connections + 1;
+    assert!(
+        metrics.contains(&format!("sark_db_pool_max_connections {max}")),
+        "SQLite: the readers and the one writer\n{metrics}"
+    );
+    // The API is not reachable through the management port.
+    let login = app
+        .client
+        .post(on(management, "/api/v1/auth/login"))
+        .json(&serde_json::json!({"username": "admin", "password": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 404);
+    app.stop().await;
+}

@@ -11,6 +11,8 @@ pub struct ClusterMetrics {
     pub members: IntGaugeVec,
     /// Times this node's lease lapsed.
     pub lease_expired: IntCounter,
+    /// 1 while this node holds a valid lease, else 0.
+    pub lease_valid: IntGauge,
     /// Session actors running on this node.
     pub sessions_active: IntGauge,
 }
@@ -30,6 +32,10 @@ impl ClusterMetrics {
                 "sark_cluster_lease_expired_total",
                 "Times this node's cluster lease lapsed (it then checks the store for every token and policy)",
             )?,
+            lease_valid: IntGauge::new(
+                "sark_cluster_lease_valid",
+                "1 while this node holds a valid cluster lease (a majority of the voting members answered recently), else 0",
+            )?,
             sessions_active: IntGauge::new(
                 "sark_sessions_active",
                 "Session actors running on this node",
@@ -37,11 +43,13 @@ impl ClusterMetrics {
         };
         registry.register(Box::new(metrics.members.clone()))?;
         registry.register(Box::new(metrics.lease_expired.clone()))?;
+        registry.register(Box::new(metrics.lease_valid.clone()))?;
         registry.register(Box::new(metrics.sessions_active.clone()))?;
         Ok(metrics)
     }
 
-    pub(super) fn observe(&self, view: &MembershipView, lease_lapsed: bool) {
+    pub(super) fn observe(&self, view: &MembershipView, lease_valid: bool, lease_lapsed: bool) {
+        self.lease_valid.set(i64::from(lease_valid));
         let members = view.members();
         for status in [MemberStatus::Up, MemberStatus::Suspect, MemberStatus::Down] {
             let count = members.iter().filter(|m| m.status == status).count();
