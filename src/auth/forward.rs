@@ -9,13 +9,14 @@ use std::net::IpAddr;
 
 use prometheus::{IntCounterVec, Opts, Registry};
 use sark_cluster::placement::call_owner;
-use sark_cluster::wire::SessionOp;
+use sark_cluster::wire::{Refusal, SessionAnswer, SessionOp};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::service;
 use super::sessions::{self, OWNER_TIMEOUT};
 use crate::core::Core;
+use crate::core::fenced::NODE_LEAVING;
 use crate::error::Error;
 
 /// `sark_session_forwards_total{op,ran}`: where session operations ran.
@@ -57,12 +58,25 @@ pub async fn run(
         OWNER_TIMEOUT,
     )
     .await;
-    node.session_forwards
-        .with_label_values(&[name, ran.as_str()])
-        .inc();
-    match answer {
-        Some(answer) => answer.into_result().map_err(Error::from),
+    let (outcome, ran) = relay(answer, ran.as_str());
+    node.session_forwards.with_label_values(&[name, ran]).inc();
+    match outcome {
+        Some(outcome) => outcome.map_err(Error::from),
         None => run_here(node, op, ip).await,
+    }
+}
+
+/// What to make of the owner's answer: its outcome to relay, or `None` to run the
+/// operation here; with where it ran (`ran`, unless the owner was leaving).
+fn relay(
+    answer: Option<SessionAnswer>,
+    ran: &'static str,
+) -> (Option<Result<Value, Refusal>>, &'static str) {
+    match answer.map(SessionAnswer::into_result) {
+        // The owner left between this node's placement and its fence, and wrote nothing:
+        // this node, still a member, makes the change instead.
+        Some(Err(refusal)) if refusal.code == NODE_LEAVING => (None, "owner_leaving"),
+        outcome => (outcome, ran),
     }
 }
 
@@ -99,5 +113,39 @@ pub async fn run_here(node: &Core, op: SessionOp, ip: Option<IpAddr>) -> Result<
             let items = sessions::describe_owned(node, user_id, &ids).await?;
             Ok(json!({ "items": items }))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+    use sark_cluster::wire::SessionOutcome;
+
+    fn refused(code: &'static str) -> SessionAnswer {
+        SessionAnswer::outcome(SessionOutcome::Refused(Refusal::from(&Error::new(
+            ErrorKind::Unavailable,
+            code,
+            "refused",
+        ))))
+    }
+
+    #[test]
+    fn a_leaving_owners_refusal_runs_here_and_other_refusals_are_relayed() {
+        let (outcome, ran) = relay(Some(refused(NODE_LEAVING)), "owner");
+        assert!(outcome.is_none(), "run here");
+        assert_eq!(ran, "owner_leaving");
+        for code in [
+            "cluster_unavailable",
+            "token_revoked",
+            "database_unavailable",
+        ] {
+            let (outcome, ran) = relay(Some(refused(code)), "owner");
+            assert_eq!(outcome.unwrap().unwrap_err().code, code);
+            assert_eq!(ran, "owner");
+        }
+        let (outcome, ran) = relay(None, "owner_unreachable");
+        assert!(outcome.is_none());
+        assert_eq!(ran, "owner_unreachable");
     }
 }

@@ -80,6 +80,10 @@ pub struct Propagated {
     pub confirmed: bool,
 }
 
+/// The refusal of a fenced write by a node that has left its cluster: nothing was
+/// written, and a member that forwarded the write runs it itself.
+pub const NODE_LEAVING: &str = "node_leaving";
+
 impl Core {
     /// Step 1 of a fenced write: refuses, before anything is written, a change that must
     /// reach every member when this node cannot make sure it does: it has not joined its
@@ -93,7 +97,10 @@ impl Core {
         loop {
             let now = tokio::time::Instant::now();
             if self.left.load(Ordering::Acquire) {
-                break;
+                return Err(Error::unavailable(
+                    NODE_LEAVING,
+                    "this node is leaving its cluster; retry, another node answers",
+                ));
             }
             let ready = match self.membership.fencing(now) {
                 Fencing::Ready => true,

@@ -728,3 +728,28 @@ async fn no_session_logged_in_with_the_old_password_outlives_a_password_change()
     assert_eq!(app.get_as("/api/v1/auth/me", &keep).await.0, 200);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_node_that_left_its_cluster_refuses_revocations_as_leaving_and_writes_nothing() {
+    let app = spawn_app().await;
+    app.wait_ready().await;
+    let tokens = app.login("admin", TestApp::ADMIN_PASSWORD).await;
+    let session: uuid::Uuid = tokens["session_id"].as_str().unwrap().parse().unwrap();
+    sark::node::leave_cluster(app.node()).await;
+
+    let response = app
+        .call(
+            Method::POST,
+            "/api/v1/auth/logout",
+            tokens["access_token"].as_str().unwrap(),
+            None,
+        )
+        .await;
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "node_leaving", "{body}");
+    let stored = app.node().store.session(session).await.unwrap().unwrap();
+    assert!(stored.revoked_at.is_none(), "refused before writing");
+    app.stop().await;
+}
