@@ -72,6 +72,18 @@ pub enum AdminCommand {
         #[arg(required = true)]
         names: Vec<String>,
     },
+    /// Revokes every session and API key created before TIME and refuses every access
+    /// token issued before it (running nodes follow within `auth.sync_seconds`).
+    RevokeAll {
+        /// An RFC 3339 time, e.g. `2026-12-05T08:00:00Z`.
+        #[arg(long)]
+        before: chrono::DateTime<chrono::Utc>,
+    },
+    /// Finishes a restore from a backup, before any node starts on the restored store:
+    /// revokes every credential the backup cannot vouch for (all that exist now) and
+    /// starts a new generation of audit chains, so no sequence number a SIEM already
+    /// received is handed out again (docs/disaster-recovery.md).
+    FinishRestore,
     /// Verifies every audit chain in the store (events, links, sealed heads and
     /// checkpoints) and, given a SIEM export, that the store still holds every authentic
     /// event and stated head the SIEM received. Prints the result; fails when a chain breaks.
@@ -145,6 +157,13 @@ pub async fn run(command: AdminCommand, config: Config) -> Result<String, AdminE
         .iter()
         .map(|sink| sink.name().to_owned())
         .collect();
+    // The restore's own event opens the new generation, like everything after it.
+    if matches!(command, AdminCommand::FinishRestore) {
+        store
+            .next_audit_generation()
+            .await
+            .map_err(|e| AdminError::new(e.to_string()))?;
+    }
     let audit = audit_writer(&store, &key, chain, sinks, clock.clone()).await?;
     let outcome = execute(command, &config, &store, &key, &audit, clock.now()).await;
     backend.close().await;
@@ -176,6 +195,35 @@ async fn audit_writer(
         .map_err(|e| AdminError::new(e.to_string()))?;
     slot.set(writer);
     Ok(AuditHandle::new(slot, clock, chain))
+}
+
+/// `finish-restore`, once the new audit generation has begun (before the writer started):
+/// everything issued until now is revoked, since the restored store cannot tell what was
+/// revoked after its backup was taken.
+async fn finish_restore(
+    store: &Arc<dyn Store>,
+    audit: &AuditHandle,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<String, AdminError> {
+    let generation = store
+        .audit_generation()
+        .await
+        .map_err(|e| AdminError::new(e.to_string()))?;
+    let revoked = store
+        .revoke_all_before(now, "restored_from_backup", now)
+        .await
+        .map_err(|e| AdminError::new(e.to_string()))?;
+    record(
+        audit,
+        "store_restored",
+        format!("audit_generation:{generation}"),
+        json!({"audit_generation": generation, "credentials_not_before": now, "sessions_revoked": revoked.sessions, "api_keys_revoked": revoked.api_keys}),
+    )
+    .await?;
+    Ok(format!(
+        "restore finished: audit chains continue in generation {generation}; {} sessions and {} API keys revoked, access tokens issued before {now} refused",
+        revoked.sessions, revoked.api_keys
+    ))
 }
 
 async fn record(
@@ -374,6 +422,24 @@ async fn execute(
         AdminCommand::ForgetMember { names } => {
             forget_members(&names, config, store, audit, now).await
         }
+        AdminCommand::RevokeAll { before } => {
+            let revoked = store
+                .revoke_all_before(before, "revoke_all", now)
+                .await
+                .map_err(failed)?;
+            record(
+                audit,
+                "credentials_revoked_all",
+                "credentials:all".into(),
+                json!({"before": before, "sessions_revoked": revoked.sessions, "api_keys_revoked": revoked.api_keys}),
+            )
+            .await?;
+            Ok(format!(
+                "{} sessions and {} API keys created before {before} revoked; access tokens issued before it are refused",
+                revoked.sessions, revoked.api_keys
+            ))
+        }
+        AdminCommand::FinishRestore => finish_restore(store, audit, now).await,
         AdminCommand::AuditVerify { siem_export } => {
             audit_verify(store.as_ref(), &chain_key(key), siem_export.as_deref()).await
         }

@@ -198,6 +198,17 @@ fn migrator(migrations: &[EmbeddedMigration]) -> Migrator {
     )
 }
 
+/// The audit generation stored in meta (absent: 0).
+pub(crate) fn audit_generation(stored: Option<String>) -> StoreResult<u32> {
+    stored.map_or(Ok(0), |g| {
+        g.parse().map_err(|_| {
+            StoreError::Internal(format!(
+                "meta {AUDIT_GENERATION_META}: `{g}` is not a generation"
+            ))
+        })
+    })
+}
+
 /// Requests for a pooled connection that timed out, counted where driver errors are mapped
 /// (which does not know the pool): one count for every store of the process.
 static ACQUIRE_TIMEOUTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);

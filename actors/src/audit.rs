@@ -438,6 +438,17 @@ pub async fn compare_with_siem(
     Ok(())
 }
 
+/// The name a writer's chain has in audit generation `generation`: its own name in the
+/// first, then `<name>~<generation>` — a restored store never continues a chain whose
+/// later events a SIEM may already hold.
+pub fn chain_of_generation(name: &str, generation: u32) -> String {
+    if generation == 0 {
+        name.to_owned()
+    } else {
+        format!("{name}~{generation}")
+    }
+}
+
 /// Where an event landed on its chain.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChainPosition {
@@ -749,8 +760,9 @@ impl Actor for AuditWriter {
     async fn pre_start(
         &self,
         myself: ActorRef<Self::Msg>,
-        args: Self::Arguments,
+        mut args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
+        args.chain = chain_of_generation(&args.chain, args.store.audit_generation().await?);
         let head = args.store.chain_head(&args.chain).await?;
         let timer = args.head_statements.map(|every| {
             let mailbox = self.mailbox.clone();

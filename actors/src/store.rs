@@ -594,6 +594,9 @@ pub trait PositionSeal: Send + Sync {
 /// The tamper-evident audit log.
 #[async_trait]
 pub trait AuditStore: Send + Sync {
+    /// The generation of the audit chains: 0 until the store is restored from a backup,
+    /// then one more on each restore ([`RecoveryStore::next_audit_generation`]).
+    async fn audit_generation(&self) -> StoreResult<u32>;
     /// Appends events that extend `chain` from the head `(prev_seq, prev_hash)`, records
     /// the last one as the chain's head sealed with `head_mac`, and queues each event for
     /// every sink in `sinks`, in one transaction. Fails with `Contended` if the chain's
@@ -1103,6 +1106,41 @@ pub struct PoolStats {
     pub acquire_timeouts: u64,
 }
 
+/// The meta key of the time before which access tokens are refused.
+pub const CREDENTIALS_NOT_BEFORE_META: &str = "credentials_not_before";
+
+/// The meta key of the generation of the audit chains.
+pub const AUDIT_GENERATION_META: &str = "audit_generation";
+
+/// Credentials revoked by [`RecoveryStore::revoke_all_before`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RevokedAll {
+    /// Live sessions revoked.
+    pub sessions: u64,
+    /// Live API keys revoked.
+    pub api_keys: u64,
+}
+
+/// What finishing a restore from a backup takes: nothing the backup cannot vouch for
+/// stays usable, and audit sequence numbers are never handed out twice.
+#[async_trait]
+pub trait RecoveryStore: Send + Sync {
+    /// In one transaction: revokes every live session and API key created before
+    /// `before`, and records `before` as the time access tokens must be issued at or
+    /// after ([`CREDENTIALS_NOT_BEFORE_META`]), unless a later time is recorded.
+    async fn revoke_all_before(
+        &self,
+        before: DateTime<Utc>,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<RevokedAll>;
+    /// The time before which access tokens are refused, if one was recorded.
+    async fn credentials_not_before(&self) -> StoreResult<Option<DateTime<Utc>>>;
+    /// Starts the next generation of audit chains and returns it: every writer continues
+    /// on a chain of its own under a new name, from sequence number 1.
+    async fn next_audit_generation(&self) -> StoreResult<u32>;
+}
+
 /// Liveness and identity of the backend.
 #[async_trait]
 pub trait StoreHealth: Send + Sync {
@@ -1134,6 +1172,7 @@ pub trait Store:
     + HousekeepingStore
     + RetentionStore
     + RequestLogStore
+    + RecoveryStore
     + StoreHealth
 {
 }
@@ -1155,6 +1194,7 @@ impl<T> Store for T where
         + HousekeepingStore
         + RetentionStore
         + RequestLogStore
+        + RecoveryStore
         + StoreHealth
 {
 }

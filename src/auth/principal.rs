@@ -186,7 +186,8 @@ async fn from_access_token(node: &Arc<Core>, token: &str) -> Result<Principal, E
     let session_id = Uuid::parse_str(&claims.sid).map_err(|_| invalid())?;
     let user_id = Uuid::parse_str(&claims.sub).map_err(|_| invalid())?;
     let revoked = || refused("token_revoked", "the session of this token was revoked");
-    if node.revocations.session_revoked(session_id) {
+    if node.revocations.session_revoked(session_id) || node.revocations.issued_too_early(claims.iat)
+    {
         return Err(revoked());
     }
     if !node.lease_fresh() {

@@ -3,10 +3,11 @@
 //!
 //! Revocations are written to the store first and added here before the revoking call
 //! returns; the whole list is reloaded from the store before the node reports ready and
-//! periodically after (which drops entries that have expired).
+//! periodically after (which drops entries that have expired). So is the time before which
+//! every access token is refused, recorded when a store is restored from a backup.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{PoisonError, RwLock};
 
 use chrono::{DateTime, Utc};
@@ -23,6 +24,8 @@ type Entries = RwLock<HashMap<Uuid, Instant>>;
 pub struct RevocationList {
     sessions: Entries,
     api_keys: Entries,
+    /// Access tokens issued before this (Unix seconds) are refused; 0 for none.
+    not_before: AtomicI64,
     loaded: AtomicBool,
 }
 
@@ -64,8 +67,13 @@ impl RevocationList {
         let horizon = now - chrono::Duration::seconds(crate::idp::jwt::LEEWAY_SECONDS as i64 * 2);
         let sessions = store.revoked_session_ids(horizon).await?;
         let api_keys = store.revoked_api_key_ids(horizon).await?;
+        let not_before = store.credentials_not_before().await?;
         replace(&self.sessions, sessions, since);
         replace(&self.api_keys, api_keys, since);
+        // Token times are whole seconds: those of the cut-off's own second are accepted,
+        // so a login just after it works.
+        let not_before = not_before.map_or(0, |t| t.timestamp());
+        self.not_before.store(not_before, Ordering::Release);
         self.loaded.store(true, Ordering::Release);
         Ok(())
     }
@@ -88,6 +96,12 @@ impl RevocationList {
     /// Whether a session is revoked.
     pub fn session_revoked(&self, id: Uuid) -> bool {
         contains(&self.sessions, id)
+    }
+
+    /// Whether an access token issued at `issued_at` (Unix seconds) predates the recorded
+    /// cut-off of a restore.
+    pub fn issued_too_early(&self, issued_at: i64) -> bool {
+        issued_at < self.not_before.load(Ordering::Acquire)
     }
 
     /// Whether an API key is revoked.

@@ -868,6 +868,11 @@ macro_rules! impl_portable_store {
 
         #[::async_trait::async_trait]
         impl $crate::store::AuditStore for $store {
+            async fn audit_generation(&self) -> $crate::store::StoreResult<u32> {
+                let stored = $crate::store::MetaStore::meta(self, $crate::store::AUDIT_GENERATION_META).await?;
+                $crate::store::audit_generation(stored)
+            }
+
             async fn append_audit(
                 &self,
                 chain: &str,
@@ -1184,6 +1189,85 @@ macro_rules! impl_portable_store {
                     .await
                     .map_err($crate::store::db_error)?;
                 Ok(u64::try_from(n).unwrap_or(0))
+            }
+        }
+
+        #[::async_trait::async_trait]
+        impl $crate::store::RecoveryStore for $store {
+            async fn revoke_all_before(
+                &self,
+                before: ::chrono::DateTime<::chrono::Utc>,
+                reason: &str,
+                now: ::chrono::DateTime<::chrono::Utc>,
+            ) -> $crate::store::StoreResult<$crate::store::RevokedAll> {
+                let mut tx = Self::begin_write(self.writer()?).await.map_err($crate::store::db_error)?;
+                let sessions = ::sqlx::query(
+                    "UPDATE sessions SET revoked_at = $1, revoked_reason = $2 \
+                     WHERE revoked_at IS NULL AND expires_at > $1 AND created_at < $3",
+                )
+                .bind(now)
+                .bind(reason)
+                .bind(before)
+                .execute(&mut *tx)
+                .await
+                .map_err($crate::store::db_error)?
+                .rows_affected();
+                let api_keys = ::sqlx::query(
+                    "UPDATE api_keys SET revoked_at = $1, revoked_reason = $2 \
+                     WHERE revoked_at IS NULL AND created_at < $3",
+                )
+                .bind(now)
+                .bind(reason)
+                .bind(before)
+                .execute(&mut *tx)
+                .await
+                .map_err($crate::store::db_error)?
+                .rows_affected();
+                // RFC 3339 in UTC with a fixed width sorts as time: the later cut-off wins.
+                let cutoff = before.to_rfc3339_opts(::chrono::SecondsFormat::Micros, true);
+                ::sqlx::query(
+                    "INSERT INTO meta (key, value) VALUES ($1, $2) \
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value WHERE meta.value < excluded.value",
+                )
+                .bind($crate::store::CREDENTIALS_NOT_BEFORE_META)
+                .bind(cutoff)
+                .execute(&mut *tx)
+                .await
+                .map_err($crate::store::db_error)?;
+                tx.commit().await.map_err($crate::store::db_error)?;
+                Ok($crate::store::RevokedAll { sessions, api_keys })
+            }
+
+            async fn credentials_not_before(&self) -> $crate::store::StoreResult<Option<::chrono::DateTime<::chrono::Utc>>> {
+                let stored = $crate::store::MetaStore::meta(self, $crate::store::CREDENTIALS_NOT_BEFORE_META).await?;
+                stored
+                    .map(|t| {
+                        ::chrono::DateTime::parse_from_rfc3339(&t)
+                            .map(|t| t.with_timezone(&::chrono::Utc))
+                            .map_err(|_| $crate::store::StoreError::Internal(format!("meta {}: `{t}` is not a time", $crate::store::CREDENTIALS_NOT_BEFORE_META)))
+                    })
+                    .transpose()
+            }
+
+            async fn next_audit_generation(&self) -> $crate::store::StoreResult<u32> {
+                let mut tx = Self::begin_write(self.writer()?).await.map_err($crate::store::db_error)?;
+                let stored: Option<String> = ::sqlx::query_scalar("SELECT value FROM meta WHERE key = $1")
+                    .bind($crate::store::AUDIT_GENERATION_META)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err($crate::store::db_error)?;
+                let next = $crate::store::audit_generation(stored)? + 1;
+                ::sqlx::query(
+                    "INSERT INTO meta (key, value) VALUES ($1, $2) \
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                )
+                .bind($crate::store::AUDIT_GENERATION_META)
+                .bind(next.to_string())
+                .execute(&mut *tx)
+                .await
+                .map_err($crate::store::db_error)?;
+                tx.commit().await.map_err($crate::store::db_error)?;
+                Ok(next)
             }
         }
 

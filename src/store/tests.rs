@@ -142,6 +142,7 @@ contract_tests!(
     external_identities_and_login_state_are_taken_once,
     housekeeping_removes_only_what_has_expired,
     retention_moves_checkpoints_and_keeps_chains_verifiable,
+    a_restore_revokes_what_came_before_and_starts_a_new_audit_generation,
 );
 
 fn user(name: &str) -> User {
@@ -1716,4 +1717,59 @@ async fn postgres_retention_drops_old_daily_partitions_whole() {
         .unwrap();
     assert_eq!((verified.ok, verified.checked), (true, 3), "{verified:?}");
     raw.close().await;
+}
+
+async fn a_restore_revokes_what_came_before_and_starts_a_new_audit_generation(
+    store: Arc<dyn Store>,
+) {
+    let u = user("rita");
+    store.create_user(&u).await.unwrap();
+    let old_session = session(u.id, "old", Duration::hours(1));
+    let old_key = api_key(u.id, "0ld0ld00");
+    assert!(store.create_session(&old_session).await.unwrap());
+    assert!(store.create_api_key(&old_key).await.unwrap());
+    let cutoff = now() + Duration::seconds(1);
+    let new_session = SessionRecord {
+        created_at: cutoff + Duration::seconds(1),
+        ..session(u.id, "new", Duration::hours(1))
+    };
+    let new_key = ApiKeyRecord {
+        created_at: cutoff + Duration::seconds(1),
+        ..api_key(u.id, "00new000")
+    };
+    assert!(store.create_session(&new_session).await.unwrap());
+    assert!(store.create_api_key(&new_key).await.unwrap());
+    assert_eq!(store.credentials_not_before().await.unwrap(), None);
+
+    let revoked = store
+        .revoke_all_before(cutoff, "restored_from_backup", now())
+        .await
+        .unwrap();
+    assert_eq!(
+        revoked,
+        RevokedAll {
+            sessions: 1,
+            api_keys: 1
+        }
+    );
+    assert_eq!(
+        store.revoked_session_ids(now()).await.unwrap(),
+        vec![old_session.id]
+    );
+    assert_eq!(
+        store.revoked_api_key_ids(now()).await.unwrap(),
+        vec![old_key.id]
+    );
+    assert_eq!(store.credentials_not_before().await.unwrap(), Some(cutoff));
+    // An earlier cut-off never moves the recorded one back.
+    store
+        .revoke_all_before(cutoff - Duration::hours(1), "revoke_all", now())
+        .await
+        .unwrap();
+    assert_eq!(store.credentials_not_before().await.unwrap(), Some(cutoff));
+
+    assert_eq!(store.audit_generation().await.unwrap(), 0);
+    assert_eq!(store.next_audit_generation().await.unwrap(), 1);
+    assert_eq!(store.next_audit_generation().await.unwrap(), 2);
+    assert_eq!(store.audit_generation().await.unwrap(), 2);
 }

@@ -6,6 +6,7 @@
 mod api_keys;
 mod audit;
 mod auth;
+mod backup;
 mod front_door;
 mod fuzz;
 mod health;
