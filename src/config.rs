@@ -217,6 +217,10 @@ pub struct AuthConfig {
     /// How recent a login must be to enrol a second factor or create an API key without
     /// `current_password` in the request.
     pub reauth_seconds: u64,
+    /// Password hashes and verifications run at once (each takes 19 MiB); unset: two
+    /// per core, at most what a quarter of the memory limit holds.
+    #[serde(default)]
+    pub password_hash_concurrency: Option<usize>,
 }
 
 /// Policy engine.
@@ -547,6 +551,7 @@ impl Default for Config {
                 mfa_challenge_seconds: 300,
                 reauth_seconds: 300,
                 sync_seconds: 5,
+                password_hash_concurrency: None,
             },
             session: SessionConfig {
                 idle_seconds: 3600,
@@ -950,6 +955,14 @@ impl Config {
             if value.is_empty() || value.len() > 256 {
                 return Err(ConfigError::key(key, "must be 1-256 characters"));
             }
+        }
+        if let Some(concurrency) = self.auth.password_hash_concurrency
+            && !(1..=1024).contains(&concurrency)
+        {
+            return Err(ConfigError::key(
+                "auth.password_hash_concurrency",
+                "must be 1-1024",
+            ));
         }
         for redirect in &self.auth.allowed_redirects {
             if !(redirect.starts_with("https://") || redirect.starts_with("http://")) {
@@ -1355,6 +1368,10 @@ mod tests {
             (
                 &[("SARK_HTTP__MANAGEMENT_BIND", "everywhere")],
                 "http.management_bind",
+            ),
+            (
+                &[("SARK_AUTH__PASSWORD_HASH_CONCURRENCY", "0")],
+                "auth.password_hash_concurrency",
             ),
             (&[("SARK_DATABASE__URL", "mysql://x")], "database.url"),
             (

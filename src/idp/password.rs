@@ -62,9 +62,12 @@ pub fn generate_password(len: usize) -> String {
         .collect()
 }
 
-/// Runs argon2 off the async runtime, a bounded number at a time (each takes 19 MiB).
-/// A permit lives as long as its blocking work, not as long as the request that asked
-/// for it, so requests that time out cannot pile up unbounded work.
+/// Memory one argon2 hash or verification takes (`m=19456` KiB).
+pub const HASH_MEMORY_BYTES: u64 = 19_456 * 1024;
+
+/// Runs argon2 off the async runtime, a bounded number at a time (each takes
+/// [`HASH_MEMORY_BYTES`]). A permit lives as long as its blocking work, not as long as the
+/// request that asked for it, so requests that time out cannot pile up unbounded work.
 #[derive(Clone, Debug)]
 pub struct PasswordHasherPool {
     permits: Arc<Semaphore>,
@@ -72,14 +75,42 @@ pub struct PasswordHasherPool {
 
 impl Default for PasswordHasherPool {
     fn default() -> Self {
-        let cores = std::thread::available_parallelism().map_or(2, usize::from);
-        Self {
-            permits: Arc::new(Semaphore::new(cores * 2)),
-        }
+        Self::new(default_concurrency(memory_limit()))
     }
 }
 
+/// How many hashes run at once by default: two per core, but never more than a quarter of
+/// the process's memory limit (`memory_limit`, the cgroup's when it has one) holds.
+pub fn default_concurrency(memory_limit: Option<u64>) -> usize {
+    let cores = std::thread::available_parallelism().map_or(2, usize::from);
+    let by_memory = memory_limit.map_or(usize::MAX, |limit| {
+        usize::try_from(limit / 4 / HASH_MEMORY_BYTES).unwrap_or(usize::MAX)
+    });
+    (cores * 2).min(by_memory).max(1)
+}
+
+/// The memory limit of this process's cgroup (v2 `memory.max`, else v1
+/// `memory.limit_in_bytes`); `None` without one.
+pub fn memory_limit() -> Option<u64> {
+    [
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ]
+    .iter()
+    .filter_map(|file| std::fs::read_to_string(file).ok())
+    .find_map(|text| text.trim().parse::<u64>().ok())
+    // cgroup v1 writes "no limit" as a number near i64::MAX.
+    .filter(|limit| *limit < 1 << 60)
+}
+
 impl PasswordHasherPool {
+    /// A pool running at most `concurrency` hashes at once.
+    pub fn new(concurrency: usize) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+        }
+    }
+
     /// Hashes on a blocking thread.
     pub async fn hash(&self, password: Zeroizing<String>) -> Result<String, HashError> {
         let permit = self
@@ -242,5 +273,19 @@ mod tests {
                 .await
         );
         assert!(dummy_hash().starts_with("$argon2id$"));
+    }
+}
+
+#[cfg(test)]
+mod concurrency_tests {
+    use super::*;
+
+    #[test]
+    fn the_default_concurrency_fits_a_quarter_of_the_memory_limit() {
+        let cores = std::thread::available_parallelism().map_or(2, usize::from);
+        assert_eq!(default_concurrency(None), cores * 2);
+        // 256 MiB: a quarter holds three hashes of 19 MiB.
+        assert_eq!(default_concurrency(Some(256 << 20)), (cores * 2).min(3));
+        assert_eq!(default_concurrency(Some(1 << 20)), 1, "at least one");
     }
 }

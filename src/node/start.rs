@@ -493,6 +493,11 @@ impl Shared {
         )
         .map_err(registering)?;
         let session_store: Arc<dyn sark_actors::store::SessionStore> = ground.store.clone();
+        let passwords = ground
+            .config
+            .auth
+            .password_hash_concurrency
+            .map_or_else(PasswordHasherPool::default, PasswordHasherPool::new);
         let core = Core {
             sessions: Sessions::new(self.slots.sessions.clone(), session_store),
             recovery_code_key: ground.key.derive("mfa recovery codes"),
@@ -520,7 +525,7 @@ impl Shared {
             voting: tokio::sync::Mutex::new(()),
             policy_compiles: tokio::sync::Semaphore::new(1),
             revocations: self.revocations,
-            passwords: PasswordHasherPool::default(),
+            passwords,
             sealer: self.sealer,
             audit_chain_key: self.audit_chain_key,
             tokens: self.tokens,
