@@ -3,6 +3,7 @@
     check-k8s.py inspect OUT_DIR FILE...        CRD objects, dashboards, and how the pieces fit
     check-k8s.py split RENDERED.yaml OUT_DIR     split a rendered stream into built-in kinds / CRDs
     check-k8s.py image KUSTOMIZATION CARGO_TOML [--exact]
+    check-k8s.py alerts RULES_FILE OPERATIONS_MD TEST_FILE...
 
 Each prints `OK   ...` lines for what holds, `FAIL ...` lines on stderr for what does not, and
 exits 1 when anything failed.
@@ -80,8 +81,8 @@ def check_prometheusrule(name, doc, rule_groups):
             notes = rule.get("annotations") or {}
             if labels.get("severity") not in ("critical", "warning", "info"):
                 fail(f"{name}: alert {rule['alert']} has no severity label (critical, warning, info)")
-            if not {"summary", "description"} <= notes.keys():
-                fail(f"{name}: alert {rule['alert']} lacks summary/description")
+            if not {"summary", "description", "runbook_url"} <= notes.keys():
+                fail(f"{name}: alert {rule['alert']} lacks summary/description/runbook_url")
     rule_groups.extend(groups)
 
 
@@ -519,6 +520,54 @@ def cmd_image(kustomization, cargo, exact):
             fail(f"{name}: image tag {tag!r} is not {want} (Cargo.toml)")
 
 
+def anchors(markdown):
+    """GitHub's anchors of the headings of a Markdown file."""
+    out = set()
+    in_code = False
+    for line in markdown.splitlines():
+        if line.startswith("```"):
+            in_code = not in_code
+        m = re.match(r"#{1,6} +(.*)", line)
+        if m and not in_code:
+            text = re.sub(r"[^\w\- ]", "", m.group(1).strip().lower())
+            out.add(text.replace(" ", "-"))
+    return out
+
+
+def cmd_alerts(rules_file, operations, tests):
+    with open(rules_file) as f:
+        groups = yaml.safe_load(f)["groups"]
+    alerts = [r for g in groups for r in g.get("rules") or [] if "alert" in r]
+    with open(operations) as f:
+        known = anchors(f.read())
+    fired, quiet = set(), set()
+    for path in tests:
+        with open(path) as f:
+            for test in yaml.safe_load(f).get("tests") or []:
+                for check in test.get("alert_rule_test") or []:
+                    (fired if check.get("exp_alerts") else quiet).add(check["alertname"])
+    names = [a["alert"] for a in alerts]
+    if len(set(names)) != len(names):
+        fail("alerts: two alerts share a name")
+    for alert in alerts:
+        name = alert["alert"]
+        url = (alert.get("annotations") or {}).get("runbook_url", "")
+        m = re.fullmatch(r"https://\S+/docs/operations\.md#([\w-]+)", url)
+        if not m:
+            fail(f"alert {name}: runbook_url {url!r} is not a link to docs/operations.md#<anchor>")
+        elif m.group(1) not in known:
+            fail(f"alert {name}: docs/operations.md has no heading for #{m.group(1)}")
+        if name not in fired:
+            fail(f"alert {name}: no unit test makes it fire")
+        if name not in quiet:
+            fail(f"alert {name}: no unit test shows it quiet")
+    unknown = (fired | quiet) - set(names)
+    if unknown:
+        fail(f"unit tests name alerts that do not exist: {', '.join(sorted(unknown))}")
+    if not problems:
+        ok(f"{len(alerts)} alerts: each has a runbook section, fires in a test and stays quiet in one")
+
+
 def main(argv):
     cmd, args = argv[1], argv[2:]
     root = os.environ.get("SARK_ROOT", ".")
@@ -528,6 +577,8 @@ def main(argv):
         cmd_split(args[0], args[1])
     elif cmd == "image":
         cmd_image(args[0], args[1], "--exact" in args[2:])
+    elif cmd == "alerts":
+        cmd_alerts(args[0], args[1], args[2:])
     else:
         sys.exit(f"check-k8s.py: unknown command {cmd}")
     finish(os.environ.get("CHECK_K8S_LABEL", cmd))
