@@ -293,14 +293,15 @@ def check_fit(objects, root):
     checks.append(("pods spread over zones and machines",
                    {"topology.kubernetes.io/zone", "kubernetes.io/hostname"} <= spread))
 
-    # Memory fits the argon2 pool: 2 x CPUs hashes at once (src/idp/password.rs), CPUs being the
-    # CPU limit rounded down (what the process sees); each takes MEMORY_KIB.
+    # Memory fits the argon2 pool: SARK_AUTH__PASSWORD_HASH_CONCURRENCY hashes at once, else
+    # 2 x CPUs (the CPU limit rounded down, what the process sees); each takes MEMORY_KIB.
     limits = (sark.get("resources") or {}).get("limits") or {}
     requests = (sark.get("resources") or {}).get("requests") or {}
-    if "cpu" not in limits:
-        fail("resources: no CPU limit: the argon2 pool (2 x CPUs) follows the machine's core count")
+    configured = env.get("SARK_AUTH__PASSWORD_HASH_CONCURRENCY")
+    if not configured and "cpu" not in limits:
+        fail("resources: neither SARK_AUTH__PASSWORD_HASH_CONCURRENCY nor a CPU limit bounds the argon2 pool")
     else:
-        pool = 2 * max(1, int(parse_quantity(limits["cpu"])))
+        pool = int(configured) if configured else 2 * max(1, int(parse_quantity(limits["cpu"])))
         per = argon2_mib(root)
         need = BASELINE_MIB + pool * per
         limit = parse_quantity(limits.get("memory", 0)) / 2**20

@@ -63,7 +63,7 @@ pub fn generate_password(len: usize) -> String {
 }
 
 /// Memory one argon2 hash or verification takes (`m=19456` KiB).
-pub const HASH_MEMORY_BYTES: u64 = 19_456 * 1024;
+pub const HASH_MEMORY_BYTES: u64 = MEMORY_KIB as u64 * 1024;
 
 /// Runs argon2 off the async runtime, a bounded number at a time (each takes
 /// [`HASH_MEMORY_BYTES`]). A permit lives as long as its blocking work, not as long as the
