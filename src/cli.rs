@@ -110,7 +110,7 @@ pub async fn run(cli: Cli) -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            crate::telemetry::init(&config.log);
+            let _log = crate::telemetry::init(&config.log);
             let server = match crate::Server::start(config).await {
                 Ok(server) => server,
                 Err(err) => {

@@ -2,14 +2,17 @@
 //! identity numbers next to baselines measured in the same run on the same machine:
 //!
 //! - password logins/s next to raw argon2id verifications/s (same parameters, all cores);
-//! - token-verified `GET /api/v1/auth/me` next to `GET /health` at the same concurrency;
+//! - `GET /health`, token-verified `GET /api/v1/auth/me` and `POST /api/v1/authz/evaluate`
+//!   next to a bare axum hello-world (`bare-axum`, built beside this binary) at the same
+//!   concurrency;
 //! - refresh-token rotations/s;
 //! - policy evaluations/s (raw regorus, and the API with and without a cache hit);
 //! - audit events committed/s and SIEM delivery events/s on SQLite and, with
 //!   `--database-url`, PostgreSQL ([`audit`]).
 //!
 //! Each scenario runs `--rounds` times, interleaved, and the medians are reported, because
-//! the machines this runs on are shared and noisy. Run it with `scripts/bench`, which builds
+//! the machines this runs on are shared and noisy; the goals of docs/performance.md are
+//! printed last, each with its measured ratio. Run it with `scripts/bench`, which builds
 //! the release binaries first.
 
 use std::collections::BTreeMap;
@@ -109,6 +112,93 @@ impl Args {
             path.display()
         );
         Ok(path)
+    }
+}
+
+/// The bare axum baseline, running while this holds it.
+struct BareAxum {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl BareAxum {
+    fn start(binary: &Path) -> anyhow::Result<Self> {
+        use std::io::BufRead;
+        let mut child = Command::new(binary)
+            .arg("127.0.0.1:0")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {} (built with sark-bench)", binary.display()))?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line)?;
+        let addr = line
+            .strip_prefix("listening ")
+            .ok_or_else(|| anyhow!("bare-axum said {line:?}"))?
+            .trim()
+            .to_owned();
+        Ok(Self { child, addr })
+    }
+}
+
+impl Drop for BareAxum {
+    fn drop(&mut self) {
+        // Closing stdin stops it gracefully; the kill is for a server that hangs.
+        drop(self.child.stdin.take());
+        if self.child.wait().is_err() {
+            let _ = self.child.kill();
+        }
+    }
+}
+
+/// A goal of docs/performance.md and what this run measured.
+struct Goal {
+    name: String,
+    measured: f64,
+    bound: f64,
+    at_least: bool,
+}
+
+impl Goal {
+    fn at_least(name: impl Into<String>, measured: f64, bound: f64) -> Self {
+        Self {
+            name: name.into(),
+            measured,
+            bound,
+            at_least: true,
+        }
+    }
+
+    fn at_most(name: impl Into<String>, measured: f64, bound: f64) -> Self {
+        Self {
+            name: name.into(),
+            measured,
+            bound,
+            at_least: false,
+        }
+    }
+
+    fn met(&self) -> bool {
+        if self.at_least {
+            self.measured >= self.bound
+        } else {
+            self.measured <= self.bound
+        }
+    }
+}
+
+impl fmt::Display for Goal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sign = if self.at_least { "≥" } else { "≤" };
+        write!(
+            f,
+            "{:<42} {:>8.2} (goal {sign} {:.2}) {}",
+            self.name,
+            self.measured,
+            self.bound,
+            if self.met() { "met" } else { "NOT MET" }
+        )
     }
 }
 
@@ -503,6 +593,7 @@ const SCENARIOS: &[&str] = &[
     "argon2_1",
     "argon2_all",
     "login",
+    "bare",
     "me",
     "health",
     "refresh",
@@ -523,6 +614,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse()?;
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let bench = Bench::start(&args).await?;
+    let bare = BareAxum::start(&args.binary()?.with_file_name("bare-axum"))?;
     let scratch = tempfile::tempdir()?;
     let hash = password::hash_password(USER_PASSWORD).map_err(|e| anyhow!("{e}"))?;
     let params = hash.split('$').nth(3).unwrap_or("?").to_owned();
@@ -577,6 +669,11 @@ async fn main() -> anyhow::Result<()> {
                 .run("login")?,
                 "me" => wrk("/api/v1/auth/me", args.connections, me_script.clone()).run("me")?,
                 "health" => wrk("/health", args.connections, String::new()).run("health")?,
+                "bare" => Wrk {
+                    url: format!("http://{}/", bare.addr),
+                    ..wrk("/", args.connections, String::new())
+                }
+                .run("bare")?,
                 "refresh" => {
                     bench
                         .refreshes(args.login_connections, args.seconds)
@@ -668,6 +765,16 @@ async fn main() -> anyhow::Result<()> {
     println!("POST /api/v1/authz/evaluate (cache miss)   {miss}");
     println!("  evaluate hit ÷ /health: {}", ratio(hit, health));
     println!("  evaluate miss ÷ /health: {}", ratio(miss, health));
+    let bare_axum = m("bare");
+    println!("bare axum GET /, {conns:>3} connections              {bare_axum}");
+    for (name, figure) in [
+        ("GET /health", health),
+        ("GET /api/v1/auth/me", me),
+        ("evaluate (cache hit)", hit),
+        ("evaluate (cache miss)", miss),
+    ] {
+        println!("  {name} ÷ bare axum: {}", ratio(figure, bare_axum));
+    }
     let direct = m("siem_direct");
     for store in &stores {
         let label = store.label;
@@ -698,6 +805,49 @@ async fn main() -> anyhow::Result<()> {
         "SIEM direct posts to HEC, {SIEM_BATCH_NOTE}    {:>9.0} events/s",
         direct.0.per_second
     );
+    let per_second = |a: Medians, b: Medians| a.0.per_second / b.0.per_second;
+    let mut goals = vec![
+        Goal::at_least(
+            "evaluate (cache hit) ÷ bare axum",
+            per_second(hit, bare_axum),
+            0.40,
+        ),
+        Goal::at_most("evaluate (cache hit) p99, ms", hit.0.p99_ms, 5.0),
+        Goal::at_least(
+            "evaluate (cache miss) ÷ bare axum",
+            per_second(miss, bare_axum),
+            0.25,
+        ),
+        Goal::at_least(
+            "GET /api/v1/auth/me ÷ bare axum",
+            per_second(me, bare_axum),
+            0.35,
+        ),
+        Goal::at_least(
+            "GET /health ÷ bare axum",
+            per_second(health, bare_axum),
+            0.80,
+        ),
+        Goal::at_least(
+            "logins ÷ raw argon2id verifications",
+            per_second(logins, raw),
+            0.90,
+        ),
+    ];
+    for store in &stores {
+        let outbox = m(&format!("siem_outbox_{}", store.label));
+        goals.push(Goal::at_least(
+            format!("SIEM outbox ÷ direct posts ({})", store.label),
+            per_second(outbox, direct),
+            0.80,
+        ));
+    }
+    println!();
+    println!("goals (docs/performance.md), medians of this run:");
+    for goal in &goals {
+        println!("  {goal}");
+    }
+    drop(bare);
     let statuses = bench.sandbox.shutdown().await?;
     ensure!(
         statuses.iter().all(std::process::ExitStatus::success),
