@@ -175,11 +175,12 @@ async fn from_access_token(node: &Arc<Core>, token: &str) -> Result<Principal, E
     let Some(tokens) = node.tokens() else {
         return Err(undecided("the node is still starting"));
     };
-    let claims = match tokens.verify(token) {
+    let now = node.clock.now();
+    let claims = match tokens.verify(token, now) {
         Err(TokenError::UnknownKey) => {
             // A key rotated on another node: reload once, then decide.
             node.reload_token_keys().await;
-            tokens.verify(token).map_err(|_| invalid())?
+            tokens.verify(token, now).map_err(|_| invalid())?
         }
         other => other.map_err(|_| invalid())?,
     };

@@ -5,6 +5,12 @@
 //! every node signs and verifies with the same keys. The first start creates one; `sark
 //! admin rotate-signing-key` adds a new active key, and the retired one keeps verifying
 //! until every token it signed has expired.
+//!
+//! A verified token is remembered (by its SHA-256, at most [`VERIFIED_CAPACITY`] of them),
+//! so a client's next request with it skips the Ed25519 verification, the one costly step
+//! of an authenticated request. A remembered token is accepted only while its signing key
+//! is still in the key set and its `exp` (with the leeway) has not passed; revocation is
+//! checked after this, on every request, remembered or not.
 
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -17,6 +23,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 
 use crate::secrets::SecretBox;
 use crate::store::{SigningKeyRecord, SigningKeyStore, StoreError};
@@ -99,11 +106,21 @@ pub struct TokenSettings {
     pub lifetime: Duration,
 }
 
+/// Verified tokens remembered at most; when full, the memory starts over.
+pub const VERIFIED_CAPACITY: usize = 16_384;
+
+/// A verified token: its claims and the key that verified it.
+struct Verified {
+    claims: AccessClaims,
+    kid: String,
+}
+
 /// The node's signing and verification keys.
 pub struct TokenKeys {
     set: RwLock<Arc<KeySet>>,
     sealer: SecretBox,
     settings: TokenSettings,
+    verified: RwLock<HashMap<[u8; 32], Arc<Verified>>>,
 }
 
 impl std::fmt::Debug for TokenKeys {
@@ -160,6 +177,7 @@ impl TokenKeys {
             set: RwLock::new(Arc::new(set)),
             sealer,
             settings,
+            verified: RwLock::new(HashMap::new()),
         })
     }
 
@@ -240,7 +258,48 @@ impl TokenKeys {
 
     /// Verifies a token: the header must say `EdDSA` and name a known key, the signature
     /// must hold, and `iss`, `aud` and `exp` must be right (with a small leeway).
-    pub fn verify(&self, token: &str) -> Result<AccessClaims, TokenError> {
+    ///
+    /// A token verified before is taken from memory if its key is still known and it has
+    /// not expired at `now`.
+    pub fn verify(&self, token: &str, now: DateTime<Utc>) -> Result<AccessClaims, TokenError> {
+        let now = now.timestamp();
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let remembered = self
+            .verified
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&digest)
+            .cloned();
+        if let Some(verified) = remembered {
+            if !self.current().verifying.contains_key(&verified.kid) {
+                return Err(TokenError::UnknownKey);
+            }
+            let leeway = i64::try_from(LEEWAY_SECONDS).unwrap_or(i64::MAX);
+            if verified.claims.exp.saturating_add(leeway) < now {
+                return Err(TokenError::Invalid("ExpiredSignature".into()));
+            }
+            return Ok(verified.claims.clone());
+        }
+        let (claims, kid) = self.verify_signed(token)?;
+        let mut verified = self
+            .verified
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if verified.len() >= VERIFIED_CAPACITY {
+            verified.clear();
+        }
+        verified.insert(
+            digest,
+            Arc::new(Verified {
+                claims: claims.clone(),
+                kid,
+            }),
+        );
+        Ok(claims)
+    }
+
+    /// The full verification, and the key that verified.
+    fn verify_signed(&self, token: &str) -> Result<(AccessClaims, String), TokenError> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| TokenError::Invalid(e.to_string()))?;
         if header.alg != Algorithm::EdDSA {
@@ -260,7 +319,7 @@ impl TokenKeys {
         validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
         validation.leeway = LEEWAY_SECONDS;
         jsonwebtoken::decode::<AccessClaims>(token, &key.decoding, &validation)
-            .map(|data| data.claims)
+            .map(|data| (data.claims, kid))
             .map_err(|e| TokenError::Invalid(e.to_string()))
     }
 
@@ -277,5 +336,106 @@ impl TokenKeys {
             })
             .collect();
         json!({ "keys": keys })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    // jsonwebtoken checks `exp` against the system clock: the tests' tokens follow it.
+    #![allow(clippy::disallowed_methods)]
+
+    use super::*;
+
+    fn keys(records: &[SigningKeyRecord], sealer: &SecretBox) -> TokenKeys {
+        let settings = TokenSettings {
+            issuer: "sark".into(),
+            audience: "sark-api".into(),
+            lifetime: Duration::from_secs(900),
+        };
+        let set = TokenKeys::build(sealer, &settings, records, Utc::now()).unwrap();
+        TokenKeys {
+            set: RwLock::new(Arc::new(set)),
+            sealer: sealer.clone(),
+            settings,
+            verified: RwLock::new(HashMap::new()),
+        }
+    }
+
+    fn claims(now: i64, jti: &str) -> AccessClaims {
+        AccessClaims {
+            iss: "sark".into(),
+            aud: "sark-api".into(),
+            sub: "u".into(),
+            sid: "s".into(),
+            iat: now,
+            exp: now + 60,
+            jti: jti.into(),
+            username: "bob".into(),
+            email: None,
+            role: "viewer".into(),
+            teams: Vec::new(),
+            mfa_enabled: false,
+            mfa: false,
+            amr: "password".into(),
+        }
+    }
+
+    fn sealer() -> SecretBox {
+        SecretBox::new(&crate::secrets::SecretsKey::parse(&"09".repeat(32)).unwrap())
+    }
+
+    #[test]
+    fn a_remembered_token_expires_like_any_other() {
+        let sealer = sealer();
+        let keys = keys(&[new_signing_key(&sealer, Utc::now()).unwrap()], &sealer);
+        let now = Utc::now();
+        let token = keys.issue(&claims(now.timestamp(), "a")).unwrap();
+        assert_eq!(keys.verify(&token, now).unwrap().jti, "a");
+        assert_eq!(keys.verified.read().unwrap().len(), 1, "remembered");
+        let at = |seconds| now + chrono::Duration::seconds(seconds);
+        assert_eq!(keys.verify(&token, at(60 + 30)).unwrap().jti, "a");
+        assert!(matches!(
+            keys.verify(&token, at(60 + 31)),
+            Err(TokenError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn a_remembered_token_of_a_removed_key_is_refused() {
+        let sealer = sealer();
+        let old = new_signing_key(&sealer, Utc::now()).unwrap();
+        let keys = keys(std::slice::from_ref(&old), &sealer);
+        let now = Utc::now().timestamp();
+        let token = keys.issue(&claims(now, "a")).unwrap();
+        keys.verify(&token, Utc::now()).unwrap();
+        // The old key retired long ago and a new one is active: the old one is gone.
+        let retired = SigningKeyRecord {
+            retired_at: Some(Utc::now() - chrono::Duration::days(1)),
+            ..old
+        };
+        let new = new_signing_key(&sealer, Utc::now()).unwrap();
+        let set = TokenKeys::build(&sealer, &keys.settings, &[new, retired], Utc::now()).unwrap();
+        *keys.set.write().unwrap() = Arc::new(set);
+        assert!(matches!(
+            keys.verify(&token, Utc::now()),
+            Err(TokenError::UnknownKey)
+        ));
+    }
+
+    #[test]
+    fn the_memory_of_verified_tokens_is_bounded_and_forged_tokens_are_not_remembered() {
+        let sealer = sealer();
+        let keys = keys(&[new_signing_key(&sealer, Utc::now()).unwrap()], &sealer);
+        let now = Utc::now().timestamp();
+        let token = keys.issue(&claims(now, "a")).unwrap();
+        let (head, signature) = token.rsplit_once('.').unwrap();
+        let forged = format!("{head}.{}", signature.replace('A', "B").replace('a', "A"));
+        assert!(keys.verify(&forged, Utc::now()).is_err());
+        assert!(keys.verified.read().unwrap().is_empty());
+        for i in 0..VERIFIED_CAPACITY + 10 {
+            let token = keys.issue(&claims(now, &i.to_string())).unwrap();
+            keys.verify(&token, Utc::now()).unwrap();
+            assert!(keys.verified.read().unwrap().len() <= VERIFIED_CAPACITY);
+        }
     }
 }
