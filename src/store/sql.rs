@@ -1201,28 +1201,24 @@ macro_rules! impl_portable_store {
                 now: ::chrono::DateTime<::chrono::Utc>,
             ) -> $crate::store::StoreResult<$crate::store::RevokedAll> {
                 let mut tx = Self::begin_write(self.writer()?).await.map_err($crate::store::db_error)?;
-                let sessions = ::sqlx::query(
+                let mut revoked = [0u64; 2];
+                let statements = [
                     "UPDATE sessions SET revoked_at = $1, revoked_reason = $2 \
                      WHERE revoked_at IS NULL AND expires_at > $1 AND created_at < $3",
-                )
-                .bind(now)
-                .bind(reason)
-                .bind(before)
-                .execute(&mut *tx)
-                .await
-                .map_err($crate::store::db_error)?
-                .rows_affected();
-                let api_keys = ::sqlx::query(
                     "UPDATE api_keys SET revoked_at = $1, revoked_reason = $2 \
                      WHERE revoked_at IS NULL AND created_at < $3",
-                )
-                .bind(now)
-                .bind(reason)
-                .bind(before)
-                .execute(&mut *tx)
-                .await
-                .map_err($crate::store::db_error)?
-                .rows_affected();
+                ];
+                for (count, sql) in revoked.iter_mut().zip(statements) {
+                    *count = ::sqlx::query(sql)
+                        .bind(now)
+                        .bind(reason)
+                        .bind(before)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err($crate::store::db_error)?
+                        .rows_affected();
+                }
+                let [sessions, api_keys] = revoked;
                 // RFC 3339 in UTC with a fixed width sorts as time: the later cut-off wins.
                 let cutoff = before.to_rfc3339_opts(::chrono::SecondsFormat::Micros, true);
                 ::sqlx::query(
