@@ -115,6 +115,12 @@ impl Worker {
         self.history.record(kind, node, started, status);
         if status == 0 || status >= 500 {
             let code = body["error"]["code"].as_str().unwrap_or("no_answer");
+            // The message tells apart failures that share a code (a fenced write refused
+            // before writing, or stored but unconfirmed); shown with a failed scenario.
+            eprintln!(
+                "load: {kind} on node {node} answered {status} {code}: {}",
+                body["error"]["message"].as_str().unwrap_or("")
+            );
             self.history.failure_code(kind, status, code);
             tokio::time::sleep(PAUSE_AFTER_FAILURE).await;
         }

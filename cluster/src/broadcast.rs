@@ -1,8 +1,9 @@
 //! Fenced, acknowledged broadcasts: a notice reaches every member before the write that
 //! caused it is acknowledged to its caller.
 //!
-//! The sender calls every remote Peer actor with the notice at once. A member that applies
-//! it answers; for a member that does not answer in time (hung, cut off, restarting) the
+//! The sender calls every remote Peer actor with the notice at once (and, when fewer than a
+//! majority applied a fenced notice, asks those that did not once more). A member that
+//! applies it answers; for a member that does not answer in time (hung, cut off, restarting) the
 //! broadcast waits until that member's lease has certainly expired: a member without a
 //! fresh lease checks the store instead of its memory, so from then on it cannot serve what
 //! the notice revoked. The wait runs from the last time the sender, or any member that
@@ -73,32 +74,51 @@ pub async fn broadcast(
         notice,
     };
     let timeout_ms = u64::try_from(answer_within.as_millis()).unwrap_or(u64::MAX);
-    let mut calls = JoinSet::new();
-    for cell in ractor::pg::get_members(&PEER_GROUP.to_owned()) {
-        if cell.get_id().is_local() {
-            continue;
-        }
-        let peer: ActorRef<PeerMessage> = ActorRef::from(cell);
-        let frame = Frame::Ok(announcement.clone());
-        calls.spawn(async move { ractor::call_t!(peer, PeerMessage::Announce, timeout_ms, frame) });
-    }
+    let mut pending: Vec<ActorRef<PeerMessage>> = ractor::pg::get_members(&PEER_GROUP.to_owned())
+        .into_iter()
+        .filter(|cell| !cell.get_id().is_local())
+        .map(ActorRef::from)
+        .collect();
     let mut answered = HashSet::new();
     let mut heard_elsewhere: BTreeMap<String, Instant> = BTreeMap::new();
-    while let Some(result) = calls.join_next().await {
-        let Ok(Ok(Frame::Ok(ack))) = result else {
-            continue;
-        };
-        // Measured by the member before it answered, so this errs towards later.
-        let received = Instant::now();
-        for (member, ago) in ack.heard_ms_ago {
-            let heard = received
-                .checked_sub(Duration::from_millis(ago))
-                .unwrap_or(received);
-            let latest = heard_elsewhere.entry(member).or_insert(heard);
-            *latest = (*latest).max(heard);
+    // A fenced broadcast short of a majority asks the members that did not apply it once
+    // more: one that was merely slow (a loaded machine, a member still starting) then
+    // counts, and only a member that cannot answer twice leaves the change unconfirmed.
+    let rounds = if fence_lease.is_some() { 2 } else { 1 };
+    for _ in 0..rounds {
+        let mut calls = JoinSet::new();
+        for peer in std::mem::take(&mut pending) {
+            let frame = Frame::Ok(announcement.clone());
+            calls.spawn(async move {
+                let answer = ractor::call_t!(peer, PeerMessage::Announce, timeout_ms, frame);
+                (peer, answer)
+            });
         }
-        if ack.applied {
-            answered.insert(ack.node_id);
+        while let Some(result) = calls.join_next().await {
+            let Ok((peer, answer)) = result else {
+                continue;
+            };
+            let Ok(Frame::Ok(ack)) = answer else {
+                pending.push(peer);
+                continue;
+            };
+            // Measured by the member before it answered, so this errs towards later.
+            let received = Instant::now();
+            for (member, ago) in ack.heard_ms_ago {
+                let heard = received
+                    .checked_sub(Duration::from_millis(ago))
+                    .unwrap_or(received);
+                let latest = heard_elsewhere.entry(member).or_insert(heard);
+                *latest = (*latest).max(heard);
+            }
+            if ack.applied {
+                answered.insert(ack.node_id);
+            } else {
+                pending.push(peer);
+            }
+        }
+        if pending.is_empty() || answered.len() + 1 >= view.majority() {
+            break;
         }
     }
     let mut waited_out = Vec::new();
