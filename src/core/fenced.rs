@@ -35,6 +35,9 @@ use crate::error::Error;
 /// How often a write waiting for this node to know every member looks again.
 const ACQUAINT_POLL: Duration = Duration::from_millis(20);
 
+/// Heartbeats a fenced write waits for a lapsed lease to come back before it is refused.
+const LEASE_BLIP_HEARTBEATS: u32 = 3;
+
 /// A change that every member applies.
 #[derive(Debug)]
 pub enum Change<'c> {
@@ -87,13 +90,20 @@ pub const NODE_LEAVING: &str = "node_leaving";
 impl Core {
     /// Step 1 of a fenced write: refuses, before anything is written, a change that must
     /// reach every member when this node cannot make sure it does: it has not joined its
-    /// cluster yet, its lease lapsed (it is cut off), or it is leaving. While a member that
+    /// cluster yet, its lease lapsed (it is cut off: after waiting up to three heartbeats for
+    /// it to come back), or it is leaving. While a member that
     /// others know is not known here yet (this node just joined), it waits for the
     /// introduction, at most one lease: after that the broadcast fences such a member by
     /// time, as those that answer report it.
     pub async fn fence(&self) -> Result<Fence<'_>, Error> {
         let lease = Duration::from_secs(self.config.cluster.lease_seconds);
-        let give_up = tokio::time::Instant::now() + lease;
+        let started = tokio::time::Instant::now();
+        let give_up = started + lease;
+        // A lease that lapses for a moment (late heartbeats on a loaded machine, the
+        // voting membership growing during a join) comes back within a few heartbeats.
+        let lease_back_by = started
+            + (Duration::from_millis(self.config.cluster.heartbeat_ms) * LEASE_BLIP_HEARTBEATS)
+                .min(lease);
         loop {
             let now = tokio::time::Instant::now();
             if self.left.load(Ordering::Acquire) {
@@ -106,6 +116,10 @@ impl Core {
                 Fencing::Ready => true,
                 Fencing::Acquainting if now >= give_up => true,
                 Fencing::Acquainting => {
+                    tokio::time::sleep(ACQUAINT_POLL).await;
+                    continue;
+                }
+                Fencing::NoLease if now < lease_back_by => {
                     tokio::time::sleep(ACQUAINT_POLL).await;
                     continue;
                 }
