@@ -4,6 +4,7 @@
 //! audit chain (`cli-<host>`). Running nodes pick the change up within
 //! `auth.sync_seconds` (revocations, keys) or `policy.sync_seconds` (policies).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,11 +25,12 @@ use sark_actors::supervisor::Slot;
 use crate::auth::service::lockout_key;
 use crate::config::Config;
 use crate::core::lockout::Lockout;
+use crate::hashing_keys::KeyCustody;
 use crate::idp::{jwt, password};
-use crate::secrets::{self, SecretBox, SecretsKey};
+use crate::secrets::sealing_context;
 use crate::siem::export::read_export;
 use crate::store::redis::Redis;
-use crate::store::{Backend, CredentialRevocation, NewPolicyVersion, Store, UserPatch};
+use crate::store::{Backend, CredentialRevocation, NewPolicyVersion, SealedKind, Store, UserPatch};
 
 /// An admin operation.
 #[derive(Debug, clap::Subcommand)]
@@ -64,6 +66,11 @@ pub enum AdminCommand {
     },
     /// Creates a new signing key; the old one verifies until its tokens have expired.
     RotateSigningKey,
+    /// Seals again with `secrets.key` everything a key of `secrets.previous_keys` sealed
+    /// (signing keys, TOTP secrets, pending logins, the hashing keys), replaces the
+    /// signing key, and records `secrets.key` as the store's key. Runs while the nodes
+    /// serve; run it again until it seals nothing (docs/operations.md).
+    RotateSecretsKey,
     /// Removes cluster members that are gone for good from the voting membership, without
     /// a quorum: for survivors that lost their majority at once (docs/operations.md).
     /// Refuses a member that recorded itself within the last lease (it is up).
@@ -108,11 +115,10 @@ impl AdminError {
 /// Runs `command` against the store of `config`; returns what to print.
 pub async fn run(command: AdminCommand, config: Config) -> Result<String, AdminError> {
     let clock: SharedClock = Arc::new(SystemClock);
-    let (key, _) = SecretsKey::load_or_generate(
-        config.secrets.key.as_ref().map(|s| s.expose()),
-        &config.data_dir,
-    )
-    .map_err(|e| AdminError::new(e.to_string()))?;
+    let (ring, _) = config
+        .secrets
+        .key_ring(&config.data_dir)
+        .map_err(|e| AdminError::new(e.to_string()))?;
     let backend = Backend::open(&config)
         .await
         .map_err(|e| AdminError::new(e.to_string()))?;
@@ -133,15 +139,11 @@ pub async fn run(command: AdminCommand, config: Config) -> Result<String, AdminE
         ));
     }
     let store = backend.store();
-    match store.meta(secrets::FINGERPRINT_META_KEY).await {
-        Ok(Some(stored)) if stored != key.fingerprint() => {
-            return Err(AdminError::new(
-                "`secrets.key`: this database was initialised with a different secrets key",
-            ));
-        }
-        Err(err) => return Err(AdminError::new(err.to_string())),
-        _ => {}
-    }
+    let custody = Arc::new(KeyCustody::new(ring, store.clone()));
+    custody
+        .keys()
+        .await
+        .map_err(|e| AdminError::new(e.to_string()))?;
     let hostname = gethostname::gethostname().to_string_lossy().into_owned();
     let chain = format!(
         "cli-{}",
@@ -164,15 +166,22 @@ pub async fn run(command: AdminCommand, config: Config) -> Result<String, AdminE
             .await
             .map_err(|e| AdminError::new(e.to_string()))?;
     }
-    let audit = audit_writer(&store, &key, chain, sinks, clock.clone()).await?;
-    let outcome = execute(command, &config, &store, &key, &audit, clock.now()).await;
+    let audit = audit_writer(&store, &custody, chain, sinks, clock.clone()).await?;
+    let operation = Operation {
+        config: &config,
+        store: &store,
+        custody: &custody,
+        audit: &audit,
+        now: clock.now(),
+    };
+    let outcome = execute(command, operation).await;
     backend.close().await;
     outcome
 }
 
 async fn audit_writer(
     store: &Arc<dyn Store>,
-    key: &SecretsKey,
+    custody: &Arc<KeyCustody>,
     chain: String,
     sinks: Vec<String>,
     clock: SharedClock,
@@ -181,7 +190,7 @@ async fn audit_writer(
     let args = AuditWriterArguments {
         store: store.clone(),
         chain: chain.clone(),
-        key: chain_key(key),
+        key: custody.clone(),
         sinks,
         max_batch: 16,
         metrics: ActorMetrics::register(&prometheus::Registry::new())
@@ -244,14 +253,24 @@ async fn record(
         .map_err(|e| AdminError::new(format!("done, but not audited: {e}")))
 }
 
-async fn execute(
-    command: AdminCommand,
-    config: &Config,
-    store: &Arc<dyn Store>,
-    key: &SecretsKey,
-    audit: &AuditHandle,
+/// What a command works with.
+#[derive(Clone, Copy)]
+struct Operation<'a> {
+    config: &'a Config,
+    store: &'a Arc<dyn Store>,
+    custody: &'a KeyCustody,
+    audit: &'a AuditHandle,
     now: chrono::DateTime<chrono::Utc>,
-) -> Result<String, AdminError> {
+}
+
+async fn execute(command: AdminCommand, operation: Operation<'_>) -> Result<String, AdminError> {
+    let Operation {
+        config,
+        store,
+        custody,
+        audit,
+        now,
+    } = operation;
     let failed = |e: crate::store::StoreError| AdminError::new(e.to_string());
     // Lockout counters live in Redis when it is configured: an unlock clears both.
     let lockout = || -> Result<Lockout, AdminError> {
@@ -396,32 +415,13 @@ async fn execute(
             ))
         }
         AdminCommand::RotateSigningKey => {
-            let sealer = SecretBox::new(key);
-            let record_key =
-                jwt::new_signing_key(&sealer, now).map_err(|e| AdminError::new(e.to_string()))?;
-            store
-                .rotate_signing_key(&record_key, now)
-                .await
-                .map_err(failed)?;
-            let keep = chrono::Duration::seconds(crate::core::seconds(
-                config.auth.access_token_seconds + jwt::LEEWAY_SECONDS,
-            ));
-            let pruned = store.prune_signing_keys(now - keep).await.map_err(failed)?;
-            record(
-                audit,
-                "signing_key_rotated",
-                format!("signing_key:{}", record_key.kid),
-                json!({"pruned": pruned}),
-            )
-            .await?;
+            let (kid, pruned) = rotate_signing_key(operation).await?;
             Ok(format!(
-                "new signing key {} is active; {pruned} expired keys removed",
-                record_key.kid
+                "new signing key {kid} is active; {pruned} expired keys removed"
             ))
         }
-        AdminCommand::ForgetMember { names } => {
-            forget_members(&names, config, store, audit, now).await
-        }
+        AdminCommand::RotateSecretsKey => rotate_secrets_key(operation).await,
+        AdminCommand::ForgetMember { names } => forget_members(&names, operation).await,
         AdminCommand::RevokeAll { before } => {
             let revoked = store
                 .revoke_all_before(before, "revoke_all", now)
@@ -441,14 +441,127 @@ async fn execute(
         }
         AdminCommand::FinishRestore => finish_restore(store, audit, now).await,
         AdminCommand::AuditVerify { siem_export } => {
-            audit_verify(store.as_ref(), &chain_key(key), siem_export.as_deref()).await
+            let keys = custody
+                .keys()
+                .await
+                .map_err(|e| AdminError::new(e.to_string()))?;
+            audit_verify(store.as_ref(), &keys.audit_chain, siem_export.as_deref()).await
         }
     }
 }
 
-/// The audit chains' key, derived from the secrets key as the nodes derive it.
-fn chain_key(key: &SecretsKey) -> ChainKey {
-    ChainKey::derive(&key.derive("audit chain"))
+/// A new active signing key, sealed with the sealing key; the old ones verify until their
+/// tokens have expired, and keys past that are removed. Returns the new `kid` and how
+/// many keys were removed.
+async fn rotate_signing_key(operation: Operation<'_>) -> Result<(String, u64), AdminError> {
+    let failed = |e: crate::store::StoreError| AdminError::new(e.to_string());
+    let (store, now) = (operation.store, operation.now);
+    let record_key = jwt::new_signing_key(operation.custody.sealer(), now)
+        .map_err(|e| AdminError::new(e.to_string()))?;
+    store
+        .rotate_signing_key(&record_key, now)
+        .await
+        .map_err(failed)?;
+    let keep = chrono::Duration::seconds(crate::core::seconds(
+        operation.config.auth.access_token_seconds + jwt::LEEWAY_SECONDS,
+    ));
+    let pruned = store.prune_signing_keys(now - keep).await.map_err(failed)?;
+    record(
+        operation.audit,
+        "signing_key_rotated",
+        format!("signing_key:{}", record_key.kid),
+        json!({"pruned": pruned}),
+    )
+    .await?;
+    Ok((record_key.kid, pruned))
+}
+
+/// Passes over the sealed values at most; a pass in which no row changed under it ends it.
+const RESEAL_PASSES: usize = 3;
+
+/// `rotate-secrets-key`. Every row is replaced only if it still holds what was read, so a
+/// node writing meanwhile loses nothing: the next pass sees what it wrote.
+async fn rotate_secrets_key(operation: Operation<'_>) -> Result<String, AdminError> {
+    let Operation {
+        store,
+        custody,
+        audit,
+        ..
+    } = operation;
+    let failed = |e: crate::store::StoreError| AdminError::new(e.to_string());
+    let custody_failed = |e: crate::hashing_keys::CustodyError| AdminError::new(e.to_string());
+    let from = custody
+        .store_key()
+        .await
+        .map_err(custody_failed)?
+        .fingerprint();
+    let to = custody.ring().primary().fingerprint();
+    let hashing_keys = custody.reseal().await.map_err(custody_failed)?;
+    let mut resealed: BTreeMap<SealedKind, u64> = BTreeMap::new();
+    let mut unreadable = Vec::new();
+    let mut totp_secrets = 0;
+    let mut raced = 0;
+    for _ in 0..RESEAL_PASSES {
+        raced = 0;
+        unreadable.clear();
+        let values = store.sealed_values().await.map_err(failed)?;
+        totp_secrets = values.iter().filter(|v| v.kind == SealedKind::Totp).count();
+        for value in values {
+            let context = sealing_context(value.kind, &value.id);
+            match custody.sealer().reseal(&context, &value.sealed) {
+                Ok(None) => {}
+                Ok(Some(new)) if store.reseal(&value, &new).await.map_err(failed)? => {
+                    *resealed.entry(value.kind).or_default() += 1;
+                }
+                Ok(Some(_)) => raced += 1,
+                Err(_) => unreadable.push(format!("{:?} {}", value.kind, value.id)),
+            }
+        }
+        if raced == 0 {
+            break;
+        }
+    }
+    if !unreadable.is_empty() || raced > 0 {
+        return Err(AdminError::new(format!(
+            "sealed again what could be; `secrets.key` was not recorded as the store's key: {} values changed while being sealed again in each of {RESEAL_PASSES} passes (run it again), and these open with no configured key: [{}]",
+            raced,
+            unreadable.join(", ")
+        )));
+    }
+    let total: u64 = resealed.values().sum::<u64>() + u64::from(hashing_keys);
+    if from == to && total == 0 {
+        return Ok(format!(
+            "nothing is sealed with a previous key; the store's key is {to}. The previous keys can be removed from `secrets.previous_keys` once every node runs with `secrets.key` {to}."
+        ));
+    }
+    // A leaked key opens the signing keys it sealed: none of them signs from now on.
+    let (kid, _) = rotate_signing_key(operation).await?;
+    custody.adopt_sealing_key().await.map_err(custody_failed)?;
+    let counts: BTreeMap<String, u64> = resealed
+        .iter()
+        .map(|(kind, n)| (format!("{kind:?}"), *n))
+        .collect();
+    record(
+        audit,
+        "secrets_key_rotated",
+        format!("secrets_key:{to}"),
+        json!({"from": from, "to": to, "resealed": counts, "hashing_keys_resealed": hashing_keys, "signing_key": kid, "totp_secrets": totp_secrets}),
+    )
+    .await?;
+    Ok(format!(
+        "sealed again with key {to}: {total} values ({}); new signing key {kid}; the store's key was {from} and is now {to}. \
+         {totp_secrets} TOTP secrets were readable with the previous key: if the database may have been copied with it, have those users enrol again. \
+         Run this again until it seals nothing, then remove the previous key from `secrets.previous_keys`.",
+        if counts.is_empty() {
+            "none".to_owned()
+        } else {
+            counts
+                .iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    ))
 }
 
 /// Verifies the chains, against a SIEM export when one is given.
@@ -487,13 +600,14 @@ async fn audit_verify(
 
 /// Removes `names` from the voting membership; refuses all of them, before removing any,
 /// when one is unknown or up.
-async fn forget_members(
-    names: &[String],
-    config: &Config,
-    store: &Arc<dyn Store>,
-    audit: &AuditHandle,
-    now: chrono::DateTime<chrono::Utc>,
-) -> Result<String, AdminError> {
+async fn forget_members(names: &[String], operation: Operation<'_>) -> Result<String, AdminError> {
+    let Operation {
+        config,
+        store,
+        audit,
+        now,
+        ..
+    } = operation;
     let failed = |e: crate::store::StoreError| AdminError::new(e.to_string());
     let members = store.cluster_members().await.map_err(failed)?;
     // A running node records itself every second; one seen within its lease is up.

@@ -181,6 +181,27 @@ pub struct RedisConfig {
 pub struct SecretsConfig {
     /// Base64 or hex of at least 32 bytes; generated into the data directory when unset.
     pub key: Option<Secret>,
+    /// Keys being replaced by `key` (comma-separated): they still open what they sealed,
+    /// and seal nothing, until `sark admin rotate-secrets-key` has sealed it again.
+    #[serde(default, deserialize_with = "secret_list")]
+    pub previous_keys: Vec<Secret>,
+}
+
+impl SecretsConfig {
+    /// The configured keys as a ring, the sealing key generated into `data_dir` when none
+    /// is configured; also says whether it was generated just now.
+    pub fn key_ring(
+        &self,
+        data_dir: &Path,
+    ) -> Result<(crate::secrets::KeyRing, bool), crate::secrets::SecretsError> {
+        let previous: Vec<&str> = self.previous_keys.iter().map(Secret::expose).collect();
+        crate::secrets::KeyRing::load(self.key.as_ref().map(Secret::expose), &previous, data_dir)
+    }
+}
+
+/// A list of secrets, given like [`comma_list`].
+fn secret_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Secret>, D::Error> {
+    Ok(comma_list(d)?.into_iter().map(Secret::new).collect())
 }
 
 /// Request rate limits.
@@ -624,6 +645,7 @@ const SECRET_KEYS: &[&str] = &[
     "database.url",
     "redis.url",
     "secrets.key",
+    "secrets.previous_keys",
     "cluster.cookie",
     "siem.splunk.token",
     "siem.datadog.api_key",
@@ -864,6 +886,25 @@ impl Config {
         if let Some(key) = &self.secrets.key {
             crate::secrets::SecretsKey::parse(key.expose())
                 .map_err(|e| ConfigError::key("secrets.key", e))?;
+        }
+        if !self.secrets.previous_keys.is_empty() {
+            let Some(key) = &self.secrets.key else {
+                return Err(ConfigError::key(
+                    "secrets.previous_keys",
+                    "needs `secrets.key`, the key that replaces them",
+                ));
+            };
+            for (i, previous) in self.secrets.previous_keys.iter().enumerate() {
+                crate::secrets::SecretsKey::parse(previous.expose()).map_err(|e| {
+                    ConfigError::key("secrets.previous_keys", format!("key {}: {e}", i + 1))
+                })?;
+                if previous.expose().trim() == key.expose().trim() {
+                    return Err(ConfigError::key(
+                        "secrets.previous_keys",
+                        format!("key {} is `secrets.key` itself", i + 1),
+                    ));
+                }
+            }
         }
         if let Some(password) = &self.bootstrap_admin_password {
             crate::idp::password::check_policy("admin", password.expose()).map_err(|v| {
@@ -1391,6 +1432,39 @@ mod tests {
                 "cluster.cookie",
             ),
             (&[("SARK_SECRETS__KEY", "short")], "secrets.key"),
+            (
+                &[(
+                    "SARK_SECRETS__PREVIOUS_KEYS",
+                    "abababababababababababababababababababababababababababababababab",
+                )],
+                "secrets.previous_keys",
+            ),
+            (
+                &[
+                    (
+                        "SARK_SECRETS__KEY",
+                        "abababababababababababababababababababababababababababababababab",
+                    ),
+                    (
+                        "SARK_SECRETS__PREVIOUS_KEYS",
+                        "cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd,short",
+                    ),
+                ],
+                "secrets.previous_keys",
+            ),
+            (
+                &[
+                    (
+                        "SARK_SECRETS__KEY",
+                        "abababababababababababababababababababababababababababababababab",
+                    ),
+                    (
+                        "SARK_SECRETS__PREVIOUS_KEYS",
+                        "abababababababababababababababababababababababababababababababab",
+                    ),
+                ],
+                "secrets.previous_keys",
+            ),
             (
                 &[("SARK_HTTP__TRUSTED_PROXIES", "not-a-cidr")],
                 "http.trusted_proxies",

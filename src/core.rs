@@ -18,7 +18,7 @@ use ractor::ActorRef;
 use tracing::{error, warn};
 use uuid::Uuid;
 
-use sark_actors::audit::{AuditHandle, AuditMessage, ChainKey};
+use sark_actors::audit::{AuditHandle, AuditMessage};
 use sark_actors::clock::SharedClock;
 use sark_actors::limiter::LimiterMessage;
 use sark_actors::metrics::ActorMetrics;
@@ -32,10 +32,10 @@ use sark_cluster::wire::Notice;
 
 use crate::config::Config;
 use crate::core::revocation::RevocationList;
+use crate::hashing_keys::KeyCustody;
 use crate::idp::jwt::TokenKeys;
 use crate::idp::password::PasswordHasherPool;
 use crate::policy::BUILTIN_POLICIES;
-use crate::secrets::SecretBox;
 use crate::store::redis::Redis;
 use crate::store::{Store, StoreError};
 
@@ -94,12 +94,8 @@ pub struct Core {
     pub sessions: Sessions,
     /// Argon2 hashing off the async runtime.
     pub passwords: PasswordHasherPool,
-    /// Encrypts secrets at rest.
-    pub sealer: SecretBox,
-    /// Keys the hashes of MFA recovery codes.
-    pub recovery_code_key: zeroize::Zeroizing<Vec<u8>>,
-    /// Keys the audit hash chains (to verify them).
-    pub audit_chain_key: ChainKey,
+    /// The secrets keys, and the hashing keys of the audit chains and recovery codes.
+    pub keys: Arc<KeyCustody>,
     pub(crate) tokens: Arc<std::sync::OnceLock<Arc<TokenKeys>>>,
     pub(crate) last_key_reload: tokio::sync::Mutex<Option<tokio::time::Instant>>,
     pub(crate) api_key_touches:

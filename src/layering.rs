@@ -4,7 +4,7 @@
 //!
 //! - edges point down: main/cli → lib → node (assembly), http (adapter), admin → services
 //!   (auth, federation, users, policies, servers) → core → base (error, store, idp, policy, secrets,
-//!   config, siem, limits, tls, telemetry, request_log);
+//!   hashing_keys, config, siem, limits, tls, telemetry, request_log);
 //! - within a layer, node and http do not name each other, and route modules do not name
 //!   each other;
 //! - no module outside `src/http` names axum, `ApiError` or an HTTP server status;

@@ -18,7 +18,7 @@
 //! - [`core`]: the handles every service shares ([`core::Core`]), lockout and revocations,
 //!   and the fenced-write sequence ([`core::fenced`]).
 //! - Base: [`error`](mod@error) (the domain error), [`store`], [`idp`] (passwords, TOTP, JWT),
-//!   [`policy`] (built-in Rego bundles), [`secrets`], [`config`], [`siem`] (sinks and
+//!   [`policy`] (built-in Rego bundles), [`secrets`], [`hashing_keys`], [`config`], [`siem`] (sinks and
 //!   exports), [`limits`], [`tls`], [`telemetry`], [`request_log`].
 //!
 //! Actors live in `sark-actors`, membership in `sark-cluster`; `sark-bench` and
@@ -40,6 +40,7 @@ pub mod config;
 pub mod core;
 pub mod error;
 pub mod federation;
+pub mod hashing_keys;
 pub mod http;
 pub mod idp;
 #[cfg(test)]

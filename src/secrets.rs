@@ -2,9 +2,13 @@
 //! private files of the data directory.
 //!
 //! The key is the same on every node. When it is not configured, a single node generates one
-//! into its data directory (mode 0600). The store remembers a fingerprint of the first key it
-//! saw, so a node started with a different key is refused instead of silently unable to
-//! read what the others wrote.
+//! into its data directory (mode 0600). The store remembers the fingerprint of the key it
+//! is sealed with, so a node started with a different key is refused instead of silently
+//! unable to read what the others wrote.
+//!
+//! A key is replaced without downtime through a [`KeyRing`]: `secrets.key` seals, and the
+//! keys in `secrets.previous_keys` still open what they sealed until `sark admin
+//! rotate-secrets-key` has sealed it again (docs/operations.md, "Replacing the secrets key").
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
@@ -16,6 +20,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use hmac::{Hmac, Mac};
 use rand::RngCore;
+use sark_actors::store::SealedKind;
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
@@ -48,6 +53,9 @@ pub enum SecretsError {
     /// The key does not decode.
     #[error("`secrets.key`: {0}")]
     Invalid(String),
+    /// A previous key does not decode, or is the sealing key again.
+    #[error("`secrets.previous_keys`: {0}")]
+    InvalidPrevious(String),
 }
 
 impl SecretsKey {
@@ -111,12 +119,80 @@ impl SecretsKey {
     }
 }
 
+/// The secrets keys a node holds: the one it seals with (`secrets.key`) and the ones it
+/// still opens with (`secrets.previous_keys`), while a replaced key's values are sealed
+/// again.
+#[derive(Clone, Debug)]
+pub struct KeyRing {
+    primary: SecretsKey,
+    previous: Vec<SecretsKey>,
+}
+
+impl KeyRing {
+    /// A ring of `primary` alone.
+    pub fn single(primary: SecretsKey) -> Self {
+        Self {
+            primary,
+            previous: Vec::new(),
+        }
+    }
+
+    /// `primary` (sealing) and `previous` (opening only).
+    pub fn new(primary: SecretsKey, previous: Vec<SecretsKey>) -> Self {
+        Self { primary, previous }
+    }
+
+    /// The key that seals.
+    pub fn primary(&self) -> &SecretsKey {
+        &self.primary
+    }
+
+    /// Every key, the sealing one first.
+    pub fn keys(&self) -> impl Iterator<Item = &SecretsKey> {
+        std::iter::once(&self.primary).chain(&self.previous)
+    }
+
+    /// The configured keys: the sealing key as [`SecretsKey::load_or_generate`] finds it,
+    /// and the previous ones (none may be the sealing key again). Also says whether the
+    /// sealing key was generated just now.
+    pub fn load(
+        configured: Option<&str>,
+        previous: &[&str],
+        data_dir: &Path,
+    ) -> Result<(Self, bool), SecretsError> {
+        let (primary, generated) = SecretsKey::load_or_generate(configured, data_dir)?;
+        let previous = previous
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                let key = SecretsKey::parse(text)
+                    .map_err(|e| SecretsError::InvalidPrevious(format!("key {}: {e}", i + 1)))?;
+                if key.fingerprint() == primary.fingerprint() {
+                    return Err(SecretsError::InvalidPrevious(format!(
+                        "key {} is `secrets.key` itself",
+                        i + 1
+                    )));
+                }
+                Ok(key)
+            })
+            .collect::<Result<_, _>>()?;
+        Ok((Self::new(primary, previous), generated))
+    }
+
+    /// The key of the ring with this fingerprint.
+    pub fn find(&self, fingerprint: &str) -> Option<&SecretsKey> {
+        self.keys().find(|key| key.fingerprint() == fingerprint)
+    }
+}
+
 /// Authenticated encryption of secrets at rest (signing keys, TOTP secrets) with
 /// AES-256-GCM under a key derived from the secrets key. Each ciphertext is bound to a
 /// context string (e.g. `totp:<user id>`), so a row copied elsewhere does not decrypt.
+/// It seals with the ring's sealing key and opens with any key of the ring.
 #[derive(Clone)]
 pub struct SecretBox {
-    key: std::sync::Arc<ring::aead::LessSafeKey>,
+    /// One AES key per key of the ring, the sealing one first.
+    keys: std::sync::Arc<[ring::aead::LessSafeKey]>,
 }
 
 impl fmt::Debug for SecretBox {
@@ -133,14 +209,22 @@ pub struct SealError;
 const SEALED_PREFIX: &str = "v1:";
 
 impl SecretBox {
-    /// A box keyed by `key`'s at-rest encryption key.
-    pub fn new(key: &SecretsKey) -> Self {
-        let derived = key.derive("at-rest encryption");
-        let unbound = ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, &derived)
-            .unwrap_or_else(|_| unreachable!("a derived key is 32 bytes, as AES-256 needs"));
+    /// A box keyed by the at-rest encryption keys of `keys`.
+    pub fn new(keys: &KeyRing) -> Self {
+        let aead = |key: &SecretsKey| {
+            let derived = key.derive("at-rest encryption");
+            let unbound = ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, &derived)
+                .unwrap_or_else(|_| unreachable!("a derived key is 32 bytes, as AES-256 needs"));
+            ring::aead::LessSafeKey::new(unbound)
+        };
         Self {
-            key: std::sync::Arc::new(ring::aead::LessSafeKey::new(unbound)),
+            keys: keys.keys().map(aead).collect(),
         }
+    }
+
+    /// A box of `key` alone.
+    pub fn single(key: &SecretsKey) -> Self {
+        Self::new(&KeyRing::single(key.clone()))
     }
 
     /// Encrypts `plaintext` for `context`; the result is printable.
@@ -148,7 +232,7 @@ impl SecretBox {
         let mut nonce = [0u8; ring::aead::NONCE_LEN];
         rand::thread_rng().fill_bytes(&mut nonce);
         let mut buffer = plaintext.to_vec();
-        self.key
+        self.keys[0]
             .seal_in_place_append_tag(
                 ring::aead::Nonce::assume_unique_for_key(nonce),
                 ring::aead::Aad::from(context.as_bytes()),
@@ -160,8 +244,28 @@ impl SecretBox {
         Ok(format!("{SEALED_PREFIX}{}", URL_SAFE_NO_PAD.encode(out)))
     }
 
-    /// Decrypts what [`SecretBox::seal`] produced for the same `context`.
+    /// Decrypts what [`SecretBox::seal`] produced for the same `context`, with any key of
+    /// the ring.
     pub fn open(&self, context: &str, sealed: &str) -> Result<Zeroizing<Vec<u8>>, SealError> {
+        self.open_with_index(context, sealed)
+            .map(|(plaintext, _)| plaintext)
+    }
+
+    /// Seals `sealed` again with the sealing key, unless it already is: `None` when it
+    /// is, the new sealed text when a previous key opened it.
+    pub fn reseal(&self, context: &str, sealed: &str) -> Result<Option<String>, SealError> {
+        match self.open_with_index(context, sealed)? {
+            (_, 0) => Ok(None),
+            (plaintext, _) => self.seal(context, &plaintext).map(Some),
+        }
+    }
+
+    /// The plaintext and the index in the ring of the key that opened it.
+    fn open_with_index(
+        &self,
+        context: &str,
+        sealed: &str,
+    ) -> Result<(Zeroizing<Vec<u8>>, usize), SealError> {
         let raw = sealed
             .strip_prefix(SEALED_PREFIX)
             .and_then(|b| URL_SAFE_NO_PAD.decode(b).ok())
@@ -170,19 +274,31 @@ impl SecretBox {
             return Err(SealError);
         }
         let (nonce, ciphertext) = raw.split_at(ring::aead::NONCE_LEN);
-        let nonce = ring::aead::Nonce::try_assume_unique_for_key(nonce).map_err(|_| SealError)?;
-        let mut buffer = Zeroizing::new(ciphertext.to_vec());
-        let plaintext = self
-            .key
-            .open_in_place(
+        for (index, key) in self.keys.iter().enumerate() {
+            let nonce =
+                ring::aead::Nonce::try_assume_unique_for_key(nonce).map_err(|_| SealError)?;
+            let mut buffer = Zeroizing::new(ciphertext.to_vec());
+            if let Ok(plaintext) = key.open_in_place(
                 nonce,
                 ring::aead::Aad::from(context.as_bytes()),
                 &mut buffer,
-            )
-            .map_err(|_| SealError)?
-            .to_vec();
-        Ok(Zeroizing::new(plaintext))
+            ) {
+                return Ok((Zeroizing::new(plaintext.to_vec()), index));
+            }
+        }
+        Err(SealError)
     }
+}
+
+/// What a sealed value of `kind` stored under `id` is bound to: a row copied to another
+/// id does not open.
+pub fn sealing_context(kind: SealedKind, id: &str) -> String {
+    let prefix = match kind {
+        SealedKind::SigningKey => "signing_key",
+        SealedKind::Totp => "totp",
+        SealedKind::AuthRequest => "oidc",
+    };
+    format!("{prefix}:{id}")
 }
 
 /// Creates `path` with `contents` and mode 0600 unless it exists; returns whether it was
@@ -331,31 +447,89 @@ mod tests {
     fn sealed_secrets_open_only_with_the_same_key_and_context() {
         let key = SecretsKey::parse(&hex::encode([1u8; 32])).unwrap();
         let other = SecretsKey::parse(&hex::encode([2u8; 32])).unwrap();
-        let sealed = SecretBox::new(&key)
+        let sealed = SecretBox::single(&key)
             .seal("totp:u1", b"JBSWY3DPEHPK3PXP")
             .unwrap();
         assert!(sealed.starts_with("v1:"));
         assert!(!sealed.contains("JBSWY3DPEHPK3PXP"));
         assert_eq!(
-            &*SecretBox::new(&key).open("totp:u1", &sealed).unwrap(),
+            &*SecretBox::single(&key).open("totp:u1", &sealed).unwrap(),
             b"JBSWY3DPEHPK3PXP"
         );
         assert!(
-            SecretBox::new(&key).open("totp:u2", &sealed).is_err(),
+            SecretBox::single(&key).open("totp:u2", &sealed).is_err(),
             "bound to its context"
         );
         assert!(
-            SecretBox::new(&other).open("totp:u1", &sealed).is_err(),
+            SecretBox::single(&other).open("totp:u1", &sealed).is_err(),
             "bound to the key"
         );
-        assert!(SecretBox::new(&key).open("totp:u1", "v1:AAAA").is_err());
+        assert!(SecretBox::single(&key).open("totp:u1", "v1:AAAA").is_err());
         assert_ne!(
             sealed,
-            SecretBox::new(&key)
+            SecretBox::single(&key)
                 .seal("totp:u1", b"JBSWY3DPEHPK3PXP")
                 .unwrap(),
             "fresh nonce"
         );
+    }
+
+    fn key(byte: u8) -> SecretsKey {
+        SecretsKey::parse(&hex::encode([byte; 32])).unwrap()
+    }
+
+    #[test]
+    fn a_ring_seals_with_its_first_key_and_opens_with_any() {
+        let (old, new) = (key(1), key(2));
+        let before = SecretBox::single(&old).seal("totp:u1", b"secret").unwrap();
+        // Both orders a rolling update runs side by side: the new key added to open with,
+        // then made the sealing key.
+        let adding = SecretBox::new(&KeyRing::new(old.clone(), vec![new.clone()]));
+        let sealing = SecretBox::new(&KeyRing::new(new.clone(), vec![old.clone()]));
+        let during = sealing.seal("totp:u1", b"secret").unwrap();
+        for (ring, sealed) in [(&adding, &before), (&adding, &during), (&sealing, &before)] {
+            assert_eq!(&*ring.open("totp:u1", sealed).unwrap(), b"secret");
+        }
+        assert!(
+            SecretBox::single(&old).open("totp:u1", &during).is_err(),
+            "sealed with the new key"
+        );
+        assert!(
+            sealing.open("totp:u2", &before).is_err(),
+            "bound to its context"
+        );
+        assert_eq!(sealing.reseal("totp:u1", &during).unwrap(), None);
+        let resealed = sealing.reseal("totp:u1", &before).unwrap().unwrap();
+        assert_eq!(
+            &*SecretBox::single(&new).open("totp:u1", &resealed).unwrap(),
+            b"secret"
+        );
+        assert!(
+            SecretBox::single(&key(3))
+                .reseal("totp:u1", &before)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn previous_keys_must_parse_and_differ_from_the_sealing_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (primary, old) = (hex::encode([4u8; 32]), hex::encode([5u8; 32]));
+        let (ring, _) = KeyRing::load(Some(&primary), &[&old], dir.path()).unwrap();
+        assert_eq!(ring.keys().count(), 2);
+        assert_eq!(
+            ring.find(&key(5).fingerprint()).unwrap().fingerprint(),
+            key(5).fingerprint()
+        );
+        assert!(ring.find(&key(6).fingerprint()).is_none());
+        let err = KeyRing::load(Some(&primary), &[&old, "short"], dir.path()).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("`secrets.previous_keys`: key 2: must"),
+            "{err}"
+        );
+        let err = KeyRing::load(Some(&primary), &[&primary], dir.path()).unwrap_err();
+        assert!(err.to_string().contains("is `secrets.key` itself"), "{err}");
     }
 
     #[test]

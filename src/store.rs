@@ -25,7 +25,7 @@ mod sql;
 mod sql_identity;
 pub mod sqlite;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 /// Why a store could not be opened at all (as opposed to being temporarily unavailable).
 #[derive(Debug, thiserror::Error)]

@@ -492,14 +492,29 @@ pub struct AuditWriter {
     pub mailbox: Mailbox,
 }
 
+/// Where a writer finds its chain's key when it starts: the key may be kept in the store,
+/// sealed, and so be at hand only once the store answers.
+#[async_trait]
+pub trait ChainKeySource: Send + Sync {
+    /// The chain key.
+    async fn chain_key(&self) -> Result<ChainKey, StoreError>;
+}
+
+#[async_trait]
+impl ChainKeySource for ChainKey {
+    async fn chain_key(&self) -> Result<ChainKey, StoreError> {
+        Ok(self.clone())
+    }
+}
+
 /// What the writer starts with.
 pub struct AuditWriterArguments {
     /// Where events are committed.
     pub store: Arc<dyn AuditStore>,
     /// This node's chain name.
     pub chain: String,
-    /// HMAC key of the chain.
-    pub key: ChainKey,
+    /// Where the HMAC key of the chain is found.
+    pub key: Arc<dyn ChainKeySource>,
     /// SIEM sinks that receive a copy of every event through the outbox.
     pub sinks: Vec<String>,
     /// Events per commit at most.
@@ -526,6 +541,7 @@ struct Pending {
 /// The writer's state: the chain head as committed, and the events waiting for a commit.
 pub struct AuditWriterState {
     args: AuditWriterArguments,
+    key: ChainKey,
     head_seq: i64,
     head_hash: String,
     /// The sequence number of the last head statement this instance recorded.
@@ -600,7 +616,7 @@ impl AuditWriter {
         let mut chained = Vec::with_capacity(events.len());
         for (i, event) in events.iter().enumerate() {
             let seq = state.head_seq + 1 + i as i64;
-            let hash = state.args.key.hash(&chain, seq, &prev_hash, event);
+            let hash = state.key.hash(&chain, seq, &prev_hash, event);
             chained.push(ChainedEvent {
                 event: event.clone(),
                 chain: chain.clone(),
@@ -615,7 +631,7 @@ impl AuditWriter {
             .audit_batch_size
             .observe(chained.len() as f64);
         let head_mac = chained.last().map_or_else(String::new, |last| {
-            state.args.key.seal(
+            state.key.seal(
                 PositionKind::Head,
                 &chain,
                 last.seq,
@@ -696,7 +712,7 @@ impl AuditWriterState {
             return;
         }
         let at = self.args.clock.now().trunc_subsecs(6);
-        let mac = self.args.key.seal(
+        let mac = self.key.seal(
             PositionKind::Head,
             &self.args.chain,
             self.head_seq,
@@ -763,6 +779,7 @@ impl Actor for AuditWriter {
         mut args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         args.chain = chain_of_generation(&args.chain, args.store.audit_generation().await?);
+        let key = args.key.chain_key().await?;
         let head = args.store.chain_head(&args.chain).await?;
         let timer = args.head_statements.map(|every| {
             let mailbox = self.mailbox.clone();
@@ -777,13 +794,13 @@ impl Actor for AuditWriter {
             pending: Vec::new(),
             timer,
             args,
+            key,
         };
         // The chain goes on from the recorded head either way (refusing to audit helps no
         // one), but a head without a valid seal is put on the chain itself, and so reaches
         // the SIEM, before anything follows it.
         if let Some(head) = head
             && !state
-                .args
                 .key
                 .verify_seal(PositionKind::Head, &state.args.chain, &head)
         {
@@ -864,8 +881,8 @@ pub struct AuditWriterSpec {
     pub store: Arc<dyn AuditStore>,
     /// This node's chain name.
     pub chain: String,
-    /// HMAC key of the chain.
-    pub key: ChainKey,
+    /// Where the HMAC key of the chain is found.
+    pub key: Arc<dyn ChainKeySource>,
     /// SIEM sinks that receive a copy of every event.
     pub sinks: Vec<String>,
     /// Where the running instance is published.

@@ -708,6 +708,8 @@ pub trait MetaStore: Send + Sync {
     async fn meta(&self, key: &str) -> StoreResult<Option<String>>;
     /// Stores `value` unless the key exists; returns the value now stored. Safe under races.
     async fn put_meta_if_absent(&self, key: &str, value: &str) -> StoreResult<String>;
+    /// Stores `value` under `key`, replacing what was there.
+    async fn set_meta(&self, key: &str, value: &str) -> StoreResult<()>;
 }
 
 /// A member of the cluster's voting membership, as stored.
@@ -1121,10 +1123,38 @@ pub struct RevokedAll {
     pub api_keys: u64,
 }
 
-/// What finishing a restore from a backup takes: nothing the backup cannot vouch for
-/// stays usable, and audit sequence numbers are never handed out twice.
+/// What a value sealed with the secrets key protects; the value's id and kind name its row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SealedKind {
+    /// A JWT signing key's private half (`signing_keys`, by `kid`).
+    SigningKey,
+    /// A user's TOTP secret (`mfa_totp`, by user id).
+    Totp,
+    /// A pending login at an external identity provider (`auth_requests`, by id).
+    AuthRequest,
+}
+
+/// A value sealed with the secrets key, as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SealedValue {
+    /// What it protects.
+    pub kind: SealedKind,
+    /// Its row: a `kid`, a user id, an auth request id.
+    pub id: String,
+    /// The sealed text.
+    pub sealed: String,
+}
+
+/// What finishing a restore from a backup, or replacing the secrets key, takes: nothing
+/// the backup cannot vouch for stays usable, audit sequence numbers are never handed out
+/// twice, and what the old key sealed is sealed again with the new one.
 #[async_trait]
 pub trait RecoveryStore: Send + Sync {
+    /// Every value sealed with the secrets key.
+    async fn sealed_values(&self) -> StoreResult<Vec<SealedValue>>;
+    /// Replaces `value` with `resealed` unless the row changed meanwhile (or is gone);
+    /// returns whether it was replaced.
+    async fn reseal(&self, value: &SealedValue, resealed: &str) -> StoreResult<bool>;
     /// In one transaction: revokes every live session and API key created before
     /// `before`, and records `before` as the time access tokens must be issued at or
     /// after ([`CREDENTIALS_NOT_BEFORE_META`]), unless a later time is recorded.

@@ -154,7 +154,7 @@ pub async fn group_commits(
     let args = AuditWriterArguments {
         store: store.store(),
         chain: format!("bench-{}", uuid::Uuid::new_v4().simple()),
-        key: chain_key(),
+        key: Arc::new(chain_key()),
         sinks: Vec::new(),
         max_batch: 256,
         metrics: ActorMetrics::register(&Registry::new())?,

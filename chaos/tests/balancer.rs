@@ -8,7 +8,9 @@
 //!   forgotten by the survivors (`SARK_CLUSTER__FORGET_AFTER_SECONDS`) before the next, so
 //!   the survivors keep a majority and stay ready;
 //! - `lone_survivor`: the other of two nodes killed; the survivor is unready and may not
-//!   forget it alone, until `sark admin forget-member` does; then the dead node rejoins.
+//!   forget it alone, until `sark admin forget-member` does; then the dead node rejoins;
+//! - `secrets_key_rotation`: the secrets key replaced on three nodes with three rolling
+//!   restarts and `sark admin rotate-secrets-key` while they serve.
 //!
 //! A readiness monitor (`src/readiness.rs`) records when each node was unready and out of
 //! rotation. Each scenario writes the load's report, the monitor's summary and its own
@@ -249,6 +251,44 @@ impl Scenario {
         }
     }
 
+    /// Restarts every node with SIGTERM, one after another, with `env` changed, each back
+    /// in the balancer's rotation before the next stops; returns each node's stop, time to
+    /// ready, downtime and time back in rotation (ms), by name.
+    async fn roll(
+        &mut self,
+        step: &str,
+        env: &[(&str, &str)],
+    ) -> Vec<(String, [(&'static str, f64); 4])> {
+        let mut timings = Vec::new();
+        for i in 0..self.sandbox.nodes().len() {
+            let from = self.history.now();
+            let began = Instant::now();
+            let status = self.sandbox.stop(i).await.unwrap();
+            assert!(status.success(), "node-{} exited {status:?}", i + 1);
+            let stopped = began.elapsed();
+            for (key, value) in env {
+                self.sandbox.set_env(i, key, value);
+            }
+            let ready = self.sandbox.restart(i).await.unwrap();
+            let down = began.elapsed();
+            self.balancer
+                .wait_in_rotation(|r| r[i], Duration::from_secs(10))
+                .await
+                .unwrap();
+            let back = began.elapsed();
+            let name = self.name_of(i);
+            let figures = [
+                ("stop_ms", ms(stopped)),
+                ("time_to_ready_ms", ms(ready)),
+                ("downtime_ms", ms(down)),
+                ("back_in_rotation_ms", ms(back)),
+            ];
+            self.window(&format!("{step} {name}"), from, &figures);
+            timings.push((name, figures));
+        }
+        timings
+    }
+
     /// Stops the load and the monitor, counts acknowledged writes and audit events that
     /// are missing, writes the report and prints its summary.
     async fn finish(self) -> Finished {
@@ -350,6 +390,17 @@ impl Finished {
 
     fn failure_rate(&self) -> f64 {
         self.failures.failed as f64 / self.failures.requests.max(1) as f64
+    }
+
+    /// Asserts that at most `rate` of the requests through the balancer failed.
+    fn assert_failure_rate_at_most(&self, rate: f64) {
+        assert!(
+            self.failure_rate() <= rate,
+            "{} of {} requests through the balancer failed: {}",
+            self.failures.failed,
+            self.failures.requests,
+            self.report.summary()
+        );
     }
 
     /// Asserts that acknowledged revocations answered within `REVOCATION_P99` (p99): no
@@ -460,45 +511,16 @@ async fn scale_up_and_down() {
 async fn rolling_restart() {
     let mut s = Scenario::start("rolling_restart", 5, 5).await;
     s.calm(2.0).await;
-    for i in 0..5 {
-        let from = s.history.now();
-        let began = Instant::now();
-        let status = s.sandbox.stop(i).await.unwrap();
-        assert!(status.success(), "node-{} exited {status:?}", i + 1);
-        let stopped = began.elapsed();
-        let ready = s.sandbox.restart(i).await.unwrap();
-        let down = began.elapsed();
-        s.balancer
-            .wait_in_rotation(|r| r[i], Duration::from_secs(10))
-            .await
-            .unwrap();
-        let back = began.elapsed();
-        let name = s.name_of(i);
-        s.figure(&format!("{name}_stop_ms"), ms(stopped));
-        s.figure(&format!("{name}_time_to_ready_ms"), ms(ready));
-        s.figure(&format!("{name}_downtime_ms"), ms(down));
-        s.figure(&format!("{name}_back_in_rotation_ms"), ms(back));
-        s.window(
-            &format!("restart {name}"),
-            from,
-            &[
-                ("stop_ms", ms(stopped)),
-                ("time_to_ready_ms", ms(ready)),
-                ("downtime_ms", ms(down)),
-                ("back_in_rotation_ms", ms(back)),
-            ],
-        );
+    let restarts = s.roll("restart", &[]).await;
+    for (name, figures) in restarts {
+        for (key, value) in figures {
+            s.figure(&format!("{name}_{key}"), value);
+        }
     }
     s.calm(2.0).await;
     let f = s.finish().await;
 
-    assert!(
-        f.failure_rate() <= 0.001,
-        "{} of {} requests through the balancer failed: {}",
-        f.failures.failed,
-        f.failures.requests,
-        f.report.summary()
-    );
+    f.assert_failure_rate_at_most(0.001);
     f.assert_revocations_fast();
     f.assert_invariants();
     // Every node has already exited 0 on SIGTERM once; five more leaves would only add
@@ -562,13 +584,7 @@ async fn unclean_loss() {
             f.readiness.text()
         );
     }
-    assert!(
-        f.failure_rate() <= 0.01,
-        "{} of {} requests through the balancer failed: {}",
-        f.failures.failed,
-        f.failures.requests,
-        f.report.summary()
-    );
+    f.assert_failure_rate_at_most(0.01);
     for name in ["node-3", "node-4", "node-5"] {
         assert!(
             forgotten.contains(&format!("node:{name}")),
@@ -714,4 +730,218 @@ async fn lone_survivor() {
     f.assert_invariants();
     let statuses = f.sandbox.shutdown().await.unwrap();
     assert!(statuses.iter().all(|s| s.success()), "{statuses:?}");
+}
+
+/// The secrets key of `options()`, replaced by [`NEW_SECRETS_KEY`] in `secrets_key_rotation`.
+fn old_secrets_key() -> String {
+    "5e".repeat(32)
+}
+
+const NEW_SECRETS_KEY: &str = "7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a";
+
+/// The TOTP code an independent implementation (oathtool) computes for `secret` at `unix`.
+fn oathtool(secret: &str, unix: i64) -> String {
+    let output = std::process::Command::new("oathtool")
+        .args(["--totp", "-b", secret, &format!("--now=@{unix}")])
+        .output()
+        .expect("oathtool is installed by scripts/install-deps");
+    assert!(output.status.success(), "oathtool: {output:?}");
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
+/// The wall clock, as the authenticator's clock is.
+#[allow(clippy::disallowed_methods)]
+fn unix_now() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    i64::try_from(since.as_secs()).unwrap()
+}
+
+impl Scenario {
+    /// Creates `username` with a confirmed TOTP enrolment; returns its secret and recovery
+    /// codes.
+    async fn user_with_totp(&self, username: &str, password: &str) -> (String, Vec<String>) {
+        let post = |path: &'static str, token: Option<String>, body: Value| async move {
+            self.sandbox
+                .request(
+                    0,
+                    reqwest::Method::POST,
+                    path,
+                    token.as_deref(),
+                    Some(&body),
+                )
+                .await
+        };
+        let body = json!({"username": username, "email": format!("{username}@example.org"), "role": "viewer", "password": password});
+        let (status, user) = post("/api/v1/users", Some(self.admin.clone()), body).await;
+        assert_eq!(status, 201, "{user}");
+        let access = self.sandbox.log_in(0, username, password).await.unwrap()["access_token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let (status, enrolment) = post(
+            "/api/v1/auth/mfa/totp/enroll",
+            Some(access.clone()),
+            json!({}),
+        )
+        .await;
+        assert_eq!(status, 200, "{enrolment}");
+        let secret = enrolment["secret"].as_str().unwrap().to_owned();
+        let code = oathtool(&secret, unix_now());
+        let (status, confirmed) = post(
+            "/api/v1/auth/mfa/totp/confirm",
+            Some(access),
+            json!({"code": code}),
+        )
+        .await;
+        assert_eq!(status, 200, "{confirmed}");
+        let codes = confirmed["recovery_codes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap().to_owned())
+            .collect();
+        (secret, codes)
+    }
+
+    /// Logs `username` in on node `i` with its password and then `code` as the second
+    /// factor; returns the status and body of the second step.
+    async fn log_in_with_code(
+        &self,
+        i: usize,
+        username: &str,
+        password: &str,
+        code: &str,
+    ) -> (u16, Value) {
+        let challenge = self.sandbox.log_in(i, username, password).await.unwrap();
+        assert_eq!(challenge["mfa_required"], true, "{challenge}");
+        let body = json!({"challenge_id": challenge["challenge_id"], "code": code});
+        self.sandbox
+            .request(
+                i,
+                reqwest::Method::POST,
+                "/api/v1/auth/mfa/verify",
+                None,
+                Some(&body),
+            )
+            .await
+    }
+}
+
+/// `secrets_key_rotation`: the secrets key replaced on a running cluster of three, as
+/// docs/operations.md ("Replacing the secrets key") tells: a rolling restart adding the
+/// new key to `secrets.previous_keys`, one making it `secrets.key` with the old one
+/// previous, `sark admin rotate-secrets-key` while the nodes serve, and one dropping the
+/// old key. No request through the balancer fails; afterwards a TOTP secret and a
+/// recovery code made under the old key still log in, a token signed before still
+/// verifies, the audit chains verify, and the old key alone is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_key_rotation() {
+    const USER: &str = "rotor";
+    const PASSWORD: &str = "rotating keys on a calm day";
+    let mut s = Scenario::start("secrets_key_rotation", 3, 3).await;
+    let (secret, recovery_codes) = s.user_with_totp(USER, PASSWORD).await;
+    let signed_before = s.sandbox.login(0, "admin", ADMIN_PASSWORD).await.unwrap();
+    s.calm(1.0).await;
+
+    let old = old_secrets_key();
+    s.roll(
+        "add the new key",
+        &[("SARK_SECRETS__PREVIOUS_KEYS", NEW_SECRETS_KEY)],
+    )
+    .await;
+    s.roll(
+        "seal with the new key",
+        &[
+            ("SARK_SECRETS__KEY", NEW_SECRETS_KEY),
+            ("SARK_SECRETS__PREVIOUS_KEYS", &old),
+        ],
+    )
+    .await;
+    let from = s.history.now();
+    let began = Instant::now();
+    let rotated = s.sandbox.admin(0, &["rotate-secrets-key"]).await.unwrap();
+    let took = began.elapsed();
+    let said = String::from_utf8_lossy(&rotated.stdout).into_owned();
+    assert!(
+        rotated.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&rotated.stderr)
+    );
+    assert!(said.contains("sealed again with key"), "{said}");
+    assert!(
+        said.contains("Totp 1"),
+        "the TOTP secret was sealed again: {said}"
+    );
+    s.figure("rotate_secrets_key_ms", ms(took));
+    s.window("sark admin rotate-secrets-key", from, &[("ms", ms(took))]);
+    let again = s.sandbox.admin(0, &["rotate-secrets-key"]).await.unwrap();
+    let said_again = String::from_utf8_lossy(&again.stdout).into_owned();
+    assert!(again.status.success(), "{said_again}");
+    assert!(
+        said_again.contains("nothing is sealed with a previous key"),
+        "{said_again}"
+    );
+    s.roll("drop the old key", &[("SARK_SECRETS__PREVIOUS_KEYS", "")])
+        .await;
+    s.calm(1.0).await;
+
+    for node in 0..3 {
+        let (status, me) = s
+            .sandbox
+            .get_as(node, "/api/v1/auth/me", &signed_before)
+            .await;
+        assert_eq!(
+            status, 200,
+            "node {node} verifies a token signed before: {me}"
+        );
+    }
+    let (status, tokens) = s
+        .log_in_with_code(1, USER, PASSWORD, &oathtool(&secret, unix_now() + 30))
+        .await;
+    assert_eq!(
+        status, 200,
+        "the TOTP secret opens with the new key: {tokens}"
+    );
+    let (status, tokens) = s
+        .log_in_with_code(2, USER, PASSWORD, &recovery_codes[0])
+        .await;
+    assert_eq!(
+        status, 200,
+        "a recovery code made before still works: {tokens}"
+    );
+    let admin = s.sandbox.login(0, "admin", ADMIN_PASSWORD).await.unwrap();
+    let (status, verification) = s.sandbox.get_as(0, "/api/v1/audit/verify", &admin).await;
+    assert_eq!(
+        (status, &verification["ok"]),
+        (200, &json!(true)),
+        "{verification}"
+    );
+    let (status, events) = s
+        .sandbox
+        .get_as(0, "/api/v1/audit?event_type=secrets_key_rotated", &admin)
+        .await;
+    assert_eq!(status, 200, "{events}");
+    assert_eq!(
+        events["items"].as_array().map(Vec::len),
+        Some(1),
+        "{events}"
+    );
+
+    // The old key alone no longer opens the store.
+    s.sandbox.set_env(0, "SARK_SECRETS__KEY", &old);
+    let refused = s.sandbox.admin(0, &["audit-verify"]).await.unwrap();
+    let err = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert!(!refused.status.success());
+    assert!(
+        err.contains("`secrets.key`") && err.contains("different secrets key"),
+        "{err}"
+    );
+    s.sandbox.set_env(0, "SARK_SECRETS__KEY", NEW_SECRETS_KEY);
+
+    let f = s.finish().await;
+    f.assert_failure_rate_at_most(0.001);
+    f.assert_invariants();
+    drop(f);
 }

@@ -12,7 +12,8 @@ use super::service::{self, event};
 use crate::core::Core;
 use crate::error::{Error, ErrorKind};
 use crate::idp::totp::{self, Enrollment};
-use crate::store::StoreError;
+use crate::secrets::sealing_context;
+use crate::store::{SealedKind, StoreError};
 
 /// The user whose second factor changes, as their session proves them.
 #[derive(Clone, Copy, Debug)]
@@ -55,8 +56,12 @@ pub async fn enroll_totp(
     }
     let secret = totp::new_secret();
     let sealed = node
-        .sealer
-        .seal(&format!("totp:{}", user.id), &secret)
+        .keys
+        .sealer()
+        .seal(
+            &sealing_context(SealedKind::Totp, &user.id.to_string()),
+            &secret,
+        )
         .map_err(|e| Error::internal(e.to_string()))?;
     match node
         .store
@@ -94,8 +99,12 @@ pub async fn confirm_totp(
         .filter(|t| t.confirmed_at.is_none())
         .ok_or_else(|| no_pending("start with POST /api/v1/auth/mfa/totp/enroll"))?;
     let secret = node
-        .sealer
-        .open(&format!("totp:{}", who.user_id), &pending.secret)
+        .keys
+        .sealer()
+        .open(
+            &sealing_context(SealedKind::Totp, &who.user_id.to_string()),
+            &pending.secret,
+        )
         .map_err(|e| Error::internal(e.to_string()))?;
     let unix = u64::try_from(now.timestamp()).unwrap_or(0);
     let step = totp::verify(&secret, code, unix).ok_or_else(|| {
@@ -106,9 +115,10 @@ pub async fn confirm_totp(
         )
     })?;
     let codes = totp::recovery_codes();
+    let keys = node.keys.keys().await?;
     let hashes: Vec<String> = codes
         .iter()
-        .map(|c| totp::hash_recovery_code(&node.recovery_code_key, who.user_id, c))
+        .map(|c| totp::hash_recovery_code(&keys.recovery_codes, who.user_id, c))
         .collect();
     let fence = node.fence().await?;
     if !node.store.confirm_totp(who.user_id, &hashes, now).await? {

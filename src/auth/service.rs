@@ -20,7 +20,8 @@ use crate::core::{Change, Core, Fence, Propagated, Published, seconds};
 use crate::error::{Error, ErrorKind};
 use crate::idp::jwt::AccessClaims;
 use crate::idp::totp;
-use crate::store::{ChallengeRecord, LockState, LockoutRule, SessionRecord, User};
+use crate::secrets::sealing_context;
+use crate::store::{ChallengeRecord, LockState, LockoutRule, SealedKind, SessionRecord, User};
 
 /// Submitted usernames longer than this are refused before any work.
 pub const MAX_USERNAME_INPUT: usize = 256;
@@ -336,10 +337,11 @@ pub async fn verify_mfa(
     };
     let accepted = match method {
         "recovery_code" => {
+            let keys = node.keys.keys().await?;
             node.store
                 .use_recovery_code(
                     user.id,
-                    &totp::hash_recovery_code(&node.recovery_code_key, user.id, code),
+                    &totp::hash_recovery_code(&keys.recovery_codes, user.id, code),
                     now,
                 )
                 .await?
@@ -410,8 +412,12 @@ async fn accept_totp(
         return Ok(false);
     };
     let secret = node
-        .sealer
-        .open(&format!("totp:{}", user.id), &record.secret)
+        .keys
+        .sealer()
+        .open(
+            &sealing_context(SealedKind::Totp, &user.id.to_string()),
+            &record.secret,
+        )
         .map_err(|e| Error::internal(e.to_string()))?;
     let Some(step) = totp::verify(&secret, code, u64::try_from(now.timestamp()).unwrap_or(0))
     else {

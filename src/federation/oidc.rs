@@ -28,7 +28,8 @@ use crate::auth::service;
 use crate::config::{ConfigError, OidcConfig};
 use crate::core::Core;
 use crate::error::{Error, ErrorKind};
-use crate::store::AuthRequestRecord;
+use crate::secrets::sealing_context;
+use crate::store::{AuthRequestRecord, SealedKind};
 
 /// How long a started login waits for its callback.
 const PENDING_SECONDS: i64 = 600;
@@ -164,8 +165,9 @@ impl OidcProvider {
         })
         .map_err(|e| Error::internal(e.to_string()))?;
         let data = node
-            .sealer
-            .seal(&format!("oidc:{id}"), &pending)
+            .keys
+            .sealer()
+            .seal(&sealing_context(SealedKind::AuthRequest, &id), &pending)
             .map_err(|e| Error::internal(e.to_string()))?;
         // A fresh binding for every login: a value planted in the browser earlier (a
         // login-fixation attempt) is never taken over.
@@ -218,8 +220,12 @@ impl OidcProvider {
             .await);
         }
         let sealed = node
-            .sealer
-            .open(&format!("oidc:{id}"), &pending.data)
+            .keys
+            .sealer()
+            .open(
+                &sealing_context(SealedKind::AuthRequest, &id),
+                &pending.data,
+            )
             .map_err(|e| Error::internal(e.to_string()))?;
         let secrets: Pending =
             serde_json::from_slice(&sealed).map_err(|e| Error::internal(e.to_string()))?;

@@ -16,10 +16,11 @@ use sark_actors::policy::{self};
 use super::{BOOTSTRAP_PASSWORD_FILE, NodeError};
 use crate::config::Config;
 use crate::core::revocation::RevocationList;
+use crate::hashing_keys::{CustodyError, KeyCustody};
 use crate::idp::jwt::{TokenKeys, TokenSettings};
 use crate::idp::password::{self};
 use crate::policy::BUILTIN_POLICIES;
-use crate::secrets::{self, SecretBox, SecretsKey};
+use crate::secrets;
 use crate::store::{Backend, NewPolicyVersion, OpenError, Role, Store, StoreError, User};
 
 /// First-start creation: key fingerprint, built-in policies, the bootstrap admin. Every step
@@ -28,8 +29,7 @@ pub(super) struct Bootstrap {
     pub(super) config: Arc<Config>,
     pub(super) backend: Backend,
     pub(super) store: Arc<dyn Store>,
-    pub(super) key: SecretsKey,
-    pub(super) sealer: SecretBox,
+    pub(super) custody: Arc<KeyCustody>,
     pub(super) audit: AuditHandle,
     pub(super) ready: Arc<AtomicBool>,
     pub(super) tokens: Arc<std::sync::OnceLock<Arc<TokenKeys>>>,
@@ -88,14 +88,11 @@ impl Bootstrap {
 
     /// Returns the admin account if this call created it.
     pub(super) async fn create_records(&self) -> Result<Option<User>, BootstrapError> {
-        let fingerprint = self.key.fingerprint();
-        let stored = self
-            .store
-            .put_meta_if_absent(secrets::FINGERPRINT_META_KEY, &fingerprint)
-            .await?;
-        if stored != fingerprint {
-            return Err(BootstrapError::WrongKey);
-        }
+        // The key check, and the hashing keys kept for every node from the first start on.
+        self.custody.keys().await.map_err(|e| match e {
+            CustodyError::Store(err) => BootstrapError::Store(err),
+            other => BootstrapError::Keys(other),
+        })?;
         let now = self.audit.now();
         for (name, source) in BUILTIN_POLICIES {
             let sha256 = crate::secrets::sha256_hex(source);
@@ -121,12 +118,17 @@ impl Bootstrap {
                 audience: self.config.auth.audience.clone(),
                 lifetime: Duration::from_secs(self.config.auth.access_token_seconds),
             };
-            let keys = TokenKeys::load(self.store.as_ref(), self.sealer.clone(), settings, now)
-                .await
-                .map_err(|e| match e {
-                    crate::idp::jwt::TokenError::Store(err) => BootstrapError::Store(err),
-                    other => BootstrapError::Policy(other.to_string()),
-                })?;
+            let keys = TokenKeys::load(
+                self.store.as_ref(),
+                self.custody.sealer().clone(),
+                settings,
+                now,
+            )
+            .await
+            .map_err(|e| match e {
+                crate::idp::jwt::TokenError::Store(err) => BootstrapError::Store(err),
+                other => BootstrapError::Policy(other.to_string()),
+            })?;
             // Revocations first: tokens are accepted only once both are there.
             self.revocations.load(self.store.as_ref(), now).await?;
             let _ = self.tokens.set(Arc::new(keys));
@@ -210,10 +212,8 @@ impl Bootstrap {
 pub(super) enum BootstrapError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error(
-        "`secrets.key`: this database was initialised with a different secrets key; every node must use the same key"
-    )]
-    WrongKey,
+    #[error(transparent)]
+    Keys(CustodyError),
     #[error("{0}")]
     Policy(String),
 }

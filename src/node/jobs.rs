@@ -9,13 +9,14 @@ use std::time::Duration;
 use prometheus::{IntCounter, IntGauge, IntGaugeVec, Opts, Registry};
 use tracing::{debug, warn};
 
-use sark_actors::audit::{AuditHandle, ChainKey};
+use sark_actors::audit::AuditHandle;
 use sark_actors::clock::SharedClock;
 use sark_actors::policy::PolicyRegistry;
 use sark_actors::supervisor::ChildInfo;
 use sark_cluster::membership::MembershipEvent;
 
 use crate::core::{Core, PolicyControl};
+use crate::hashing_keys::KeyCustody;
 use crate::store::{PoolStats, Store};
 
 /// How often the membership view is asked whether a catch-up is due.
@@ -80,7 +81,7 @@ pub(super) async fn housekeeping(
     store: Arc<dyn Store>,
     clock: SharedClock,
     store_ready: Arc<AtomicBool>,
-    audit_key: ChainKey,
+    keys: Arc<KeyCustody>,
     keep: Retention,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(3600));
@@ -101,10 +102,14 @@ pub(super) async fn housekeeping(
             Ok(removed) => debug!(removed, "housekeeping pruned expired rows"),
             Err(err) => warn!(error = %err, "housekeeping could not prune expired rows"),
         }
-        match store
-            .prune_time_series(now - keep.time_series, now, &audit_key)
-            .await
-        {
+        let pruned = match keys.keys().await {
+            Ok(keys) => store
+                .prune_time_series(now - keep.time_series, now, &keys.audit_chain)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(err) => Err(err.to_string()),
+        };
+        match pruned {
             Ok(pruned) => debug!(
                 audit_events = pruned.audit_events,
                 api_requests = pruned.api_requests,

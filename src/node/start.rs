@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 use uuid::Uuid;
 
-use sark_actors::audit::{AuditHandle, AuditWriterSpec, ChainKey};
+use sark_actors::audit::{AuditHandle, AuditWriterSpec};
 use sark_actors::clock::{SharedClock, SystemClock};
 use sark_actors::limiter::{LimiterSpec, RateTable};
 use sark_actors::metrics::ActorMetrics;
@@ -43,9 +43,10 @@ use super::{NodeControl, NodeError, voters};
 use crate::config::{Config, ConfigError};
 use crate::core::revocation::RevocationList;
 use crate::core::{ActorSlots, Core, PolicyControl, seconds};
+use crate::hashing_keys::KeyCustody;
 use crate::idp::jwt::TokenKeys;
 use crate::idp::password::PasswordHasherPool;
-use crate::secrets::{self, SecretBox, SecretsKey};
+use crate::secrets;
 use crate::store::redis::Redis;
 use crate::store::{Backend, Store};
 
@@ -169,7 +170,7 @@ struct Ground {
     clock: SharedClock,
     cluster_tls: Option<ClusterTls>,
     node_id: String,
-    key: SecretsKey,
+    custody: Arc<KeyCustody>,
     backend: Backend,
     store: Arc<dyn Store>,
     redis: Option<Arc<Redis>>,
@@ -190,10 +191,7 @@ impl Ground {
             })?;
         }
         let node_id = resolve_node_id(&config, &hostname)?;
-        let (key, generated) = SecretsKey::load_or_generate(
-            config.secrets.key.as_ref().map(|s| s.expose()),
-            &config.data_dir,
-        )?;
+        let (ring, generated) = config.secrets.key_ring(&config.data_dir)?;
         if generated {
             info!(path = %config.data_dir.join(secrets::KEY_FILE).display(), "generated the secrets key");
         }
@@ -206,11 +204,11 @@ impl Ground {
             .transpose()?;
         Ok(Self {
             store: backend.store(),
+            custody: Arc::new(KeyCustody::new(ring, backend.store())),
             hostname,
             clock: Arc::new(SystemClock),
             cluster_tls,
             node_id,
-            key,
             backend,
             redis,
             config,
@@ -232,10 +230,8 @@ struct Shared {
     membership: Arc<MembershipView>,
     core: CoreCell,
     store_ready: Arc<AtomicBool>,
-    sealer: SecretBox,
     tokens: Arc<OnceLock<Arc<TokenKeys>>>,
     revocations: Arc<RevocationList>,
-    audit_chain_key: ChainKey,
     sinks: Vec<Arc<dyn SiemSink>>,
     siem: Arc<SiemRegistry>,
     siem_stopping: watch::Sender<bool>,
@@ -291,10 +287,8 @@ impl Shared {
             membership,
             core: Arc::default(),
             store_ready: Arc::new(AtomicBool::new(false)),
-            sealer: SecretBox::new(&ground.key),
             tokens: Arc::default(),
             revocations: Arc::default(),
-            audit_chain_key: ChainKey::derive(&ground.key.derive("audit chain")),
             sinks,
             siem: Arc::default(),
             siem_stopping: watch::Sender::new(false),
@@ -306,8 +300,7 @@ impl Shared {
             config: ground.config.clone(),
             backend: ground.backend.clone(),
             store: ground.store.clone(),
-            key: ground.key.clone(),
-            sealer: self.sealer.clone(),
+            custody: ground.custody.clone(),
             audit: self.audit.clone(),
             ready: self.store_ready.clone(),
             tokens: self.tokens.clone(),
@@ -400,7 +393,7 @@ impl Shared {
             Arc::new(AuditWriterSpec {
                 store: store.clone(),
                 chain: node_id.clone(),
-                key: self.audit_chain_key.clone(),
+                key: ground.custody.clone(),
                 sinks: self.sinks.iter().map(|s| s.name().to_owned()).collect(),
                 slot: self.slots.audit.clone(),
                 metrics: self.actor_metrics.clone(),
@@ -448,7 +441,7 @@ impl Shared {
             ground.store.clone(),
             ground.clock.clone(),
             self.store_ready.clone(),
-            self.audit_chain_key.clone(),
+            ground.custody.clone(),
             Retention {
                 lockout_window: chrono::Duration::seconds(seconds(config.auth.lockout_seconds)),
                 time_series: chrono::Duration::days(seconds(config.audit.retention_days)),
@@ -500,7 +493,6 @@ impl Shared {
             .map_or_else(PasswordHasherPool::default, PasswordHasherPool::new);
         let core = Core {
             sessions: Sessions::new(self.slots.sessions.clone(), session_store),
-            recovery_code_key: ground.key.derive("mfa recovery codes"),
             config: ground.config,
             node_id: ground.node_id,
             hostname: ground.hostname,
@@ -526,8 +518,7 @@ impl Shared {
             policy_compiles: tokio::sync::Semaphore::new(1),
             revocations: self.revocations,
             passwords,
-            sealer: self.sealer,
-            audit_chain_key: self.audit_chain_key,
+            keys: ground.custody,
             tokens: self.tokens,
             last_key_reload: tokio::sync::Mutex::new(None),
             api_key_touches: std::sync::Mutex::new(std::collections::HashMap::new()),

@@ -1194,6 +1194,64 @@ macro_rules! impl_portable_store {
 
         #[::async_trait::async_trait]
         impl $crate::store::RecoveryStore for $store {
+            async fn sealed_values(&self) -> $crate::store::StoreResult<Vec<$crate::store::SealedValue>> {
+                use $crate::store::{SealedKind, SealedValue};
+                let pool = self.pool()?;
+                let fail = $crate::store::db_error;
+                let keys: Vec<(String, String)> =
+                    ::sqlx::query_as("SELECT kid, private_key FROM signing_keys ORDER BY kid")
+                        .fetch_all(pool)
+                        .await
+                        .map_err(fail)?;
+                let totp: Vec<(::uuid::Uuid, String)> =
+                    ::sqlx::query_as("SELECT user_id, secret FROM mfa_totp ORDER BY user_id")
+                        .fetch_all(pool)
+                        .await
+                        .map_err(fail)?;
+                // SAML's pending logins hold nothing sealed (their data is empty).
+                let pending: Vec<(String, String)> =
+                    ::sqlx::query_as("SELECT id, data FROM auth_requests WHERE data <> '' ORDER BY id")
+                        .fetch_all(pool)
+                        .await
+                        .map_err(fail)?;
+                let value = |kind, (id, sealed): (String, String)| SealedValue { kind, id, sealed };
+                Ok(keys
+                    .into_iter()
+                    .map(|row| value(SealedKind::SigningKey, row))
+                    .chain(totp.into_iter().map(|(id, sealed)| value(SealedKind::Totp, (id.to_string(), sealed))))
+                    .chain(pending.into_iter().map(|row| value(SealedKind::AuthRequest, row)))
+                    .collect())
+            }
+
+            async fn reseal(&self, value: &$crate::store::SealedValue, resealed: &str) -> $crate::store::StoreResult<bool> {
+                use $crate::store::SealedKind;
+                let pool = self.writer()?;
+                let done = match value.kind {
+                    SealedKind::SigningKey => ::sqlx::query(
+                        "UPDATE signing_keys SET private_key = $1 WHERE kid = $2 AND private_key = $3",
+                    )
+                    .bind(resealed)
+                    .bind(&value.id),
+                    SealedKind::Totp => ::sqlx::query(
+                        "UPDATE mfa_totp SET secret = $1 WHERE user_id = $2 AND secret = $3",
+                    )
+                    .bind(resealed)
+                    .bind(::uuid::Uuid::parse_str(&value.id).map_err(|e| {
+                        $crate::store::StoreError::Invalid(format!("user id {}: {e}", value.id))
+                    })?),
+                    SealedKind::AuthRequest => ::sqlx::query(
+                        "UPDATE auth_requests SET data = $1 WHERE id = $2 AND data = $3",
+                    )
+                    .bind(resealed)
+                    .bind(&value.id),
+                }
+                .bind(&value.sealed)
+                .execute(pool)
+                .await
+                .map_err($crate::store::db_error)?;
+                Ok(done.rows_affected() == 1)
+            }
+
             async fn revoke_all_before(
                 &self,
                 before: ::chrono::DateTime<::chrono::Utc>,
@@ -1275,6 +1333,19 @@ macro_rules! impl_portable_store {
                     .fetch_optional(self.pool()?)
                     .await
                     .map_err($crate::store::db_error)
+            }
+
+            async fn set_meta(&self, key: &str, value: &str) -> $crate::store::StoreResult<()> {
+                ::sqlx::query(
+                    "INSERT INTO meta (key, value) VALUES ($1, $2) \
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                )
+                .bind(key)
+                .bind(value)
+                .execute(self.writer()?)
+                .await
+                .map_err($crate::store::db_error)?;
+                Ok(())
             }
 
             async fn put_meta_if_absent(&self, key: &str, value: &str) -> $crate::store::StoreResult<String> {

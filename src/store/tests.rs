@@ -29,7 +29,7 @@ fn db_config(url: Option<String>) -> DatabaseConfig {
 }
 
 /// Keeps a test database alive for the duration of a test.
-enum Guard {
+pub(crate) enum Guard {
     Sqlite(#[allow(dead_code)] tempfile::TempDir),
     Postgres { admin_url: String, name: String },
 }
@@ -59,7 +59,8 @@ impl Drop for Guard {
     }
 }
 
-async fn sqlite_store() -> (Arc<dyn Store>, Guard) {
+/// A store on a fresh SQLite file.
+pub(crate) async fn sqlite_store() -> (Arc<dyn Store>, Guard) {
     let dir = tempfile::tempdir().unwrap();
     let store = sqlite::SqliteStore::open(&dir.path().join("sark.db"), &db_config(None))
         .await
@@ -143,6 +144,7 @@ contract_tests!(
     housekeeping_removes_only_what_has_expired,
     retention_moves_checkpoints_and_keeps_chains_verifiable,
     a_restore_revokes_what_came_before_and_starts_a_new_audit_generation,
+    sealed_values_are_listed_and_replaced_only_while_unchanged,
 );
 
 fn user(name: &str) -> User {
@@ -1772,4 +1774,79 @@ async fn a_restore_revokes_what_came_before_and_starts_a_new_audit_generation(
     assert_eq!(store.next_audit_generation().await.unwrap(), 1);
     assert_eq!(store.next_audit_generation().await.unwrap(), 2);
     assert_eq!(store.audit_generation().await.unwrap(), 2);
+}
+
+async fn sealed_values_are_listed_and_replaced_only_while_unchanged(store: Arc<dyn Store>) {
+    let jo = user("jo");
+    store.create_user(&jo).await.unwrap();
+    store
+        .put_pending_totp(jo.id, "totp-old", now())
+        .await
+        .unwrap();
+    store
+        .insert_first_signing_key(&signing_key("k1"))
+        .await
+        .unwrap();
+    let pending = |id: &str, data: &str| AuthRequestRecord {
+        id: id.into(),
+        provider: if data.is_empty() { "saml" } else { "oidc" }.into(),
+        browser_hash: "browser".into(),
+        data: data.into(),
+        redirect_uri: None,
+        created_at: now(),
+        expires_at: now() + Duration::seconds(600),
+    };
+    store
+        .put_auth_request(&pending("state-1", "oidc-old"))
+        .await
+        .unwrap();
+    store
+        .put_auth_request(&pending("saml-1", ""))
+        .await
+        .unwrap();
+    store.set_meta("m", "one").await.unwrap();
+    store.set_meta("m", "two").await.unwrap();
+    assert_eq!(store.meta("m").await.unwrap().as_deref(), Some("two"));
+
+    let values = store.sealed_values().await.unwrap();
+    let listed: Vec<(SealedKind, &str, &str)> = values
+        .iter()
+        .map(|v| (v.kind, v.id.as_str(), v.sealed.as_str()))
+        .collect();
+    let jo_id = jo.id.to_string();
+    assert_eq!(
+        listed,
+        [
+            (SealedKind::SigningKey, "k1", "encrypted-k1"),
+            (SealedKind::Totp, jo_id.as_str(), "totp-old"),
+            (SealedKind::AuthRequest, "state-1", "oidc-old"),
+        ],
+        "SAML's empty login state is not a sealed value"
+    );
+    for value in &values {
+        assert!(
+            store
+                .reseal(value, &format!("{}-new", value.sealed))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store.reseal(value, "late").await.unwrap(),
+            "a row that changed since it was read is left alone"
+        );
+    }
+    assert_eq!(
+        store.totp(jo.id).await.unwrap().unwrap().secret,
+        "totp-old-new"
+    );
+    assert_eq!(
+        store.signing_keys().await.unwrap()[0].private_key,
+        "encrypted-k1-new"
+    );
+    let gone = SealedValue {
+        kind: SealedKind::AuthRequest,
+        id: "no-such-request".into(),
+        sealed: "x".into(),
+    };
+    assert!(!store.reseal(&gone, "y").await.unwrap());
 }

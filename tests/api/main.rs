@@ -19,6 +19,7 @@ mod oidc;
 mod policies;
 mod saml;
 mod secrets_in_logs;
+mod secrets_rotation;
 mod servers;
 mod services;
 mod siem;

@@ -114,7 +114,8 @@ pub async fn get_audit_verify(
 ) -> Result<Json<Value>, ApiError> {
     let node = &state.node;
     authorize(node, &principal, "read", "audit", ip).await?;
-    let verification = verify_chains(node.store.as_ref(), &node.audit_chain_key).await?;
+    let keys = node.keys.keys().await.map_err(crate::error::Error::from)?;
+    let verification = verify_chains(node.store.as_ref(), &keys.audit_chain).await?;
     Ok(Json(json!(verification)))
 }
 
