@@ -277,14 +277,25 @@ impl MembershipView {
     }
 
     /// Sets the voting membership read from the store, and drops from the view the members
-    /// that are down and no longer in it (forgotten); returns their ids.
+    /// that are down and were forgotten: in the membership read before (or none was read
+    /// yet) and not in this one. Returns their ids. A member the store never listed (nodes
+    /// that keep no store in common) stays in the view, down, as the failure detector sees
+    /// it.
     pub fn set_voters(&self, voters: BTreeSet<String>) -> Vec<String> {
         let mut state = self.write();
         let forgotten: Vec<String> = state
             .remotes
             .values()
-            .filter(|r| r.status == MemberStatus::Down && !voters.contains(&r.summary.node_id))
-            .map(|r| r.summary.node_id.clone())
+            .map(|r| &r.summary.node_id)
+            .filter(|id| {
+                state.remotes[*id].status == MemberStatus::Down
+                    && !voters.contains(*id)
+                    && state
+                        .voters
+                        .as_ref()
+                        .is_none_or(|previous| previous.contains(*id))
+            })
+            .cloned()
             .collect();
         for id in &forgotten {
             state.remotes.remove(id);
@@ -909,6 +920,29 @@ mod tests {
             view.voters(),
             4,
             "a forgotten member that comes back counts again"
+        );
+    }
+
+    #[test]
+    fn a_down_member_the_store_never_listed_stays_in_the_view() {
+        let lease = Duration::from_secs(1);
+        let t0 = Instant::now();
+        let view = MembershipView::new("me");
+        view.heard(peer("a"), t0, Some(t0), Some(ActorId::Local(1)));
+        view.update(t0, lease, lease, None);
+        let alone = || ["me".to_owned()].into();
+        assert!(view.set_voters(alone()).is_empty(), "a is up");
+        let t1 = t0 + lease * 2;
+        view.update(t1, lease, lease, None);
+        assert!(
+            view.set_voters(alone()).is_empty(),
+            "a was never in this store's membership: nothing forgot it"
+        );
+        assert_eq!(
+            view.members().len(),
+            2,
+            "a is listed, down: {:?}",
+            view.members()
         );
     }
 
