@@ -110,7 +110,13 @@ pub async fn run(cli: Cli) -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let _log = crate::telemetry::init(&config.log);
+            let _log = match crate::telemetry::init(&config.log) {
+                Ok(guard) => guard,
+                Err(err) => {
+                    eprintln!("sark: the log writer could not be started: {err}");
+                    return ExitCode::FAILURE;
+                }
+            };
             let server = match crate::Server::start(config).await {
                 Ok(server) => server,
                 Err(err) => {

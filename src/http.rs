@@ -67,9 +67,13 @@ impl HttpMetrics {
     }
 }
 
-/// What every handler gets.
+/// What every handler gets: one shared allocation, so each layer and handler that takes
+/// it pays one reference count rather than a clone per field.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+/// The contents of [`AppState`].
+pub struct Shared {
     /// The node.
     pub node: Arc<Core>,
     /// The external identity providers.
@@ -77,7 +81,15 @@ pub struct AppState {
     /// Request metrics.
     pub metrics: HttpMetrics,
     /// The last `/health/detailed` answer; refreshed by one request at a time.
-    pub detailed: Arc<tokio::sync::Mutex<Option<(tokio::time::Instant, serde_json::Value)>>>,
+    pub detailed: tokio::sync::Mutex<Option<(tokio::time::Instant, serde_json::Value)>>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
 }
 
 impl AppState {
@@ -87,12 +99,12 @@ impl AppState {
         providers: Arc<crate::federation::Providers>,
         metrics: HttpMetrics,
     ) -> Self {
-        Self {
+        Self(Arc::new(Shared {
             node,
             providers,
             metrics,
-            detailed: Arc::default(),
-        }
+            detailed: tokio::sync::Mutex::default(),
+        }))
     }
 }
 
@@ -286,12 +298,7 @@ pub fn with_middleware(routes: Router<AppState>, state: AppState) -> Router {
         ))
         .layer(CatchPanicLayer::custom(middleware::panic_response))
         .option_layer(cors)
-        .layer(from_fn_with_state(
-            state.clone(),
-            authenticate::authenticate,
-        ))
-        .layer(from_fn_with_state(state.clone(), middleware::rate_limit))
-        .layer(from_fn_with_state(state.clone(), middleware::timeout))
+        .layer(from_fn_with_state(state.clone(), middleware::admit))
         .layer(RequestBodyLimitLayer::new(config.body_limit_bytes))
         .layer(DefaultBodyLimit::disable());
     routes

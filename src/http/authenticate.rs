@@ -1,16 +1,15 @@
 //! The caller of a request: its credential read from the headers and resolved once per
-//! request by [`authenticate`] (before rate limiting, which counts per principal), then
-//! taken by handlers with the [`Principal`] extractor.
+//! request by [`authenticate`] (in the admission middleware, before rate limiting, which
+//! counts per principal), then taken by handlers with the [`Principal`] extractor.
 
-use axum::extract::{FromRequestParts, Request, State};
+use axum::extract::{FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
 use super::errors::ApiError;
-use super::middleware::{ClientIp, RequestPrincipal, RouteTemplate, UNLIMITED_ROUTES};
+use super::middleware::{ClientIp, RequestPrincipal};
 use crate::auth::principal::{self, Credential, MAX_CREDENTIAL_LENGTH, Principal};
 use crate::error::{Error, ErrorKind};
 
@@ -49,43 +48,33 @@ fn credential(headers: &HeaderMap) -> Option<Result<Credential<'_>, Error>> {
     }
 }
 
-/// Middleware: resolves the caller, if a credential was presented. Too many API key
-/// lookups from one address are answered 429 at once.
-pub async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    let unauthenticated_route = req
-        .extensions()
-        .get::<RouteTemplate>()
-        .is_some_and(|route| UNLIMITED_ROUTES.contains(&route.0.as_str()));
-    if unauthenticated_route {
-        return next.run(req).await;
-    }
+/// Resolves the caller of `req`, if a credential was presented: a principal it accepted, or
+/// the refusal for the handler to answer, goes into the request's extensions. Too many API
+/// key lookups from one address are answered 429 at once (`Err`).
+pub(super) async fn authenticate(
+    state: &AppState,
+    req: &mut Request,
+) -> Result<Option<RequestPrincipal>, Response> {
     let client = req.extensions().get::<ClientIp>().map(|c| c.0);
     let outcome = match credential(req.headers()) {
-        None => None,
-        Some(Err(refused)) => Some(Err(refused)),
-        Some(Ok(credential)) => {
-            Some(principal::authenticate(&state.node, credential, client).await)
-        }
+        None => return Ok(None),
+        Some(Err(refused)) => Err(refused),
+        Some(Ok(credential)) => principal::authenticate(&state.node, credential, client).await,
     };
-    let mut who = None;
     match outcome {
-        Some(Ok(principal)) => {
-            who = Some(RequestPrincipal(principal.username.clone()));
+        Ok(principal) => {
+            let who = RequestPrincipal(principal.username.clone());
             req.extensions_mut().insert(principal);
+            Ok(Some(who))
         }
-        Some(Err(err)) if err.kind() == ErrorKind::RateLimited => {
-            return ApiError::from(err).into_response();
+        Err(err) if err.kind() == ErrorKind::RateLimited => {
+            Err(ApiError::from(err).into_response())
         }
-        Some(Err(err)) => {
+        Err(err) => {
             req.extensions_mut().insert(Refused(err));
+            Ok(None)
         }
-        None => {}
     }
-    let mut response = next.run(req).await;
-    if let Some(who) = who {
-        response.extensions_mut().insert(who);
-    }
-    response
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Principal {

@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{Extensions, HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use ipnet::IpNet;
@@ -15,6 +15,7 @@ use super::AppState;
 use super::errors::{ApiError, InternalDetail, REQUEST_ID};
 use crate::config::ClientIpHeader;
 use crate::store::ApiRequestRow;
+use sark_actors::limiter::RateDecision;
 
 /// The client's address, after trusted-proxy resolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,10 +24,6 @@ pub struct ClientIp(pub IpAddr);
 /// Who made a request (a username), on its response, for the request log.
 #[derive(Clone, Debug)]
 pub struct RequestPrincipal(pub String);
-
-/// The route template a request matched (`/api/v1/servers/{name}`), or `unmatched`.
-#[derive(Clone, Debug)]
-pub struct RouteTemplate(pub String);
 
 /// Headers on every response, the router's and the connection layer's.
 pub(crate) const SECURITY_HEADERS: &[(&str, &str)] = &[
@@ -122,13 +119,10 @@ pub async fn request_context(
 ) -> Response {
     let started = Instant::now();
     let id = request_id(req.headers());
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
+    let matched = req.extensions().get::<MatchedPath>().cloned();
+    let route = matched.as_ref().map_or(UNMATCHED, MatchedPath::as_str);
     let method = method_label(req.method());
-    let path = req.uri().path().to_owned();
+    let uri = req.uri().clone();
     let peer = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -145,7 +139,6 @@ pub async fn request_context(
     if let Some(client) = client {
         req.extensions_mut().insert(ClientIp(client));
     }
-    req.extensions_mut().insert(RouteTemplate(route.clone()));
 
     let mut response = REQUEST_ID
         .scope(id.clone(), async move {
@@ -157,6 +150,7 @@ pub async fn request_context(
         .await;
 
     let headers = response.headers_mut();
+    headers.reserve(SECURITY_HEADERS.len() + 3);
     for (name, value) in SECURITY_HEADERS {
         headers.insert(
             HeaderName::from_static(name),
@@ -180,18 +174,18 @@ pub async fn request_context(
     state
         .metrics
         .requests
-        .with_label_values(&[method, &route, status.as_str()])
+        .with_label_values(&[method, route, status.as_str()])
         .inc();
     state
         .metrics
         .duration
-        .with_label_values(&[method, &route])
+        .with_label_values(&[method, route])
         .observe(elapsed.as_secs_f64());
-    if !UNLIMITED_ROUTES.contains(&route.as_str()) {
+    if !UNLIMITED_ROUTES.contains(&route) {
         state.node.request_log.record(ApiRequestRow {
             timestamp: state.node.clock.now(),
             method: method.to_owned(),
-            route: route.clone(),
+            route: route.to_owned(),
             status: status.as_u16(),
             duration_us: i64::try_from(elapsed.as_micros()).unwrap_or(i64::MAX),
             principal: response
@@ -203,6 +197,7 @@ pub async fn request_context(
     }
     let client = client.map(|c| c.to_string()).unwrap_or_default();
     let duration_ms = elapsed.as_secs_f64() * 1000.0;
+    let path = uri.path();
     if let Some(InternalDetail(detail)) = response.extensions().get::<InternalDetail>() {
         error!(target: "sark::access", request_id = id, method, route, path, status = status.as_u16(), duration_ms, client, detail, "request failed");
     } else {
@@ -324,24 +319,95 @@ fn parse_forwarded_item(item: &str) -> Option<IpAddr> {
     })
 }
 
-/// Refuses requests over the rate limit with 429 and `Retry-After`, and reports the
-/// bucket in `RateLimit-*` headers. Health and metrics are exempt.
-pub async fn rate_limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let exempt = req
-        .extensions()
-        .get::<RouteTemplate>()
-        .is_some_and(|route| UNLIMITED_ROUTES.contains(&route.0.as_str()));
-    if exempt {
-        return next.run(req).await;
+/// The route template a request matched (`/api/v1/servers/{name}`), or `unmatched`.
+fn route_of(extensions: &Extensions) -> &str {
+    extensions
+        .get::<MatchedPath>()
+        .map_or(UNMATCHED, MatchedPath::as_str)
+}
+
+/// The route label of a request that matched no route.
+const UNMATCHED: &str = "unmatched";
+
+/// Admission, inside the request context: resolves the caller, refuses requests over the
+/// rate limit with 429 and `Retry-After` (reporting the bucket in `RateLimit-*` headers),
+/// and answers 503 `request_timeout` when the handler takes longer than the configured
+/// deadline. Health and metrics are neither authenticated nor limited. One layer, so that
+/// a request pays for one middleware hop, not three.
+pub async fn admit(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    if UNLIMITED_ROUTES.contains(&route_of(req.extensions())) {
+        return within_deadline(&state, next.run(req)).await;
     }
-    // Authenticated callers are counted per user (all their keys and sessions together),
-    // everyone else, and every credential route, per client address.
-    let credential_route = req
-        .extensions()
-        .get::<RouteTemplate>()
-        .is_some_and(|route| CREDENTIAL_ROUTES.contains(&route.0.as_str()));
-    let principal = req
-        .extensions()
+    let who = match super::authenticate::authenticate(&state, &mut req).await {
+        Ok(who) => who,
+        Err(refusal) => return refusal,
+    };
+    let method = method_label(req.method());
+    let mut response = match rate_limit(&state, req.extensions(), method).await {
+        Quota::Unmetered => within_deadline(&state, next.run(req)).await,
+        Quota::Metered(decision) => {
+            let mut response = if decision.allowed {
+                within_deadline(&state, next.run(req)).await
+            } else {
+                over_limit(&decision)
+            };
+            report_quota(&decision, &mut response);
+            response
+        }
+    };
+    if let Some(who) = who {
+        response.extensions_mut().insert(who);
+    }
+    response
+}
+
+/// What the rate limiter said of a request.
+enum Quota {
+    /// Not counted: no principal and no client address to count by.
+    Unmetered,
+    /// Counted in a bucket.
+    Metered(RateDecision),
+}
+
+/// The 429 for a request over its limit.
+fn over_limit(decision: &RateDecision) -> Response {
+    let limit = decision.limit;
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        format!("more than {limit} requests per minute; retry later"),
+    )
+    .with_header(
+        header::RETRY_AFTER,
+        HeaderValue::from(decision.retry_after_secs),
+    )
+    .into_response()
+}
+
+/// Reports the bucket in `RateLimit-*` headers.
+fn report_quota(decision: &RateDecision, response: &mut Response) {
+    let headers = response.headers_mut();
+    headers.insert(
+        HeaderName::from_static("ratelimit-limit"),
+        HeaderValue::from(decision.limit),
+    );
+    headers.insert(
+        HeaderName::from_static("ratelimit-remaining"),
+        HeaderValue::from(decision.remaining),
+    );
+    headers.insert(
+        HeaderName::from_static("ratelimit-reset"),
+        HeaderValue::from(decision.reset_secs),
+    );
+}
+
+/// Counts a request (its extensions and method) in its bucket: authenticated callers per
+/// user (all their keys and sessions together), everyone else, and every credential route,
+/// per client address.
+async fn rate_limit(state: &AppState, extensions: &Extensions, method: &str) -> Quota {
+    let route = route_of(extensions);
+    let credential_route = CREDENTIAL_ROUTES.contains(&route);
+    let principal = extensions
         .get::<crate::auth::principal::Principal>()
         .filter(|_| !credential_route);
     let defaults = &state.node.config.rate_limit;
@@ -352,8 +418,8 @@ pub async fn rate_limit(State(state): State<AppState>, req: Request, next: Next)
             "principal",
         ),
         None => {
-            let Some(ClientIp(ip)) = req.extensions().get::<ClientIp>().copied() else {
-                return next.run(req).await;
+            let Some(ClientIp(ip)) = extensions.get::<ClientIp>().copied() else {
+                return Quota::Unmetered;
             };
             (
                 crate::limits::client_key(ip),
@@ -362,24 +428,12 @@ pub async fn rate_limit(State(state): State<AppState>, req: Request, next: Next)
             )
         }
     };
-    let route = req
-        .extensions()
-        .get::<RouteTemplate>()
-        .map_or("unmatched", |r| r.0.as_str());
-    let limit =
-        policy_limit(&state.node, principal, route, req.method().as_str()).unwrap_or(default);
+    let limit = policy_limit(&state.node, principal, route, method).unwrap_or(default);
     // Each distinct limit is its own bucket, so a tight limit on some routes does not eat
     // the allowance of the others.
     let key = format!("{key}|{limit}");
     let decision = state.node.rate_limiter.check(&key, limit).await;
-    let headers = [
-        ("ratelimit-limit", decision.limit.to_string()),
-        ("ratelimit-remaining", decision.remaining.to_string()),
-        ("ratelimit-reset", decision.reset_secs.to_string()),
-    ];
-    let mut response = if decision.allowed {
-        next.run(req).await
-    } else {
+    if !decision.allowed {
         state
             .node
             .actor_metrics
@@ -387,23 +441,8 @@ pub async fn rate_limit(State(state): State<AppState>, req: Request, next: Next)
             .with_label_values(&[scope])
             .inc();
         warn!(key, limit, "rate limit exceeded");
-        let retry = HeaderValue::from(decision.retry_after_secs);
-        ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            format!("more than {limit} requests per minute; retry later"),
-        )
-        .with_header(header::RETRY_AFTER, retry)
-        .into_response()
-    };
-    for (name, value) in headers {
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            response
-                .headers_mut()
-                .insert(HeaderName::from_static(name), value);
-        }
     }
-    response
+    Quota::Metered(decision)
 }
 
 /// The `rate_limiting` bundle's `limit` for this request, when it defines a usable one.
@@ -444,10 +483,13 @@ fn policy_limit(
     }
 }
 
-/// Answers 503 `request_timeout` when a request takes longer than the configured deadline.
-pub async fn timeout(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// `handler`'s response, or 503 `request_timeout` past the configured deadline.
+async fn within_deadline(
+    state: &AppState,
+    handler: impl std::future::Future<Output = Response>,
+) -> Response {
     let limit = state.node.config.request_timeout();
-    match tokio::time::timeout(limit, next.run(req)).await {
+    match tokio::time::timeout(limit, handler).await {
         Ok(response) => response,
         Err(_) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
