@@ -9,7 +9,6 @@ use axum::response::{IntoResponse, Response};
 
 use super::AppState;
 use super::errors::ApiError;
-use super::middleware::{ClientIp, RequestPrincipal};
 use crate::auth::principal::{self, Credential, MAX_CREDENTIAL_LENGTH, Principal};
 use crate::error::{Error, ErrorKind};
 
@@ -49,13 +48,14 @@ fn credential(headers: &HeaderMap) -> Option<Result<Credential<'_>, Error>> {
 }
 
 /// Resolves the caller of `req`, if a credential was presented: a principal it accepted, or
-/// the refusal for the handler to answer, goes into the request's extensions. Too many API
-/// key lookups from one address are answered 429 at once (`Err`).
+/// the refusal for the handler to answer, goes into the request's extensions; `Ok` carries
+/// the accepted principal's username. Too many API key lookups from `client` are answered
+/// 429 at once (`Err`).
 pub(super) async fn authenticate(
     state: &AppState,
     req: &mut Request,
-) -> Result<Option<RequestPrincipal>, Response> {
-    let client = req.extensions().get::<ClientIp>().map(|c| c.0);
+    client: Option<std::net::IpAddr>,
+) -> Result<Option<String>, Response> {
     let outcome = match credential(req.headers()) {
         None => return Ok(None),
         Some(Err(refused)) => Err(refused),
@@ -63,7 +63,7 @@ pub(super) async fn authenticate(
     };
     match outcome {
         Ok(principal) => {
-            let who = RequestPrincipal(principal.username.clone());
+            let who = principal.username.clone();
             req.extensions_mut().insert(principal);
             Ok(Some(who))
         }

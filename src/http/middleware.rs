@@ -338,8 +338,9 @@ pub async fn admit(State(state): State<AppState>, mut req: Request, next: Next) 
     if UNLIMITED_ROUTES.contains(&route_of(req.extensions())) {
         return within_deadline(&state, next.run(req)).await;
     }
-    let who = match super::authenticate::authenticate(&state, &mut req).await {
-        Ok(who) => who,
+    let client = req.extensions().get::<ClientIp>().map(|c| c.0);
+    let who = match super::authenticate::authenticate(&state, &mut req, client).await {
+        Ok(who) => who.map(RequestPrincipal),
         Err(refusal) => return refusal,
     };
     let method = method_label(req.method());
