@@ -166,20 +166,45 @@ fn parse(xml: &str) -> Result<(Document, Context), String> {
     Ok((doc, ctx))
 }
 
-fn values(ctx: &mut Context, xpath: &str) -> Vec<String> {
-    ctx.findvalues(xpath, None).unwrap_or_default()
+/// libxml could not evaluate an XPath expression. None of the expressions here can fail on
+/// a parsed document, so a failure is named instead of being read as "no match".
+struct XPathFailed(String);
+
+impl XPathFailed {
+    fn of(xpath: &str) -> Self {
+        Self(format!("libxml could not evaluate {xpath}"))
+    }
 }
 
-fn value(ctx: &mut Context, xpath: &str) -> Option<String> {
-    values(ctx, xpath)
+impl From<XPathFailed> for Refusal {
+    fn from(failed: XPathFailed) -> Self {
+        refusal("xpath_failed", failed.0)
+    }
+}
+
+impl From<XPathFailed> for String {
+    fn from(failed: XPathFailed) -> Self {
+        failed.0
+    }
+}
+
+fn values(ctx: &mut Context, xpath: &str) -> Result<Vec<String>, XPathFailed> {
+    ctx.findvalues(xpath, None)
+        .map_err(|()| XPathFailed::of(xpath))
+}
+
+fn value(ctx: &mut Context, xpath: &str) -> Result<Option<String>, XPathFailed> {
+    Ok(values(ctx, xpath)?
         .into_iter()
         .next()
         .map(|v| v.trim().to_owned())
-        .filter(|v| !v.is_empty())
+        .filter(|v| !v.is_empty()))
 }
 
-fn count(ctx: &mut Context, xpath: &str) -> usize {
-    ctx.findnodes(xpath, None).map(|n| n.len()).unwrap_or(0)
+fn count(ctx: &mut Context, xpath: &str) -> Result<usize, XPathFailed> {
+    ctx.findnodes(xpath, None)
+        .map(|n| n.len())
+        .map_err(|()| XPathFailed::of(xpath))
 }
 
 /// The IdP `entity_id` (or the only IdP) of `xml`; certificates and endpoints are read
@@ -189,7 +214,7 @@ fn parse_metadata(xml: &str, entity_id: Option<&str>) -> Result<IdpMetadata, Str
     let idps = values(
         &mut ctx,
         "//md:EntityDescriptor[md:IDPSSODescriptor]/@entityID",
-    );
+    )?;
     let entity_id = match (entity_id, idps.as_slice()) {
         (Some(wanted), found) if found.iter().any(|f| f == wanted) => wanted.to_owned(),
         (Some(wanted), _) => return Err(format!("no IdP with entityID `{wanted}`")),
@@ -208,7 +233,7 @@ fn parse_metadata(xml: &str, entity_id: Option<&str>) -> Result<IdpMetadata, Str
         &format!(
             "{entity}/md:IDPSSODescriptor/md:SingleSignOnService[@Binding='{BINDING_REDIRECT}']/@Location"
         ),
-    )
+    )?
     .ok_or("no SingleSignOnService with the HTTP-Redirect binding")?;
     url::Url::parse(&sso_redirect).map_err(|e| format!("SingleSignOnService Location: {e}"))?;
     let certs: Vec<CertificateDer> = values(
@@ -216,7 +241,7 @@ fn parse_metadata(xml: &str, entity_id: Option<&str>) -> Result<IdpMetadata, Str
         &format!(
             "{entity}/md:IDPSSODescriptor/md:KeyDescriptor[not(@use) or @use='signing']/ds:KeyInfo/ds:X509Data/ds:X509Certificate"
         ),
-    )
+    )?
     .into_iter()
     .map(|text| {
         let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
@@ -251,16 +276,16 @@ fn verify(
 ) -> Result<Verified, Refusal> {
     let skew = chrono::Duration::seconds(i64::try_from(config.clock_skew_seconds).unwrap_or(0));
     let (_doc, mut ctx) = parse(xml).map_err(|e| refusal("malformed", e))?;
-    if count(&mut ctx, "/samlp:Response") != 1 {
+    if count(&mut ctx, "/samlp:Response")? != 1 {
         return Err(refusal("malformed", "the document is not a samlp:Response"));
     }
-    if count(&mut ctx, "//saml:EncryptedAssertion") > 0 {
+    if count(&mut ctx, "//saml:EncryptedAssertion")? > 0 {
         return Err(refusal(
             "encrypted_assertion",
             "encrypted assertions are not supported",
         ));
     }
-    match count(&mut ctx, "//saml:Assertion") {
+    match count(&mut ctx, "//saml:Assertion")? {
         1 => {}
         0 => return Err(refusal("no_assertion", "the response holds no assertion")),
         n => {
@@ -270,9 +295,9 @@ fn verify(
             ));
         }
     }
-    let assertion_id = value(&mut ctx, "//saml:Assertion/@ID")
+    let assertion_id = value(&mut ctx, "//saml:Assertion/@ID")?
         .ok_or_else(|| refusal("malformed", "the assertion has no ID"))?;
-    if count(&mut ctx, "//ds:Signature") == 0 {
+    if count(&mut ctx, "//ds:Signature")? == 0 {
         return Err(refusal("unsigned", "nothing in the response is signed"));
     }
     let signed = XmlSec::reduce_xml_to_signed_with_allowed_algorithms(
@@ -284,38 +309,38 @@ fn verify(
     .map_err(|e| refusal("invalid_signature", format!("signature check failed: {e}")))?;
 
     // The envelope: signed or not, it must agree with the signed assertion below.
-    if value(&mut ctx, "/samlp:Response/@Destination").as_deref() != Some(&config.acs_url) {
+    if value(&mut ctx, "/samlp:Response/@Destination")?.as_deref() != Some(&config.acs_url) {
         return Err(refusal("destination", "Destination is not this ACS"));
     }
     let status = value(
         &mut ctx,
         "/samlp:Response/samlp:Status/samlp:StatusCode/@Value",
-    );
+    )?;
     if status.as_deref() != Some(STATUS_SUCCESS) {
         return Err(refusal(
             "status",
             format!("the IdP answered {}", status.unwrap_or_default()),
         ));
     }
-    if let Some(issuer) = value(&mut ctx, "/samlp:Response/saml:Issuer")
+    if let Some(issuer) = value(&mut ctx, "/samlp:Response/saml:Issuer")?
         && issuer != idp.entity_id
     {
         return Err(refusal("issuer", format!("response issuer `{issuer}`")));
     }
-    let envelope_in_response_to = value(&mut ctx, "/samlp:Response/@InResponseTo");
+    let envelope_in_response_to = value(&mut ctx, "/samlp:Response/@InResponseTo")?;
 
     // The assertion, from the signed part only.
     let (_signed_doc, mut s) = parse(&signed).map_err(|e| refusal("malformed", e))?;
     let assertion = "//saml:Assertion";
-    if count(&mut s, assertion) != 1
-        || value(&mut s, &format!("{assertion}/@ID")).as_deref() != Some(&assertion_id)
+    if count(&mut s, assertion)? != 1
+        || value(&mut s, &format!("{assertion}/@ID"))?.as_deref() != Some(&assertion_id)
     {
         return Err(refusal(
             "unsigned_assertion",
             "the assertion is not covered by an IdP signature",
         ));
     }
-    let issuer = value(&mut s, &format!("{assertion}/saml:Issuer"));
+    let issuer = value(&mut s, &format!("{assertion}/saml:Issuer"))?;
     if issuer.as_deref() != Some(&idp.entity_id) {
         return Err(refusal(
             "issuer",
@@ -323,27 +348,27 @@ fn verify(
         ));
     }
     let conditions = format!("{assertion}/saml:Conditions");
-    if let Some(not_before) = value(&mut s, &format!("{conditions}/@NotBefore"))
+    if let Some(not_before) = value(&mut s, &format!("{conditions}/@NotBefore"))?
         && time(&not_before)? > now + skew
     {
         return Err(refusal("not_yet_valid", format!("NotBefore {not_before}")));
     }
     let mut not_after = None;
-    if let Some(text) = value(&mut s, &format!("{conditions}/@NotOnOrAfter")) {
+    if let Some(text) = value(&mut s, &format!("{conditions}/@NotOnOrAfter"))? {
         let until = time(&text)?;
         if until <= now - skew {
             return Err(refusal("expired", format!("NotOnOrAfter {until}")));
         }
         not_after = Some(until);
     }
-    let restrictions = count(&mut s, &format!("{conditions}/saml:AudienceRestriction"));
+    let restrictions = count(&mut s, &format!("{conditions}/saml:AudienceRestriction"))?;
     let ours = count(
         &mut s,
         &format!(
             "{conditions}/saml:AudienceRestriction[saml:Audience[normalize-space(.)='{}']]",
             xpath_literal_safe(&config.sp_entity_id)?
         ),
-    );
+    )?;
     if restrictions == 0 || ours != restrictions {
         return Err(refusal(
             "audience",
@@ -353,16 +378,16 @@ fn verify(
     let confirmation = format!(
         "{assertion}/saml:Subject/saml:SubjectConfirmation[@Method='{BEARER}']/saml:SubjectConfirmationData"
     );
-    if count(&mut s, &confirmation) != 1 {
+    if count(&mut s, &confirmation)? != 1 {
         return Err(refusal(
             "subject_confirmation",
             "no single bearer SubjectConfirmationData",
         ));
     }
-    if value(&mut s, &format!("{confirmation}/@Recipient")).as_deref() != Some(&config.acs_url) {
+    if value(&mut s, &format!("{confirmation}/@Recipient"))?.as_deref() != Some(&config.acs_url) {
         return Err(refusal("recipient", "Recipient is not this ACS"));
     }
-    if let Some(not_before) = value(&mut s, &format!("{confirmation}/@NotBefore"))
+    if let Some(not_before) = value(&mut s, &format!("{confirmation}/@NotBefore"))?
         && time(&not_before)? > now + skew
     {
         return Err(refusal(
@@ -370,7 +395,7 @@ fn verify(
             format!("SubjectConfirmationData NotBefore {not_before}"),
         ));
     }
-    let confirm_until = value(&mut s, &format!("{confirmation}/@NotOnOrAfter"))
+    let confirm_until = value(&mut s, &format!("{confirmation}/@NotOnOrAfter"))?
         .ok_or_else(|| refusal("subject_confirmation", "no NotOnOrAfter"))?;
     let confirm_until = time(&confirm_until)?;
     if confirm_until <= now - skew {
@@ -380,7 +405,7 @@ fn verify(
         ));
     }
     let in_response_to =
-        value(&mut s, &format!("{confirmation}/@InResponseTo")).ok_or_else(|| {
+        value(&mut s, &format!("{confirmation}/@InResponseTo"))?.ok_or_else(|| {
             refusal(
                 "unsolicited",
                 "the assertion answers no request (IdP-initiated logins are not accepted)",
@@ -392,14 +417,14 @@ fn verify(
             "the response and its assertion answer different requests",
         ));
     }
-    let name_id = value(&mut s, &format!("{assertion}/saml:Subject/saml:NameID"))
+    let name_id = value(&mut s, &format!("{assertion}/saml:Subject/saml:NameID"))?
         .ok_or_else(|| refusal("malformed", "the assertion has no NameID"))?;
     // Accounts are keyed by the NameID: only a persistent one names the same user every
     // time, and no other format can be made to collide with it.
     let format = value(
         &mut s,
         &format!("{assertion}/saml:Subject/saml:NameID/@Format"),
-    );
+    )?;
     if format.as_deref() != Some(NAMEID_PERSISTENT) {
         return Err(refusal(
             "name_id_format",
