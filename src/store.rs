@@ -141,6 +141,11 @@ const SQLITE_MIGRATIONS: &[EmbeddedMigration] = &[
         description: "sealed_chain_positions",
         sql: include_str!("../migrations/sqlite/20261204000002_sealed_chain_positions.sql"),
     },
+    EmbeddedMigration {
+        version: 20261206000001,
+        description: "siem_outbox_claim_order",
+        sql: include_str!("../migrations/sqlite/20261206000001_siem_outbox_claim_order.sql"),
+    },
 ];
 
 const POSTGRES_MIGRATIONS: &[EmbeddedMigration] = &[
@@ -178,6 +183,11 @@ const POSTGRES_MIGRATIONS: &[EmbeddedMigration] = &[
         version: 20261204000002,
         description: "sealed_chain_positions",
         sql: include_str!("../migrations/postgres/20261204000002_sealed_chain_positions.sql"),
+    },
+    EmbeddedMigration {
+        version: 20261206000001,
+        description: "siem_outbox_claim_order",
+        sql: include_str!("../migrations/postgres/20261206000001_siem_outbox_claim_order.sql"),
     },
 ];
 

@@ -25,7 +25,7 @@ use tracing::{info, warn};
 
 use crate::clock::SharedClock;
 use crate::mailbox::Mailbox;
-use crate::store::{ChainedEvent, OutboxEntry, SiemOutbox};
+use crate::store::{ChainedEvent, OutboxEntry, SiemOutbox, StoreError};
 use crate::supervisor::{ChildSpec, Slot, spawn_into};
 
 /// Why a delivery attempt failed.
@@ -251,12 +251,22 @@ pub struct ForwarderArguments {
 }
 
 /// The forwarder's state.
+///
+/// Rounds overlap: while one batch is in flight, the previous batch is marked delivered and
+/// the next one is claimed, so the store's round trips hide behind the sink's.
 pub struct ForwarderState {
     args: ForwarderArguments,
     consecutive_failures: u32,
     open_until: Option<tokio::time::Instant>,
     stats_due: tokio::time::Instant,
+    /// The next batch, claimed while the previous one was in flight.
+    claimed: Vec<OutboxEntry>,
+    /// Rows the sink accepted that are not yet marked delivered in the store.
+    unmarked: Vec<i64>,
 }
+
+/// The occasion of most hand-backs, as the log line says it.
+const STOPPING: &str = "as the node stops";
 
 /// How often the queue depth and lag gauges are refreshed.
 const STATS_EVERY: Duration = Duration::from_secs(5);
@@ -296,40 +306,21 @@ impl ForwarderState {
             .set(lag);
     }
 
-    /// Delivers `events`, unless the node starts stopping first: then the batch is handed
-    /// back (a receiver that got it anyway drops the duplicate by event id) and `None`.
+    /// Delivers `events`, unless the node starts stopping first: then `None`, and the
+    /// caller hands the batch back (a receiver that got it anyway drops the duplicate by
+    /// event id).
     async fn deliver(&self, events: &[ChainedEvent]) -> Option<Result<(), DeliveryError>> {
         let mut stopping = self.args.stopping.clone();
         tokio::select! {
             // A delivery that finished counts, even if the stop came at the same moment.
             biased;
-            result = self.args.sink.deliver(events) => return Some(result),
-            Ok(_) = stopping.wait_for(|stopping| *stopping) => {}
+            result = self.args.sink.deliver(events) => Some(result),
+            Ok(_) = stopping.wait_for(|stopping| *stopping) => None,
         }
-        match self.args.store.hand_over_outbox(&self.args.owner).await {
-            Ok(rows) => info!(
-                sink = self.name(),
-                rows, "SIEM batch handed back as the node stops"
-            ),
-            Err(err) => {
-                warn!(sink = self.name(), error = %err, "could not hand the SIEM batch back; its lease expires instead");
-            }
-        }
-        None
     }
 
-    /// One round: claim, deliver, settle. Returns the pause before the next round.
-    async fn round(&mut self) -> Duration {
-        if *self.args.stopping.borrow() {
-            return self.args.settings.poll;
-        }
-        self.refresh_stats().await;
-        if let Some(until) = self.open_until {
-            let now = tokio::time::Instant::now();
-            if now < until {
-                return until - now;
-            }
-        }
+    /// Marks `delivered` and leases the next batch of due rows (empty when nothing is due).
+    async fn claim(&self, delivered: &[i64]) -> Result<Vec<OutboxEntry>, StoreError> {
         let now = self.args.clock.now();
         let lease = chrono::Duration::from_std(self.args.settings.lease)
             .unwrap_or_else(|_| chrono::Duration::seconds(60));
@@ -339,77 +330,153 @@ impl ForwarderState {
             .batch
             .min(self.args.sink.max_batch())
             .max(1);
-        let claimed = self
-            .args
+        self.args
             .store
-            .claim_outbox(
-                self.name(),
+            .complete_and_claim_outbox(
                 &self.args.owner,
+                delivered,
+                self.name(),
                 now,
                 now + lease,
                 u32::try_from(limit).unwrap_or(u32::MAX),
             )
-            .await;
-        let batch = match claimed {
-            Ok(batch) if batch.is_empty() => return self.args.settings.poll,
-            Ok(batch) => batch,
-            Err(err) => {
-                warn!(sink = self.name(), error = %err, "could not claim SIEM outbox rows");
-                return self.args.settings.poll.max(Duration::from_secs(1));
-            }
-        };
-        let events: Vec<ChainedEvent> = batch.iter().map(|e| e.event.clone()).collect();
-        let Some(delivered) = self.deliver(&events).await else {
-            return self.args.settings.poll;
-        };
-        match delivered {
-            Ok(()) => {
-                self.delivered(&batch).await;
-                Duration::ZERO
-            }
-            Err(err) if !err.retryable && batch.len() > 1 => {
-                // Find the event(s) the sink refuses, delivering the rest one by one.
-                for entry in &batch {
-                    let single = std::slice::from_ref(&entry.event);
-                    let Some(delivered) = self.deliver(single).await else {
-                        return self.args.settings.poll;
-                    };
-                    match delivered {
-                        Ok(()) => self.delivered(std::slice::from_ref(entry)).await,
-                        Err(err) if !err.retryable => {
-                            self.dead_letter(entry, &err).await;
-                        }
-                        Err(err) => self.failed(std::slice::from_ref(entry), &err).await,
-                    }
-                }
-                Duration::ZERO
-            }
-            Err(err) if !err.retryable => {
-                if let Some(entry) = batch.first() {
-                    self.dead_letter(entry, &err).await;
-                }
-                Duration::ZERO
-            }
-            Err(err) => {
-                self.failed(&batch, &err).await;
-                self.args.settings.poll
-            }
-        }
+            .await
     }
 
-    async fn delivered(&mut self, entries: &[OutboxEntry]) {
-        let ids: Vec<i64> = entries.iter().map(|e| e.id).collect();
+    /// Marks the rows the sink accepted as delivered in the store.
+    async fn mark(&self, ids: &[i64]) {
+        if ids.is_empty() {
+            return;
+        }
         let now = self.args.clock.now();
         if let Err(err) = self
             .args
             .store
-            .complete_outbox(&self.args.owner, &ids, now)
+            .complete_outbox(&self.args.owner, ids, now)
             .await
         {
             // Delivered but not marked: the rows come back after the lease and are sent
             // again; receivers drop the duplicates by event id.
             warn!(sink = self.name(), error = %err, "could not mark SIEM rows delivered");
         }
+    }
+
+    /// Marks what is delivered and gives back a batch claimed ahead, without counting an
+    /// attempt, so that it is due again at once (here or on another node).
+    async fn settle(&mut self) {
+        let unmarked = std::mem::take(&mut self.unmarked);
+        self.mark(&unmarked).await;
+        if !std::mem::take(&mut self.claimed).is_empty() {
+            self.hand_back(STOPPING).await;
+        }
+    }
+
+    /// Gives up every lease this forwarder holds, without counting an attempt; `why`
+    /// completes the log line.
+    async fn hand_back(&self, why: &str) {
+        match self.args.store.hand_over_outbox(&self.args.owner).await {
+            Ok(rows) => info!(sink = self.name(), rows, "SIEM batch handed back {why}"),
+            Err(err) => {
+                warn!(sink = self.name(), error = %err, "could not hand back claimed SIEM rows; their lease expires instead");
+            }
+        }
+    }
+
+    /// One round: deliver a batch while the previous one is marked and the next one
+    /// claimed. Returns the pause before the next round.
+    async fn round(&mut self) -> Duration {
+        if *self.args.stopping.borrow() {
+            self.settle().await;
+            return self.args.settings.poll;
+        }
+        self.refresh_stats().await;
+        if let Some(until) = self.open_until {
+            let now = tokio::time::Instant::now();
+            if now < until {
+                return until - now;
+            }
+        }
+        let batch = match std::mem::take(&mut self.claimed) {
+            claimed if !claimed.is_empty() => claimed,
+            _ => {
+                let unmarked = std::mem::take(&mut self.unmarked);
+                match self.claim(&unmarked).await {
+                    Ok(batch) if batch.is_empty() => return self.args.settings.poll,
+                    Ok(batch) => batch,
+                    Err(err) => {
+                        // Nothing was committed: the rows stay to be marked.
+                        self.unmarked = unmarked;
+                        warn!(sink = self.name(), error = %err, "could not claim SIEM outbox rows");
+                        return self.args.settings.poll.max(Duration::from_secs(1));
+                    }
+                }
+            }
+        };
+        let events: Vec<ChainedEvent> = batch.iter().map(|e| e.event.clone()).collect();
+        let unmarked = std::mem::take(&mut self.unmarked);
+        let (delivered, next) = tokio::join!(self.deliver(&events), self.claim(&unmarked));
+        let next = next.unwrap_or_else(|err| {
+            warn!(sink = self.name(), error = %err, "could not claim SIEM outbox rows ahead");
+            self.unmarked.extend(&unmarked);
+            Vec::new()
+        });
+        let pause = match delivered {
+            Some(Ok(())) => {
+                self.delivered(&batch);
+                self.claimed = next;
+                return Duration::ZERO;
+            }
+            // Stopping: the batch in flight and the one claimed ahead go back together.
+            None => {
+                self.hand_back(STOPPING).await;
+                return self.args.settings.poll;
+            }
+            Some(Err(err)) => self.undelivered(&batch, &err).await,
+        };
+        // The batch claimed ahead goes back only after the failed one is settled, which
+        // still holds its lease until then.
+        if !next.is_empty() {
+            self.hand_back("after a failed delivery").await;
+        }
+        pause
+    }
+
+    /// Settles a batch the sink did not take; returns the pause before the next round.
+    async fn undelivered(&mut self, batch: &[OutboxEntry], err: &DeliveryError) -> Duration {
+        if !err.retryable && batch.len() > 1 {
+            // Find the event(s) the sink refuses, delivering the rest one by one.
+            for entry in batch {
+                let single = std::slice::from_ref(&entry.event);
+                let Some(delivered) = self.deliver(single).await else {
+                    self.hand_back(STOPPING).await;
+                    return self.args.settings.poll;
+                };
+                match delivered {
+                    Ok(()) => {
+                        self.delivered(std::slice::from_ref(entry));
+                        let unmarked = std::mem::take(&mut self.unmarked);
+                        self.mark(&unmarked).await;
+                    }
+                    Err(err) if !err.retryable => self.dead_letter(entry, &err).await,
+                    Err(err) => self.failed(std::slice::from_ref(entry), &err).await,
+                }
+            }
+            return Duration::ZERO;
+        }
+        if !err.retryable {
+            if let Some(entry) = batch.first() {
+                self.dead_letter(entry, err).await;
+            }
+            return Duration::ZERO;
+        }
+        self.failed(batch, err).await;
+        self.args.settings.poll
+    }
+
+    /// Counts rows the sink accepted; they are marked in the store with the next round.
+    fn delivered(&mut self, entries: &[OutboxEntry]) {
+        self.unmarked.extend(entries.iter().map(|e| e.id));
+        let now = self.args.clock.now();
         let n = entries.len() as u64;
         let name = self.name().to_owned();
         self.args
@@ -507,7 +574,18 @@ impl Actor for SiemForwarder {
             consecutive_failures: 0,
             open_until: None,
             stats_due: tokio::time::Instant::now(),
+            claimed: Vec::new(),
+            unmarked: Vec::new(),
         })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        state.settle().await;
+        Ok(())
     }
 
     async fn handle(

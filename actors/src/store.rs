@@ -669,6 +669,18 @@ pub trait SiemOutbox: Send + Sync {
         ids: &[i64],
         now: DateTime<Utc>,
     ) -> StoreResult<()>;
+    /// Marks `delivered` as [`complete_outbox`](Self::complete_outbox) does, then claims
+    /// as [`claim_outbox`](Self::claim_outbox) does, in one transaction: a forwarder
+    /// settles one batch and takes the next with one round trip and one commit.
+    async fn complete_and_claim_outbox(
+        &self,
+        owner: &str,
+        delivered: &[i64],
+        sink: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<OutboxEntry>>;
     /// Returns entries to the queue after a failed attempt, due again at `retry_at`.
     async fn release_outbox(
         &self,

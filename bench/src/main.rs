@@ -31,7 +31,10 @@ use sark_chaos::sandbox::{ClusterSandbox, SandboxOptions};
 
 const USAGE: &str = "usage: sark-bench [--seconds N] [--rounds N] [--connections N] \
                      [--login-connections N] [--audit-callers N] [--siem-events N] \
-                     [--database-url URL] [--sark PATH]";
+                     [--database-url URL] [--sark PATH] [--only SCENARIO,...]\n\
+                     --only runs the scenarios whose names start with one of the given \
+                     prefixes (the baseline `bare` is always run); goals whose figures were \
+                     not measured print as 0";
 
 const ADMIN_PASSWORD: &str = "bench root passphrase, long enough";
 const USER_PASSWORD: &str = "bench user passphrase, long enough";
@@ -47,6 +50,7 @@ struct Args {
     siem_events: usize,
     database_url: Option<String>,
     binary: Option<PathBuf>,
+    only: Vec<String>,
 }
 
 impl Args {
@@ -60,6 +64,7 @@ impl Args {
             siem_events: 20_000,
             database_url: None,
             binary: None,
+            only: Vec::new(),
         };
         let mut it = std::env::args().skip(1);
         while let Some(flag) = it.next() {
@@ -80,6 +85,7 @@ impl Args {
                 "--siem-events" => args.siem_events = value()?.parse().context("--siem-events")?,
                 "--database-url" => args.database_url = Some(value()?),
                 "--sark" => args.binary = Some(PathBuf::from(value()?)),
+                "--only" => args.only = value()?.split(',').map(str::to_owned).collect(),
                 "-h" | "--help" => {
                     println!("{USAGE}");
                     std::process::exit(0);
@@ -253,6 +259,11 @@ done = function(summary, latency, requests)
 end
 "#;
 
+/// wrk's threads for `connections` connections.
+fn wrk_threads(connections: usize) -> usize {
+    connections.min(2)
+}
+
 /// A wrk run: `script` defines the requests; the done hook is appended.
 struct Wrk<'a> {
     url: String,
@@ -266,7 +277,7 @@ impl Wrk<'_> {
     fn run(&self, name: &str) -> anyhow::Result<Sample> {
         let path = self.dir.join(format!("{name}.lua"));
         std::fs::write(&path, format!("{}\n{DONE_HOOK}", self.script))?;
-        let threads = self.connections.min(2);
+        let threads = wrk_threads(self.connections);
         let output = Command::new("wrk")
             .arg(format!("-t{threads}"))
             .arg(format!("-c{}", self.connections))
@@ -444,7 +455,10 @@ impl Bench {
         Ok(())
     }
 
-    fn login_script(&self) -> String {
+    /// Logins by `connections` connections: each wrk thread cycles through its own users
+    /// (every `threads`-th one), so two logins of one user are never in flight together
+    /// and the run measures logins, not the per-user turn.
+    fn login_script(&self, connections: usize) -> String {
         let bodies: Vec<String> = self
             .users
             .iter()
@@ -452,14 +466,16 @@ impl Bench {
             .collect();
         format!(
             r#"local bodies = {{ {} }}
+local threads = {}
 local headers = {{ ["Content-Type"] = "application/json" }}
 local n = 0
-setup = function(thread) thread:set("offset", n); n = n + 1 end
+setup = function(thread) thread:set("cursor", n); n = n + 1 end
 request = function()
-  offset = (offset or 0) + 1
-  return wrk.format("POST", "/api/v1/auth/login", headers, bodies[(offset % #bodies) + 1])
+  cursor = cursor + threads
+  return wrk.format("POST", "/api/v1/auth/login", headers, bodies[(cursor % #bodies) + 1])
 end"#,
-            bodies.join(", ")
+            bodies.join(", "),
+            wrk_threads(connections)
         )
     }
 
@@ -648,6 +664,9 @@ async fn main() -> anyhow::Result<()> {
                 .map(|s| format!("{s}_{}", store.label)),
         );
     }
+    scenarios.retain(|s| {
+        s == "bare" || args.only.is_empty() || args.only.iter().any(|p| s.starts_with(p.as_str()))
+    });
     let mut samples: BTreeMap<String, Vec<Sample>> = BTreeMap::new();
     println!(
         "sark-bench: {} on {cores} cores, {} s per run, {} rounds interleaved; medians",
@@ -664,7 +683,7 @@ async fn main() -> anyhow::Result<()> {
                 "login" => wrk(
                     "/api/v1/auth/login",
                     args.login_connections,
-                    bench.login_script(),
+                    bench.login_script(args.login_connections),
                 )
                 .run("login")?,
                 "me" => wrk("/api/v1/auth/me", args.connections, me_script.clone()).run("me")?,

@@ -211,9 +211,12 @@ impl PgStore {
 
     /// Claims due rows; `SKIP LOCKED` lets several nodes claim at once without waiting on
     /// or double-claiming each other's rows.
+    /// Due rows are taken in the order of the `siem_outbox_due` index, which the claim
+    /// reads only as far as the rows it takes (ordered by id alone, it sorted the whole
+    /// queue on every claim).
     const CLAIM_OUTBOX_SQL: &'static str = "UPDATE siem_outbox SET lease_owner = $1, lease_until = $2 \
          WHERE id IN (SELECT id FROM siem_outbox WHERE sink = $3 AND delivered_at IS NULL \
-         AND next_attempt_at <= $4 AND (lease_until IS NULL OR lease_until <= $4) ORDER BY id LIMIT $5 \
+         AND next_attempt_at <= $4 AND (lease_until IS NULL OR lease_until <= $4) ORDER BY next_attempt_at, id LIMIT $5 \
          FOR UPDATE SKIP LOCKED) RETURNING id, sink, payload, attempts";
 
     const USER_FOR_UPDATE_SQL: &'static str = concat!(

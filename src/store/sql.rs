@@ -866,6 +866,30 @@ macro_rules! impl_portable_store {
             }
         }
 
+        impl $store {
+            /// Marks outbox rows delivered, only those still leased by `owner`.
+            async fn mark_outbox_delivered(
+                tx: &mut ::sqlx::Transaction<'_, $db>,
+                owner: &str,
+                ids: &[i64],
+                now: ::chrono::DateTime<::chrono::Utc>,
+            ) -> $crate::store::StoreResult<()> {
+                if ids.is_empty() {
+                    return Ok(());
+                }
+                let mut qb = ::sqlx::QueryBuilder::<$db>::new("UPDATE siem_outbox SET delivered_at = ");
+                qb.push_bind(now).push(", last_error = NULL, lease_owner = NULL, lease_until = NULL WHERE lease_owner = ");
+                qb.push_bind(owner.to_owned()).push(" AND id IN (");
+                let mut list = qb.separated(", ");
+                for id in ids {
+                    list.push_bind(*id);
+                }
+                qb.push(")");
+                qb.build().execute(&mut **tx).await.map_err($crate::store::db_error)?;
+                Ok(())
+            }
+        }
+
         #[::async_trait::async_trait]
         impl $crate::store::AuditStore for $store {
             async fn audit_generation(&self) -> $crate::store::StoreResult<u32> {
@@ -1023,15 +1047,44 @@ macro_rules! impl_portable_store {
                 lease_until: ::chrono::DateTime<::chrono::Utc>,
                 limit: u32,
             ) -> $crate::store::StoreResult<Vec<$crate::store::OutboxEntry>> {
+                self.complete_and_claim_outbox(owner, &[], sink, now, lease_until, limit).await
+            }
+
+            async fn complete_outbox(
+                &self,
+                owner: &str,
+                ids: &[i64],
+                now: ::chrono::DateTime<::chrono::Utc>,
+            ) -> $crate::store::StoreResult<()> {
+                if ids.is_empty() {
+                    return Ok(());
+                }
+                let mut tx = Self::begin_write(self.writer()?).await.map_err($crate::store::db_error)?;
+                Self::mark_outbox_delivered(&mut tx, owner, ids, now).await?;
+                tx.commit().await.map_err($crate::store::db_error)
+            }
+
+            async fn complete_and_claim_outbox(
+                &self,
+                owner: &str,
+                delivered: &[i64],
+                sink: &str,
+                now: ::chrono::DateTime<::chrono::Utc>,
+                lease_until: ::chrono::DateTime<::chrono::Utc>,
+                limit: u32,
+            ) -> $crate::store::StoreResult<Vec<$crate::store::OutboxEntry>> {
+                let mut tx = Self::begin_write(self.writer()?).await.map_err($crate::store::db_error)?;
+                Self::mark_outbox_delivered(&mut tx, owner, delivered, now).await?;
                 let rows = ::sqlx::query(Self::CLAIM_OUTBOX_SQL)
                     .bind(owner)
                     .bind(lease_until)
                     .bind(sink)
                     .bind(now)
                     .bind(i64::from(limit))
-                    .fetch_all(self.writer()?)
+                    .fetch_all(&mut *tx)
                     .await
                     .map_err($crate::store::db_error)?;
+                tx.commit().await.map_err($crate::store::db_error)?;
                 let mut entries = rows
                     .iter()
                     .map(|r| {
@@ -1047,27 +1100,6 @@ macro_rules! impl_portable_store {
                     .map_err($crate::store::db_error)?;
                 entries.sort_by_key(|e| e.id);
                 Ok(entries)
-            }
-
-            async fn complete_outbox(
-                &self,
-                owner: &str,
-                ids: &[i64],
-                now: ::chrono::DateTime<::chrono::Utc>,
-            ) -> $crate::store::StoreResult<()> {
-                if ids.is_empty() {
-                    return Ok(());
-                }
-                let mut qb = ::sqlx::QueryBuilder::<$db>::new("UPDATE siem_outbox SET delivered_at = ");
-                qb.push_bind(now).push(", last_error = NULL, lease_owner = NULL, lease_until = NULL WHERE lease_owner = ");
-                qb.push_bind(owner.to_owned()).push(" AND id IN (");
-                let mut list = qb.separated(", ");
-                for id in ids {
-                    list.push_bind(*id);
-                }
-                qb.push(")");
-                qb.build().execute(self.writer()?).await.map_err($crate::store::db_error)?;
-                Ok(())
             }
 
             async fn release_outbox(

@@ -124,9 +124,12 @@ impl SqliteStore {
 
     /// Claims due rows with one statement; SQLite runs writes one at a time, so the
     /// subquery and the update see the same rows.
+    /// Due rows are taken in the order of the `siem_outbox_due` index, which the claim
+    /// reads only as far as the rows it takes (ordered by id alone, it sorted the whole
+    /// queue on every claim).
     const CLAIM_OUTBOX_SQL: &'static str = "UPDATE siem_outbox SET lease_owner = $1, lease_until = $2 \
          WHERE id IN (SELECT id FROM siem_outbox WHERE sink = $3 AND delivered_at IS NULL \
-         AND next_attempt_at <= $4 AND (lease_until IS NULL OR lease_until <= $4) ORDER BY id LIMIT $5) \
+         AND next_attempt_at <= $4 AND (lease_until IS NULL OR lease_until <= $4) ORDER BY next_attempt_at, id LIMIT $5) \
          RETURNING id, sink, payload, attempts";
 
     const USER_FOR_UPDATE_SQL: &'static str = concat!(

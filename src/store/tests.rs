@@ -132,6 +132,7 @@ contract_tests!(
     audit_chain_appends_and_refuses_forks,
     audit_lists_filter_and_page,
     outbox_leases_are_exclusive_and_complete,
+    one_transaction_marks_a_batch_and_claims_the_next,
     meta_put_if_absent_keeps_the_first_value,
     the_voting_membership_records_members_and_forgets_only_the_silent,
     health_reports_the_backend,
@@ -799,6 +800,46 @@ async fn audit_lists_filter_and_page(store: Arc<dyn Store>) {
     };
     next.before = Some((last.event.timestamp, last.event.id));
     assert_eq!(seqs(store.list_audit(&next).await.unwrap()), [3, 2]);
+}
+
+async fn one_transaction_marks_a_batch_and_claims_the_next(store: Arc<dyn Store>) {
+    let t = now();
+    let events: Vec<ChainedEvent> = (1..=5)
+        .map(|i| chained("n1", i, "login_succeeded", "a", t))
+        .collect();
+    store
+        .append_audit("n1", 0, &events, "mac", &["hec".into()])
+        .await
+        .unwrap();
+    let lease = t + Duration::seconds(30);
+    let seqs = |batch: &[OutboxEntry]| batch.iter().map(|e| e.event.seq).collect::<Vec<_>>();
+    let first = store.claim_outbox("hec", "w1", t, lease, 2).await.unwrap();
+    assert_eq!(seqs(&first), [1, 2]);
+    let ids: Vec<i64> = first.iter().map(|e| e.id).collect();
+    let second = store
+        .complete_and_claim_outbox("w1", &ids, "hec", t, lease, 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        seqs(&second),
+        [3, 4],
+        "the next batch, not the one just marked"
+    );
+    assert_eq!(store.outbox_stats("hec").await.unwrap().queued, 3);
+    // Another owner's marks are ignored, but its claim still happens.
+    let ids: Vec<i64> = second.iter().map(|e| e.id).collect();
+    let third = store
+        .complete_and_claim_outbox("w2", &ids, "hec", t, lease, 2)
+        .await
+        .unwrap();
+    assert_eq!(seqs(&third), [5]);
+    assert_eq!(store.outbox_stats("hec").await.unwrap().queued, 3);
+    let last = store
+        .complete_and_claim_outbox("w1", &ids, "hec", t, lease, 2)
+        .await
+        .unwrap();
+    assert!(last.is_empty(), "nothing else is due");
+    assert_eq!(store.outbox_stats("hec").await.unwrap().queued, 1);
 }
 
 async fn outbox_leases_are_exclusive_and_complete(store: Arc<dyn Store>) {
