@@ -82,6 +82,8 @@ pub struct Shared {
     pub metrics: HttpMetrics,
     /// The last `/health/detailed` answer; refreshed by one request at a time.
     pub detailed: tokio::sync::Mutex<Option<(tokio::time::Instant, serde_json::Value)>>,
+    /// The rate limits the `rate_limiting` policy decided, per request shape.
+    pub limits: middleware::LimitMemo,
 }
 
 impl std::ops::Deref for AppState {
@@ -104,6 +106,7 @@ impl AppState {
             providers,
             metrics,
             detailed: tokio::sync::Mutex::default(),
+            limits: middleware::LimitMemo::default(),
         }))
     }
 }

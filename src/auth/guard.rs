@@ -41,10 +41,26 @@ pub fn policy_input(
         "action": action,
         "resource": resource,
         "context": {
-            "time": node.clock.now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "time": to_the_second(node.clock.now()),
             "ip": ip.map(|ip| ip.to_string()),
             "node_id": node.node_id,
         },
+    })
+}
+
+/// `now` in RFC 3339 to the second, formatted once per second on each thread (every
+/// policy input carries it).
+fn to_the_second(now: chrono::DateTime<chrono::Utc>) -> String {
+    thread_local! {
+        static LAST: std::cell::RefCell<(i64, String)> =
+            const { std::cell::RefCell::new((i64::MIN, String::new())) };
+    }
+    LAST.with_borrow_mut(|(second, text)| {
+        if *second != now.timestamp() {
+            *second = now.timestamp();
+            *text = now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        }
+        text.clone()
     })
 }
 

@@ -1,7 +1,9 @@
 //! Middleware of the front door: request context (id, access log, metrics, security
 //! headers, error shape), rate limits, timeouts and the client address.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, PoisonError};
 use std::time::Instant;
 
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
@@ -16,6 +18,7 @@ use super::errors::{ApiError, InternalDetail, REQUEST_ID};
 use crate::config::ClientIpHeader;
 use crate::store::ApiRequestRow;
 use sark_actors::limiter::RateDecision;
+use sark_actors::policy::CompiledBundle;
 
 /// The client's address, after trusted-proxy resolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -429,7 +432,10 @@ async fn rate_limit(state: &AppState, extensions: &Extensions, method: &str) -> 
             )
         }
     };
-    let limit = policy_limit(&state.node, principal, route, method).unwrap_or(default);
+    let limit = state
+        .limits
+        .limit(&state.node, principal, route, method)
+        .unwrap_or(default);
     // Each distinct limit is its own bucket, so a tight limit on some routes does not eat
     // the allowance of the others.
     let key = format!("{key}|{limit}");
@@ -446,20 +452,93 @@ async fn rate_limit(state: &AppState, extensions: &Extensions, method: &str) -> 
     Quota::Metered(decision)
 }
 
-/// The `rate_limiting` bundle's `limit` for this request, when it defines a usable one.
-fn policy_limit(
+/// The `rate_limiting` bundle's answers, remembered per request shape. Its input is the
+/// principal type, role, route, method and the configured defaults, so one answer holds for
+/// every request of a shape until another bundle version is published: the memo belongs
+/// to one compiled version and is emptied when the active one changes.
+#[derive(Default)]
+pub struct LimitMemo {
+    memo: std::sync::RwLock<Limits>,
+}
+
+#[derive(Default)]
+struct Limits {
+    bundle: Option<Arc<CompiledBundle>>,
+    by_shape: HashMap<LimitShape, Option<u32>>,
+}
+
+/// What the `rate_limiting` input is made of, apart from the configured defaults.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct LimitShape {
+    principal_type: &'static str,
+    role: Option<crate::store::Role>,
+    route: Box<str>,
+    method: Box<str>,
+}
+
+/// Request shapes remembered at most; past it the memo starts over (methods and routes
+/// are few, but a client may send any method name).
+const LIMIT_SHAPES: usize = 1024;
+
+impl LimitMemo {
+    /// The `rate_limiting` bundle's `limit` for this request, when it defines a usable one.
+    fn limit(
+        &self,
+        node: &crate::core::Core,
+        principal: Option<&crate::auth::principal::Principal>,
+        route: &str,
+        method: &str,
+    ) -> Option<u32> {
+        let bundle = node.policies.get(crate::policies::RATE_LIMITING_BUNDLE)?;
+        let shape = LimitShape {
+            principal_type: principal.map_or("anonymous", |p| p.principal_type()),
+            role: principal.map(|p| p.role),
+            route: route.into(),
+            method: method.into(),
+        };
+        {
+            let memo = self.memo.read().unwrap_or_else(PoisonError::into_inner);
+            if memo
+                .bundle
+                .as_ref()
+                .is_some_and(|b| Arc::ptr_eq(b, &bundle))
+                && let Some(limit) = memo.by_shape.get(&shape)
+            {
+                return *limit;
+            }
+        }
+        let limit = evaluate_limit(node, &bundle, &shape);
+        let mut memo = self.memo.write().unwrap_or_else(PoisonError::into_inner);
+        if !memo
+            .bundle
+            .as_ref()
+            .is_some_and(|b| Arc::ptr_eq(b, &bundle))
+        {
+            *memo = Limits {
+                bundle: Some(bundle),
+                by_shape: HashMap::new(),
+            };
+        }
+        if memo.by_shape.len() >= LIMIT_SHAPES {
+            memo.by_shape.clear();
+        }
+        memo.by_shape.insert(shape, limit);
+        limit
+    }
+}
+
+/// Asks `bundle` for the limit of requests of `shape`.
+fn evaluate_limit(
     node: &crate::core::Core,
-    principal: Option<&crate::auth::principal::Principal>,
-    route: &str,
-    method: &str,
+    bundle: &CompiledBundle,
+    shape: &LimitShape,
 ) -> Option<u32> {
-    let bundle = node.policies.get(crate::policies::RATE_LIMITING_BUNDLE)?;
     let defaults = &node.config.rate_limit;
     let input = serde_json::json!({
-        "principal_type": principal.map_or("anonymous", |p| p.principal_type()),
-        "role": principal.map(|p| p.role),
-        "route": route,
-        "method": method,
+        "principal_type": shape.principal_type,
+        "role": shape.role,
+        "route": &*shape.route,
+        "method": &*shape.method,
         "defaults": {
             "unauthenticated_per_minute": defaults.unauthenticated_per_minute,
             "authenticated_per_minute": defaults.authenticated_per_minute,
