@@ -288,15 +288,14 @@ pub struct SessionSupervisorArguments {
 pub struct SessionSupervisorState {
     args: SessionSupervisorArguments,
     running: HashMap<Uuid, ActorRef<SessionMessage>>,
+    /// The session of each running actor, so that an ended actor is forgotten without a
+    /// search through every session of the node.
+    sessions: HashMap<ractor::ActorId, Uuid>,
 }
 
 impl SessionSupervisorState {
     fn forget(&mut self, cell: &ActorCell) -> Option<Uuid> {
-        let id = self
-            .running
-            .iter()
-            .find(|(_, actor)| actor.get_id() == cell.get_id())
-            .map(|(id, _)| *id)?;
+        let id = self.sessions.remove(&cell.get_id())?;
         self.running.remove(&id);
         self.args
             .metrics
@@ -323,6 +322,7 @@ impl Actor for SessionSupervisor {
         Ok(SessionSupervisorState {
             args,
             running: HashMap::new(),
+            sessions: HashMap::new(),
         })
     }
 
@@ -332,6 +332,7 @@ impl Actor for SessionSupervisor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         let running = std::mem::take(&mut state.running);
+        state.sessions.clear();
         state
             .args
             .metrics
@@ -375,13 +376,20 @@ impl Actor for SessionSupervisor {
                 let result =
                     match Actor::spawn_linked(None, SessionActor, args, myself.get_cell()).await {
                         Ok((actor, _)) => {
-                            state.running.insert(id, actor.clone());
-                            state
-                                .args
-                                .metrics
-                                .running
-                                .with_label_values(&["session"])
-                                .inc();
+                            state.sessions.insert(actor.get_id(), id);
+                            match state.running.insert(id, actor.clone()) {
+                                // An actor of this session that stopped and was not yet
+                                // reported ended: replaced, so the count stays.
+                                Some(ended) => {
+                                    state.sessions.remove(&ended.get_id());
+                                }
+                                None => state
+                                    .args
+                                    .metrics
+                                    .running
+                                    .with_label_values(&["session"])
+                                    .inc(),
+                            }
                             Ok(actor)
                         }
                         Err(err) => {

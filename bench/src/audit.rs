@@ -75,7 +75,8 @@ impl BenchStore {
         })
     }
 
-    fn store(&self) -> Arc<dyn Store> {
+    /// The store.
+    pub fn store(&self) -> Arc<dyn Store> {
         self.backend.store()
     }
 }

@@ -5,7 +5,8 @@
 //! - `GET /health`, token-verified `GET /api/v1/auth/me` and `POST /api/v1/authz/evaluate`
 //!   next to a bare axum hello-world (`bare-axum`, built beside this binary) at the same
 //!   concurrency;
-//! - refresh-token rotations/s;
+//! - refresh-token rotations/s, on SQLite and (with `--database-url`) on a second node on
+//!   PostgreSQL;
 //! - policy evaluations/s (raw regorus, and the API with and without a cache hit);
 //! - audit events committed/s and SIEM delivery events/s on SQLite and, with
 //!   `--database-url`, PostgreSQL ([`audit`]).
@@ -27,11 +28,13 @@ use serde_json::{Value, json};
 use sark::idp::password;
 
 mod audit;
+mod sessions;
 use sark_chaos::sandbox::{ClusterSandbox, SandboxOptions};
 
 const USAGE: &str = "usage: sark-bench [--seconds N] [--rounds N] [--connections N] \
                      [--login-connections N] [--audit-callers N] [--siem-events N] \
-                     [--database-url URL] [--sark PATH] [--only SCENARIO,...]\n\
+                     [--database-url URL] [--sark PATH] [--sessions N] \
+                     [--only SCENARIO,...]\n\
                      --only runs the scenarios whose names start with one of the given \
                      prefixes (the baseline `bare` is always run); goals whose figures were \
                      not measured print as 0";
@@ -51,6 +54,7 @@ struct Args {
     database_url: Option<String>,
     binary: Option<PathBuf>,
     only: Vec<String>,
+    sessions: usize,
 }
 
 impl Args {
@@ -65,6 +69,7 @@ impl Args {
             database_url: None,
             binary: None,
             only: Vec::new(),
+            sessions: 100_000,
         };
         let mut it = std::env::args().skip(1);
         while let Some(flag) = it.next() {
@@ -86,6 +91,7 @@ impl Args {
                 "--database-url" => args.database_url = Some(value()?),
                 "--sark" => args.binary = Some(PathBuf::from(value()?)),
                 "--only" => args.only = value()?.split(',').map(str::to_owned).collect(),
+                "--sessions" => args.sessions = value()?.parse().context("--sessions")?,
                 "-h" | "--help" => {
                     println!("{USAGE}");
                     std::process::exit(0);
@@ -356,12 +362,15 @@ struct Bench {
     base: String,
     client: reqwest::Client,
     users: Vec<String>,
+    /// The node's resident memory once it answered its first request.
+    idle_rss: u64,
 }
 
 impl Bench {
-    async fn start(args: &Args) -> anyhow::Result<Self> {
+    /// A node on SQLite, or on `database` (a PostgreSQL URL), with the bench's users.
+    async fn start(args: &Args, database: Option<String>) -> anyhow::Result<Self> {
         let huge = "1000000000".to_owned();
-        let env = vec![
+        let mut env = vec![
             (
                 "SARK_BOOTSTRAP_ADMIN_PASSWORD".into(),
                 ADMIN_PASSWORD.into(),
@@ -373,6 +382,9 @@ impl Bench {
             ("SARK_RATE_LIMIT__AUTHENTICATED_PER_MINUTE".into(), huge),
             ("SARK_HTTP__MAX_CONNECTIONS".into(), "4096".into()),
         ];
+        if let Some(url) = database {
+            env.push(("SARK_DATABASE__URL".into(), url));
+        }
         let sandbox = ClusterSandbox::start(
             1,
             SandboxOptions {
@@ -390,7 +402,9 @@ impl Bench {
             base,
             client,
             users: Vec::new(),
+            idle_rss: 0,
         };
+        bench.idle_rss = bench.rss()?;
         let admin = bench.login("admin", ADMIN_PASSWORD).await?;
         let admin = token(&admin, "access_token")?;
         // Twice as many users as login connections: logins of one name take turns (the
@@ -405,6 +419,17 @@ impl Bench {
             bench.users.push(name);
         }
         Ok(bench)
+    }
+
+    /// The node's resident memory now.
+    fn rss(&self) -> anyhow::Result<u64> {
+        let pid = self
+            .sandbox
+            .nodes()
+            .first()
+            .and_then(|node| node.pid())
+            .ok_or_else(|| anyhow!("the node is not running"))?;
+        sessions::rss_of(&pid.to_string())
     }
 
     async fn login(&self, username: &str, password: &str) -> anyhow::Result<Value> {
@@ -629,7 +654,9 @@ const STORE_SCENARIOS: &[&str] = &["audit_group", "audit_single", "siem_outbox"]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse()?;
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    let bench = Bench::start(&args).await?;
+    let bench = Bench::start(&args, None).await?;
+    let idle_rss = bench.idle_rss;
+    let warm_rss = bench.rss()?;
     let bare = BareAxum::start(&args.binary()?.with_file_name("bare-axum"))?;
     let scratch = tempfile::tempdir()?;
     let hash = password::hash_password(USER_PASSWORD).map_err(|e| anyhow!("{e}"))?;
@@ -652,11 +679,19 @@ async fn main() -> anyhow::Result<()> {
         lua_string(&format!("Bearer {access}"))
     );
     let mut stores = vec![audit::BenchStore::sqlite().await?];
+    let mut postgres_node = None;
     match &args.database_url {
-        Some(url) => stores.push(audit::BenchStore::postgres(url).await?),
+        Some(url) => {
+            stores.push(audit::BenchStore::postgres(url).await?);
+            let database = sark_chaos::sandbox::fresh_database_on(url)?;
+            postgres_node = Some(Bench::start(&args, Some(database)).await?);
+        }
         None => println!("PostgreSQL not measured: no --database-url"),
     }
     let mut scenarios: Vec<String> = SCENARIOS.iter().map(|s| (*s).to_owned()).collect();
+    if postgres_node.is_some() {
+        scenarios.push("refresh_postgres".to_owned());
+    }
     for store in &stores {
         scenarios.extend(
             STORE_SCENARIOS
@@ -664,9 +699,9 @@ async fn main() -> anyhow::Result<()> {
                 .map(|s| format!("{s}_{}", store.label)),
         );
     }
-    scenarios.retain(|s| {
-        s == "bare" || args.only.is_empty() || args.only.iter().any(|p| s.starts_with(p.as_str()))
-    });
+    let selected =
+        |name: &str| args.only.is_empty() || args.only.iter().any(|p| name.starts_with(p.as_str()));
+    scenarios.retain(|s| s == "bare" || selected(s));
     let mut samples: BTreeMap<String, Vec<Sample>> = BTreeMap::new();
     println!(
         "sark-bench: {} on {cores} cores, {} s per run, {} rounds interleaved; medians",
@@ -712,6 +747,13 @@ async fn main() -> anyhow::Result<()> {
                 )
                 .run("evaluate_miss")?,
                 "siem_direct" => audit::direct_delivery(args.siem_events).await?,
+                "refresh_postgres" => {
+                    postgres_node
+                        .as_ref()
+                        .ok_or_else(|| anyhow!("no PostgreSQL node"))?
+                        .refreshes(args.login_connections, args.seconds)
+                        .await?
+                }
                 other => {
                     let (kind, label) = other
                         .rsplit_once('_')
@@ -733,6 +775,12 @@ async fn main() -> anyhow::Result<()> {
             samples.entry(scenario.clone()).or_default().push(sample);
         }
     }
+    // Memory is measured once: it does not vary from round to round as throughput does.
+    let session_memory = if selected("sessions") {
+        Some(sessions::session_memory(args.sessions).await?)
+    } else {
+        None
+    };
     let m = |name: &str| Medians::of(samples.get(name).map_or(&[][..], Vec::as_slice));
     let (raw1, raw, logins, me, health, refresh) = (
         m("argon2_1"),
@@ -776,6 +824,13 @@ async fn main() -> anyhow::Result<()> {
         "POST /api/v1/auth/refresh, {:>3} sessions        {refresh}",
         args.login_connections
     );
+    let refresh_postgres = postgres_node.as_ref().map(|_| m("refresh_postgres"));
+    if let Some(figure) = refresh_postgres {
+        println!(
+            "  on PostgreSQL, {:>3} sessions                 {figure}",
+            args.login_connections
+        );
+    }
     println!(
         "regorus eval of `authorization`, 1 thread  {:>9.0} /s",
         regorus.0.per_second
@@ -824,6 +879,25 @@ async fn main() -> anyhow::Result<()> {
         "SIEM direct posts to HEC, {SIEM_BATCH_NOTE}    {:>9.0} events/s",
         direct.0.per_second
     );
+    const MIB: f64 = 1024.0 * 1024.0;
+    println!(
+        "idle node resident memory                  {:>9.1} MiB",
+        idle_rss as f64 / MIB
+    );
+    println!(
+        "  after {} password hashes (users and logins) {:>6.1} MiB",
+        args.login_connections * 2 + 2,
+        warm_rss as f64 / MIB
+    );
+    if let Some(memory) = session_memory {
+        println!(
+            "{} session actors: +{:.1} MiB resident ({:.0} bytes each), started in {:.1} s",
+            memory.sessions,
+            memory.added_bytes as f64 / MIB,
+            memory.added_bytes as f64 / memory.sessions as f64,
+            memory.started_in.as_secs_f64()
+        );
+    }
     let per_second = |a: Medians, b: Medians| a.0.per_second / b.0.per_second;
     let mut goals = vec![
         Goal::at_least(
@@ -853,6 +927,25 @@ async fn main() -> anyhow::Result<()> {
             0.90,
         ),
     ];
+    goals.push(Goal::at_most(
+        "idle node resident memory, MiB",
+        idle_rss as f64 / MIB,
+        50.0,
+    ));
+    if let Some(memory) = session_memory {
+        goals.push(Goal::at_most(
+            format!("idle node + {} session actors, MiB", memory.sessions),
+            (idle_rss + memory.added_bytes) as f64 / MIB,
+            500.0,
+        ));
+    }
+    if let Some(figure) = refresh_postgres {
+        goals.push(Goal::at_least(
+            "refreshes on PostgreSQL, /s",
+            figure.0.per_second,
+            3000.0,
+        ));
+    }
     for store in &stores {
         let outbox = m(&format!("siem_outbox_{}", store.label));
         goals.push(Goal::at_least(
@@ -867,6 +960,13 @@ async fn main() -> anyhow::Result<()> {
         println!("  {goal}");
     }
     drop(bare);
+    if let Some(node) = postgres_node {
+        let statuses = node.sandbox.shutdown().await?;
+        ensure!(
+            statuses.iter().all(std::process::ExitStatus::success),
+            "the PostgreSQL node did not stop cleanly: {statuses:?}"
+        );
+    }
     let statuses = bench.sandbox.shutdown().await?;
     ensure!(
         statuses.iter().all(std::process::ExitStatus::success),

@@ -93,9 +93,15 @@ impl SandboxOptions {
 /// A fresh database on the suite's PostgreSQL server (`TEST_DATABASE_URL`, set by
 /// `scripts/test`), for nodes that share one.
 pub fn fresh_postgres_database() -> anyhow::Result<String> {
-    use std::hash::{BuildHasher, Hasher};
     let admin = std::env::var("TEST_DATABASE_URL")
         .context("TEST_DATABASE_URL is not set: run the suite with scripts/test")?;
+    fresh_database_on(&admin)
+}
+
+/// A fresh database on the PostgreSQL server of `admin` (a URL whose user may create
+/// databases); returns its URL.
+pub fn fresh_database_on(admin: &str) -> anyhow::Result<String> {
+    use std::hash::{BuildHasher, Hasher};
     let name = format!(
         "chaos_{:x}",
         std::collections::hash_map::RandomState::new()
@@ -103,12 +109,7 @@ pub fn fresh_postgres_database() -> anyhow::Result<String> {
             .finish()
     );
     let status = Command::new("psql")
-        .args([
-            admin.as_str(),
-            "-q",
-            "-c",
-            &format!("CREATE DATABASE {name}"),
-        ])
+        .args([admin, "-q", "-c", &format!("CREATE DATABASE {name}")])
         .status()
         .context("running psql")?;
     if !status.success() {
@@ -116,7 +117,7 @@ pub fn fresh_postgres_database() -> anyhow::Result<String> {
     }
     let (base, _) = admin
         .rsplit_once('/')
-        .ok_or_else(|| anyhow!("TEST_DATABASE_URL has no database name"))?;
+        .ok_or_else(|| anyhow!("{admin} has no database name"))?;
     Ok(format!("{base}/{name}"))
 }
 
