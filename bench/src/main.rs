@@ -897,6 +897,11 @@ async fn main() -> anyhow::Result<()> {
             memory.added_bytes as f64 / memory.sessions as f64,
             memory.started_in.as_secs_f64()
         );
+        println!(
+            "  as many actors that do nothing: +{:.1} MiB ({:.0} bytes each; ractor's own part)",
+            memory.noop_bytes as f64 / MIB,
+            memory.noop_bytes as f64 / memory.sessions as f64
+        );
     }
     let per_second = |a: Medians, b: Medians| a.0.per_second / b.0.per_second;
     let mut goals = vec![

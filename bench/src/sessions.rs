@@ -1,6 +1,7 @@
 //! Memory of live sessions: `--sessions` session actors under a SessionSupervisor, the
 //! same actors a node runs one per active session, in this process; resident memory is
-//! read before and after.
+//! read before and after. The baseline is as many actors that do nothing, which is what
+//! ractor itself takes per actor.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,6 +27,8 @@ pub struct SessionMemory {
     pub sessions: usize,
     /// Resident memory they added, in bytes.
     pub added_bytes: u64,
+    /// Resident memory as many actors that do nothing added, in bytes.
+    pub noop_bytes: u64,
     /// How long starting them took.
     pub started_in: Duration,
 }
@@ -89,8 +92,44 @@ pub async fn session_memory(count: usize) -> anyhow::Result<SessionMemory> {
     Ok(SessionMemory {
         sessions: count,
         added_bytes: after.saturating_sub(before),
+        noop_bytes: noop_actor_memory(count).await?,
         started_in,
     })
+}
+
+/// An actor that does nothing.
+struct Noop;
+
+impl Actor for Noop {
+    type Msg = ();
+    type State = ();
+    type Arguments = ();
+
+    async fn pre_start(
+        &self,
+        _myself: ractor::ActorRef<()>,
+        _args: (),
+    ) -> Result<(), ractor::ActorProcessingErr> {
+        Ok(())
+    }
+}
+
+/// The resident memory `count` actors that do nothing add.
+async fn noop_actor_memory(count: usize) -> anyhow::Result<u64> {
+    let before = resident_bytes()?;
+    let mut actors = Vec::with_capacity(count);
+    for _ in 0..count {
+        let (actor, handle) = Actor::spawn(None, Noop, ())
+            .await
+            .map_err(|e| anyhow!("spawning an actor: {e}"))?;
+        actors.push((actor, handle));
+    }
+    let after = resident_bytes()?;
+    for (actor, handle) in actors {
+        actor.stop(None);
+        handle.await.context("an actor")?;
+    }
+    Ok(after.saturating_sub(before))
 }
 
 /// A refresh hash's worth of randomness (its value does not matter here, its size does).
