@@ -728,11 +728,7 @@ async fn main() -> anyhow::Result<()> {
                     ..wrk("/", args.connections, String::new())
                 }
                 .run("bare")?,
-                "refresh" => {
-                    bench
-                        .refreshes(args.login_connections, args.seconds)
-                        .await?
-                }
+                "refresh" => bench.refreshes(args.connections, args.seconds).await?,
                 "regorus" => regorus_per_second(args.seconds)?,
                 "evaluate_hit" => wrk(
                     "/api/v1/authz/evaluate",
@@ -751,7 +747,7 @@ async fn main() -> anyhow::Result<()> {
                     postgres_node
                         .as_ref()
                         .ok_or_else(|| anyhow!("no PostgreSQL node"))?
-                        .refreshes(args.login_connections, args.seconds)
+                        .refreshes(args.connections, args.seconds)
                         .await?
                 }
                 other => {
@@ -822,13 +818,13 @@ async fn main() -> anyhow::Result<()> {
     println!("  /auth/me ÷ /health: {}", ratio(me, health));
     println!(
         "POST /api/v1/auth/refresh, {:>3} sessions        {refresh}",
-        args.login_connections
+        args.connections
     );
     let refresh_postgres = postgres_node.as_ref().map(|_| m("refresh_postgres"));
     if let Some(figure) = refresh_postgres {
         println!(
             "  on PostgreSQL, {:>3} sessions                 {figure}",
-            args.login_connections
+            args.connections
         );
     }
     println!(

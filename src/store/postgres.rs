@@ -209,6 +209,34 @@ impl PgStore {
         self.pool.close().await;
     }
 
+    /// Replaces a session's live current refresh hash and remembers the old one, in one
+    /// statement (one round trip, committed on its own); `false` when `old_hash` is not
+    /// the session's live current hash.
+    async fn rotate_current(
+        &self,
+        id: Uuid,
+        old_hash: &str,
+        new_hash: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let rotated: i64 = sqlx::query_scalar(
+            "WITH rotated AS (UPDATE sessions SET refresh_hash = $1, last_seen_at = $2 \
+               WHERE id = $3 AND refresh_hash = $4 AND revoked_at IS NULL AND expires_at > $2 \
+               RETURNING id), \
+             remembered AS (INSERT INTO refresh_tokens_used (hash, session_id, used_at) \
+               SELECT $4, id, $2 FROM rotated ON CONFLICT DO NOTHING) \
+             SELECT count(*) FROM rotated",
+        )
+        .bind(new_hash)
+        .bind(now)
+        .bind(id)
+        .bind(old_hash)
+        .fetch_one(self.writer()?)
+        .await
+        .map_err(db_error)?;
+        Ok(rotated == 1)
+    }
+
     /// Claims due rows; `SKIP LOCKED` lets several nodes claim at once without waiting on
     /// or double-claiming each other's rows.
     /// Due rows are taken in the order of the `siem_outbox_due` index, which the claim

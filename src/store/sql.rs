@@ -9,6 +9,9 @@
 //! - `async fn write_server_tags(tx, server_id, tags)` (keeps any tag index in step),
 //! - `fn push_tag_filter(builder, tags)` (all tags must match),
 //! - `const CLAIM_OUTBOX_SQL` (lease due outbox rows without double-claiming),
+//! - `async fn rotate_current(&self, id, old_hash, new_hash, now)` (replace a session's live
+//!   current refresh hash and remember the old one, atomically; `false` when `old_hash` is
+//!   not it),
 //! - `const USER_FOR_UPDATE_SQL` / `USER_ACTIVE_FOR_SHARE_SQL` (read a user row and lock it
 //!   for the transaction: `FOR UPDATE`/`FOR SHARE` on PostgreSQL; SQLite's write
 //!   transactions are exclusive already),
@@ -504,30 +507,7 @@ macro_rules! impl_portable_store {
                 new_hash: &str,
                 now: ::chrono::DateTime<::chrono::Utc>,
             ) -> $crate::store::StoreResult<$crate::store::RotateOutcome> {
-                let mut tx = Self::begin_write(self.writer()?).await.map_err($crate::store::db_error)?;
-                let done = ::sqlx::query(
-                    "UPDATE sessions SET refresh_hash = $1, last_seen_at = $2 \
-                     WHERE id = $3 AND refresh_hash = $4 AND revoked_at IS NULL AND expires_at > $2",
-                )
-                .bind(new_hash)
-                .bind(now)
-                .bind(id)
-                .bind(old_hash)
-                .execute(&mut *tx)
-                .await
-                .map_err($crate::store::db_error)?;
-                if done.rows_affected() == 1 {
-                    // Remembered, so a second presentation is recognised as a reuse.
-                    ::sqlx::query(
-                        "INSERT INTO refresh_tokens_used (hash, session_id, used_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-                    )
-                    .bind(old_hash)
-                    .bind(id)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err($crate::store::db_error)?;
-                    tx.commit().await.map_err($crate::store::db_error)?;
+                if self.rotate_current(id, old_hash, new_hash, now).await? {
                     return Ok($crate::store::RotateOutcome::Rotated);
                 }
                 // Only a token this session issued and already rotated is a reuse; a
@@ -539,10 +519,9 @@ macro_rules! impl_portable_store {
                 .bind(id)
                 .bind(old_hash)
                 .bind(now)
-                .fetch_optional(&mut *tx)
+                .fetch_optional(self.pool()?)
                 .await
                 .map_err($crate::store::db_error)?;
-                tx.commit().await.map_err($crate::store::db_error)?;
                 Ok(if reused.is_some() {
                     $crate::store::RotateOutcome::Reused
                 } else {

@@ -122,6 +122,45 @@ impl SqliteStore {
         self.pool.close().await;
     }
 
+    /// Replaces a session's live current refresh hash and remembers the old one, in one
+    /// transaction; `false` when `old_hash` is not the session's live current hash.
+    async fn rotate_current(
+        &self,
+        id: Uuid,
+        old_hash: &str,
+        new_hash: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let mut tx = Self::begin_write(self.writer()?).await.map_err(db_error)?;
+        let done = sqlx::query(
+            "UPDATE sessions SET refresh_hash = $1, last_seen_at = $2 \
+             WHERE id = $3 AND refresh_hash = $4 AND revoked_at IS NULL AND expires_at > $2",
+        )
+        .bind(new_hash)
+        .bind(now)
+        .bind(id)
+        .bind(old_hash)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        // Remembered, so a second presentation is recognised as a reuse.
+        sqlx::query(
+            "INSERT INTO refresh_tokens_used (hash, session_id, used_at) VALUES ($1, $2, $3) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(old_hash)
+        .bind(id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(true)
+    }
+
     /// Claims due rows with one statement; SQLite runs writes one at a time, so the
     /// subquery and the update see the same rows.
     /// Due rows are taken in the order of the `siem_outbox_due` index, which the claim
