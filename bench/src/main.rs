@@ -28,12 +28,13 @@ use serde_json::{Value, json};
 use sark::idp::password;
 
 mod audit;
+mod chart;
 mod sessions;
 use sark_chaos::sandbox::{ClusterSandbox, SandboxOptions};
 
 const USAGE: &str = "usage: sark-bench [--seconds N] [--rounds N] [--connections N] \
                      [--login-connections N] [--audit-callers N] [--siem-events N] \
-                     [--database-url URL] [--sark PATH] [--sessions N] \
+                     [--database-url URL] [--sark PATH] [--sessions N] [--chart PNG] \
                      [--only SCENARIO,...]\n\
                      --only runs the scenarios whose names start with one of the given \
                      prefixes (the baseline `bare` is always run); goals whose figures were \
@@ -55,6 +56,7 @@ struct Args {
     binary: Option<PathBuf>,
     only: Vec<String>,
     sessions: usize,
+    chart: Option<PathBuf>,
 }
 
 impl Args {
@@ -70,6 +72,7 @@ impl Args {
             binary: None,
             only: Vec::new(),
             sessions: 100_000,
+            chart: None,
         };
         let mut it = std::env::args().skip(1);
         while let Some(flag) = it.next() {
@@ -92,6 +95,7 @@ impl Args {
                 "--sark" => args.binary = Some(PathBuf::from(value()?)),
                 "--only" => args.only = value()?.split(',').map(str::to_owned).collect(),
                 "--sessions" => args.sessions = value()?.parse().context("--sessions")?,
+                "--chart" => args.chart = Some(PathBuf::from(value()?)),
                 "-h" | "--help" => {
                     println!("{USAGE}");
                     std::process::exit(0);
@@ -875,6 +879,29 @@ async fn main() -> anyhow::Result<()> {
         "SIEM direct posts to HEC, {SIEM_BATCH_NOTE}    {:>9.0} events/s",
         direct.0.per_second
     );
+    if let Some(path) = &args.chart {
+        let bar = |label, figure: Medians, baseline| chart::Bar {
+            label,
+            per_second: figure.0.per_second,
+            p99_ms: figure.0.p99_ms,
+            baseline,
+        };
+        chart::draw(
+            path,
+            &format!(
+                "SARK's front door next to bare axum (grey): medians of {} interleaved round(s), wrk -c{conns}, {cores} cores",
+                args.rounds
+            ),
+            &[
+                bar("bare axum", bare_axum, true),
+                bar("GET /health", health, false),
+                bar("GET /auth/me", me, false),
+                bar("evaluate (hit)", hit, false),
+                bar("evaluate (miss)", miss, false),
+            ],
+        )?;
+        println!("chart written to {}", path.display());
+    }
     const MIB: f64 = 1024.0 * 1024.0;
     println!(
         "idle node resident memory                  {:>9.1} MiB",
