@@ -137,6 +137,8 @@ pub(crate) fn invalid_credentials() -> Error {
 pub struct Attempt {
     key: String,
     now: DateTime<Utc>,
+    /// Whether the name had a counter when its turn began.
+    counted: bool,
     _turn: OwnedMutexGuard<()>,
 }
 
@@ -145,10 +147,11 @@ impl Attempt {
     pub async fn begin(node: &Core, key: &str) -> Result<Self, Error> {
         let turn = node.attempt_locks.turn(key).await;
         let now = node.clock.now();
+        let state = node.lockout.state(key).await?;
         if let Some(LockState {
             locked_until: Some(until),
             ..
-        }) = node.lockout.state(key).await?
+        }) = state
             && until > now
         {
             return Err(locked(until, now));
@@ -156,13 +159,18 @@ impl Attempt {
         Ok(Self {
             key: key.to_owned(),
             now,
+            counted: state.is_some(),
             _turn: turn,
         })
     }
 
-    /// The credential was right: the name's counter is cleared.
+    /// The credential was right: the name's counter is cleared. A name that had none
+    /// when its turn began costs no write (a failure counted meanwhile by another node
+    /// stays counted).
     pub async fn succeeded(self, node: &Core) -> Result<(), Error> {
-        node.lockout.clear(&self.key, self.now).await?;
+        if self.counted {
+            node.lockout.clear(&self.key, self.now).await?;
+        }
         Ok(())
     }
 
