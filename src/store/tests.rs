@@ -802,15 +802,20 @@ async fn audit_lists_filter_and_page(store: Arc<dyn Store>) {
     assert_eq!(seqs(store.list_audit(&next).await.unwrap()), [3, 2]);
 }
 
-async fn one_transaction_marks_a_batch_and_claims_the_next(store: Arc<dyn Store>) {
-    let t = now();
-    let events: Vec<ChainedEvent> = (1..=5)
+/// Appends events 1..=`count` of chain `n1` at `t`, each queued for the sink `hec`.
+async fn queue_for_hec(store: &Arc<dyn Store>, count: i64, t: DateTime<Utc>) {
+    let events: Vec<ChainedEvent> = (1..=count)
         .map(|i| chained("n1", i, "login_succeeded", "a", t))
         .collect();
     store
         .append_audit("n1", 0, &events, "mac", &["hec".into()])
         .await
         .unwrap();
+}
+
+async fn one_transaction_marks_a_batch_and_claims_the_next(store: Arc<dyn Store>) {
+    let t = now();
+    queue_for_hec(&store, 5, t).await;
     let lease = t + Duration::seconds(30);
     let seqs = |batch: &[OutboxEntry]| batch.iter().map(|e| e.event.seq).collect::<Vec<_>>();
     let first = store.claim_outbox("hec", "w1", t, lease, 2).await.unwrap();
@@ -844,13 +849,7 @@ async fn one_transaction_marks_a_batch_and_claims_the_next(store: Arc<dyn Store>
 
 async fn outbox_leases_are_exclusive_and_complete(store: Arc<dyn Store>) {
     let t = now();
-    let events: Vec<ChainedEvent> = (1..=10)
-        .map(|i| chained("n1", i, "login_succeeded", "a", t))
-        .collect();
-    store
-        .append_audit("n1", 0, &events, "mac", &["hec".into()])
-        .await
-        .unwrap();
+    queue_for_hec(&store, 10, t).await;
     let lease = t + Duration::seconds(30);
     let tasks: Vec<_> = ["w1", "w2", "w3"]
         .into_iter()
