@@ -408,7 +408,7 @@ fn report_quota(decision: &RateDecision, response: &mut Response) {
 /// Counts a request (its extensions and method) in its bucket: authenticated callers per
 /// user (all their keys and sessions together), everyone else, and every credential route,
 /// per client address.
-async fn rate_limit(state: &AppState, extensions: &Extensions, method: &str) -> Quota {
+async fn rate_limit(state: &AppState, extensions: &Extensions, method: &'static str) -> Quota {
     let route = route_of(extensions);
     let credential_route = CREDENTIAL_ROUTES.contains(&route);
     let principal = extensions
@@ -473,11 +473,11 @@ struct LimitShape {
     principal_type: &'static str,
     role: Option<crate::store::Role>,
     route: Box<str>,
-    method: Box<str>,
+    method: &'static str,
 }
 
-/// Request shapes remembered at most; past it the memo starts over (methods and routes
-/// are few, but a client may send any method name).
+/// Request shapes remembered at most; past it the memo starts over (routes, methods and
+/// roles are few, so this only bounds what a bug could make of them).
 const LIMIT_SHAPES: usize = 1024;
 
 impl LimitMemo {
@@ -487,14 +487,14 @@ impl LimitMemo {
         node: &crate::core::Core,
         principal: Option<&crate::auth::principal::Principal>,
         route: &str,
-        method: &str,
+        method: &'static str,
     ) -> Option<u32> {
         let bundle = node.policies.get(crate::policies::RATE_LIMITING_BUNDLE)?;
         let shape = LimitShape {
             principal_type: principal.map_or("anonymous", |p| p.principal_type()),
             role: principal.map(|p| p.role),
             route: route.into(),
-            method: method.into(),
+            method,
         };
         {
             let memo = self.memo.read().unwrap_or_else(PoisonError::into_inner);
@@ -507,7 +507,9 @@ impl LimitMemo {
                 return *limit;
             }
         }
-        let limit = evaluate_limit(node, &bundle, &shape);
+        // A failed evaluation counts by the default for this request only, and is not
+        // remembered: the next request asks again.
+        let limit = evaluate_limit(node, &bundle, &shape).ok()?;
         let mut memo = self.memo.write().unwrap_or_else(PoisonError::into_inner);
         if !memo
             .bundle
@@ -527,38 +529,39 @@ impl LimitMemo {
     }
 }
 
-/// Asks `bundle` for the limit of requests of `shape`.
+/// Asks `bundle` for the limit of requests of `shape`: `None` when it defines no usable
+/// one, an error when it could not be evaluated.
 fn evaluate_limit(
     node: &crate::core::Core,
     bundle: &CompiledBundle,
     shape: &LimitShape,
-) -> Option<u32> {
+) -> Result<Option<u32>, sark_actors::policy::PolicyError> {
     let defaults = &node.config.rate_limit;
     let input = serde_json::json!({
         "principal_type": shape.principal_type,
         "role": shape.role,
         "route": &*shape.route,
-        "method": &*shape.method,
+        "method": shape.method,
         "defaults": {
             "unauthenticated_per_minute": defaults.unauthenticated_per_minute,
             "authenticated_per_minute": defaults.authenticated_per_minute,
         },
     });
-    let value = bundle
-        .eval("limit", &input, &node.actor_metrics)
-        .ok()?
-        .value?;
+    let Some(value) = bundle.eval("limit", &input, &node.actor_metrics)?.value else {
+        return Ok(None);
+    };
     let limit = value.as_u64().or_else(|| {
         value
             .as_f64()
             .filter(|f| f.fract() == 0.0 && *f >= 0.0)
             .map(|f| f as u64)
-    })?;
-    match u32::try_from(limit) {
-        Ok(limit) if limit > 0 => Some(limit),
-        _ => {
+    });
+    match limit.map(u32::try_from) {
+        None => Ok(None),
+        Some(Ok(limit)) if limit > 0 => Ok(Some(limit)),
+        Some(_) => {
             warn!(%value, "the rate_limiting policy decided an unusable limit; using the default");
-            None
+            Ok(None)
         }
     }
 }
